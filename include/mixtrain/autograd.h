@@ -1,0 +1,101 @@
+// Define-by-run autograd. A Variable is a Tensor plus its place on the tape: the Node that
+// produced it and, for leaves, an accumulated gradient. Ops (ops.h) build Nodes whose
+// backward closures sit beside the forward code in src/ops/.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mixtrain/tensor.h"
+
+namespace mixtrain {
+
+class Variable;
+struct Node;
+
+struct VariableImpl {
+  Tensor data;
+  Tensor grad;  ///< leaves only; accumulated in grad_dtype
+  bool requires_grad = false;
+  /// dtype leaf gradients accumulate in: f32 by default (sums over micro-batches stay exact
+  /// enough); a parameter may choose its compute dtype to save memory.
+  DType grad_dtype = DType::f32;
+  std::shared_ptr<Node> grad_fn;  ///< null for leaves
+  std::string name;
+  /// Called after this leaf's gradient has been fully accumulated in a backward pass (used by
+  /// data-parallel training to start a bucket's all-reduce while backward goes on).
+  std::function<void(VariableImpl&)> grad_ready_hook;
+};
+
+class Variable {
+ public:
+  Variable() = default;
+  explicit Variable(Tensor data, bool requires_grad = false, std::string name = {});
+
+  bool defined() const { return impl_ != nullptr; }
+  const Tensor& data() const { return impl_->data; }
+  Tensor& data() { return impl_->data; }
+  const Shape& shape() const { return impl_->data.shape(); }
+  DType dtype() const { return impl_->data.dtype(); }
+  int64_t dim() const { return impl_->data.dim(); }
+  int64_t size(int64_t d) const { return impl_->data.size(d); }
+  int64_t numel() const { return impl_->data.numel(); }
+  const std::string& name() const { return impl_->name; }
+
+  bool requires_grad() const { return impl_ && impl_->requires_grad; }
+  bool is_leaf() const { return !impl_->grad_fn; }
+  /// The accumulated gradient of a leaf (undefined until a backward pass reaches it).
+  const Tensor& grad() const { return impl_->grad; }
+  Tensor& grad() { return impl_->grad; }
+  void zero_grad() { impl_->grad = Tensor(); }
+  void set_grad_dtype(DType dt) { impl_->grad_dtype = dt; }
+  const std::shared_ptr<Node>& grad_fn() const { return impl_->grad_fn; }
+
+  /// Back-propagates from this variable. With no seed it must hold one element and the seed
+  /// is 1 (times `scale`: loss scaling multiplies the seed, never the loss tensor).
+  void backward(float scale = 1.0f) const;
+  void backward(const Tensor& seed) const;
+
+  /// Same data, cut from the tape.
+  Variable detach() const { return Variable(impl_->data, false); }
+  VariableImpl* impl() const { return impl_.get(); }
+  const std::shared_ptr<VariableImpl>& impl_ptr() const { return impl_; }
+
+ private:
+  std::shared_ptr<VariableImpl> impl_;
+};
+
+/// Gradient of the op's output -> gradients of its inputs (one per input, undefined where the
+/// input needs none).
+using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_out)>;
+
+struct Node {
+  std::string op;                ///< op name, for error messages and diagnostics
+  std::vector<Variable> inputs;  ///< edges to the producers of the inputs
+  BackwardFn backward;
+  /// Recompute hook for activation checkpointing (empty: not checkpointed).
+  std::function<void()> recompute;
+};
+
+/// Whether ops record the tape (thread-local; on by default).
+bool grad_enabled();
+/// Disables tape recording in a scope (inference, optimizer steps).
+class NoGradGuard {
+ public:
+  NoGradGuard();
+  ~NoGradGuard();
+  NoGradGuard(const NoGradGuard&) = delete;
+  NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+/// Builds an op's output: records a Node if grad is enabled and any input requires grad.
+/// `backward` receives the output gradient in the output's dtype.
+Variable make_op_result(Tensor out, std::vector<Variable> inputs, const char* op,
+                        BackwardFn backward);
+
+}  // namespace mixtrain

@@ -1,0 +1,135 @@
+// Tensor: an n-dimensional view (shape, strides, offset) over 64-byte-aligned storage with a
+// runtime dtype and a device. Plain data, no autograd (that is Variable, in autograd.h).
+// Dimension letters used across the project: B batch, T time (sequence), C channels (width),
+// V vocabulary, H heads, D head size, N rows of a GEMM output, K its inner dimension.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "mixtrain/dtype.h"
+#include "mixtrain/error.h"
+
+namespace mixtrain {
+
+/// Where a tensor's storage lives. The core never #ifdefs on it: a backend the build lacks
+/// throws BackendError when asked for.
+enum class Device : uint8_t { cpu, cuda };
+const char* device_name(Device d);
+
+using Shape = std::vector<int64_t>;
+/// "[2, 3, 4]".
+std::string shape_str(const Shape& s);
+/// Product of the extents (1 for a scalar shape []).
+int64_t shape_numel(const Shape& s);
+
+/// Contiguous, 64-byte-aligned bytes; counted by the memory tracker while alive.
+class Storage {
+ public:
+  Storage(size_t nbytes, DType dtype, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  void* data() const { return data_; }
+  size_t nbytes() const { return nbytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t nbytes_ = 0;
+  DType dtype_;
+  Device device_;
+};
+
+class Tensor {
+ public:
+  /// An undefined tensor (defined() is false).
+  Tensor() = default;
+
+  /// Uninitialised contiguous tensor.
+  static Tensor empty(const Shape& shape, DType dtype, Device device = Device::cpu);
+  static Tensor zeros(const Shape& shape, DType dtype, Device device = Device::cpu);
+  /// Every element set to `value` rounded to dtype.
+  static Tensor full(const Shape& shape, float value, DType dtype);
+  /// From fp32 values, rounded to dtype (RNE).
+  static Tensor from_vector(const std::vector<float>& values, const Shape& shape,
+                            DType dtype = DType::f32);
+  /// Wraps caller-owned memory (not copied, not owned; the caller keeps it alive).
+  static Tensor wrap(void* data, const Shape& shape, DType dtype);
+
+  bool defined() const { return storage_ != nullptr; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  const Shape& shape() const { return shape_; }
+  const Shape& strides() const { return strides_; }  ///< in elements
+  int64_t offset() const { return offset_; }          ///< in elements
+  int64_t dim() const { return static_cast<int64_t>(shape_.size()); }
+  /// Extent of dimension d; negative d counts from the end.
+  int64_t size(int64_t d) const;
+  int64_t numel() const { return shape_numel(shape_); }
+  size_t element_size() const { return dtype_size(dtype_); }
+  size_t nbytes() const { return static_cast<size_t>(numel()) * element_size(); }
+  bool is_contiguous() const;
+  /// "Tensor[2, 3] bf16".
+  std::string str() const;
+
+  /// Typed pointer to the first element of the view; throws DTypeError if T does not match.
+  template <class T>
+  T* data() const {
+    check_dtype(dtype_of<T>(), "data<T>");
+    return static_cast<T*>(raw_data());
+  }
+  void* raw_data() const;
+  const std::shared_ptr<Storage>& storage() const { return storage_; }
+
+  // Views share storage. reshape() of a non-contiguous tensor copies.
+  Tensor view(const Shape& shape) const;  ///< contiguous only; one extent may be -1
+  Tensor reshape(const Shape& shape) const;
+  Tensor transpose(int64_t d0, int64_t d1) const;
+  /// Rows [start, end) along dim (negative indices count from the end).
+  Tensor slice(int64_t dim, int64_t start, int64_t end) const;
+  /// Same data, contiguous (returns *this when already contiguous).
+  Tensor contiguous() const;
+  /// A contiguous copy.
+  Tensor clone() const;
+  /// Converted to dtype (returns *this when the dtype already matches).
+  Tensor to(DType dtype) const;
+  /// Copies src's values into this tensor (same shape; converts dtype).
+  void copy_from(const Tensor& src);
+  void fill(float value);
+
+  /// Values as fp32 (any layout, any float dtype).
+  std::vector<float> to_vector() const;
+  /// The single value of a one-element tensor, as float.
+  float item() const;
+
+  void check_dtype(DType expected, const char* op) const;
+
+ private:
+  std::shared_ptr<Storage> storage_;
+  Shape shape_;
+  Shape strides_;
+  int64_t offset_ = 0;
+  DType dtype_ = DType::f32;
+  Device device_ = Device::cpu;
+  void* borrowed_ = nullptr;  // set by wrap(): caller-owned bytes
+};
+
+/// Row-major strides for a shape.
+Shape contiguous_strides(const Shape& shape);
+
+/// Bytes held by live tensor storage, per dtype and in total: now and at peak.
+struct MemoryStats {
+  int64_t current_bytes = 0;
+  int64_t peak_bytes = 0;
+  int64_t current_by_dtype[9] = {};
+  int64_t peak_by_dtype[9] = {};
+};
+MemoryStats memory_stats();
+/// Sets every peak to the current value (to measure the peak of one phase).
+void reset_peak_memory();
+
+}  // namespace mixtrain

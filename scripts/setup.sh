@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs every system dependency of mixtrain from Debian's packages, plus the optional
+# Python reference libraries (ml_dtypes, safetensors) for /usr/bin/python3. Idempotent and
+# quiet when everything is already there.
+set -euo pipefail
+
+PKGS=(build-essential cmake libgtest-dev libgmock-dev libbenchmark-dev
+      libdnnl-dev libcli11-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
+      libopenmpi-dev openmpi-bin dataset-fashion-mnist
+      python3-numpy python3-matplotlib python3-pip python3-torch
+      clang libclang-rt-14-dev)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Optional references for tests and export checks. "numpy<2" keeps Debian's numpy, which
+# Debian's torch is built against.
+if ! /usr/bin/python3 -c "import ml_dtypes, safetensors" 2>/dev/null; then
+  echo "setup: installing ml_dtypes and safetensors for /usr/bin/python3"
+  /usr/bin/python3 -m pip install -q --break-system-packages --disable-pip-version-check \
+    "ml_dtypes<0.5" "numpy<2" safetensors >/dev/null 2>&1 ||
+    echo "setup: warning: pip install of ml_dtypes/safetensors failed; their optional tests will skip"
+fi

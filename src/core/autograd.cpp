@@ -1,0 +1,127 @@
+// The tape walker: topological order from the root, then each Node's backward in reverse,
+// summing gradients that meet at a variable (fp32 internals) and accumulating leaf gradients
+// in the leaf's grad dtype.
+#include "mixtrain/autograd.h"
+
+#include <fmt/format.h>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "core/dispatch.h"
+
+namespace mixtrain {
+
+namespace {
+thread_local bool g_grad_enabled = true;
+
+// dst += src elementwise (same shape, any float dtypes), computed in fp32.
+void accumulate_into(Tensor& dst, const Tensor& src) {
+  if (dst.shape() != src.shape())
+    throw ShapeError(fmt::format("backward: gradient {} does not match {}", src.str(), dst.str()));
+  Tensor s = src.contiguous();
+  const int64_t n = dst.numel();
+  dispatch_float(dst.dtype(), "grad accumulate", [&](auto d0) {
+    using D = decltype(d0);
+    dispatch_float(s.dtype(), "grad accumulate", [&](auto s0) {
+      using S = decltype(s0);
+      D* d = dst.data<D>();
+      const S* p = s.data<S>();
+#pragma omp parallel for if (n > (1 << 16))
+      for (int64_t i = 0; i < n; ++i) d[i] = from_f32<D>(to_f32(d[i]) + to_f32(p[i]));
+    });
+  });
+}
+}  // namespace
+
+bool grad_enabled() { return g_grad_enabled; }
+NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
+
+Variable::Variable(Tensor data, bool requires_grad, std::string name)
+    : impl_(std::make_shared<VariableImpl>()) {
+  impl_->data = std::move(data);
+  impl_->requires_grad = requires_grad;
+  impl_->name = std::move(name);
+}
+
+Variable make_op_result(Tensor out, std::vector<Variable> inputs, const char* op,
+                        BackwardFn backward) {
+  bool needs = false;
+  if (g_grad_enabled)
+    for (const auto& v : inputs) needs = needs || v.requires_grad();
+  Variable result(std::move(out), needs);
+  if (needs) {
+    auto node = std::make_shared<Node>();
+    node->op = op;
+    node->inputs = std::move(inputs);
+    node->backward = std::move(backward);
+    result.impl()->grad_fn = std::move(node);
+  }
+  return result;
+}
+
+void Variable::backward(float scale) const {
+  if (numel() != 1)
+    throw ShapeError(fmt::format("backward: a seedless backward needs a one-element output, got {}",
+                                 data().str()));
+  backward(Tensor::full(shape(), scale, DType::f32).to(dtype()));
+}
+
+void Variable::backward(const Tensor& seed) const {
+  if (!requires_grad()) throw Error("backward: the variable does not require grad");
+  // Topological order by iterative DFS (deep graphs must not overflow the stack).
+  std::vector<VariableImpl*> order;
+  std::unordered_set<VariableImpl*> seen;
+  std::vector<std::pair<VariableImpl*, size_t>> stack{{impl_.get(), 0}};
+  seen.insert(impl_.get());
+  while (!stack.empty()) {
+    auto& [v, next] = stack.back();
+    if (v->grad_fn && next < v->grad_fn->inputs.size()) {
+      VariableImpl* in = v->grad_fn->inputs[next++].impl();
+      if (in->requires_grad && seen.insert(in).second) stack.push_back({in, 0});
+    } else {
+      order.push_back(v);
+      stack.pop_back();
+    }
+  }
+  std::unordered_map<VariableImpl*, Tensor> grads;
+  std::unordered_set<VariableImpl*> owned;  // grads we copied and may add into in place
+  grads[impl_.get()] = seed.dtype() == dtype() ? seed : seed.to(dtype());
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    VariableImpl* v = *it;
+    auto g = grads.find(v);
+    if (g == grads.end()) continue;
+    Tensor grad = std::move(g->second);
+    grads.erase(g);
+    if (!v->grad_fn) {  // leaf: accumulate
+      if (!v->grad.defined()) {
+        v->grad = grad.dtype() == v->grad_dtype ? grad.contiguous().clone() : grad.to(v->grad_dtype);
+      } else {
+        accumulate_into(v->grad, grad);
+      }
+      if (v->grad_ready_hook) v->grad_ready_hook(*v);
+      continue;
+    }
+    Node& node = *v->grad_fn;
+    if (node.recompute) node.recompute();
+    std::vector<Tensor> in_grads = node.backward(grad);
+    if (in_grads.size() != node.inputs.size())
+      throw Error(fmt::format("backward of {}: returned {} gradients for {} inputs", node.op,
+                              in_grads.size(), node.inputs.size()));
+    for (size_t i = 0; i < in_grads.size(); ++i) {
+      VariableImpl* in = node.inputs[i].impl();
+      if (!in->requires_grad || !in_grads[i].defined()) continue;
+      if (in_grads[i].shape() != in->data.shape())
+        throw ShapeError(fmt::format("backward of {}: gradient {} for input {} of shape {}", node.op,
+                                     in_grads[i].str(), i, shape_str(in->data.shape())));
+      auto [slot, inserted] = grads.try_emplace(in, in_grads[i]);
+      if (!inserted) {
+        // A backward may hand the same tensor to several inputs (add): copy before adding.
+        if (owned.insert(in).second) slot->second = slot->second.clone();
+        accumulate_into(slot->second, in_grads[i]);
+      }
+    }
+  }
+}
+
+}  // namespace mixtrain

@@ -1,0 +1,319 @@
+// Tensor views and storage, and the memory tracker that counts every live storage byte.
+#include "mixtrain/tensor.h"
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <fmt/format.h>
+
+#include "core/dispatch.h"
+
+namespace mixtrain {
+
+namespace {
+
+constexpr int kNumDTypes = 9;
+
+struct Tracker {
+  std::atomic<int64_t> current{0}, peak{0};
+  std::atomic<int64_t> current_dt[kNumDTypes] = {}, peak_dt[kNumDTypes] = {};
+};
+Tracker& tracker() {
+  static Tracker t;
+  return t;
+}
+
+void atomic_max(std::atomic<int64_t>& a, int64_t v) {
+  int64_t prev = a.load(std::memory_order_relaxed);
+  while (prev < v && !a.compare_exchange_weak(prev, v, std::memory_order_relaxed)) {
+  }
+}
+
+void track(DType dt, int64_t delta) {
+  auto& t = tracker();
+  const int i = static_cast<int>(dt);
+  const int64_t now = t.current.fetch_add(delta, std::memory_order_relaxed) + delta;
+  const int64_t now_dt = t.current_dt[i].fetch_add(delta, std::memory_order_relaxed) + delta;
+  if (delta > 0) {
+    atomic_max(t.peak, now);
+    atomic_max(t.peak_dt[i], now_dt);
+  }
+}
+
+int64_t wrap_dim(int64_t d, int64_t ndim, const char* op) {
+  if (d < -ndim || d >= ndim)
+    throw ShapeError(fmt::format("{}: dimension {} out of range for a {}-d tensor", op, d, ndim));
+  return d < 0 ? d + ndim : d;
+}
+
+}  // namespace
+
+const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+
+std::string shape_str(const Shape& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t e : s) n *= e;
+  return n;
+}
+
+Shape contiguous_strides(const Shape& shape) {
+  Shape st(shape.size());
+  int64_t acc = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    st[i] = acc;
+    acc *= shape[i];
+  }
+  return st;
+}
+
+Storage::Storage(size_t nbytes, DType dtype, Device device)
+    : nbytes_(nbytes), dtype_(dtype), device_(device) {
+  if (device != Device::cpu)
+    throw BackendError("this build of mixtrain has no CUDA backend (configure with MIXTRAIN_CUDA)");
+  const size_t rounded = ((nbytes + 63) / 64) * 64;
+  data_ = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  if (!data_) throw Error(fmt::format("out of memory allocating {} bytes", nbytes));
+  track(dtype_, static_cast<int64_t>(nbytes_));
+}
+
+Storage::~Storage() {
+  std::free(data_);
+  track(dtype_, -static_cast<int64_t>(nbytes_));
+}
+
+MemoryStats memory_stats() {
+  auto& t = tracker();
+  MemoryStats s;
+  s.current_bytes = t.current.load();
+  s.peak_bytes = t.peak.load();
+  for (int i = 0; i < kNumDTypes; ++i) {
+    s.current_by_dtype[i] = t.current_dt[i].load();
+    s.peak_by_dtype[i] = t.peak_dt[i].load();
+  }
+  return s;
+}
+
+void reset_peak_memory() {
+  auto& t = tracker();
+  t.peak.store(t.current.load());
+  for (int i = 0; i < kNumDTypes; ++i) t.peak_dt[i].store(t.current_dt[i].load());
+}
+
+// ---- Tensor ----
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  for (int64_t e : shape)
+    if (e < 0) throw ShapeError(fmt::format("empty: negative extent in shape {}", shape_str(shape)));
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(shape_numel(shape) * dtype_size(dtype), dtype, device);
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  std::memset(t.raw_data(), 0, t.nbytes());  // all-zero bits is +0 in every dtype
+  return t;
+}
+
+Tensor Tensor::full(const Shape& shape, float value, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  t.fill(value);
+  return t;
+}
+
+Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape, DType dtype) {
+  if (static_cast<int64_t>(values.size()) != shape_numel(shape))
+    throw ShapeError(fmt::format("from_vector: {} values do not fill shape {}", values.size(),
+                                 shape_str(shape)));
+  Tensor t = empty(shape, dtype);
+  convert(values.data(), DType::f32, t.raw_data(), dtype, values.size());
+  return t;
+}
+
+Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype) {
+  // Borrowed memory: a zero-byte Storage keeps defined() true; raw_data() uses the pointer.
+  Tensor t;
+  t.storage_ = std::make_shared<Storage>(0, dtype, Device::cpu);
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  t.borrowed_ = data;
+  return t;
+}
+
+int64_t Tensor::size(int64_t d) const { return shape_[wrap_dim(d, dim(), "size")]; }
+
+bool Tensor::is_contiguous() const {
+  int64_t expect = 1;
+  for (size_t i = shape_.size(); i-- > 0;) {
+    if (shape_[i] != 1 && strides_[i] != expect) return false;
+    expect *= shape_[i];
+  }
+  return true;
+}
+
+std::string Tensor::str() const {
+  if (!defined()) return "Tensor(undefined)";
+  return fmt::format("Tensor{} {}", shape_str(shape_), dtype_name(dtype_));
+}
+
+void* Tensor::raw_data() const {
+  if (!defined()) throw Error("raw_data: tensor is undefined");
+  char* base = static_cast<char*>(borrowed_ ? borrowed_ : storage_->data());
+  return base + offset_ * static_cast<int64_t>(dtype_size(dtype_));
+}
+
+void Tensor::check_dtype(DType expected, const char* op) const {
+  if (dtype_ != expected)
+    throw DTypeError(fmt::format("{}: expected dtype {}, got {}", op, dtype_name(expected), str()));
+}
+
+Tensor Tensor::view(const Shape& shape) const {
+  if (!is_contiguous())
+    throw ShapeError(fmt::format("view: {} is not contiguous (use reshape)", str()));
+  Shape s = shape;
+  int64_t known = 1, infer = -1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == -1) {
+      if (infer >= 0) throw ShapeError(fmt::format("view: more than one -1 in {}", shape_str(shape)));
+      infer = static_cast<int64_t>(i);
+    } else {
+      known *= s[i];
+    }
+  }
+  if (infer >= 0) s[infer] = known == 0 ? 0 : numel() / known;
+  if (shape_numel(s) != numel())
+    throw ShapeError(fmt::format("view: cannot view {} as {}", str(), shape_str(shape)));
+  Tensor t = *this;
+  t.shape_ = s;
+  t.strides_ = contiguous_strides(s);
+  return t;
+}
+
+Tensor Tensor::reshape(const Shape& shape) const {
+  return is_contiguous() ? view(shape) : contiguous().view(shape);
+}
+
+Tensor Tensor::transpose(int64_t d0, int64_t d1) const {
+  d0 = wrap_dim(d0, dim(), "transpose");
+  d1 = wrap_dim(d1, dim(), "transpose");
+  Tensor t = *this;
+  std::swap(t.shape_[d0], t.shape_[d1]);
+  std::swap(t.strides_[d0], t.strides_[d1]);
+  return t;
+}
+
+Tensor Tensor::slice(int64_t d, int64_t start, int64_t end) const {
+  d = wrap_dim(d, dim(), "slice");
+  const int64_t n = shape_[d];
+  if (start < 0) start += n;
+  if (end < 0) end += n;
+  if (start < 0 || end > n || start > end)
+    throw ShapeError(
+        fmt::format("slice: range [{}, {}) out of bounds for dim {} of {}", start, end, d, str()));
+  Tensor t = *this;
+  t.offset_ += start * strides_[d];
+  t.shape_[d] = end - start;
+  return t;
+}
+
+namespace {
+// Visits every element of a strided view in row-major order: f(linear_index, element_offset).
+template <class F>
+void for_each_offset(const Shape& shape, const Shape& strides, F&& f) {
+  const int64_t n = shape_numel(shape);
+  if (n == 0) return;
+  const size_t nd = shape.size();
+  std::vector<int64_t> idx(nd, 0);
+  int64_t off = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    f(i, off);
+    for (size_t k = nd; k-- > 0;) {
+      if (++idx[k] < shape[k]) {
+        off += strides[k];
+        break;
+      }
+      off -= strides[k] * (shape[k] - 1);
+      idx[k] = 0;
+    }
+  }
+}
+}  // namespace
+
+Tensor Tensor::contiguous() const {
+  if (is_contiguous()) return *this;
+  return clone();
+}
+
+Tensor Tensor::clone() const {
+  Tensor out = empty(shape_, dtype_, device_);
+  out.copy_from(*this);
+  return out;
+}
+
+Tensor Tensor::to(DType dtype) const {
+  if (dtype == dtype_) return *this;
+  Tensor out = empty(shape_, dtype, device_);
+  out.copy_from(*this);
+  return out;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  if (src.shape_ != shape_)
+    throw ShapeError(fmt::format("copy_from: {} into {}", src.str(), str()));
+  if (src.is_contiguous() && is_contiguous()) {
+    convert(src.raw_data(), src.dtype_, raw_data(), dtype_, static_cast<size_t>(numel()));
+    return;
+  }
+  // Strided: gather into a contiguous temporary of the source dtype, then convert.
+  const size_t es = src.element_size();
+  std::vector<char> tmp(static_cast<size_t>(numel()) * es);
+  const char* s = static_cast<const char*>(src.raw_data());
+  for_each_offset(src.shape_, src.strides_, [&](int64_t i, int64_t off) {
+    std::memcpy(tmp.data() + i * es, s + off * static_cast<int64_t>(es), es);
+  });
+  if (is_contiguous()) {
+    convert(tmp.data(), src.dtype_, raw_data(), dtype_, static_cast<size_t>(numel()));
+    return;
+  }
+  const size_t ed = element_size();
+  std::vector<char> conv(static_cast<size_t>(numel()) * ed);
+  convert(tmp.data(), src.dtype_, conv.data(), dtype_, static_cast<size_t>(numel()));
+  char* d = static_cast<char*>(raw_data());
+  for_each_offset(shape_, strides_, [&](int64_t i, int64_t off) {
+    std::memcpy(d + off * static_cast<int64_t>(ed), conv.data() + i * ed, ed);
+  });
+}
+
+void Tensor::fill(float value) {
+  Tensor one = empty({1}, DType::f32);
+  *one.data<float>() = value;
+  // Convert once, then replicate the element's bytes.
+  const size_t es = element_size();
+  char elem[8];
+  convert(one.raw_data(), DType::f32, elem, dtype_, 1);
+  char* d = static_cast<char*>(raw_data());
+  for_each_offset(shape_, strides_, [&](int64_t, int64_t off) {
+    std::memcpy(d + off * static_cast<int64_t>(es), elem, es);
+  });
+}
+
+std::vector<float> Tensor::to_vector() const {
+  std::vector<float> out(static_cast<size_t>(numel()));
+  Tensor c = contiguous();
+  convert(c.raw_data(), dtype_, out.data(), DType::f32, out.size());
+  return out;
+}
+
+float Tensor::item() const {
+  if (numel() != 1) throw ShapeError(fmt::format("item: {} has {} elements, not 1", str(), numel()));
+  return to_vector()[0];
+}
+
+}  // namespace mixtrain
