@@ -1,0 +1,69 @@
+// Precision policy (autocast): which dtype each op computes in. Chosen once, consulted by
+// every op through its category, overridable per op and per module (a scoped policy).
+#pragma once
+
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "mixtrain/dtype.h"
+
+namespace mixtrain::amp {
+
+enum class LossScaling { none, fixed, dynamic };
+
+/// How an op picks its dtype under a policy (PyTorch autocast's lists, see docs/DESIGN.md):
+///  lower:   matmul, linear, attention products: inputs cast to the compute dtype.
+///  fp32:    losses, sum/mean, exp/log/pow: computed and returned in fp32.
+///  stats32: softmax, log-softmax, layer norm: fp32 internals, output in the input dtype
+///           (the statistics need fp32; the activations that leave the op do not).
+///  promote: binary elementwise: the widest floating input.
+///  same:    relu, gelu, tanh, dropout, shape ops: the input's dtype.
+enum class OpCategory { lower, fp32, stats32, promote, same };
+
+struct Policy {
+  DType param = DType::f32;    ///< master weights
+  DType compute = DType::f32;  ///< weights' working copy, activations, their gradients
+  DType output = DType::f32;   ///< what the model hands to the loss
+  LossScaling scaling = LossScaling::none;
+  /// op name -> dtype it computes in, whatever its category ("linear" -> f32 keeps every
+  /// linear in fp32; module scopes do the same for one module).
+  std::map<std::string, DType, std::less<>> op_overrides;
+
+  static Policy fp32();
+  static Policy bf16();  ///< fp32 params, bf16 compute, no scaling
+  static Policy fp16();  ///< fp32 params, fp16 compute, dynamic loss scaling
+  /// bf16 where this CPU computes bf16 natively, else fp16 with dynamic scaling. `why`
+  /// receives a sentence saying which and why.
+  static Policy automatic(std::string* why = nullptr);
+  /// "fp32" | "bf16" | "fp16" | "auto", or jmp-style "p=f32,c=bf16,o=f32". Throws ConfigError.
+  static Policy parse(std::string_view spec, std::string* why = nullptr);
+  /// "bf16 (p=f32,c=bf16,o=f32, no loss scaling)".
+  std::string str() const;
+  std::string name;  ///< preset name, or "custom"
+};
+
+/// The active policy for this thread, or nullptr when none is set (ops then keep their
+/// inputs' dtypes: an explicit bf16 tensor stays bf16).
+const Policy* current_policy();
+
+/// Makes `policy` current for a scope (nests; restores the previous one on exit).
+class PolicyScope {
+ public:
+  explicit PolicyScope(const Policy& policy);
+  ~PolicyScope();
+  PolicyScope(const PolicyScope&) = delete;
+  PolicyScope& operator=(const PolicyScope&) = delete;
+
+ private:
+  const Policy* prev_;
+  Policy policy_;
+};
+
+/// The dtype op `op` of category `cat` computes in, given its floating inputs' dtypes.
+DType op_dtype(std::string_view op, OpCategory cat, std::initializer_list<DType> inputs);
+
+/// The widest of a set of floating dtypes (f64 > f32 > f16 = bf16 -> f32 when mixed > fp8).
+DType promote_types(std::initializer_list<DType> inputs);
+
+}  // namespace mixtrain::amp

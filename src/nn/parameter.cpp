@@ -1,0 +1,24 @@
+// Parameter: master + compute copy.
+#include "mixtrain/nn/parameter.h"
+
+namespace mixtrain::nn {
+
+Parameter::Parameter(std::string n, const Tensor& init, DType compute_dtype, DType master_dtype)
+    : name(std::move(n)), master(init.to(master_dtype).contiguous()) {
+  if (master.storage() == init.storage()) master = master.clone();  // own the master
+  set_compute_dtype(compute_dtype);
+}
+
+void Parameter::set_compute_dtype(DType dt) {
+  Tensor copy = dt == master.dtype() ? master : master.to(dt);
+  Tensor old_grad = weight.defined() ? weight.grad() : Tensor();
+  weight = Variable(copy, true, name);
+  weight.set_grad_dtype(DType::f32);
+  if (old_grad.defined()) weight.grad() = old_grad;
+}
+
+void Parameter::refresh() {
+  if (!shares_master()) weight.data().copy_from(master);
+}
+
+}  // namespace mixtrain::nn
