@@ -1,0 +1,65 @@
+// Module base: named parameters and sub-modules, train/eval mode, parameter count, and a
+// per-module precision override (say, keep the output head in fp32).
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "mixtrain/amp/policy.h"
+#include "mixtrain/autograd.h"
+#include "mixtrain/nn/parameter.h"
+
+namespace mixtrain::nn {
+
+class Module {
+ public:
+  virtual ~Module() = default;
+  /// "Linear", "GPT", ...
+  virtual std::string type() const = 0;
+
+  /// Every parameter, depth first, with dotted names ("blocks.0.attn.qkv.weight").
+  std::vector<std::pair<std::string, Parameter*>> named_parameters();
+  std::vector<Parameter*> parameters();
+  int64_t num_parameters();
+
+  void train(bool on = true);
+  void eval() { train(false); }
+  bool training() const { return training_; }
+
+  /// Makes every parameter's working copy `dt` (from its fp32 master). Sub-modules with a
+  /// compute override keep theirs.
+  void set_compute_dtype(DType dt);
+  /// Runs this module (and its children) in `dt` whatever the global policy says: its
+  /// weights are kept in `dt` and its ops compute in `dt`. std::nullopt clears it.
+  void set_compute_override(std::optional<DType> dt);
+  std::optional<DType> compute_override() const { return override_; }
+
+ protected:
+  Parameter& register_parameter(const std::string& name, const Tensor& init);
+  template <class M>
+  M& register_module(const std::string& name, std::unique_ptr<M> m) {
+    M& ref = *m;
+    children_.emplace_back(name, std::move(m));
+    return ref;
+  }
+  /// Put `PrecisionScope scope(*this);` at the top of forward(): applies the override.
+  class PrecisionScope {
+   public:
+    explicit PrecisionScope(const Module& m);
+
+   private:
+    std::optional<amp::PolicyScope> scope_;
+  };
+
+ private:
+  void collect(const std::string& prefix, std::vector<std::pair<std::string, Parameter*>>& out);
+  std::vector<std::pair<std::string, std::unique_ptr<Parameter>>> params_;
+  std::vector<std::pair<std::string, std::unique_ptr<Module>>> children_;
+  bool training_ = true;
+  std::optional<DType> override_;
+};
+
+}  // namespace mixtrain::nn

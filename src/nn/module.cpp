@@ -1,0 +1,61 @@
+// Module bookkeeping: parameter registry, recursion, precision overrides.
+#include "mixtrain/nn/module.h"
+
+namespace mixtrain::nn {
+
+Parameter& Module::register_parameter(const std::string& name, const Tensor& init) {
+  params_.emplace_back(name, std::make_unique<Parameter>(name, init));
+  return *params_.back().second;
+}
+
+void Module::collect(const std::string& prefix,
+                     std::vector<std::pair<std::string, Parameter*>>& out) {
+  for (auto& [n, p] : params_) out.emplace_back(prefix + n, p.get());
+  for (auto& [n, c] : children_) c->collect(prefix + n + ".", out);
+}
+
+std::vector<std::pair<std::string, Parameter*>> Module::named_parameters() {
+  std::vector<std::pair<std::string, Parameter*>> out;
+  collect("", out);
+  for (auto& [n, p] : out) p->name = n;  // full dotted names for messages and checkpoints
+  return out;
+}
+
+std::vector<Parameter*> Module::parameters() {
+  std::vector<Parameter*> out;
+  for (auto& [n, p] : named_parameters()) out.push_back(p);
+  return out;
+}
+
+int64_t Module::num_parameters() {
+  int64_t n = 0;
+  for (auto* p : parameters()) n += p->numel();
+  return n;
+}
+
+void Module::train(bool on) {
+  training_ = on;
+  for (auto& [n, c] : children_) c->train(on);
+}
+
+void Module::set_compute_dtype(DType dt) {
+  const DType mine = override_.value_or(dt);
+  for (auto& [n, p] : params_) p->set_compute_dtype(mine);
+  for (auto& [n, c] : children_) c->set_compute_dtype(c->override_.value_or(mine));
+}
+
+void Module::set_compute_override(std::optional<DType> dt) {
+  override_ = dt;
+  if (dt) set_compute_dtype(*dt);
+}
+
+Module::PrecisionScope::PrecisionScope(const Module& m) {
+  if (m.override_) {
+    amp::Policy p = amp::current_policy() ? *amp::current_policy() : amp::Policy::fp32();
+    p.compute = *m.override_;
+    p.op_overrides.clear();
+    scope_.emplace(p);
+  }
+}
+
+}  // namespace mixtrain::nn
