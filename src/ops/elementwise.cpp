@@ -1,0 +1,281 @@
+// Elementwise ops, forward and backward side by side: cast, broadcasting add/sub/mul/div,
+// scalar forms, bias_add, relu/gelu/tanh/exp/log, dropout. Every kernel reads its inputs as
+// fp32, computes in fp32 and rounds once into the output dtype (map_kernel).
+#include <cmath>
+
+#include "mixtrain/amp/policy.h"
+#include "mixtrain/ops.h"
+#include "ops/ops_common.h"
+
+namespace mixtrain {
+
+using namespace ops_detail;
+
+namespace ops_detail {
+
+Shape broadcast_shapes(const Tensor& a, const Tensor& b, const char* op) {
+  const Shape& sa = a.shape();
+  const Shape& sb = b.shape();
+  const size_t nd = std::max(sa.size(), sb.size());
+  Shape out(nd);
+  for (size_t k = 0; k < nd; ++k) {
+    const int64_t ea = k + sa.size() >= nd ? sa[k + sa.size() - nd] : 1;
+    const int64_t eb = k + sb.size() >= nd ? sb[k + sb.size() - nd] : 1;
+    if (ea != eb && ea != 1 && eb != 1)
+      throw ShapeError(fmt::format("{}: shapes do not broadcast: a {} and b {} (dim {}: {} vs {})",
+                                   op, a.str(), b.str(), k, ea, eb));
+    out[k] = ea == 1 ? eb : ea;
+  }
+  return out;
+}
+
+}  // namespace ops_detail
+
+// ---- cast ----
+
+Variable cast(const Variable& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  if (!is_floating(x.dtype()) || !is_floating(dtype))
+    throw DTypeError(fmt::format("cast: {} to {}: only floating dtypes cast differentiably",
+                                 vstr(x), dtype_name(dtype)));
+  const DType xdt = x.dtype();
+  const bool leaf = x.is_leaf();
+  return make_op_result(x.data().to(dtype), {x}, "cast", [xdt, leaf](const Tensor& g) {
+    // A leaf takes an fp32 gradient as is (the engine converts into its grad dtype, fp32 for
+    // parameters), so a bf16 leaf read through an fp32 cast keeps the fp32 gradient.
+    if (leaf && g.dtype() == DType::f32) return std::vector<Tensor>{g};
+    return std::vector<Tensor>{g.to(xdt)};
+  });
+}
+
+// ---- binary, broadcasting (category promote) ----
+
+namespace {
+
+enum class BinOp { add, sub, mul, div };
+
+Variable binary(const Variable& a_in, const Variable& b_in, BinOp kind, const char* op) {
+  check_compute_dtype(a_in.data(), op, "a");
+  check_compute_dtype(b_in.data(), op, "b");
+  const Shape shape = broadcast_shapes(a_in.data(), b_in.data(), op);
+  const DType dt = amp::op_dtype(op, amp::OpCategory::promote, {a_in.dtype(), b_in.dtype()});
+  const Variable a = cast(a_in, dt), b = cast(b_in, dt);
+  const Tensor ta = a.data(), tb = b.data();
+  Tensor out;
+  switch (kind) {
+    case BinOp::add:
+      out = map_kernel<2>(op, {ta, tb}, shape, dt, [](float x, float y, float) { return x + y; });
+      break;
+    case BinOp::sub:
+      out = map_kernel<2>(op, {ta, tb}, shape, dt, [](float x, float y, float) { return x - y; });
+      break;
+    case BinOp::mul:
+      out = map_kernel<2>(op, {ta, tb}, shape, dt, [](float x, float y, float) { return x * y; });
+      break;
+    case BinOp::div:
+      out = map_kernel<2>(op, {ta, tb}, shape, dt, [](float x, float y, float) { return x / y; });
+      break;
+  }
+  const bool ga_needed = a.requires_grad(), gb_needed = b.requires_grad();
+  // Save only what the backward reads: add/sub need no inputs; mul needs both; div needs both.
+  const bool save = kind == BinOp::mul || kind == BinOp::div;
+  const Tensor sa = save ? ta : Tensor(), sb = save ? tb : Tensor();
+  const Shape shape_a = ta.shape(), shape_b = tb.shape();
+  return make_op_result(out, {a, b}, op, [=](const Tensor& g) {
+    std::vector<Tensor> gr(2);
+    // Where no reduction follows, write the gradient straight in dt (one rounding); otherwise
+    // keep the product in fp32 until reduce_to_shape has summed it.
+    auto tmp_dt = [&](const Shape& s) { return s == shape ? dt : DType::f32; };
+    switch (kind) {
+      case BinOp::add:
+        if (ga_needed) gr[0] = reduce_to_shape(g, shape_a, dt, op);
+        if (gb_needed) gr[1] = reduce_to_shape(g, shape_b, dt, op);
+        break;
+      case BinOp::sub:
+        if (ga_needed) gr[0] = reduce_to_shape(g, shape_a, dt, op);
+        if (gb_needed)
+          gr[1] = reduce_to_shape(map_kernel<1>(op, {g}, shape, tmp_dt(shape_b),
+                                                [](float x, float, float) { return -x; }),
+                                  shape_b, dt, op);
+        break;
+      case BinOp::mul:
+        if (ga_needed)
+          gr[0] = reduce_to_shape(map_kernel<2>(op, {g, sb}, shape, tmp_dt(shape_a),
+                                                [](float x, float y, float) { return x * y; }),
+                                  shape_a, dt, op);
+        if (gb_needed)
+          gr[1] = reduce_to_shape(map_kernel<2>(op, {g, sa}, shape, tmp_dt(shape_b),
+                                                [](float x, float y, float) { return x * y; }),
+                                  shape_b, dt, op);
+        break;
+      case BinOp::div:
+        // d(a/b)/da = 1/b; d(a/b)/db = -a/b².
+        if (ga_needed)
+          gr[0] = reduce_to_shape(map_kernel<2>(op, {g, sb}, shape, tmp_dt(shape_a),
+                                                [](float x, float y, float) { return x / y; }),
+                                  shape_a, dt, op);
+        if (gb_needed)
+          gr[1] = reduce_to_shape(
+              map_kernel<3>(op, {g, sa, sb}, shape, tmp_dt(shape_b),
+                            [](float x, float y, float z) { return -x * y / (z * z); }),
+              shape_b, dt, op);
+        break;
+    }
+    return gr;
+  });
+}
+
+}  // namespace
+
+Variable add(const Variable& a, const Variable& b) { return binary(a, b, BinOp::add, "add"); }
+Variable sub(const Variable& a, const Variable& b) { return binary(a, b, BinOp::sub, "sub"); }
+Variable mul(const Variable& a, const Variable& b) { return binary(a, b, BinOp::mul, "mul"); }
+Variable div(const Variable& a, const Variable& b) { return binary(a, b, BinOp::div, "div"); }
+
+Variable bias_add(const Variable& x, const Variable& b) {
+  if (b.dim() != 1 || x.dim() < 1 || x.shape().back() != b.shape()[0])
+    throw ShapeError(
+        fmt::format("bias_add: x {} and bias {}: the bias must be 1-d with the "
+                    "extent of x's last dim",
+                    vstr(x), vstr(b)));
+  return binary(x, b, BinOp::add, "bias_add");
+}
+
+// ---- scalar forms (category same: x's dtype) ----
+
+Variable add(const Variable& x, float s) {
+  check_compute_dtype(x.data(), "add", "x");
+  const DType dt = amp::op_dtype("add", amp::OpCategory::same, {x.dtype()});
+  const Variable xc = cast(x, dt);
+  Tensor out = map_kernel<1>("add", {xc.data()}, xc.shape(), dt,
+                             [s](float v, float, float) { return v + s; });
+  return make_op_result(out, {xc}, "add", [](const Tensor& g) { return std::vector<Tensor>{g}; });
+}
+
+Variable mul(const Variable& x, float s) {
+  check_compute_dtype(x.data(), "mul", "x");
+  const DType dt = amp::op_dtype("mul", amp::OpCategory::same, {x.dtype()});
+  const Variable xc = cast(x, dt);
+  Tensor out = map_kernel<1>("mul", {xc.data()}, xc.shape(), dt,
+                             [s](float v, float, float) { return v * s; });
+  return make_op_result(out, {xc}, "mul", [s, dt](const Tensor& g) {
+    return std::vector<Tensor>{
+        map_kernel<1>("mul", {g}, g.shape(), dt, [s](float v, float, float) { return v * s; })};
+  });
+}
+
+// ---- unary activations ----
+
+namespace {
+
+// torch's GELU tanh approximation constants: sqrt(2/pi) and the cubic coefficient.
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kGeluC = 0.044715f;
+
+inline float gelu_f(float x) {
+  const float u = kSqrt2OverPi * (x + kGeluC * x * x * x);
+  return 0.5f * x * (1.0f + std::tanh(u));
+}
+inline float gelu_grad_f(float x) {
+  const float u = kSqrt2OverPi * (x + kGeluC * x * x * x);
+  const float t = std::tanh(u);
+  return 0.5f * (1.0f + t) +
+         0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluC * x * x);
+}
+
+// A unary op: category `cat` picks dt, the input is cast to dt, out = f(x). The backward is
+// g * df, where df is computed from the saved input (use_out=false) or output (true).
+template <class F, class DF>
+Variable unary(const Variable& x, const char* op, amp::OpCategory cat, bool use_out, F f, DF df) {
+  check_compute_dtype(x.data(), op, "x");
+  const DType dt = amp::op_dtype(op, cat, {x.dtype()});
+  const Variable xc = cast(x, dt);
+  Tensor out =
+      map_kernel<1>(op, {xc.data()}, xc.shape(), dt, [f](float v, float, float) { return f(v); });
+  const Tensor saved = use_out ? out : xc.data();
+  return make_op_result(out, {xc}, op, [saved, dt, op, df](const Tensor& g) {
+    return std::vector<Tensor>{map_kernel<2>(
+        op, {g, saved}, saved.shape(), dt, [df](float gv, float s, float) { return gv * df(s); })};
+  });
+}
+
+}  // namespace
+
+Variable relu(const Variable& x) {
+  // The derivative from the output: y > 0 exactly where x > 0 (0 at x = 0, as torch).
+  return unary(
+      x, "relu", amp::OpCategory::same, true, [](float v) { return v > 0.0f ? v : 0.0f; },
+      [](float y) { return y > 0.0f ? 1.0f : 0.0f; });
+}
+
+Variable gelu(const Variable& x) {
+  return unary(x, "gelu", amp::OpCategory::same, false, gelu_f, gelu_grad_f);
+}
+
+Variable tanh(const Variable& x) {
+  return unary(
+      x, "tanh", amp::OpCategory::same, true, [](float v) { return std::tanh(v); },
+      [](float y) { return 1.0f - y * y; });
+}
+
+Variable exp(const Variable& x) {
+  return unary(
+      x, "exp", amp::OpCategory::fp32, true, [](float v) { return std::exp(v); },
+      [](float y) { return y; });
+}
+
+Variable log(const Variable& x) {
+  return unary(
+      x, "log", amp::OpCategory::fp32, false, [](float v) { return std::log(v); },
+      [](float v) { return 1.0f / v; });
+}
+
+// ---- dropout ----
+
+namespace {
+
+// Keep element i (of the counters reserved at `base`) when its uniform draw is >= p. The
+// draw uses the top 24 bits, as Rng::uniform does.
+inline float keep_scale(uint64_t seed, uint64_t base, int64_t i, float p, float scale) {
+  const float u = static_cast<float>(random_bits(seed, base + static_cast<uint64_t>(i)) >> 40) *
+                  (1.0f / 16777216.0f);
+  return u >= p ? scale : 0.0f;
+}
+
+// out[i] = in[i] * keep_scale(i): in contiguous, out of the same dtype.
+Tensor apply_mask(const Tensor& in_any, uint64_t seed, uint64_t base, float p, float scale) {
+  const Tensor in = in_any.contiguous();
+  Tensor out = Tensor::empty(in.shape(), in.dtype());
+  const int64_t n = in.numel();
+  const int64_t tiles = (n + kTile - 1) / kTile;
+  const DType dt = in.dtype();
+#pragma omp parallel for schedule(static) if (n > kParallelMin)
+  for (int64_t t = 0; t < tiles; ++t) {
+    alignas(64) float buf[kTile];
+    alignas(64) float o[kTile];
+    const int64_t j0 = t * kTile, m = std::min(kTile, n - j0);
+    const float* v = load_f32(at(in.raw_data(), dt, j0), dt, m, buf);
+    for (int64_t j = 0; j < m; ++j) o[j] = v[j] * keep_scale(seed, base, j0 + j, p, scale);
+    convert(o, DType::f32, at(out.raw_data(), dt, j0), dt, static_cast<size_t>(m));
+  }
+  return out;
+}
+
+}  // namespace
+
+Variable dropout(const Variable& x, float p, bool training, Rng& rng) {
+  if (!(p >= 0.0f && p < 1.0f))
+    throw ConfigError(fmt::format("dropout: p = {} must be in [0, 1) (input {})", p, vstr(x)));
+  if (p == 0.0f || !training) return x;
+  check_compute_dtype(x.data(), "dropout", "x");
+  const uint64_t seed = rng.seed;
+  const uint64_t base = rng.reserve(static_cast<uint64_t>(x.numel()));
+  const float scale = 1.0f / (1.0f - p);
+  Tensor out = apply_mask(x.data(), seed, base, p, scale);
+  // The backward redraws the mask from (seed, base) instead of keeping it in memory.
+  return make_op_result(out, {x}, "dropout", [=](const Tensor& g) {
+    return std::vector<Tensor>{apply_mask(g, seed, base, p, scale)};
+  });
+}
+
+}  // namespace mixtrain

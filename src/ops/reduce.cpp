@@ -1,0 +1,237 @@
+// Reductions: sum and mean over axes (forward and backward), and the fp32 blocked/pairwise
+// summation kernel the elementwise backwards use to undo broadcasting.
+#include <cmath>
+#include <numeric>
+
+#include "mixtrain/amp/policy.h"
+#include "mixtrain/ops.h"
+#include "ops/ops_common.h"
+
+namespace mixtrain {
+
+namespace ops_detail {
+
+namespace {
+
+// Elements of one row summed by one task; partial sums of these blocks are then added
+// pairwise. Fixed (not per thread) so results do not depend on the thread count.
+constexpr int64_t kRowBlock = 1 << 15;
+// Rows summed directly before the column kernel splits pairwise.
+constexpr int64_t kColBlock = 64;
+
+// Sum of n <= kTile fp32 values: 16 independent lanes (vectorisable; the lanes are 16
+// interleaved partial sums, which also shortens each chain 16-fold), then the lanes pairwise.
+inline float sum_lanes(const float* p, int64_t n) {
+  float acc[16] = {};
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    for (int l = 0; l < 16; ++l) acc[l] += p[j + l];
+  for (int l = 0; j < n; ++j, ++l) acc[l] += p[j];
+  for (int w = 8; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+// Pairwise sum of a contiguous run: tiles of kTile summed by sum_lanes, tiles combined by
+// halving recursion. Error grows like log2(n), not n.
+float sum_contig(const void* p, DType dt, int64_t n) {
+  if (n <= kTile) {
+    alignas(64) float buf[kTile];
+    return sum_lanes(load_f32(p, dt, n, buf), n);
+  }
+  const int64_t half = ((n / kTile + 1) / 2) * kTile;
+  return sum_contig(p, dt, half) + sum_contig(at(p, dt, half), dt, n - half);
+}
+
+// Pairwise sum of a vector of partials (the per-block sums of one row).
+double pairwise(const float* p, int64_t n) {
+  if (n <= 8) {
+    double s = 0;
+    for (int64_t i = 0; i < n; ++i) s += p[i];
+    return s;
+  }
+  return pairwise(p, n / 2) + pairwise(p + n / 2, n - n / 2);
+}
+
+// acc[0, n) = sum over rows r in [r0, r1) of x[r*ld + i0 + j], the rows split pairwise.
+void sum_cols(const void* x, DType dt, int64_t ld, int64_t i0, int64_t n, int64_t r0, int64_t r1,
+              float* acc) {
+  std::fill(acc, acc + n, 0.0f);
+  if (r1 - r0 <= kColBlock) {
+    alignas(64) float buf[kTile];
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* v = load_f32(at(x, dt, r * ld + i0), dt, n, buf);
+      for (int64_t j = 0; j < n; ++j) acc[j] += v[j];
+    }
+    return;
+  }
+  const int64_t mid = r0 + (r1 - r0) / 2;
+  alignas(64) float right[kTile];
+  sum_cols(x, dt, ld, i0, n, r0, mid, acc);
+  sum_cols(x, dt, ld, i0, n, mid, r1, right);
+  for (int64_t j = 0; j < n; ++j) acc[j] += right[j];
+}
+
+// x contiguous, viewed as [O, R, I]; out fp32 [O, I].
+void sum_ori(const Tensor& x, int64_t O, int64_t R, int64_t I, float* out) {
+  const void* base = x.raw_data();
+  const DType dt = x.dtype();
+  const bool big = O * R * I > kParallelMin;
+  if (I == 1) {
+    const int64_t nb = std::max<int64_t>(1, (R + kRowBlock - 1) / kRowBlock);
+    std::vector<float> part(static_cast<size_t>(O * nb));
+#pragma omp parallel for schedule(static) if (big)
+    for (int64_t t = 0; t < O * nb; ++t) {
+      const int64_t o = t / nb, b = t % nb;
+      const int64_t r0 = b * kRowBlock, n = std::min(kRowBlock, R - r0);
+      part[t] = n > 0 ? sum_contig(at(base, dt, o * R + r0), dt, n) : 0.0f;
+    }
+    for (int64_t o = 0; o < O; ++o)
+      out[o] = nb == 1 ? part[o] : static_cast<float>(pairwise(part.data() + o * nb, nb));
+    return;
+  }
+  const int64_t tiles = (I + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static) if (big)
+  for (int64_t t = 0; t < O * tiles; ++t) {
+    const int64_t o = t / tiles, i0 = (t % tiles) * kTile, n = std::min(kTile, I - i0);
+    sum_cols(at(base, dt, o * R * I), dt, I, i0, n, 0, R, out + o * I + i0);
+  }
+}
+
+}  // namespace
+
+Tensor sum_f32(const Tensor& x_in, const std::vector<int64_t>& axes, const char* op) {
+  check_compute_dtype(x_in, op, "input");
+  const int64_t nd = x_in.dim();
+  Shape kshape = x_in.shape();
+  for (int64_t a : axes) kshape[a] = 1;
+  Tensor out = Tensor::empty(kshape, DType::f32);
+  if (out.numel() == 0) return out;
+  Tensor x = x_in.contiguous();
+  std::vector<bool> red(nd, false);
+  for (int64_t a : axes) red[a] = true;
+  // Contiguous range of reduced axes: view as [O, R, I] with no copy.
+  bool range = true;
+  for (size_t i = 1; i < axes.size(); ++i) range = range && axes[i] == axes[i - 1] + 1;
+  if (!range) {
+    // Move the kept dims first and the reduced ones last, then one contiguous copy.
+    std::vector<int64_t> perm;
+    for (int64_t k = 0; k < nd; ++k)
+      if (!red[k]) perm.push_back(k);
+    for (int64_t k = 0; k < nd; ++k)
+      if (red[k]) perm.push_back(k);
+    // Apply the permutation as a sequence of transposes (selection sort of positions).
+    std::vector<int64_t> cur(nd);
+    std::iota(cur.begin(), cur.end(), 0);
+    Tensor v = x;
+    for (int64_t i = 0; i < nd; ++i) {
+      const int64_t j = std::find(cur.begin(), cur.end(), perm[i]) - cur.begin();
+      if (j != i) {
+        v = v.transpose(i, j);
+        std::swap(cur[i], cur[j]);
+      }
+    }
+    x = v.contiguous();
+    int64_t O = 1, R = 1;
+    for (int64_t k = 0; k < nd; ++k) (red[perm[k]] ? R : O) *= x.shape()[k];
+    sum_ori(x, O, R, 1, out.data<float>());
+    return out;
+  }
+  int64_t O = 1, R = 1, I = 1;
+  const int64_t first = axes.empty() ? nd : axes.front();
+  const int64_t last = axes.empty() ? nd - 1 : axes.back();
+  for (int64_t k = 0; k < nd; ++k) {
+    const int64_t e = x.shape()[k];
+    if (k < first)
+      O *= e;
+    else if (k <= last)
+      R *= e;
+    else
+      I *= e;
+  }
+  sum_ori(x, O, R, I, out.data<float>());
+  return out;
+}
+
+Tensor reduce_to_shape(const Tensor& g, const Shape& shape, DType dt, const char* op) {
+  const int64_t nd = g.dim();
+  const int64_t lead = nd - static_cast<int64_t>(shape.size());
+  if (lead < 0)
+    throw ShapeError(
+        fmt::format("{} backward: gradient {} cannot reduce to {}", op, g.str(), shape_str(shape)));
+  std::vector<int64_t> axes;
+  for (int64_t k = 0; k < nd; ++k)
+    if (k < lead || (shape[k - lead] == 1 && g.shape()[k] != 1)) axes.push_back(k);
+  if (axes.empty()) return g.contiguous().to(dt).view(shape);
+  return sum_f32(g, axes, op).view(shape).to(dt);
+}
+
+}  // namespace ops_detail
+
+using namespace ops_detail;
+
+namespace {
+
+// Sorted, unique, non-negative axes (empty: all of them).
+std::vector<int64_t> norm_axes(const Variable& x, const std::vector<int64_t>& axes,
+                               const char* op) {
+  const int64_t nd = x.dim();
+  std::vector<int64_t> out;
+  if (axes.empty()) {
+    for (int64_t k = 0; k < nd; ++k) out.push_back(k);
+    return out;
+  }
+  for (int64_t a : axes) {
+    if (a < -nd || a >= nd)
+      throw ShapeError(fmt::format("{}: axis {} out of range for {}", op, a, vstr(x)));
+    out.push_back(a < 0 ? a + nd : a);
+  }
+  std::sort(out.begin(), out.end());
+  if (std::adjacent_find(out.begin(), out.end()) != out.end())
+    throw ShapeError(
+        fmt::format("{}: repeated axis in [{}] for {}", op, fmt::join(axes, ", "), vstr(x)));
+  return out;
+}
+
+Variable reduce_op(const Variable& x, const std::vector<int64_t>& axes_in, bool keepdim,
+                   bool is_mean, const char* op) {
+  check_compute_dtype(x.data(), op, "input");
+  const auto axes = norm_axes(x, axes_in, op);
+  // Category fp32: accumulate in fp32 whatever the input; the output dtype is the policy's
+  // (fp32 unless a per-op override says otherwise).
+  const DType dt = amp::op_dtype(op, amp::OpCategory::fp32, {x.dtype()});
+  Tensor s = sum_f32(x.data(), axes, op);
+  const Shape kshape = s.shape();
+  int64_t count = 1;
+  for (int64_t a : axes) count *= x.shape()[a];
+  const float scale = is_mean ? 1.0f / static_cast<float>(count) : 1.0f;
+  if (is_mean) {
+    float* p = s.data<float>();
+    for (int64_t i = 0; i < s.numel(); ++i) p[i] *= scale;
+  }
+  Shape oshape;
+  for (int64_t k = 0; k < x.dim(); ++k)
+    if (keepdim || !std::binary_search(axes.begin(), axes.end(), k)) oshape.push_back(kshape[k]);
+  Tensor out = s.view(oshape).to(dt);
+  const Shape xshape = x.shape();
+  const DType xdt = x.dtype();
+  return make_op_result(out, {x}, op, [=](const Tensor& g) {
+    // d/dx sum = 1 (mean: 1/count) broadcast back over the reduced axes.
+    Tensor gk = g.reshape(kshape);
+    return std::vector<Tensor>{
+        map_kernel<1>(op, {gk}, xshape, xdt, [scale](float a, float, float) { return a * scale; })};
+  });
+}
+
+}  // namespace
+
+Variable sum(const Variable& x, const std::vector<int64_t>& axes, bool keepdim) {
+  return reduce_op(x, axes, keepdim, false, "sum");
+}
+Variable mean(const Variable& x, const std::vector<int64_t>& axes, bool keepdim) {
+  return reduce_op(x, axes, keepdim, true, "mean");
+}
+Variable sum(const Variable& x) { return reduce_op(x, {}, false, false, "sum"); }
+Variable mean(const Variable& x) { return reduce_op(x, {}, false, true, "mean"); }
+
+}  // namespace mixtrain
