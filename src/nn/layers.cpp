@@ -1,0 +1,62 @@
+// Linear, Embedding, LayerNorm: thin wrappers over the ops, plus initialisers.
+#include "mixtrain/nn/layers.h"
+
+#include <cmath>
+
+#include "mixtrain/ops.h"
+
+namespace mixtrain::nn {
+
+Tensor normal_tensor(const Shape& shape, float std, Rng& rng) {
+  Tensor t = Tensor::empty(shape, DType::f32);
+  float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = std * rng.normal();
+  return t;
+}
+
+Tensor uniform_tensor(const Shape& shape, float bound, Rng& rng) {
+  Tensor t = Tensor::empty(shape, DType::f32);
+  float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = bound * (2.0f * rng.uniform() - 1.0f);
+  return t;
+}
+
+Linear::Linear(int64_t in, int64_t out, bool with_bias, Rng& rng)
+    : weight(register_parameter("weight", uniform_tensor({out, in}, 1.0f / std::sqrt(float(in)), rng))) {
+  if (with_bias)
+    bias = &register_parameter("bias", uniform_tensor({out}, 1.0f / std::sqrt(float(in)), rng));
+}
+
+void Linear::init_normal(float std, Rng& rng) {
+  weight.master.copy_from(normal_tensor(weight.master.shape(), std, rng));
+  weight.refresh();
+  if (bias) {
+    bias->master.fill(0.0f);
+    bias->refresh();
+  }
+}
+
+Variable Linear::forward(const Variable& x) const {
+  PrecisionScope scope(*this);
+  return linear(x, weight.weight, bias ? bias->weight : Variable());
+}
+
+Embedding::Embedding(int64_t num, int64_t dim, float std, Rng& rng)
+    : weight(register_parameter("weight", normal_tensor({num, dim}, std, rng))) {}
+
+Variable Embedding::forward(const Variable& ids) const {
+  PrecisionScope scope(*this);
+  return embedding(ids, weight.weight);
+}
+
+LayerNorm::LayerNorm(int64_t dim, float eps_)
+    : weight(register_parameter("weight", Tensor::full({dim}, 1.0f, DType::f32))),
+      bias(register_parameter("bias", Tensor::zeros({dim}, DType::f32))),
+      eps(eps_) {}
+
+Variable LayerNorm::forward(const Variable& x) const {
+  PrecisionScope scope(*this);
+  return layer_norm(x, weight.weight, bias.weight, eps);
+}
+
+}  // namespace mixtrain::nn
