@@ -44,6 +44,8 @@ Variable matmul(const Variable& a_in, const Variable& b_in) {
   auto fail = [&](const std::string& why) {
     return ShapeError(fmt::format("matmul: A {} and B {}: {}", vstr(a_in), vstr(b_in), why));
   };
+  check_compute_dtype(a_in.data(), "matmul", "A");
+  check_compute_dtype(b_in.data(), "matmul", "B");
   if (da < 2 || da > 3 || db < 2 || db > 3)
     throw fail("A must be 2-d or 3-d [Bt, M, K], B 2-d or 3-d [Bt, K, N]");
   if (db == 3 && da == 2) throw fail("a 3-d B needs a 3-d A (batched)");
@@ -51,8 +53,6 @@ Variable matmul(const Variable& a_in, const Variable& b_in) {
     throw fail(fmt::format("inner dims {} != {}", a_in.size(-1), b_in.size(-2)));
   if (da == 3 && db == 3 && a_in.size(0) != b_in.size(0))
     throw fail(fmt::format("batch dims {} != {}", a_in.size(0), b_in.size(0)));
-  check_compute_dtype(a_in.data(), "matmul", "A");
-  check_compute_dtype(b_in.data(), "matmul", "B");
   const DType dt = amp::op_dtype("matmul", amp::OpCategory::lower, {a_in.dtype(), b_in.dtype()});
   const Variable a = cast(a_in, dt), b = cast(b_in, dt);
   // A shared 2-d B under a 3-d A is one tall GEMM: [Bt·M, K] · [K, N].
