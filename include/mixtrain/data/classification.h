@@ -1,0 +1,87 @@
+// Classification data in memory (features [N, F] + labels i64 [N]) and a resumable batch
+// iterator with deterministic per-epoch shuffling.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "mixtrain/random.h"
+#include "mixtrain/tensor.h"
+
+namespace mixtrain {
+
+/// N examples: features [N, F] (any dtype, usually f32) and labels i64 [N].
+struct ClassificationData {
+  Tensor features;
+  Tensor labels;
+  int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
+  int64_t num_features() const { return features.defined() ? features.size(1) : 0; }
+  /// Examples [start, end) as a new (copied, contiguous) data set.
+  ClassificationData slice(int64_t start, int64_t end) const;
+};
+
+/// One batch: features [B, F], labels i64 [B] (B may be smaller for an epoch's last batch).
+struct Batch {
+  Tensor features;
+  Tensor labels;
+  int64_t epoch = 0;  ///< the epoch this batch belongs to
+  int64_t index = 0;  ///< its index within that epoch
+};
+
+/// Iterates over a data set in batches, epoch after epoch. The order of epoch e is a
+/// Fisher-Yates shuffle drawn from the counter-based Rng, so it depends only on the seed and
+/// the epoch: a resumed run sees exactly the batches an uninterrupted one would.
+///   BatchIterator it(train, 128, seed);
+///   for (int64_t s = 0; s < steps; ++s) { Batch b = it.next(); ... }
+///   auto st = it.state();  // save in a checkpoint; later: it.restore(st)
+class BatchIterator {
+ public:
+  struct Options {
+    bool shuffle = true;
+    bool drop_last = false;  ///< skip an epoch's final partial batch
+  };
+  /// The resumable state: epoch, position (examples consumed in this epoch) and the Rng as it
+  /// stood before this epoch's shuffle.
+  struct State {
+    int64_t epoch = 0;
+    int64_t position = 0;
+    Rng rng;
+    bool operator==(const State&) const = default;
+    /// As string pairs (for a checkpoint's safetensors __metadata__), keys prefixed by prefix.
+    std::map<std::string, std::string> to_metadata(const std::string& prefix = "data.") const;
+    /// Parses to_metadata()'s output; throws ConfigError naming a missing or malformed key.
+    static State from_metadata(const std::map<std::string, std::string>& m,
+                               const std::string& prefix = "data.");
+  };
+
+  /// Keeps a reference to data (which must outlive the iterator). Throws ConfigError for a
+  /// batch size < 1 or an empty data set (or drop_last with fewer examples than one batch).
+  BatchIterator(const ClassificationData& data, int64_t batch_size, uint64_t seed);
+  BatchIterator(const ClassificationData& data, int64_t batch_size, uint64_t seed, Options opt);
+
+  /// The next batch; moves to the next epoch (reshuffling) when this one is used up.
+  Batch next();
+  /// Batches per epoch (counting a final partial batch unless drop_last).
+  int64_t batches_per_epoch() const;
+  int64_t epoch() const { return state_.epoch; }
+  const State& state() const { return state_; }
+  /// Resumes from a saved state; throws ConfigError if it does not fit this data set.
+  void restore(const State& s);
+  /// This epoch's order (example indices).
+  const std::vector<int64_t>& order() const { return order_; }
+
+ private:
+  void start_epoch();
+  const ClassificationData& data_;
+  int64_t batch_size_;
+  Options opt_;
+  State state_;
+  std::vector<int64_t> order_;
+};
+
+/// Fisher-Yates shuffle of 0..n-1 drawing n-1 values from rng.
+std::vector<int64_t> shuffled_indices(int64_t n, Rng& rng);
+
+}  // namespace mixtrain

@@ -1,0 +1,143 @@
+// ClassificationData slicing and the BatchIterator (Fisher-Yates per epoch, resumable state).
+#include "mixtrain/data/classification.h"
+
+#include <fmt/format.h>
+#include <cstring>
+
+#include "mixtrain/error.h"
+
+namespace mixtrain {
+
+ClassificationData ClassificationData::slice(int64_t start, int64_t end) const {
+  if (start < 0 || end < start || end > size())
+    throw ShapeError(fmt::format("ClassificationData::slice: [{}, {}) out of range for {} examples",
+                                 start, end, size()));
+  return {features.slice(0, start, end).clone(), labels.slice(0, start, end).clone()};
+}
+
+std::vector<int64_t> shuffled_indices(int64_t n, Rng& rng) {
+  std::vector<int64_t> idx(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) idx[i] = i;
+  // Fisher-Yates from the back: i swaps with a uniform j in [0, i]. below() takes a modulus of
+  // 64 random bits; its bias (< n / 2^64) is far below anything measurable here.
+  for (int64_t i = n - 1; i > 0; --i) {
+    const int64_t j = static_cast<int64_t>(rng.below(static_cast<uint64_t>(i) + 1));
+    std::swap(idx[i], idx[j]);
+  }
+  return idx;
+}
+
+BatchIterator::BatchIterator(const ClassificationData& data, int64_t batch_size, uint64_t seed)
+    : BatchIterator(data, batch_size, seed, Options{}) {}
+
+BatchIterator::BatchIterator(const ClassificationData& data, int64_t batch_size, uint64_t seed,
+                             Options opt)
+    : data_(data), batch_size_(batch_size), opt_(opt) {
+  if (batch_size < 1)
+    throw ConfigError(fmt::format("BatchIterator: batch size {} < 1", batch_size));
+  if (data.size() < 1) throw ConfigError("BatchIterator: the data set is empty");
+  if (data.features.dim() != 2 || data.labels.dim() != 1 ||
+      data.features.size(0) != data.labels.size(0))
+    throw ShapeError(fmt::format("BatchIterator: features {} and labels {} do not pair up",
+                                 shape_str(data.features.shape()), shape_str(data.labels.shape())));
+  data.labels.check_dtype(DType::i64, "BatchIterator labels");
+  if (opt.drop_last && data.size() < batch_size)
+    throw ConfigError(fmt::format(
+        "BatchIterator: drop_last with batch size {} but only {} examples: no batch at all",
+        batch_size, data.size()));
+  state_.rng = Rng(seed);
+  start_epoch();
+}
+
+void BatchIterator::start_epoch() {
+  if (opt_.shuffle) {
+    Rng r = state_.rng;  // the state keeps the Rng as it was before this epoch's draws
+    order_ = shuffled_indices(data_.size(), r);
+  } else {
+    order_.resize(static_cast<size_t>(data_.size()));
+    for (int64_t i = 0; i < data_.size(); ++i) order_[i] = i;
+  }
+}
+
+int64_t BatchIterator::batches_per_epoch() const {
+  const int64_t n = data_.size();
+  return opt_.drop_last ? n / batch_size_ : (n + batch_size_ - 1) / batch_size_;
+}
+
+Batch BatchIterator::next() {
+  const int64_t n = data_.size();
+  const int64_t left = n - state_.position;
+  if (left <= 0 || (opt_.drop_last && left < batch_size_)) {
+    // Next epoch: its Rng continues where this epoch's shuffle stopped.
+    if (opt_.shuffle) state_.rng.counter += static_cast<uint64_t>(n > 0 ? n - 1 : 0);
+    ++state_.epoch;
+    state_.position = 0;
+    start_epoch();
+  }
+  const int64_t b = std::min(batch_size_, n - state_.position);
+  const Tensor src = data_.features.contiguous();
+  const int64_t f = data_.num_features();
+  const size_t row_bytes = static_cast<size_t>(f) * src.element_size();
+  Batch out;
+  out.features = Tensor::empty({b, f}, src.dtype());
+  out.labels = Tensor::empty({b}, DType::i64);
+  const char* in = static_cast<const char*>(src.raw_data());
+  char* dst = static_cast<char*>(out.features.raw_data());
+  const Tensor labels = data_.labels.contiguous();
+  const int64_t* lab = labels.data<int64_t>();
+  int64_t* olab = out.labels.data<int64_t>();
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t k = order_[static_cast<size_t>(state_.position + i)];
+    std::memcpy(dst + i * row_bytes, in + k * row_bytes, row_bytes);
+    olab[i] = lab[k];
+  }
+  out.epoch = state_.epoch;
+  out.index = state_.position / batch_size_;
+  state_.position += b;
+  return out;
+}
+
+void BatchIterator::restore(const State& s) {
+  if (s.epoch < 0 || s.position < 0 || s.position > data_.size())
+    throw ConfigError(fmt::format(
+        "BatchIterator::restore: epoch {} position {} does not fit a data set of {} examples",
+        s.epoch, s.position, data_.size()));
+  state_ = s;
+  start_epoch();
+}
+
+std::map<std::string, std::string> BatchIterator::State::to_metadata(
+    const std::string& prefix) const {
+  return {{prefix + "epoch", std::to_string(epoch)},
+          {prefix + "position", std::to_string(position)},
+          {prefix + "rng_seed", std::to_string(rng.seed)},
+          {prefix + "rng_counter", std::to_string(rng.counter)}};
+}
+
+BatchIterator::State BatchIterator::State::from_metadata(
+    const std::map<std::string, std::string>& m, const std::string& prefix) {
+  auto get = [&](const char* key) -> uint64_t {
+    const auto it = m.find(prefix + key);
+    if (it == m.end())
+      throw ConfigError(fmt::format("batch iterator state: missing '{}{}'", prefix, key));
+    const std::string& v = it->second;
+    size_t used = 0;
+    uint64_t x = 0;
+    try {
+      x = std::stoull(v, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (v.empty() || used != v.size() || v[0] == '-')
+      throw ConfigError(fmt::format(
+          "batch iterator state: '{}{}' = '{}' is not an unsigned integer", prefix, key, v));
+    return x;
+  };
+  State s;
+  s.epoch = static_cast<int64_t>(get("epoch"));
+  s.position = static_cast<int64_t>(get("position"));
+  s.rng = Rng(get("rng_seed"), get("rng_counter"));
+  return s;
+}
+
+}  // namespace mixtrain
