@@ -1,14 +1,22 @@
 // Number formats: the runtime dtype enum and the 16- and 8-bit value types.
 //
 // Every conversion from float rounds to nearest, ties to even (RNE), handles ±0, ±Inf,
-// subnormals and overflow, and maps NaN to a quiet NaN of the same sign whose payload keeps
-// the top bits of the fp32 payload (the x86 conversion instructions do the same, so the bulk
-// SIMD paths and these scalar ones agree bit for bit). Formats, with significant bits:
-//   bf16      1-8-7   8 bits   max 3.39e38  (fp32's range)       overflow -> Inf
-//   fp16      1-5-10  11 bits  max 65504    min subnormal 2^-24  overflow -> Inf
-//   fp8_e5m2  1-5-2   3 bits   max 57344                         overflow -> Inf
-//   fp8_e4m3  1-4-3   4 bits   max 448, no Inf (OCP "fn")        overflow -> NaN,
-//                                                                 or max with saturate()
+// subnormals (fp32 subnormal inputs are converted exactly, never flushed) and overflow, and
+// is integer-only, so it ignores the MXCSR rounding mode and FTZ/DAZ. Formats:
+//   bf16      1-8-7   8 significant bits   max 3.39e38 (fp32's range)   overflow -> Inf
+//   fp16      1-5-10  11 bits  max 65504   min subnormal 2^-24           overflow -> Inf
+//   fp8_e5m2  1-5-2   3 bits   max 57344   min subnormal 2^-16           overflow -> Inf
+//   fp8_e4m3  1-4-3   4 bits   max 448, no Inf (OCP "fn")                overflow -> NaN,
+//                                                         or ±448 with saturate()
+// NaN rule (the x86 conversion instructions vcvtneps2bf16, vcvtps2ph and vcvtph2ps do the
+// same, so the bulk SIMD paths and these scalar ones agree bit for bit):
+//   fp32 -> bf16/fp16/e5m2: a quiet NaN of the same sign whose payload is the top payload bits
+//     of the fp32 NaN, with the quiet bit set (a signalling NaN is quieted);
+//   fp32 -> e4m3: the format's only NaN of that sign, 0x7f or 0xff;
+//   fp16/e5m2/e4m3 -> fp32: a quiet NaN of the same sign, payload in the top bits;
+//   bf16 -> fp32: the exact 16-bit shift (a signalling bf16 NaN stays signalling).
+// So every non-NaN bit pattern round-trips exactly, and a NaN pattern comes back as a NaN of
+// the same sign and payload with the quiet bit set (canonicalised, as libraries may do too).
 #pragma once
 
 #include <bit>
@@ -141,9 +149,11 @@ struct bf16 {
     return r;
   }
   constexpr uint16_t bits() const { return x; }
-  /// Stochastic rounding: `random` is 32 uniform random bits from the caller's stream; the
-  /// low 16 decide. Inf and NaN pass through; a value may round up to Inf only if its RNE
-  /// neighbour above is Inf.
+  /// Stochastic rounding: `random` is 32 uniform random bits from the caller's stream; its low
+  /// 16 decide. Rounds away from zero with probability (|f| - |lo|) / (|hi| - |lo|) for the
+  /// bf16 neighbours lo <= |f| < hi, so E[result] = f exactly (subnormals too). Inf and NaN
+  /// go as in bf16(f); a finite value above the largest bf16 rounds up to Inf with the same
+  /// rule, Inf taking the place of the next value 2^128.
   static bf16 round_stochastic(float f, uint32_t random) {
     const uint32_t u = detail::f32_bits(f);
     if ((u & 0x7f800000u) == 0x7f800000u) return bf16(f);
@@ -166,8 +176,11 @@ struct fp16 {
     return r;
   }
   constexpr uint16_t bits() const { return x; }
-  /// Stochastic rounding with 32 random bits from the caller's stream: rounds up with
-  /// probability equal to the distance to the lower neighbour over the gap (subnormals too).
+  /// Stochastic rounding with 32 random bits from the caller's stream (normal range: the low
+  /// 13 decide; subnormal range: up to all 32): rounds away from zero with probability equal
+  /// to the distance to the lower neighbour over the gap, so E[result] = f (to 2^-32 of a
+  /// subnormal step for |f| < 2^-32). As for bf16, a finite value above 65504 rounds up to
+  /// Inf (standing for 65536) with that probability; Inf and NaN go as in fp16(f).
   static fp16 round_stochastic(float f, uint32_t random);
 };
 
@@ -227,12 +240,18 @@ template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
 template <> constexpr DType dtype_of<uint8_t>() { return DType::u8; }
 
 /// Bulk conversion between any two dtypes (n elements, contiguous). fp32<->bf16 and
-/// fp32<->fp16 use the best SIMD path this CPU has (chosen once at start); results are
-/// bit-identical to the scalar conversions above.
+/// fp32<->fp16 use the best SIMD path this CPU has (chosen once at start, see simd_level());
+/// results are bit-identical to the scalar conversions above. Large n runs on OpenMP threads
+/// (element-wise, so the result does not depend on the thread count). f64 and integers round
+/// once (RNE) straight to the target, never through an intermediate rounding; float ->
+/// integer truncates toward zero and saturates at the integer's range, NaN -> 0; integer ->
+/// narrower integer wraps, as static_cast does.
 void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, size_t n);
 
 /// Stochastic-rounding bulk conversion fp32 -> bf16/fp16; `seed` and `offset` define the
-/// random stream (counter-based, so a parallel split gives the same bits as a serial one).
+/// random stream (counter-based, so a parallel split gives the same bits as a serial one):
+/// element i uses T::round_stochastic(src[i], random_bits(seed, offset + i) >> 32).
+/// Throws DTypeError for any other dst_dtype.
 void convert_stochastic(const float* src, void* dst, DType dst_dtype, size_t n, uint64_t seed,
                         uint64_t offset = 0);
 
