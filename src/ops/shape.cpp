@@ -40,9 +40,22 @@ Variable slice(const Variable& x, int64_t dim, int64_t start, int64_t end) {
   const Shape xshape = x.shape();
   const DType xdt = x.dtype();
   return make_op_result(x.data().slice(dim, s, e), {x}, "slice", [=](const Tensor& g) {
-    // Zeros everywhere but the slice, which receives g.
+    // Zeros everywhere but the slice, which receives g: viewed as [outer, n, inner], g fills
+    // a contiguous run of each outer row.
     Tensor gx = Tensor::zeros(xshape, xdt);
-    gx.slice(dim, s, e).copy_from(g);
+    const Tensor gc = g.to(xdt).contiguous();
+    int64_t outer = 1, inner = 1;
+    for (int64_t k = 0; k < static_cast<int64_t>(xshape.size()); ++k) {
+      if (k < dim) outer *= xshape[k];
+      if (k > dim) inner *= xshape[k];
+    }
+    const size_t es = dtype_size(xdt);
+    const size_t run = static_cast<size_t>((e - s) * inner) * es;
+    const char* src = static_cast<const char*>(gc.raw_data());
+    char* dst = static_cast<char*>(gx.raw_data());
+#pragma omp parallel for schedule(static) if (outer * (e - s) * inner > kParallelMin)
+    for (int64_t o = 0; o < outer; ++o)
+      std::memcpy(dst + static_cast<size_t>((o * n + s) * inner) * es, src + o * run, run);
     return std::vector<Tensor>{gx};
   });
 }
