@@ -346,6 +346,24 @@ TEST(OpsPolicy, CategoriesPickDTypes) {
     expect_close(w.grad().slice(0, j, j + 1).reshape({8}), want, 1e-6f, 1e-6f, "dW row");
 }
 
+TEST(OpsPolicy, Bf16LeafWeightGetsUnroundedFp32Gradient) {
+  // A Parameter's compute copy: a bf16 leaf accumulating its gradient in fp32. linear's dW
+  // leaves the GEMM in fp32 and must reach it unrounded: equal to the fp32 product of the
+  // same bf16 values to fp32 accuracy, far tighter than bf16's 2^-8.
+  const Tensor xb = random_tensor({16, 24}, 33).to(DType::bf16);
+  const Tensor wb = random_tensor({8, 24}, 34).to(DType::bf16);
+  const Tensor gy = random_tensor({16, 8}, 35);
+  Variable w(wb, true);
+  w.set_grad_dtype(DType::f32);
+  Variable y = linear(Variable(xb), w);
+  EXPECT_EQ(y.dtype(), DType::bf16);
+  y.backward(gy.to(DType::bf16));
+  ASSERT_EQ(w.grad().dtype(), DType::f32);
+  // dW = gyᵀ · x with gy as the bf16 seed the backward saw.
+  const Tensor want = ref::matmul(ref::transpose(gy.to(DType::bf16), 0, 1), xb);
+  expect_close(w.grad(), want, 1e-6f, 1e-6f, "dW in fp32");
+}
+
 // ---- errors ----
 
 TEST(OpsErrors, MessagesNameOpShapesAndDTypes) {
