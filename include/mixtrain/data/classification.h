@@ -48,7 +48,10 @@ class BatchIterator {
     int64_t epoch = 0;
     int64_t position = 0;
     Rng rng;
-    bool operator==(const State&) const = default;
+    bool operator==(const State& o) const {
+      return epoch == o.epoch && position == o.position && rng.seed == o.rng.seed &&
+             rng.counter == o.rng.counter;
+    }
     /// As string pairs (for a checkpoint's safetensors __metadata__), keys prefixed by prefix.
     std::map<std::string, std::string> to_metadata(const std::string& prefix = "data.") const;
     /// Parses to_metadata()'s output; throws ConfigError naming a missing or malformed key.
