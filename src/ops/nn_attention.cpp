@@ -1,8 +1,12 @@
 // scaled_dot_product_attention: fused, flash-attention-style forward and backward on the CPU.
 // One (batch, head) per task; one query row of fp32 scores at a time; only the per-row
-// logsumexp is saved, and backward recomputes the probabilities from it.
+// logsumexp is saved, and backward recomputes the probabilities from it. The per-head loops
+// are built for AVX-512, AVX2 and baseline x86-64 and chosen at run time.
 #include <cmath>
+#include <string>
 #include <vector>
+
+#include "mixtrain/cpu.h"
 
 #include "mixtrain/amp/policy.h"
 #include "mixtrain/ops_nn.h"
@@ -47,41 +51,131 @@ inline void scores(const float* q, const float* kt, int64_t Tk, int64_t D, int64
   }
 }
 
-template <class T>
-void attn_forward(const T* q, const T* k, const T* v, T* out, float* lse, const Dims& dm) {
+// One head's forward on fp32 buffers: q [Tq, D], kt = kᵀ [D, Tk], v [Tk, D] -> o [Tq, D] and
+// lse [Tq]. `s` holds one row of Tk scores. Compiled once per ISA below (always_inline body).
+[[gnu::always_inline]] inline void head_forward_body(const float* q, const float* kt,
+                                                     const float* v, const Dims& dm, float* s,
+                                                     float* o, float* lse) {
   const int64_t Tq = dm.Tq, Tk = dm.Tk, D = dm.D;
-#pragma omp parallel if (dm.BH * Tq * Tk * D > kParallelMin)
-  {
-    std::vector<float> kr(Tk * D), kt(Tk * D), vr(Tk * D), vt(Tk * D);
-    std::vector<float> qb(D), o(D), s(Tk);
-#pragma omp for schedule(dynamic)
-    for (int64_t bh = 0; bh < dm.BH; ++bh) {
-      load_head(k + bh * Tk * D, Tk, D, kr.data(), kt.data());
-      load_head(v + bh * Tk * D, Tk, D, vr.data(), vt.data());
-      for (int64_t i = 0; i < Tq; ++i) {
-        const float* qr = load_row(q + (bh * Tq + i) * D, D, qb.data());
-        const int64_t jn = dm.causal ? i + 1 : Tk;
-        scores(qr, kt.data(), Tk, D, jn, dm.scale, s.data());
-        const float m = max_row(s.data(), jn);
-        for (int64_t j = 0; j < jn; ++j) s[j] = std::exp(s[j] - m);
-        const float l = sum_lanes(s.data(), jn);
-        lse[bh * Tq + i] = m + std::log(l);
-        const float inv = 1.0f / l;
-        std::fill(o.begin(), o.end(), 0.0f);
-        for (int64_t j = 0; j < jn; ++j) {
-          const float pj = s[j] * inv;
-          const float* __restrict vj = vr.data() + j * D;
-          for (int64_t d = 0; d < D; ++d) o[d] += pj * vj[d];
-        }
-        store_row(o.data(), D, out + (bh * Tq + i) * D, dtype_of<T>());
+  for (int64_t i = 0; i < Tq; ++i) {
+    const int64_t jn = dm.causal ? i + 1 : Tk;
+    scores(q + i * D, kt, Tk, D, jn, dm.scale, s);
+    const float m = max_row(s, jn);
+    for (int64_t j = 0; j < jn; ++j) s[j] = std::exp(s[j] - m);
+    const float l = sum_lanes(s, jn);
+    lse[i] = m + std::log(l);
+    const float inv = 1.0f / l;
+    float* __restrict oi = o + i * D;
+    std::fill(oi, oi + D, 0.0f);
+    for (int64_t j = 0; j < jn; ++j) {
+      const float pj = s[j] * inv;
+      const float* __restrict vj = v + j * D;
+      for (int64_t d = 0; d < D; ++d) oi[d] += pj * vj[d];
+    }
+  }
+}
+
+// One head's backward on fp32 buffers. Per query row i: pⱼ = exp(sⱼ - lseᵢ), dpⱼ = dOᵢ·vⱼ,
+// dsⱼ = pⱼ(dpⱼ - Σₖ pₖdpₖ); dqᵢ = scale·Σⱼ dsⱼkⱼ, dkⱼ += scale·dsⱼqᵢ, dvⱼ += pⱼdOᵢ. Σₖ pₖdpₖ
+// equals dOᵢ·Oᵢ, but summing it here from fp32 p and dp avoids reading the rounded output.
+[[gnu::always_inline]] inline void head_backward_body(const float* q, const float* g,
+                                                      const float* k, const float* kt,
+                                                      const float* vt, const float* lse,
+                                                      const Dims& dm, float* p, float* dp,
+                                                      float* dq, float* dk, float* dv) {
+  const int64_t Tq = dm.Tq, Tk = dm.Tk, D = dm.D;
+  std::fill(dk, dk + Tk * D, 0.0f);
+  std::fill(dv, dv + Tk * D, 0.0f);
+  for (int64_t i = 0; i < Tq; ++i) {
+    const float* __restrict qi = q + i * D;
+    const float* __restrict gi = g + i * D;
+    const int64_t jn = dm.causal ? i + 1 : Tk;
+    scores(qi, kt, Tk, D, jn, dm.scale, p);
+    const float l = lse[i];
+    for (int64_t j = 0; j < jn; ++j) p[j] = std::exp(p[j] - l);
+    scores(gi, vt, Tk, D, jn, 1.0f, dp);
+    const float di = dot_lanes(p, dp, jn);
+    float* __restrict dqi = dq + i * D;
+    std::fill(dqi, dqi + D, 0.0f);
+    for (int64_t j = 0; j < jn; ++j) {
+      const float ds = p[j] * (dp[j] - di) * dm.scale;
+      const float pj = p[j];
+      const float* __restrict kj = k + j * D;
+      float* __restrict dkj = dk + j * D;
+      float* __restrict dvj = dv + j * D;
+      for (int64_t d = 0; d < D; ++d) {
+        dqi[d] += ds * kj[d];
+        dkj[d] += ds * qi[d];
+        dvj[d] += pj * gi[d];
       }
     }
   }
 }
 
-// Per query row i: pⱼ = exp(sⱼ - lseᵢ), dpⱼ = dOᵢ·vⱼ, dsⱼ = pⱼ(dpⱼ - Σₖ pₖdpₖ);
-// dqᵢ = scale·Σⱼ dsⱼkⱼ, dkⱼ += scale·dsⱼqᵢ, dvⱼ += pⱼdOᵢ. Σₖ pₖdpₖ equals dOᵢ·Oᵢ, but summing
-// it here from fp32 p and dp avoids reading the rounded 16-bit output.
+// The per-head bodies built for AVX-512, AVX2+FMA and the baseline, picked at run time (the
+// library itself is compiled for baseline x86-64). g++ contracts a*b+c into FMA where the
+// target has it, so the AVX2 and AVX-512 variants agree bit for bit (same contractions, fixed
+// 16-lane reductions) while the baseline one differs in the last fp32 bits (one rounding more
+// per multiply-add); all are tested against the reference (MIXTRAIN_ISA caps the choice).
+#define MIXTRAIN_ATTN_VARIANT(suffix, attr)                                                        \
+  attr void head_forward_##suffix(const float* q, const float* kt, const float* v, const Dims& dm, \
+                                  float* s, float* o, float* lse) {                                \
+    head_forward_body(q, kt, v, dm, s, o, lse);                                                    \
+  }                                                                                                \
+  attr void head_backward_##suffix(                                                                \
+      const float* q, const float* g, const float* k, const float* kt, const float* vt,            \
+      const float* lse, const Dims& dm, float* p, float* dp, float* dq, float* dk, float* dv) {    \
+    head_backward_body(q, g, k, kt, vt, lse, dm, p, dp, dq, dk, dv);                               \
+  }
+MIXTRAIN_ATTN_VARIANT(avx512,
+                      __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"), flatten)))
+MIXTRAIN_ATTN_VARIANT(avx2, __attribute__((target("avx2,fma"), flatten)))
+MIXTRAIN_ATTN_VARIANT(base, __attribute__((flatten)))
+#undef MIXTRAIN_ATTN_VARIANT
+
+using HeadForward = void (*)(const float*, const float*, const float*, const Dims&, float*, float*,
+                             float*);
+using HeadBackward = void (*)(const float*, const float*, const float*, const float*, const float*,
+                              const float*, const Dims&, float*, float*, float*, float*, float*);
+
+// The widest variant the bulk kernels use (simd_level honours the MIXTRAIN_ISA cap).
+int isa_index() {
+  static const int idx = [] {
+    const std::string lvl = simd_level();
+    return lvl.rfind("avx512", 0) == 0 ? 2 : lvl == "avx2" ? 1 : 0;
+  }();
+  return idx;
+}
+
+// Loads n contiguous elements of p as fp32 into dst.
+template <class T>
+void load_block(const T* p, int64_t n, float* dst) {
+  if constexpr (std::is_same_v<T, float>) {
+    std::copy(p, p + n, dst);
+  } else {
+    convert(p, dtype_of<T>(), dst, DType::f32, static_cast<size_t>(n));
+  }
+}
+
+template <class T>
+void attn_forward(const T* q, const T* k, const T* v, T* out, float* lse, const Dims& dm) {
+  const int64_t Tq = dm.Tq, Tk = dm.Tk, D = dm.D;
+  const HeadForward fwd[3] = {head_forward_base, head_forward_avx2, head_forward_avx512};
+  const HeadForward f = fwd[isa_index()];
+#pragma omp parallel if (dm.BH * Tq * Tk * D > kParallelMin)
+  {
+    std::vector<float> qb(Tq * D), kr(Tk * D), kt(Tk * D), vr(Tk * D), vt(Tk * D), o(Tq * D), s(Tk);
+#pragma omp for schedule(dynamic)
+    for (int64_t bh = 0; bh < dm.BH; ++bh) {
+      load_block(q + bh * Tq * D, Tq * D, qb.data());
+      load_head(k + bh * Tk * D, Tk, D, kr.data(), kt.data());
+      load_block(v + bh * Tk * D, Tk * D, vr.data());
+      f(qb.data(), kt.data(), vr.data(), dm, s.data(), o.data(), lse + bh * Tq);
+      store_row(o.data(), Tq * D, out + bh * Tq * D, dtype_of<T>());
+    }
+  }
+}
+
 template <class T>
 void attn_backward(const T* q, const T* k, const T* v, const Tensor& g, const float* lse,
                    const Dims& dm, void* dq, DType dq_dt, void* dk, DType dk_dt, void* dv,
@@ -91,40 +185,21 @@ void attn_backward(const T* q, const T* k, const T* v, const Tensor& g, const fl
   const size_t ges = dtype_size(gdt);
   const char* gp = static_cast<const char*>(g.raw_data());
   const size_t qes = dtype_size(dq_dt), kes = dtype_size(dk_dt), ves = dtype_size(dv_dt);
+  const HeadBackward bwd[3] = {head_backward_base, head_backward_avx2, head_backward_avx512};
+  const HeadBackward f = bwd[isa_index()];
 #pragma omp parallel if (dm.BH * Tq * Tk * D > kParallelMin)
   {
-    std::vector<float> kr(Tk * D), kt(Tk * D), vr(Tk * D), vt(Tk * D), dkb(Tk * D), dvb(Tk * D);
-    std::vector<float> qb(D), gb(D), dqb(D), p(Tk), dp(Tk);
+    std::vector<float> qb(Tq * D), gb(Tq * D), dqb(Tq * D), kr(Tk * D), kt(Tk * D), vr(Tk * D),
+        vt(Tk * D), dkb(Tk * D), dvb(Tk * D), p(Tk), dp(Tk);
 #pragma omp for schedule(dynamic)
     for (int64_t bh = 0; bh < dm.BH; ++bh) {
+      load_block(q + bh * Tq * D, Tq * D, qb.data());
+      convert(gp + bh * Tq * D * ges, gdt, gb.data(), DType::f32, static_cast<size_t>(Tq * D));
       load_head(k + bh * Tk * D, Tk, D, kr.data(), kt.data());
       load_head(v + bh * Tk * D, Tk, D, vr.data(), vt.data());
-      std::fill(dkb.begin(), dkb.end(), 0.0f);
-      std::fill(dvb.begin(), dvb.end(), 0.0f);
-      for (int64_t i = 0; i < Tq; ++i) {
-        const float* qr = load_row(q + (bh * Tq + i) * D, D, qb.data());
-        convert(gp + (bh * Tq + i) * D * ges, gdt, gb.data(), DType::f32, static_cast<size_t>(D));
-        const int64_t jn = dm.causal ? i + 1 : Tk;
-        scores(qr, kt.data(), Tk, D, jn, dm.scale, p.data());
-        const float l = lse[bh * Tq + i];
-        for (int64_t j = 0; j < jn; ++j) p[j] = std::exp(p[j] - l);
-        scores(gb.data(), vt.data(), Tk, D, jn, 1.0f, dp.data());
-        const float di = dot_lanes(p.data(), dp.data(), jn);
-        std::fill(dqb.begin(), dqb.end(), 0.0f);
-        for (int64_t j = 0; j < jn; ++j) {
-          const float ds = p[j] * (dp[j] - di) * dm.scale;
-          const float pj = p[j];
-          const float* __restrict kj = kr.data() + j * D;
-          float* __restrict dkj = dkb.data() + j * D;
-          float* __restrict dvj = dvb.data() + j * D;
-          for (int64_t d = 0; d < D; ++d) {
-            dqb[d] += ds * kj[d];
-            dkj[d] += ds * qr[d];
-            dvj[d] += pj * gb[d];
-          }
-        }
-        store_row(dqb.data(), D, static_cast<char*>(dq) + (bh * Tq + i) * D * qes, dq_dt);
-      }
+      f(qb.data(), gb.data(), kr.data(), kt.data(), vt.data(), lse + bh * Tq, dm, p.data(),
+        dp.data(), dqb.data(), dkb.data(), dvb.data());
+      store_row(dqb.data(), Tq * D, static_cast<char*>(dq) + bh * Tq * D * qes, dq_dt);
       store_row(dkb.data(), Tk * D, static_cast<char*>(dk) + bh * Tk * D * kes, dk_dt);
       store_row(dvb.data(), Tk * D, static_cast<char*>(dv) + bh * Tk * D * ves, dv_dt);
     }
