@@ -79,8 +79,7 @@ constexpr uint32_t encode_small_float(float f, bool saturate) {
   // Normal: the implicit bit in q carries into the exponent field, so a mantissa that rounds
   // up to 2.0 correctly bumps the exponent. Subnormal: q is the code (and may become the
   // smallest normal).
-  const uint32_t code =
-      subnormal ? q : (static_cast<uint32_t>(e + kBias - 1) << M) + q;
+  const uint32_t code = subnormal ? q : (static_cast<uint32_t>(e + kBias - 1) << M) + q;
   if (code > kMaxFinite) return sign | (kHasInf ? kInf : (saturate ? kMaxFinite : kNaN));
   return sign | code;
 }
@@ -167,9 +166,7 @@ struct fp16 {
   fp16() = default;
   explicit constexpr fp16(float f)
       : x(static_cast<uint16_t>(detail::encode_small_float<5, 10, true>(f, false))) {}
-  explicit constexpr operator float() const {
-    return detail::decode_small_float<5, 10, true>(x);
-  }
+  explicit constexpr operator float() const { return detail::decode_small_float<5, 10, true>(x); }
   static constexpr fp16 from_bits(uint16_t b) {
     fp16 r;
     r.x = b;
@@ -190,9 +187,7 @@ struct fp8_e4m3 {
   fp8_e4m3() = default;
   explicit constexpr fp8_e4m3(float f)
       : x(static_cast<uint8_t>(detail::encode_small_float<4, 3, false>(f, false))) {}
-  explicit constexpr operator float() const {
-    return detail::decode_small_float<4, 3, false>(x);
-  }
+  explicit constexpr operator float() const { return detail::decode_small_float<4, 3, false>(x); }
   /// Saturating conversion for scaled use: out-of-range values and ±Inf clamp to ±448.
   static constexpr fp8_e4m3 saturate(float f) {
     return from_bits(static_cast<uint8_t>(detail::encode_small_float<4, 3, false>(f, true)));
@@ -229,15 +224,42 @@ struct fp8_e5m2 {
 /// The DType of a C++ element type.
 template <class T>
 constexpr DType dtype_of();
-template <> constexpr DType dtype_of<float>() { return DType::f32; }
-template <> constexpr DType dtype_of<double>() { return DType::f64; }
-template <> constexpr DType dtype_of<bf16>() { return DType::bf16; }
-template <> constexpr DType dtype_of<fp16>() { return DType::f16; }
-template <> constexpr DType dtype_of<fp8_e4m3>() { return DType::e4m3; }
-template <> constexpr DType dtype_of<fp8_e5m2>() { return DType::e5m2; }
-template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
-template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
-template <> constexpr DType dtype_of<uint8_t>() { return DType::u8; }
+template <>
+constexpr DType dtype_of<float>() {
+  return DType::f32;
+}
+template <>
+constexpr DType dtype_of<double>() {
+  return DType::f64;
+}
+template <>
+constexpr DType dtype_of<bf16>() {
+  return DType::bf16;
+}
+template <>
+constexpr DType dtype_of<fp16>() {
+  return DType::f16;
+}
+template <>
+constexpr DType dtype_of<fp8_e4m3>() {
+  return DType::e4m3;
+}
+template <>
+constexpr DType dtype_of<fp8_e5m2>() {
+  return DType::e5m2;
+}
+template <>
+constexpr DType dtype_of<int32_t>() {
+  return DType::i32;
+}
+template <>
+constexpr DType dtype_of<int64_t>() {
+  return DType::i64;
+}
+template <>
+constexpr DType dtype_of<uint8_t>() {
+  return DType::u8;
+}
 
 /// Bulk conversion between any two dtypes (n elements, contiguous). fp32<->bf16 and
 /// fp32<->fp16 use the best SIMD path this CPU has (chosen once at start, see simd_level());

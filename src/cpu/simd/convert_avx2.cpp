@@ -7,7 +7,7 @@
 
 #include "cpu/simd/kernels.h"
 
-#define MT_AVX2 __attribute__((target("avx2,f16c,fma")))
+#define MT_AVX2 __attribute__((target("avx2,f16c")))
 
 namespace mixtrain::simd {
 namespace {

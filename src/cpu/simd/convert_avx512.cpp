@@ -11,8 +11,8 @@
 
 #include "cpu/simd/kernels.h"
 
-#define MT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c,fma")))
-#define MT_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,f16c,fma")))
+#define MT_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c")))
+#define MT_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,f16c")))
 
 namespace mixtrain::simd {
 namespace {
