@@ -224,42 +224,17 @@ struct fp8_e5m2 {
 /// The DType of a C++ element type.
 template <class T>
 constexpr DType dtype_of();
-template <>
-constexpr DType dtype_of<float>() {
-  return DType::f32;
-}
-template <>
-constexpr DType dtype_of<double>() {
-  return DType::f64;
-}
-template <>
-constexpr DType dtype_of<bf16>() {
-  return DType::bf16;
-}
-template <>
-constexpr DType dtype_of<fp16>() {
-  return DType::f16;
-}
-template <>
-constexpr DType dtype_of<fp8_e4m3>() {
-  return DType::e4m3;
-}
-template <>
-constexpr DType dtype_of<fp8_e5m2>() {
-  return DType::e5m2;
-}
-template <>
-constexpr DType dtype_of<int32_t>() {
-  return DType::i32;
-}
-template <>
-constexpr DType dtype_of<int64_t>() {
-  return DType::i64;
-}
-template <>
-constexpr DType dtype_of<uint8_t>() {
-  return DType::u8;
-}
+// clang-format off
+template <> constexpr DType dtype_of<float>() { return DType::f32; }
+template <> constexpr DType dtype_of<double>() { return DType::f64; }
+template <> constexpr DType dtype_of<bf16>() { return DType::bf16; }
+template <> constexpr DType dtype_of<fp16>() { return DType::f16; }
+template <> constexpr DType dtype_of<fp8_e4m3>() { return DType::e4m3; }
+template <> constexpr DType dtype_of<fp8_e5m2>() { return DType::e5m2; }
+template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
+template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
+template <> constexpr DType dtype_of<uint8_t>() { return DType::u8; }
+// clang-format on
 
 /// Bulk conversion between any two dtypes (n elements, contiguous). fp32<->bf16 and
 /// fp32<->fp16 use the best SIMD path this CPU has (chosen once at start, see simd_level());
