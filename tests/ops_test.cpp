@@ -364,6 +364,17 @@ TEST(OpsPolicy, Bf16LeafWeightGetsUnroundedFp32Gradient) {
   expect_close(w.grad(), want, 1e-6f, 1e-6f, "dW in fp32");
 }
 
+TEST(OpsPolicy, Bf16LeafBiasGetsUnroundedBatchSum) {
+  // bias_add's bias gradient sums g over 512 rows: handed to a bf16 leaf in fp32, it equals
+  // the exact column sums to fp32 accuracy (rounded to bf16 it would be off by up to 2^-9).
+  const Tensor g = random_tensor({512, 16}, 36).to(DType::bf16);
+  Variable b(random_tensor({16}, 37).to(DType::bf16), true);
+  Variable y = bias_add(Variable(Tensor::zeros({512, 16}, DType::bf16)), b);
+  y.backward(g);
+  ASSERT_EQ(b.grad().dtype(), DType::f32);
+  expect_close(b.grad(), ref::sum(g, {0}, false), 1e-6f, 1e-6f, "db in fp32");
+}
+
 // ---- errors ----
 
 TEST(OpsErrors, MessagesNameOpShapesAndDTypes) {

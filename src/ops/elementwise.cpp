@@ -78,48 +78,56 @@ Variable binary(const Variable& a_in, const Variable& b_in, BinOp kind, const ch
       break;
   }
   const bool ga_needed = a.requires_grad(), gb_needed = b.requires_grad();
-  // Save only what the backward reads: add/sub need no inputs; mul needs both; div needs both.
+  // Save only what the backward reads: add/sub need no inputs; mul and div need both.
   const bool save = kind == BinOp::mul || kind == BinOp::div;
   const Tensor sa = save ? ta : Tensor(), sb = save ? tb : Tensor();
   const Shape shape_a = ta.shape(), shape_b = tb.shape();
+  // Gradient dtypes: dt, except that an input taking fp32 (a leaf such as a bias, or a cast
+  // output) gets the fp32 result whenever rounding to dt would lose something: a broadcast
+  // sum (a bias summed over the batch) or a product. A plain pass-through of g stays dt.
+  const bool pass_a = kind == BinOp::add || kind == BinOp::sub, pass_b = kind == BinOp::add;
+  auto grad_dt = [&](const Variable& v, const Shape& s, bool pass) {
+    return f32_grad_ok(v) && !(pass && s == shape) ? DType::f32 : dt;
+  };
+  const DType ga_dt = grad_dt(a, shape_a, pass_a), gb_dt = grad_dt(b, shape_b, pass_b);
   return make_op_result(out, {a, b}, op, [=](const Tensor& g) {
     std::vector<Tensor> gr(2);
-    // Where no reduction follows, write the gradient straight in dt (one rounding); otherwise
-    // keep the product in fp32 until reduce_to_shape has summed it.
-    auto tmp_dt = [&](const Shape& s) { return s == shape ? dt : DType::f32; };
+    // Where no reduction follows, write the gradient straight in its dtype (one rounding);
+    // otherwise keep the product in fp32 until reduce_to_shape has summed it.
+    auto tmp_dt = [&](const Shape& s, DType out_dt) { return s == shape ? out_dt : DType::f32; };
     switch (kind) {
       case BinOp::add:
-        if (ga_needed) gr[0] = reduce_to_shape(g, shape_a, dt, op);
-        if (gb_needed) gr[1] = reduce_to_shape(g, shape_b, dt, op);
+        if (ga_needed) gr[0] = reduce_to_shape(g, shape_a, ga_dt, op);
+        if (gb_needed) gr[1] = reduce_to_shape(g, shape_b, gb_dt, op);
         break;
       case BinOp::sub:
-        if (ga_needed) gr[0] = reduce_to_shape(g, shape_a, dt, op);
+        if (ga_needed) gr[0] = reduce_to_shape(g, shape_a, ga_dt, op);
         if (gb_needed)
-          gr[1] = reduce_to_shape(map_kernel<1>(op, {g}, shape, tmp_dt(shape_b),
+          gr[1] = reduce_to_shape(map_kernel<1>(op, {g}, shape, tmp_dt(shape_b, gb_dt),
                                                 [](float x, float, float) { return -x; }),
-                                  shape_b, dt, op);
+                                  shape_b, gb_dt, op);
         break;
       case BinOp::mul:
         if (ga_needed)
-          gr[0] = reduce_to_shape(map_kernel<2>(op, {g, sb}, shape, tmp_dt(shape_a),
+          gr[0] = reduce_to_shape(map_kernel<2>(op, {g, sb}, shape, tmp_dt(shape_a, ga_dt),
                                                 [](float x, float y, float) { return x * y; }),
-                                  shape_a, dt, op);
+                                  shape_a, ga_dt, op);
         if (gb_needed)
-          gr[1] = reduce_to_shape(map_kernel<2>(op, {g, sa}, shape, tmp_dt(shape_b),
+          gr[1] = reduce_to_shape(map_kernel<2>(op, {g, sa}, shape, tmp_dt(shape_b, gb_dt),
                                                 [](float x, float y, float) { return x * y; }),
-                                  shape_b, dt, op);
+                                  shape_b, gb_dt, op);
         break;
       case BinOp::div:
         // d(a/b)/da = 1/b; d(a/b)/db = -a/b².
         if (ga_needed)
-          gr[0] = reduce_to_shape(map_kernel<2>(op, {g, sb}, shape, tmp_dt(shape_a),
+          gr[0] = reduce_to_shape(map_kernel<2>(op, {g, sb}, shape, tmp_dt(shape_a, ga_dt),
                                                 [](float x, float y, float) { return x / y; }),
-                                  shape_a, dt, op);
+                                  shape_a, ga_dt, op);
         if (gb_needed)
           gr[1] = reduce_to_shape(
-              map_kernel<3>(op, {g, sa, sb}, shape, tmp_dt(shape_b),
+              map_kernel<3>(op, {g, sa, sb}, shape, tmp_dt(shape_b, gb_dt),
                             [](float x, float y, float z) { return -x * y / (z * z); }),
-              shape_b, dt, op);
+              shape_b, gb_dt, op);
         break;
     }
     return gr;
