@@ -181,16 +181,13 @@ namespace {
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kGeluC = 0.044715f;
 
-// exp(x) in branch-free float arithmetic (Cephes' expf: range reduction by ln2 in two parts,
-// degree-6 polynomial, 2^n built in the exponent bits), so the compiler vectorises the loops
-// that call it; within 2 ulp of std::exp over the clamped range. libm's scalar tanhf made
-// GELU ~20x slower than a memory-bound op.
-inline float exp_vec(float x) {
-  x = x < -87.0f ? -87.0f : x;  // ternaries, not std::min/max: they vectorise
-  x = x > 88.0f ? 88.0f : x;
-  const float t = x * 1.44269504088896341f;
-  const int32_t ni = static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f));  // round
-  const float n = static_cast<float>(ni);
+// exp(x) for |x| <= 80 in branch-free float arithmetic (Cephes' expf: range reduction by ln2
+// in two parts, degree-6 polynomial, 2^n built in the exponent bits), within 2 ulp of
+// std::exp. No float compares or libm calls: those (under the default -ftrapping-math) keep
+// the compiler from vectorising the kernel loop, and libm's scalar tanhf made GELU ~10x
+// slower than a memory-bound op.
+inline float exp_small(float x) {
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // RNE to integer
   float r = x - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -200,23 +197,31 @@ inline float exp_vec(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r * r + r + 1.0f;
-  const int32_t e = (ni + 127) << 23;
+  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
   return p * std::bit_cast<float>(e);
 }
-// tanh(u) = 1 - 2/(exp(2u) + 1): absolute error ~2e-7 (relative error grows for |u| << 1,
-// which GELU does not see: it uses 1 + tanh and 1 - tanh², both O(1)). The tanh op itself
-// keeps std::tanh for its relative accuracy near 0.
-inline float tanh_gelu(float u) { return 1.0f - 2.0f / (exp_vec(2.0f * u) + 1.0f); }
 
+// exp(-2u) with |u| clamped to 40 by an integer min on the magnitude bits (integer compares
+// vectorise): beyond it the logistic below is 1 or < 2e-35, i.e. 1 or 0 to fp32.
+inline float exp_m2u(float u) {
+  const uint32_t bits = std::bit_cast<uint32_t>(u);
+  uint32_t mag = bits & 0x7fffffffu;
+  mag = mag < 0x42200000u ? mag : 0x42200000u;  // 40.0f
+  return exp_small(-2.0f * std::bit_cast<float>(mag | (bits & 0x80000000u)));
+}
+
+// GELU (tanh form) as x·σ(2u), since 0.5·(1 + tanh(u)) = σ(2u) = 1/(1 + exp(-2u)): this
+// keeps full relative accuracy where gelu is tiny (x << 0), which 1 + tanh would cancel.
 inline float gelu_f(float x) {
   const float u = kSqrt2OverPi * (x + kGeluC * x * x * x);
-  return 0.5f * x * (1.0f + tanh_gelu(u));
+  return x / (1.0f + exp_m2u(u));
 }
+// d/dx = σ + x·σ·(1-σ)·2·u'(x), the same as torch's 0.5(1+t) + 0.5x(1-t²)u' with t = tanh u.
 inline float gelu_grad_f(float x) {
   const float u = kSqrt2OverPi * (x + kGeluC * x * x * x);
-  const float t = tanh_gelu(u);
-  return 0.5f * (1.0f + t) +
-         0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluC * x * x);
+  const float e = exp_m2u(u);
+  const float s = 1.0f / (1.0f + e);
+  return s + 2.0f * x * s * (e * s) * kSqrt2OverPi * (1.0f + 3.0f * kGeluC * x * x);
 }
 
 // A unary op: category `cat` picks dt, the input is cast to dt, out = f(x). The backward is
@@ -245,7 +250,10 @@ Variable relu(const Variable& x) {
 }
 
 Variable gelu(const Variable& x) {
-  return unary(x, "gelu", amp::OpCategory::same, false, gelu_f, gelu_grad_f);
+  // Lambdas, not function pointers: the kernel loop must see (and inline) the body.
+  return unary(
+      x, "gelu", amp::OpCategory::same, false, [](float v) { return gelu_f(v); },
+      [](float v) { return gelu_grad_f(v); });
 }
 
 Variable tanh(const Variable& x) {
