@@ -192,6 +192,19 @@ TEST(OpsElementwise, GeluMatchesTorchTanhFormula) {
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 2e-6f) << i;
 }
 
+TEST(OpsElementwise, GeluKeepsRelativeAccuracyInTheNegativeTail) {
+  // For x in [-5, -3] gelu is 1e-2 .. 1e-7 of |x|: computing 1 + tanh(u) in fp32 would cancel
+  // to an absolute error ~6e-8, i.e. up to 100% there. The double reference is exact enough
+  // (its cancellation is at 1e-16); fp32 arithmetic allows ~1e-5 relative.
+  const Tensor x = random_tensor({1000}, 70, -5.0f, -3.0f);
+  expect_close(gelu(Variable(x)).data(), ref::gelu(x), 1e-5f, 0, "gelu tail");
+  // The backward's derivative against the double reference over [-8, 8] (it crosses zero
+  // near x = -0.75, hence the small absolute term).
+  Variable xv(random_tensor({2000}, 71, -8.0f, 8.0f), true);
+  sum(gelu(xv)).backward();
+  expect_close(xv.grad(), ref::gelu_grad(xv.data()), 1e-5f, 1e-7f, "gelu'");
+}
+
 TEST(OpsElementwise, CastRoundsAndBackwardReturnsSourceDType) {
   Tensor x = random_tensor({3, 5}, 11);
   Variable v(x.to(DType::bf16), false);
