@@ -68,8 +68,8 @@ inline void* at(void* base, DType dt, int64_t off) {
 
 /// out[i] = f(in0[i], in1[i], in2[i]) over `shape`, each input broadcast (numpy rules) to
 /// `shape`, computed in fp32 and rounded once into `out_dt`. N (1..3) inputs are used; the
-/// rest are ignored. Inputs may have any compute dtype each; strided inputs are made
-/// contiguous first. Parallel over tiles of kTile elements (OpenMP) for large outputs.
+/// rest are ignored. Inputs may have any compute dtype each and any strides (read in
+/// place). Parallel over tiles of kTile elements (OpenMP) for large outputs.
 template <int N, class F>
 Tensor map_kernel(const char* op, const std::vector<Tensor>& ins_in, const Shape& shape,
                   DType out_dt, F f) {
@@ -82,12 +82,16 @@ Tensor map_kernel(const char* op, const std::vector<Tensor>& ins_in, const Shape
   // strides[i][k]: element stride of input i along output dim k (0 where broadcast).
   std::vector<Shape> strides(N, Shape(nd, 0));
   for (int i = 0; i < N; ++i) {
-    ins[i] = ins_in[i].contiguous();
+    // Strided views (transposes, slices) are read in place; only dtypes without a gather
+    // path below are copied to contiguous first.
+    const DType d = ins_in[i].dtype();
+    const bool gather_ok = d == DType::f32 || d == DType::bf16 || d == DType::f16;
+    ins[i] = gather_ok ? ins_in[i] : ins_in[i].contiguous();
     const Shape& s = ins[i].shape();
-    const Shape cs = contiguous_strides(s);
+    const Shape& st = ins[i].strides();
     const int64_t lead = nd - static_cast<int64_t>(s.size());
     for (int64_t k = 0; k < static_cast<int64_t>(s.size()); ++k)
-      strides[i][lead + k] = s[k] == 1 ? 0 : cs[k];
+      strides[i][lead + k] = s[k] == 1 ? 0 : st[k];
   }
   // Collapse adjacent dims that every input walks contiguously (or every input broadcasts in
   // the same way), so the inner loop is as long as possible.
@@ -145,8 +149,20 @@ Tensor map_kernel(const char* op, const std::vector<Tensor>& ins_in, const Shape
         convert(at(base[i], dts[i], off[i]), dts[i], &v, DType::f32, 1);
         std::fill(buf[i], buf[i] + n, v);
         p[i] = buf[i];
-      } else {
+      } else if (istep[i] == 1) {
         p[i] = load_f32(at(base[i], dts[i], off[i] + j0), dts[i], n, buf[i]);
+      } else {  // strided inner dim: gather, then widen (16-bit codes through the SIMD path)
+        const int64_t st = istep[i], o0 = off[i] + j0 * st;
+        if (dts[i] == DType::f32) {
+          const float* src = static_cast<const float*>(base[i]);
+          for (int64_t j = 0; j < n; ++j) buf[i][j] = src[o0 + j * st];
+        } else {
+          alignas(64) uint16_t codes[kTile];
+          const uint16_t* src = static_cast<const uint16_t*>(base[i]);
+          for (int64_t j = 0; j < n; ++j) codes[j] = src[o0 + j * st];
+          convert(codes, dts[i], buf[i], DType::f32, static_cast<size_t>(n));
+        }
+        p[i] = buf[i];
       }
     }
     float* o = out_dt == DType::f32 ? static_cast<float*>(obase) + row * inner + j0 : obuf;
