@@ -1,0 +1,501 @@
+// gemm / gemm_ex on oneDNN 2.6 matmul: transposes and strided views expressed as memory
+// descriptor strides (no copies, no reorders), alpha as output scales, beta as the sum
+// post-op, bias and ReLU/GELU fused. Primitives are cached per (shapes, strides, dtypes,
+// alpha, beta, epilogue); combinations oneDNN rejects (fp16 without fp16 hardware, bf16
+// without AVX-512) are converted and run in fp32, so no call fails for lack of an ISA.
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <unordered_map>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "mixtrain/gemm.h"
+
+namespace mixtrain {
+
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// One engine and one stream for the process. Leaked on purpose: thread-local cache entries
+// hold oneDNN memory objects that must not outlive the engine during static destruction.
+struct Backend {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+};
+Backend& backend() {
+  static Backend* b = new Backend();
+  return *b;
+}
+
+dnnl::memory::data_type to_dnnl(DType dt) {
+  switch (dt) {
+    case DType::f32:
+      return dnnl::memory::data_type::f32;
+    case DType::bf16:
+      return dnnl::memory::data_type::bf16;
+    case DType::f16:
+      return dnnl::memory::data_type::f16;
+    default:
+      break;
+  }
+  throw DTypeError(fmt::format("gemm: dtype {} has no oneDNN GEMM", dtype_name(dt)));
+}
+
+bool is_compute(DType dt) { return dt == DType::f32 || dt == DType::bf16 || dt == DType::f16; }
+
+// ---------------------------------------------------------------------------------------
+// The cache key: every int64 so there is no padding and memcmp / word hashing are exact.
+struct Key {
+  int64_t bt, a_bt, b_bt, M, N, K;  // dst batch; A's and B's batch (bt or 1 = broadcast)
+  int64_t as[3], bs[3], cs[3];      // logical strides (batch, row, col) of op(A), op(B), C
+  int64_t bias_stride;              // element stride of bias, -1: no bias
+  int64_t dta, dtb, dtc, dtbias;
+  int64_t alpha_bits, beta_bits, epi;
+};
+static_assert(sizeof(Key) == 23 * sizeof(int64_t), "Key must have no padding");
+
+bool operator==(const Key& x, const Key& y) { return std::memcmp(&x, &y, sizeof(Key)) == 0; }
+
+struct KeyHash {
+  size_t operator()(const Key& k) const {
+    const auto* w = reinterpret_cast<const uint64_t*>(&k);
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < sizeof(Key) / 8; ++i) {
+      h ^= w[i] + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    }
+    return static_cast<size_t>(h);
+  }
+};
+
+// A created primitive (or the fact that oneDNN cannot do this combination).
+struct Entry {
+  bool ok = false;
+  dnnl::matmul prim;
+  dnnl::memory::desc src, wei, dst, bias;
+  int bias_arg = 0;  // DNNL_ARG_BIAS, a binary post-op's SRC_1, or 0 without bias
+};
+
+// Shared by all threads: creating a primitive is the expensive part (JIT), done once.
+struct GlobalCache {
+  std::mutex mu;
+  std::unordered_map<Key, std::shared_ptr<const Entry>, KeyHash> map;
+};
+GlobalCache& global_cache() {
+  static GlobalCache* c = new GlobalCache();
+  return *c;
+}
+std::atomic<int64_t> g_created{0};
+
+// Per thread: the primitive plus its own memory objects, whose data handles are swapped in
+// on every call; so a hit takes no lock, allocates nothing and builds no argument map.
+struct Local {
+  std::shared_ptr<const Entry> entry;
+  dnnl::memory src, wei, dst, bias;
+  dnnl_exec_arg_t args[4];
+  int nargs = 0;
+};
+
+dnnl::memory::desc make_md(int64_t bt, int64_t rows, int64_t cols, const int64_t* s, bool batched,
+                           DType dt) {
+  using dims = dnnl::memory::dims;
+  if (!batched) return dnnl::memory::desc(dims{rows, cols}, to_dnnl(dt), dims{s[1], s[2]});
+  // A broadcast batch (bt == 1 under a batched dst) may carry any stride: give it a dense one.
+  const int64_t sb = bt == 1 ? std::max<int64_t>(1, rows * cols) : s[0];
+  return dnnl::memory::desc(dims{bt, rows, cols}, to_dnnl(dt), dims{sb, s[1], s[2]});
+}
+
+std::shared_ptr<const Entry> create_entry(const Key& k) {
+  auto e = std::make_shared<Entry>();
+  const bool batched = k.bt > 1;
+  const DType dta = static_cast<DType>(k.dta), dtb = static_cast<DType>(k.dtb);
+  const DType dtc = static_cast<DType>(k.dtc);
+  const float alpha = std::bit_cast<float>(static_cast<uint32_t>(k.alpha_bits));
+  const float beta = std::bit_cast<float>(static_cast<uint32_t>(k.beta_bits));
+  try {
+    e->src = make_md(k.a_bt, k.M, k.K, k.as, batched, dta);
+    e->wei = make_md(k.b_bt, k.K, k.N, k.bs, batched, dtb);
+    e->dst = make_md(k.bt, k.M, k.N, k.cs, batched, dtc);
+    const bool has_bias = k.bias_stride >= 0;
+    if (has_bias) {
+      const int64_t s = k.bias_stride, bs[3] = {k.N * s, k.N * s, s};
+      e->bias = make_md(1, 1, k.N, bs, batched, static_cast<DType>(k.dtbias));
+    }
+    dnnl::primitive_attr attr;
+    dnnl::post_ops po;
+    int n_post = 0;
+    if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+    if (beta != 0.0f) {
+      po.append_sum(beta);  // dst = acc + beta * dst, before any eltwise
+      ++n_post;
+    }
+    // oneDNN's bias argument is added before the output scale: alpha·(AB + bias). Our
+    // contract is alpha·AB + bias, so with alpha != 1 the bias is a binary post-op instead.
+    const bool bias_as_post_op = has_bias && alpha != 1.0f;
+    if (bias_as_post_op) {
+      po.append_binary(dnnl::algorithm::binary_add, e->bias);
+      e->bias_arg = DNNL_ARG_ATTR_MULTIPLE_POST_OP(n_post) | DNNL_ARG_SRC_1;
+      ++n_post;
+    } else if (has_bias) {
+      e->bias_arg = DNNL_ARG_BIAS;
+    }
+    const auto epi = static_cast<Epilogue>(k.epi);
+    if (epi == Epilogue::relu) po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    if (epi == Epilogue::gelu)
+      po.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.f, 0.f);
+    attr.set_post_ops(po);
+    const dnnl::memory::desc no_bias;
+    const auto desc = (has_bias && !bias_as_post_op)
+                          ? dnnl::matmul::desc(e->src, e->wei, e->bias, e->dst)
+                          : dnnl::matmul::desc(e->src, e->wei, no_bias, e->dst);
+    const dnnl::matmul::primitive_desc pd(desc, attr, backend().engine);
+    e->prim = dnnl::matmul(pd);
+    e->ok = true;
+  } catch (const dnnl::error&) {
+    e->ok = false;  // this ISA / oneDNN build cannot: the caller converts and runs fp32
+  }
+  return e;
+}
+
+Local& lookup(const Key& k) {
+  thread_local std::unordered_map<Key, Local, KeyHash> local;
+  auto it = local.find(k);
+  if (it != local.end()) return it->second;
+  std::shared_ptr<const Entry> entry;
+  {
+    GlobalCache& g = global_cache();
+    std::lock_guard<std::mutex> lock(g.mu);
+    auto git = g.map.find(k);
+    if (git != g.map.end()) entry = git->second;
+  }
+  if (!entry) {
+    // Created outside the lock (JIT takes milliseconds); a racing thread's duplicate is
+    // harmless, the first one stored wins.
+    auto fresh = create_entry(k);
+    GlobalCache& g = global_cache();
+    std::lock_guard<std::mutex> lock(g.mu);
+    auto [git, inserted] = g.map.emplace(k, fresh);
+    if (inserted && fresh->ok) g_created.fetch_add(1, std::memory_order_relaxed);
+    entry = git->second;
+  }
+  Local l;
+  l.entry = entry;
+  if (entry->ok) {
+    const auto& eng = backend().engine;
+    l.src = dnnl::memory(entry->src, eng, DNNL_MEMORY_NONE);
+    l.wei = dnnl::memory(entry->wei, eng, DNNL_MEMORY_NONE);
+    l.dst = dnnl::memory(entry->dst, eng, DNNL_MEMORY_NONE);
+    l.args[l.nargs++] = {DNNL_ARG_SRC, l.src.get()};
+    l.args[l.nargs++] = {DNNL_ARG_WEIGHTS, l.wei.get()};
+    l.args[l.nargs++] = {DNNL_ARG_DST, l.dst.get()};
+    if (entry->bias_arg != 0) {
+      l.bias = dnnl::memory(entry->bias, eng, DNNL_MEMORY_NONE);
+      l.args[l.nargs++] = {entry->bias_arg, l.bias.get()};
+    }
+  }
+  return local.emplace(k, std::move(l)).first->second;
+}
+
+// Runs the cached primitive for k on these pointers; false if oneDNN cannot do k.
+bool run_onednn(const Key& k, const void* a, const void* b, void* c, const void* bias) {
+  Local& l = lookup(k);
+  if (!l.entry->ok) return false;
+  l.src.set_data_handle(const_cast<void*>(a));
+  l.wei.set_data_handle(const_cast<void*>(b));
+  l.dst.set_data_handle(c);
+  if (l.entry->bias_arg != 0) l.bias.set_data_handle(const_cast<void*>(bias));
+  // The C entry point with a prebuilt argument array: the C++ execute() builds a vector
+  // from an unordered_map on every call.
+  const dnnl_status_t st =
+      dnnl_primitive_execute(l.entry->prim.get(), backend().stream.get(), l.nargs, l.args);
+  if (st != dnnl_success)
+    throw BackendError(
+        fmt::format("gemm: oneDNN matmul execution failed (status {})", static_cast<int>(st)));
+  backend().stream.wait();
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------
+// op(X) seen as a logical [bt, rows, cols] matrix with element strides.
+struct Mat {
+  const char* ptr = nullptr;
+  int64_t bt = 1, rows = 0, cols = 0;
+  int64_t s[3] = {0, 0, 0};  // batch, row, col
+};
+
+Mat logical(const Tensor& t, bool trans) {
+  Mat m;
+  m.ptr = static_cast<const char*>(t.raw_data());
+  const int64_t d = t.dim();
+  if (d == 3) {
+    m.bt = t.size(0);
+    m.s[0] = t.strides()[0];
+  }
+  m.rows = t.size(-2);
+  m.cols = t.size(-1);
+  m.s[1] = t.strides()[d - 2];
+  m.s[2] = t.strides()[d - 1];
+  if (trans) {
+    std::swap(m.rows, m.cols);
+    std::swap(m.s[1], m.s[2]);
+  }
+  // Strides of extent-1 dims are arbitrary in a Tensor; oneDNN wants them consistent with a
+  // plain layout, so give them the value a dense layout would have.
+  if (m.cols == 1) m.s[2] = 1;
+  if (m.rows == 1) m.s[1] = m.s[2] == 1 ? m.cols : 1;
+  if (m.bt > 1 && m.s[0] == 0) m.bt = 1;  // an expanded (stride-0) batch is a shared matrix
+  return m;
+}
+
+bool unit_stride(const Mat& m) { return m.s[1] == 1 || m.s[2] == 1; }
+
+std::string operand_str(const Tensor& t, bool trans) {
+  return fmt::format("{}{}", t.str(), trans ? "ᵀ" : "");
+}
+
+[[noreturn]] void shape_fail(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb,
+                             const Tensor& c, const std::string& why) {
+  throw ShapeError(fmt::format("{}: A {} · B {} -> C {}: {}", op, operand_str(a, ta),
+                               operand_str(b, tb), c.str(), why));
+}
+
+float apply_epilogue(float v, Epilogue epi) {
+  switch (epi) {
+    case Epilogue::relu:
+      return v > 0.0f ? v : 0.0f;
+    case Epilogue::gelu: {
+      const double x = v;
+      return static_cast<float>(0.5 * x *
+                                (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))));
+    }
+    case Epilogue::none:
+      break;
+  }
+  return v;
+}
+
+// K == 0: the product is empty, C = epi(bias + beta·C) (beta == 0 does not read C).
+void gemm_k0(Tensor& c, float beta, const Tensor* bias, Epilogue epi) {
+  std::vector<float> v = beta != 0.0f ? c.to_vector() : std::vector<float>(c.numel(), 0.0f);
+  std::vector<float> bv = bias ? bias->to_vector() : std::vector<float>();
+  const int64_t N = c.size(-1);
+  for (size_t i = 0; i < v.size(); ++i) {
+    float x = beta != 0.0f ? beta * v[i] : 0.0f;
+    if (bias) x += bv[i % N];
+    v[i] = apply_epilogue(x, epi);
+  }
+  c.copy_from(Tensor::from_vector(v, c.shape(), DType::f32));
+}
+
+void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
+               float alpha, float beta, const Tensor* bias, Epilogue epi) {
+  // --- validation: every message names the op, the shapes (with ᵀ for a transposed
+  // operand) and the dtypes.
+  if (!a.defined() || !b.defined() || !c.defined())
+    throw ShapeError(fmt::format("{}: A, B and C must be defined tensors", op));
+  if (a.device() != Device::cpu || b.device() != Device::cpu || c.device() != Device::cpu)
+    throw BackendError(
+        fmt::format("{}: A {} on {}, B {} on {}, C {} on {}: the oneDNN GEMM runs on "
+                    "cpu tensors only",
+                    op, a.str(), device_name(a.device()), b.str(), device_name(b.device()), c.str(),
+                    device_name(c.device())));
+  if (!is_compute(a.dtype()) || a.dtype() != b.dtype() || !is_compute(c.dtype()))
+    throw DTypeError(fmt::format(
+        "{}: A {} · B {} -> C {}: A and B must share one of f32, bf16, f16 and C be one of them",
+        op, a.str(), b.str(), c.str()));
+  if (a.dim() < 2 || a.dim() > 3 || b.dim() < 2 || b.dim() > 3)
+    shape_fail(op, a, ta, b, tb, c, "A and B must be 2-d [M, K] or 3-d [Bt, M, K]");
+  const bool batched = a.dim() == 3 || b.dim() == 3;
+  const int64_t M = ta ? a.size(-1) : a.size(-2), K = ta ? a.size(-2) : a.size(-1);
+  const int64_t K2 = tb ? b.size(-1) : b.size(-2), N = tb ? b.size(-2) : b.size(-1);
+  if (K != K2) shape_fail(op, a, ta, b, tb, c, fmt::format("inner dims {} != {}", K, K2));
+  if (a.dim() == 3 && b.dim() == 3 && a.size(0) != b.size(0))
+    shape_fail(op, a, ta, b, tb, c, fmt::format("batch dims {} != {}", a.size(0), b.size(0)));
+  const int64_t bt = a.dim() == 3 ? a.size(0) : (b.dim() == 3 ? b.size(0) : 1);
+  const Shape want = batched ? Shape{bt, M, N} : Shape{M, N};
+  if (c.shape() != want)
+    shape_fail(op, a, ta, b, tb, c, fmt::format("C must be {}", shape_str(want)));
+  if (bias) {
+    if (!bias->defined() || bias->dim() != 1 || bias->size(0) != N)
+      shape_fail(op, a, ta, b, tb, c, fmt::format("bias {} must be 1-d [{}]", bias->str(), N));
+    if (!is_compute(bias->dtype()))
+      throw DTypeError(fmt::format("{}: bias {} must be f32, bf16 or f16", op, bias->str()));
+    if (bias->device() != Device::cpu)
+      throw BackendError(fmt::format("{}: bias {} is not on the cpu", op, bias->str()));
+  }
+
+  if (M == 0 || N == 0 || bt == 0) return;
+  if (K == 0) return gemm_k0(c, beta, bias, epi);
+
+  // --- layouts oneDNN's fast kernels cannot take are copied (rare: views with no unit
+  // stride in either of the last two dims).
+  Mat A = logical(a, ta), B = logical(b, tb);
+  if (!unit_stride(A)) return gemm_impl(op, a.contiguous(), ta, b, tb, c, alpha, beta, bias, epi);
+  if (!unit_stride(B)) return gemm_impl(op, a, ta, b.contiguous(), tb, c, alpha, beta, bias, epi);
+  Mat C = logical(c, false);
+  if (C.s[2] != 1) {
+    if (C.s[1] == 1 && !bias) {
+      // Column-major C: compute Cᵀ = op(B)ᵀ · op(A)ᵀ, which is row-major (oneDNN only has
+      // slow reference kernels for a transposed dst).
+      Mat At = B, Bt = A, Ct = C;
+      std::swap(At.rows, At.cols), std::swap(At.s[1], At.s[2]);
+      std::swap(Bt.rows, Bt.cols), std::swap(Bt.s[1], Bt.s[2]);
+      std::swap(Ct.rows, Ct.cols), std::swap(Ct.s[1], Ct.s[2]);
+      A = At, B = Bt, C = Ct;
+    } else {
+      Tensor tmp = beta != 0.0f ? c.clone() : Tensor::empty(c.shape(), c.dtype());
+      gemm_impl(op, a, ta, b, tb, tmp, alpha, beta, bias, epi);
+      c.copy_from(tmp);
+      return;
+    }
+  }
+
+  Key k;
+  std::memset(&k, 0, sizeof(k));
+  k.bt = C.bt;
+  k.a_bt = A.bt;
+  k.b_bt = B.bt;
+  k.M = C.rows;
+  k.N = C.cols;
+  k.K = A.cols;
+  // Batch folding: a batched A over a shared B whose rows run on into the next batch's is
+  // one tall GEMM [Bt·M, K]·[K, N] (faster than Bt small ones); likewise a shared A over a
+  // batched B whose columns run on is one wide GEMM.
+  if (k.bt > 1 && A.bt == k.bt && B.bt == 1 && A.s[0] == k.M * A.s[1] && C.s[0] == k.M * C.s[1]) {
+    k.M *= k.bt;
+    k.bt = k.a_bt = 1;
+  } else if (k.bt > 1 && A.bt == 1 && B.bt == k.bt && B.s[0] == k.N * B.s[2] &&
+             C.s[0] == k.N * C.s[2]) {
+    k.N *= k.bt;
+    k.bt = k.b_bt = 1;
+  }
+  for (int i = 0; i < 3; ++i) k.as[i] = A.s[i], k.bs[i] = B.s[i], k.cs[i] = C.s[i];
+  if (k.bt == 1) k.as[0] = k.bs[0] = k.cs[0] = 0;  // unused: keep equal keys equal
+  if (A.bt == 1) k.as[0] = 0;
+  if (B.bt == 1) k.bs[0] = 0;
+  k.bias_stride = bias ? bias->strides()[0] : -1;
+  if (bias && bias->size(0) == 1) k.bias_stride = 1;
+  k.dta = static_cast<int64_t>(a.dtype());
+  k.dtb = static_cast<int64_t>(b.dtype());
+  k.dtc = static_cast<int64_t>(c.dtype());
+  k.dtbias = bias ? static_cast<int64_t>(bias->dtype()) : 0;
+  k.alpha_bits = std::bit_cast<uint32_t>(alpha);
+  k.beta_bits = std::bit_cast<uint32_t>(beta);
+  k.epi = static_cast<int64_t>(epi);
+  if (run_onednn(k, A.ptr, B.ptr, const_cast<char*>(C.ptr), bias ? bias->raw_data() : nullptr))
+    return;
+
+  // --- oneDNN cannot run these dtypes on this CPU (f16 without AVX512-FP16, bf16 without
+  // AVX-512): convert to fp32, compute there (same fp32 accumulation), round once into C.
+  const bool all_f32 =
+      a.dtype() == DType::f32 && c.dtype() == DType::f32 && (!bias || bias->dtype() == DType::f32);
+  if (all_f32)
+    throw BackendError(
+        fmt::format("{}: A {} · B {} -> C {}: oneDNN cannot create an fp32 matmul "
+                    "(epilogue {})",
+                    op, operand_str(a, ta), operand_str(b, tb), c.str(), epilogue_name(epi)));
+  const Tensor a32 = a.to(DType::f32), b32 = b.to(DType::f32);
+  Tensor bias32;
+  if (bias) bias32 = bias->to(DType::f32);
+  if (c.dtype() == DType::f32) {
+    gemm_impl(op, a32, ta, b32, tb, c, alpha, beta, bias ? &bias32 : nullptr, epi);
+    return;
+  }
+  Tensor c32 = beta != 0.0f ? c.to(DType::f32) : Tensor::empty(c.shape(), DType::f32);
+  gemm_impl(op, a32, ta, b32, tb, c32, alpha, beta, bias ? &bias32 : nullptr, epi);
+  c.copy_from(c32);
+}
+
+const char* isa_name(dnnl::cpu_isa isa) {
+  using I = dnnl::cpu_isa;
+  switch (isa) {
+    case I::sse41:
+      return "sse41";
+    case I::avx:
+      return "avx";
+    case I::avx2:
+      return "avx2";
+    case I::avx2_vnni:
+      return "avx2_vnni";
+    case I::avx512_mic:
+      return "avx512_mic";
+    case I::avx512_mic_4ops:
+      return "avx512_mic_4ops";
+    case I::avx512_core:
+      return "avx512_core";
+    case I::avx512_core_vnni:
+      return "avx512_core_vnni";
+    case I::avx512_core_bf16:
+      return "avx512_core_bf16";
+    case I::avx512_core_amx:
+      return "avx512_core_amx";
+    case I::all:
+      return "all";
+    default:
+      break;
+  }
+  return "unknown";
+}
+
+}  // namespace
+
+const char* epilogue_name(Epilogue e) {
+  switch (e) {
+    case Epilogue::none:
+      return "none";
+    case Epilogue::relu:
+      return "relu";
+    case Epilogue::gelu:
+      return "gelu";
+  }
+  return "?";
+}
+
+void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
+          float beta) {
+  gemm_impl("gemm", a, trans_a, b, trans_b, c, alpha, beta, nullptr, Epilogue::none);
+}
+
+void gemm_ex(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
+             float beta, const Tensor* bias, Epilogue epi) {
+  gemm_impl("gemm_ex", a, trans_a, b, trans_b, c, alpha, beta, bias, epi);
+}
+
+Tensor matmul_tensor(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+                     DType out_dtype) {
+  if (!a.defined() || !b.defined() || a.dim() < 2 || a.dim() > 3 || b.dim() < 2 || b.dim() > 3)
+    throw ShapeError(
+        fmt::format("matmul_tensor: A {} and B {}: need 2-d or 3-d operands", a.str(), b.str()));
+  const int64_t M = trans_a ? a.size(-1) : a.size(-2);
+  const int64_t N = trans_b ? b.size(-2) : b.size(-1);
+  Shape shape{M, N};
+  if (a.dim() == 3)
+    shape.insert(shape.begin(), a.size(0));
+  else if (b.dim() == 3)
+    shape.insert(shape.begin(), b.size(0));
+  Tensor c = Tensor::empty(shape, out_dtype);
+  gemm_impl("matmul_tensor", a, trans_a, b, trans_b, c, 1.0f, 0.0f, nullptr, Epilogue::none);
+  return c;
+}
+
+GemmBackendInfo gemm_backend_info() {
+  GemmBackendInfo info;
+  info.library = "oneDNN";
+  const dnnl_version_t* v = dnnl::version();
+  info.version = fmt::format("{}.{}.{}", v->major, v->minor, v->patch);
+  info.isa = isa_name(dnnl::get_effective_cpu_isa());
+  info.threads = omp_get_max_threads();
+  return info;
+}
+
+int64_t gemm_cache_size() { return g_created.load(std::memory_order_relaxed); }
+
+}  // namespace mixtrain
