@@ -231,6 +231,13 @@ struct Mat {
   int64_t s[3] = {0, 0, 0};  // batch, row, col
 };
 
+// Strides of extent-1 dims are arbitrary in a Tensor; oneDNN wants them consistent with a
+// plain layout (and leading dims >= the extent), so give them the value a dense layout has.
+void normalize(int64_t rows, int64_t cols, int64_t* s) {
+  if (cols == 1) s[2] = 1;
+  if (rows == 1) s[1] = s[2] == 1 ? cols : 1;
+}
+
 Mat logical(const Tensor& t, bool trans) {
   Mat m;
   m.ptr = static_cast<const char*>(t.raw_data());
@@ -247,10 +254,7 @@ Mat logical(const Tensor& t, bool trans) {
     std::swap(m.rows, m.cols);
     std::swap(m.s[1], m.s[2]);
   }
-  // Strides of extent-1 dims are arbitrary in a Tensor; oneDNN wants them consistent with a
-  // plain layout, so give them the value a dense layout would have.
-  if (m.cols == 1) m.s[2] = 1;
-  if (m.rows == 1) m.s[1] = m.s[2] == 1 ? m.cols : 1;
+  normalize(m.rows, m.cols, m.s);
   if (m.bt > 1 && m.s[0] == 0) m.bt = 1;  // an expanded (stride-0) batch is a shared matrix
   return m;
 }
@@ -378,6 +382,9 @@ void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool t
     k.bt = k.b_bt = 1;
   }
   for (int i = 0; i < 3; ++i) k.as[i] = A.s[i], k.bs[i] = B.s[i], k.cs[i] = C.s[i];
+  normalize(k.M, k.K, k.as);  // again: folding may have grown an extent-1 dim
+  normalize(k.K, k.N, k.bs);
+  normalize(k.M, k.N, k.cs);
   if (k.bt == 1) k.as[0] = k.bs[0] = k.cs[0] = 0;  // unused: keep equal keys equal
   if (A.bt == 1) k.as[0] = 0;
   if (B.bt == 1) k.bs[0] = 0;
