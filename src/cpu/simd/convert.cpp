@@ -140,21 +140,22 @@ Level active_level() {
 }
 
 void parallel_ranges(size_t n, void (*fn)(size_t, size_t, void*), void* ctx) {
-  // Below ~256 Ki elements the fork/join (a few microseconds) costs more than one core's
-  // conversion time; above it two cores roughly double the in-cache rate. Pieces are
-  // multiples of 64 elements so each starts on a cache-line boundary when the array does.
-  constexpr size_t kMinParallel = size_t{1} << 18;
+  // Below 256 Ki elements the fork/join (a few microseconds) costs more than one core's
+  // conversion time; above it the work goes out in chunks of 64 Ki elements (256 KiB of fp32,
+  // L2-sized) handed out dynamically, so a thread the OS has descheduled (the cores are
+  // shared) does not hold the others up: whoever runs takes the next chunk. Chunks are
+  // multiples of 64 elements, so each starts on a cache-line boundary when the array does.
+  constexpr size_t kMinParallel = size_t{1} << 18, kChunk = size_t{1} << 16;
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (n < kMinParallel || threads <= 1) {
     fn(0, n, ctx);
     return;
   }
-  const size_t pieces = std::min<size_t>(static_cast<size_t>(threads), n / (kMinParallel / 4));
-  const size_t per = ((n + pieces - 1) / pieces + 63) / 64 * 64;
-#pragma omp parallel for schedule(static) num_threads(static_cast <int>(pieces))
-  for (size_t p = 0; p < pieces; ++p) {
-    const size_t b = std::min(n, p * per), e = std::min(n, b + per);
-    if (b < e) fn(b, e, ctx);
+  const int64_t chunks = static_cast<int64_t>((n + kChunk - 1) / kChunk);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const size_t b = static_cast<size_t>(c) * kChunk;
+    fn(b, std::min(n, b + kChunk), ctx);
   }
 }
 
