@@ -1,0 +1,58 @@
+// The trainer: model + data + policy + optimizer + loss scaler, the step loop, evaluation,
+// metrics.jsonl, summary.json, atomic checkpoints and bit-exact resume.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "mixtrain/train/config.h"
+
+namespace mixtrain::train {
+
+/// What a finished run reports (also written as OUT/summary.json).
+struct TrainSummary {
+  std::string precision;  ///< the policy, e.g. "bf16 (p=f32,c=bf16,o=f32, no loss scaling)"
+  std::string precision_name;  ///< fp32 | bf16 | fp16 | custom (after auto is resolved)
+  std::string model;
+  std::string data;
+  int64_t parameters = 0;
+  int64_t steps = 0;
+  int64_t skipped_steps = 0;
+  double final_loss_scale = 1.0;
+  double final_train_loss = 0.0;  ///< mean training loss over the last logging window
+  double val_loss = 0.0;
+  double test_accuracy = -1.0;  ///< classification only (fraction in [0, 1]); -1 otherwise
+  double wall_s = 0.0;
+  double throughput = 0.0;  ///< samples/s (mlp) or tokens/s (gpt), training steps only
+  std::string throughput_unit;
+  int64_t peak_tensor_bytes = 0;
+  int64_t peak_rss_bytes = 0;
+  std::string out_dir;
+  /// The summary as a JSON object (the contents of summary.json).
+  std::string to_json() const;
+};
+
+class Trainer {
+ public:
+  /// Validates the config (throws ConfigError naming the flag) and prepares the run folder.
+  explicit Trainer(TrainConfig cfg);
+  ~Trainer();
+  /// Trains to the end (resuming first if asked), evaluates, writes summary.json.
+  TrainSummary run();
+  /// The resolved precision policy in words (auto says what it chose and why).
+  std::string policy_description() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// Writes the weights of the latest checkpoint in RUN_DIR as a safetensors file of `dtype`
+/// (f32, bf16 or f16) loadable by Python's safetensors and torch. Returns the tensor count.
+int64_t export_weights(const std::string& run_dir, const std::string& dtype,
+                       const std::string& out_path);
+
+/// Peak resident set size of this process, in bytes.
+int64_t peak_rss_bytes();
+
+}  // namespace mixtrain::train

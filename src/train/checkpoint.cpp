@@ -1,0 +1,197 @@
+// Checkpoint files and run folders (see checkpoint.h).
+#include "train/checkpoint.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <fmt/format.h>
+#include <fstream>
+
+#include "mixtrain/amp/loss_scaler.h"
+#include "mixtrain/io/atomic_file.h"
+#include "mixtrain/io/safetensors.h"
+#include "mixtrain/optim/optimizer.h"
+#include "mixtrain/optim/schedule.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace mixtrain::train {
+
+namespace {
+
+constexpr const char* kFormat = "mixtrain-checkpoint-1";
+
+// The fields that make two runs the same run (a resume may change how long it runs).
+json identity(const json& config) {
+  json j = config;
+  j.erase("steps");
+  j.erase("epochs");
+  return j;
+}
+
+std::string exact(double v) { return fmt::format("{:a}", v); }  // hex float: round-trips exactly
+
+const std::string& meta(const std::map<std::string, std::string>& m, const std::string& key,
+                        const fs::path& file) {
+  auto it = m.find(key);
+  if (it == m.end())
+    throw IOError(fmt::format("{}: checkpoint metadata lacks '{}'", file.string(), key));
+  return it->second;
+}
+
+}  // namespace
+
+std::vector<fs::path> list_checkpoints(const fs::path& out) {
+  std::vector<fs::path> files;
+  const fs::path dir = out / "checkpoints";
+  if (!fs::exists(dir)) return files;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("step-", 0) == 0 && e.path().extension() == ".safetensors") files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end(), std::greater<>());  // zero-padded: lexical = numeric
+  return files;
+}
+
+void prepare_run_dir(const fs::path& out, const json& config, bool resume, bool force) {
+  std::error_code ec;
+  fs::create_directories(out / "checkpoints", ec);
+  if (ec) throw IOError(fmt::format("cannot create run folder {}: {}", out.string(), ec.message()));
+  const fs::path cfg_path = out / "config.json";
+  const bool has_run = fs::exists(cfg_path) || !list_checkpoints(out).empty();
+  if (has_run && !force) {
+    json old;
+    try {
+      std::ifstream in(cfg_path);
+      old = json::parse(in);
+    } catch (const std::exception&) {
+      throw ConfigError(fmt::format(
+          "{} already holds a run whose config.json cannot be read; use --force to overwrite it",
+          out.string()));
+    }
+    if (identity(old) != identity(config)) {
+      std::string diff;
+      for (auto& [k, v] : identity(config).items())
+        if (!old.contains(k) || old[k] != v)
+          diff += fmt::format(" {}: {} -> {};", k, old.contains(k) ? old[k].dump() : "-", v.dump());
+      throw ConfigError(fmt::format(
+          "{} already holds a different run (differs in{}); choose another --out, or --force to "
+          "overwrite it",
+          out.string(), diff));
+    }
+    if (!resume)
+      throw ConfigError(fmt::format(
+          "{} already holds this run; use --resume {} to continue it, or --force to start over",
+          out.string(), out.string()));
+  }
+  if (force && !resume) {
+    for (const auto& f : list_checkpoints(out)) fs::remove(f, ec);
+    fs::remove(out / "metrics.jsonl", ec);
+    fs::remove(out / "summary.json", ec);
+  }
+  const std::string text = config.dump(2) + "\n";
+  write_file_atomic(cfg_path.string(), text.data(), text.size());
+}
+
+void save_checkpoint(const fs::path& out, const CheckpointState& st, const json& config,
+                     int64_t step, int64_t skipped, double train_seconds, int64_t train_items,
+                     int64_t keep) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, p] : st.task->module().named_parameters())
+    tensors.emplace_back("param." + name, p->master);
+  for (auto& [name, t] : st.opt->state_tensors()) tensors.emplace_back(name, t);  // "optim.*"
+  for (auto& [name, t] : st.scaler->state().to_tensors()) tensors.emplace_back(name, t);
+  std::map<std::string, std::string> m;
+  m["mixtrain.format"] = kFormat;
+  m["mixtrain.config"] = config.dump();
+  m["mixtrain.step"] = std::to_string(step);
+  m["mixtrain.skipped"] = std::to_string(skipped);
+  m["mixtrain.train_seconds"] = exact(train_seconds);
+  m["mixtrain.train_items"] = std::to_string(train_items);
+  m["schedule.position"] = std::to_string(st.schedule->position());
+  for (auto& [k, v] : st.task->state()) m["task." + k] = v;
+  const fs::path file = out / "checkpoints" / fmt::format("step-{:08d}.safetensors", step);
+  save_safetensors(file.string(), tensors, m);
+  const auto files = list_checkpoints(out);
+  for (size_t i = static_cast<size_t>(std::max<int64_t>(keep, 1)); i < files.size(); ++i) {
+    std::error_code ec;
+    fs::remove(files[i], ec);
+  }
+}
+
+namespace {
+
+std::map<std::string, std::string> with_prefix(const std::map<std::string, std::string>& m,
+                                               const std::string& prefix) {
+  std::map<std::string, std::string> r;
+  for (auto& [k, v] : m)
+    if (k.rfind(prefix, 0) == 0) r[k.substr(prefix.size())] = v;
+  return r;
+}
+
+RestoredCounters restore_from(const fs::path& file, const CheckpointState& st, const json& config) {
+  SafetensorsFile f = load_safetensors(file.string());
+  const auto& m = f.metadata();
+  if (meta(m, "mixtrain.format", file) != kFormat)
+    throw IOError(fmt::format("{}: not a {} file", file.string(), kFormat));
+  const json saved = json::parse(meta(m, "mixtrain.config", file));
+  if (identity(saved) != identity(config))
+    throw ConfigError(fmt::format("{}: checkpoint belongs to a different run configuration",
+                                  file.string()));
+  // Validate everything before changing anything, so a bad file leaves the model untouched.
+  auto params = st.task->module().named_parameters();
+  for (auto& [name, p] : params) f.require("param." + name, p->master.dtype(), p->master.shape());
+  std::vector<std::pair<std::string, Tensor>> opt_state, scaler_tensors;
+  for (const auto& n : f.names()) {
+    if (n.rfind("optim.", 0) == 0) opt_state.emplace_back(n, f.get(n));
+    if (n.rfind("loss_scaler.", 0) == 0) scaler_tensors.emplace_back(n, f.get(n));
+  }
+  const amp::LossScalerState scaler_state = amp::LossScalerState::from_tensors(scaler_tensors);
+  st.opt->load_state(opt_state);
+  for (auto& [name, p] : params) {
+    p->master.copy_from(f.get("param." + name));
+    p->refresh();
+  }
+  st.scaler->load_state(scaler_state);
+  st.schedule->set_position(std::stoll(meta(m, "schedule.position", file)));
+  st.task->restore(with_prefix(m, "task."));
+  RestoredCounters r;
+  r.step = std::stoll(meta(m, "mixtrain.step", file));
+  r.skipped = std::stoll(meta(m, "mixtrain.skipped", file));
+  r.train_seconds = std::strtod(meta(m, "mixtrain.train_seconds", file).c_str(), nullptr);
+  r.train_items = std::stoll(meta(m, "mixtrain.train_items", file));
+  r.file = file;
+  return r;
+}
+
+}  // namespace
+
+std::optional<RestoredCounters> load_latest_checkpoint(const fs::path& out, const CheckpointState& st,
+                                                       const json& config) {
+  for (const auto& file : list_checkpoints(out)) {
+    try {
+      return restore_from(file, st, config);
+    } catch (const IOError& e) {
+      fmt::print(stderr, "mixtrain: warning: skipping unreadable checkpoint: {}\n", e.what());
+    }
+  }
+  return std::nullopt;
+}
+
+void truncate_metrics(const fs::path& metrics, int64_t step) {
+  std::ifstream in(metrics);
+  if (!in) return;
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    try {
+      if (json::parse(line).value("step", int64_t{0}) > step) continue;
+    } catch (const std::exception&) {
+      continue;  // a line cut by a kill mid-write
+    }
+    kept += line + "\n";
+  }
+  in.close();
+  write_file_atomic(metrics.string(), kept.data(), kept.size());
+}
+
+}  // namespace mixtrain::train

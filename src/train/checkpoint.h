@@ -1,0 +1,62 @@
+// Run folders and checkpoints: OUT/config.json, OUT/metrics.jsonl, OUT/summary.json and
+// OUT/checkpoints/step-NNNNNNNN.safetensors (the last K kept). A checkpoint holds the fp32
+// masters, the optimizer state, the loss scaler, the schedule, the data order and RNG states,
+// and the config; it is written atomically, and a corrupt newest one falls back to the one before.
+#pragma once
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "train/task.h"
+
+namespace mixtrain::amp {
+class LossScaler;
+}
+namespace mixtrain::optim {
+class Optimizer;
+class LrScheduler;
+}  // namespace mixtrain::optim
+
+namespace mixtrain::train {
+
+/// Pointers to everything a checkpoint saves and restores.
+struct CheckpointState {
+  Task* task;
+  optim::Optimizer* opt;
+  amp::LossScaler* scaler;
+  optim::LrScheduler* schedule;
+};
+
+struct RestoredCounters {
+  int64_t step = 0, skipped = 0, train_items = 0;
+  double train_seconds = 0;
+  std::filesystem::path file;
+};
+
+nlohmann::json config_to_json(const TrainConfig& c);
+
+/// Creates OUT (and OUT/checkpoints). Refuses (ConfigError) an OUT that already holds a run
+/// unless resuming a run with the same config or `force` (which clears the old run's files).
+void prepare_run_dir(const std::filesystem::path& out, const nlohmann::json& config, bool resume,
+                     bool force);
+
+/// Writes OUT/checkpoints/step-<step>.safetensors atomically, then deletes all but the newest
+/// `keep` checkpoints.
+void save_checkpoint(const std::filesystem::path& out, const CheckpointState& st,
+                     const nlohmann::json& config, int64_t step, int64_t skipped,
+                     double train_seconds, int64_t train_items, int64_t keep);
+
+/// Restores the newest checkpoint that loads cleanly (a corrupt one is reported on stderr and
+/// skipped). std::nullopt when OUT has none.
+std::optional<RestoredCounters> load_latest_checkpoint(const std::filesystem::path& out,
+                                                       const CheckpointState& st,
+                                                       const nlohmann::json& config);
+
+/// Drops metrics lines logged after `step` (they belong to the part of the run being redone).
+void truncate_metrics(const std::filesystem::path& metrics, int64_t step);
+
+/// Checkpoint files in OUT, newest first.
+std::vector<std::filesystem::path> list_checkpoints(const std::filesystem::path& out);
+
+}  // namespace mixtrain::train

@@ -1,0 +1,380 @@
+// The training loop: one optimizer step = grad_accum micro-batches forward/backward under the
+// precision policy, one reduction over the gradients (finite check, norm), a fused optimizer
+// pass or a reported skip, then the loss-scale update. Checkpoints hold everything a resumed run
+// needs to end bit-identical to one that never stopped.
+#include "mixtrain/train/trainer.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fmt/format.h>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "mixtrain/amp/loss_scaler.h"
+#include "mixtrain/amp/policy.h"
+#include "mixtrain/data/classification.h"
+#include "mixtrain/data/fashion_mnist.h"
+#include "mixtrain/data/text.h"
+#include "mixtrain/io/atomic_file.h"
+#include "mixtrain/io/safetensors.h"
+#include "mixtrain/nn/models.h"
+#include "mixtrain/ops.h"
+#include "mixtrain/optim/optimizer.h"
+#include "mixtrain/optim/schedule.h"
+#include "train/checkpoint.h"
+#include "train/task.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace mixtrain::train {
+
+int64_t peak_rss_bytes() {
+  struct rusage ru {};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;  // Linux reports KiB
+}
+
+std::string TrainSummary::to_json() const {
+  json j = {{"precision", precision_name},
+            {"policy", precision},
+            {"model", model},
+            {"data", data},
+            {"parameters", parameters},
+            {"steps", steps},
+            {"skipped_steps", skipped_steps},
+            {"final_loss_scale", final_loss_scale},
+            {"final_train_loss", final_train_loss},
+            {"val_loss", val_loss},
+            {"wall_s", wall_s},
+            {"throughput", throughput},
+            {"throughput_unit", throughput_unit},
+            {"peak_tensor_bytes", peak_tensor_bytes},
+            {"peak_rss_bytes", peak_rss_bytes},
+            {"out_dir", out_dir}};
+  if (test_accuracy >= 0) j["test_accuracy"] = test_accuracy;
+  return j.dump(2);
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string human_rate(double v) {
+  if (v >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
+  if (v >= 1e3) return fmt::format("{:.1f}k", v / 1e3);
+  return fmt::format("{:.0f}", v);
+}
+
+std::string human_time(double s) {
+  if (!(s >= 0) || s > 1e7) return "?";
+  const int64_t t = static_cast<int64_t>(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
+  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+
+void check_config(const TrainConfig& c) {
+  auto bad = [](const std::string& flag, const std::string& why) {
+    throw ConfigError(fmt::format("--{}: {}", flag, why));
+  };
+  if (c.model != "mlp" && c.model != "gpt") bad("model", fmt::format("unknown model '{}' (mlp or gpt)", c.model));
+  if (c.data != "fashion-mnist" && c.data.rfind("text:", 0) != 0)
+    bad("data", fmt::format("unknown data '{}' (fashion-mnist or text:PATH)", c.data));
+  if (c.model == "mlp" && c.data != "fashion-mnist") bad("data", "the mlp model trains on fashion-mnist");
+  if (c.model == "gpt" && c.data == "fashion-mnist") bad("data", "the gpt model trains on text:PATH");
+  if (c.batch <= 0) bad("batch", fmt::format("must be positive, got {}", c.batch));
+  if (c.grad_accum <= 0) bad("grad-accum", fmt::format("must be positive, got {}", c.grad_accum));
+  if (c.batch % c.grad_accum != 0)
+    bad("grad-accum", fmt::format("{} does not divide the batch {}", c.grad_accum, c.batch));
+  if (!(c.lr > 0) || !std::isfinite(c.lr)) bad("lr", fmt::format("must be positive and finite, got {}", c.lr));
+  if (c.steps < 0) bad("steps", fmt::format("must be >= 0, got {}", c.steps));
+  if (c.steps == 0 && c.epochs <= 0) bad("epochs", fmt::format("must be positive, got {}", c.epochs));
+  if (c.log_every <= 0) bad("log-every", fmt::format("must be positive, got {}", c.log_every));
+  if (c.weight_decay < 0) bad("weight-decay", "must be >= 0");
+  if (c.clip_grad < 0) bad("clip-grad", "must be >= 0");
+  if (!(c.scale_init > 0) || !std::isfinite(c.scale_init)) bad("scale-init", "must be positive and finite");
+  if (c.scale_growth_interval <= 0) bad("scale-growth-interval", "must be positive");
+  if (c.model == "gpt") {
+    if (c.layers <= 0 || c.width <= 0 || c.heads <= 0 || c.context <= 0)
+      bad("layers/width/heads/context", "must be positive");
+    if (c.width % c.heads != 0)
+      bad("heads", fmt::format("width {} is not a multiple of heads {}", c.width, c.heads));
+  }
+  if (c.dropout < 0 || c.dropout >= 1) bad("dropout", "must be in [0, 1)");
+  if (c.schedule != "constant" && c.schedule != "cosine")
+    bad("schedule", fmt::format("unknown schedule '{}' (constant or cosine)", c.schedule));
+}
+
+}  // namespace
+
+json config_to_json(const TrainConfig& c) {
+  return json{{"model", c.model},       {"data", c.data},
+              {"precision", c.precision}, {"loss_scale", c.loss_scale},
+              {"optimizer", c.optimizer}, {"master", c.master},
+              {"epochs", c.epochs},       {"steps", c.steps},
+              {"batch", c.batch},         {"grad_accum", c.grad_accum},
+              {"lr", c.lr},               {"weight_decay", c.weight_decay},
+              {"momentum", c.momentum},   {"schedule", c.schedule},
+              {"warmup", c.warmup},       {"clip_grad", c.clip_grad},
+              {"scale_init", c.scale_init}, {"scale_growth_interval", c.scale_growth_interval},
+              {"hidden", c.hidden},       {"layers", c.layers},
+              {"width", c.width},         {"heads", c.heads},
+              {"context", c.context},     {"dropout", c.dropout},
+              {"seed", c.seed}};
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct Trainer::Impl {
+  TrainConfig cfg;
+  amp::Policy policy;
+  std::string policy_why;
+  std::unique_ptr<Task> task;
+  std::unique_ptr<optim::Optimizer> opt;
+  std::unique_ptr<optim::LrScheduler> schedule;
+  amp::LossScaler scaler;
+  fs::path out;
+  int64_t total_steps = 0;
+  int64_t step = 0;  ///< optimizer steps taken (applied or skipped)
+  int64_t skipped = 0;
+  int64_t nonfinite_run = 0;
+  double train_seconds = 0.0;  ///< time inside training steps (excludes eval and checkpoints)
+  int64_t train_items = 0;     ///< samples or tokens processed by training steps
+
+  explicit Impl(TrainConfig c) : cfg(std::move(c)) {}
+};
+
+Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))) {
+  Impl& s = *impl_;
+  check_config(s.cfg);
+  s.policy = amp::Policy::parse(s.cfg.precision, &s.policy_why);
+  // Loss scaling: the policy's default unless the flag says otherwise.
+  amp::LossScalerOptions sc = amp::LossScaler::options_for(s.policy);
+  sc.init_scale = static_cast<float>(s.cfg.scale_init);
+  sc.growth_interval = s.cfg.scale_growth_interval;
+  const std::string& ls = s.cfg.loss_scale;
+  if (ls == "default") {
+    if (sc.mode == amp::LossScaling::none) sc.init_scale = 1.0f;
+  } else if (ls == "dynamic") {
+    sc.mode = amp::LossScaling::dynamic;
+  } else if (ls == "none") {
+    sc.mode = amp::LossScaling::none;
+    sc.init_scale = 1.0f;
+  } else if (ls.rfind("static:", 0) == 0) {
+    sc.mode = amp::LossScaling::fixed;
+    try {
+      sc.init_scale = std::stof(ls.substr(7));
+    } catch (...) {
+      throw ConfigError(fmt::format("--loss-scale: bad static scale in '{}'", ls));
+    }
+    if (!(sc.init_scale > 0) || !std::isfinite(sc.init_scale))
+      throw ConfigError(fmt::format("--loss-scale: static scale must be positive, got '{}'", ls));
+  } else {
+    throw ConfigError(fmt::format("--loss-scale: unknown mode '{}' (dynamic, static:S or none)", ls));
+  }
+  s.scaler = amp::LossScaler(sc);
+
+  s.task = make_task(s.cfg, s.policy);
+  s.total_steps = s.cfg.steps > 0 ? s.cfg.steps : s.cfg.epochs * s.task->steps_per_epoch(s.cfg.batch);
+
+  optim::CommonOptions common;
+  common.master = optim::parse_master_mode(s.cfg.master.c_str());
+  common.seed = s.cfg.seed;
+  s.opt = optim::make_optimizer(s.cfg.optimizer, s.task->module().parameters(), s.cfg.lr,
+                                s.cfg.weight_decay, s.cfg.momentum, common);
+  optim::ScheduleOptions so;
+  so.kind = optim::parse_schedule(s.cfg.schedule);
+  so.base_lr = s.cfg.lr;
+  so.min_lr = so.kind == optim::LrSchedule::cosine ? 0.1 * s.cfg.lr : 0.0;
+  so.warmup = s.cfg.warmup;
+  so.total = s.total_steps;
+  s.schedule = std::make_unique<optim::LrScheduler>(so);
+
+  if (s.cfg.out.empty())
+    s.cfg.out = fmt::format("runs/{}-{}-seed{}", s.cfg.model, s.policy.name, s.cfg.seed);
+  s.out = s.cfg.out;
+  prepare_run_dir(s.out, config_to_json(s.cfg), s.cfg.resume, s.cfg.force);
+}
+
+Trainer::~Trainer() = default;
+
+std::string Trainer::policy_description() const {
+  return impl_->policy.str() + (impl_->policy_why.empty() ? "" : "; " + impl_->policy_why);
+}
+
+TrainSummary Trainer::run() {
+  Impl& s = *impl_;
+  const auto t_start = Clock::now();
+  reset_peak_memory();
+
+  CheckpointState ck{s.task.get(), s.opt.get(), &s.scaler, s.schedule.get()};
+  if (s.cfg.resume) {
+    const auto restored = load_latest_checkpoint(s.out, ck, config_to_json(s.cfg));
+    if (restored) {
+      s.step = restored->step;
+      s.skipped = restored->skipped;
+      s.train_seconds = restored->train_seconds;
+      s.train_items = restored->train_items;
+      truncate_metrics(s.out / "metrics.jsonl", s.step);
+      if (!s.cfg.quiet) fmt::print(stderr, "resumed {} at step {}\n", s.out.string(), s.step);
+    }
+  }
+
+  std::ofstream metrics(s.out / "metrics.jsonl", std::ios::app);
+  if (!metrics) throw IOError(fmt::format("cannot open {}", (s.out / "metrics.jsonl").string()));
+  const bool tty = s.cfg.progress && !s.cfg.quiet && isatty(STDERR_FILENO);
+  if (!s.cfg.quiet)
+    fmt::print(stderr, "mixtrain: {} on {}, {} parameters, {} steps, precision {}\n", s.cfg.model,
+               s.cfg.data, s.task->module().num_parameters(), s.total_steps,
+               impl_->policy.str());
+
+  double window_loss = 0.0, last_window_loss = NAN;
+  int64_t window_steps = 0, window_items = 0;
+  double window_seconds = 0.0;
+  EvalResult last_eval;
+  const int64_t micro = s.cfg.batch / s.cfg.grad_accum;
+
+  while (s.step < s.total_steps) {
+    const auto t0 = Clock::now();
+    // ---- forward/backward over the micro-batches; the scale stays fixed inside the window.
+    const float scale = s.scaler.scale();
+    double step_loss = 0.0;
+    for (int64_t m = 0; m < s.cfg.grad_accum; ++m) {
+      Variable loss;
+      {
+        amp::PolicyScope scope(s.policy);
+        loss = s.task->train_loss(micro);
+      }
+      const float lv = loss.data().item();
+      step_loss += static_cast<double>(lv) / static_cast<double>(s.cfg.grad_accum);
+      // The seed carries the loss scale and the 1/accum averaging, so the loss tensor itself is
+      // never rescaled (no fp16 overflow in the forward).
+      loss.backward(scale / static_cast<float>(s.cfg.grad_accum));
+    }
+    // ---- one reduction (finite check, global norm), then a fused update or a reported skip.
+    s.scaler.unscale(*s.opt);
+    if (s.cfg.clip_grad > 0) s.scaler.clip_grad_norm(*s.opt, s.cfg.clip_grad);
+    const double step_lr = s.schedule->lr();
+    s.schedule->apply(*s.opt);
+    const optim::StepResult r = s.scaler.step(*s.opt);
+    s.scaler.update();
+    s.opt->zero_grad();
+    if (!r.applied) ++s.skipped;
+    s.schedule->step(r);
+    ++s.step;
+    const double dt = seconds_since(t0);
+    s.train_seconds += dt;
+    s.train_items += s.task->items_per_sample() * s.cfg.batch;
+    window_seconds += dt;
+    window_items += s.task->items_per_sample() * s.cfg.batch;
+
+    if (std::isfinite(step_loss)) {
+      s.nonfinite_run = 0;
+      window_loss += step_loss;
+      ++window_steps;
+    } else if (++s.nonfinite_run >= s.cfg.nonfinite_patience) {
+      throw NumericalError(fmt::format(
+          "training stopped at step {}: the loss was non-finite for {} consecutive steps ({}); "
+          "last skipped step: {}",
+          s.step, s.nonfinite_run, impl_->policy.str(), r.str()));
+    }
+
+    const bool eval_now = (s.cfg.eval_every > 0 && s.step % s.cfg.eval_every == 0) ||
+                          (s.task->eval_each_epoch() && s.step % s.task->steps_per_epoch(s.cfg.batch) == 0 &&
+                           s.step < s.total_steps);
+    if (eval_now) last_eval = s.task->evaluate(s.policy, s.cfg);
+
+    if (s.step % s.cfg.log_every == 0 || s.step == s.total_steps || eval_now) {
+      const double throughput = window_seconds > 0 ? window_items / window_seconds : 0.0;
+      const double mean_loss = window_steps ? window_loss / window_steps : NAN;
+      if (window_steps) last_window_loss = mean_loss;
+      json line = {{"step", s.step},
+                   {"loss", std::isfinite(step_loss) ? json(step_loss) : json(nullptr)},
+                   {"mean_loss", std::isfinite(mean_loss) ? json(mean_loss) : json(nullptr)},
+                   {"lr", step_lr},
+                   {"loss_scale", s.scaler.scale()},
+                   {"skipped", !r.applied},
+                   {"skipped_total", s.skipped},
+                   {"grad_norm", std::isfinite(r.grad_norm) && r.grad_norm >= 0 ? json(r.grad_norm) : json(nullptr)},
+                   {"throughput", throughput}};
+      if (!r.applied) line["skip_reason"] = r.str();
+      if (eval_now) {
+        line["val_loss"] = last_eval.loss;
+        if (last_eval.accuracy >= 0) line["test_accuracy"] = last_eval.accuracy;
+      }
+      metrics << line.dump() << "\n";
+      metrics.flush();
+      const double eta = s.train_seconds / s.step * (s.total_steps - s.step);
+      const std::string status = fmt::format(
+          "step {}/{} loss {:.4f} scale {:g} skipped {} {} {}/s ETA {}", s.step, s.total_steps,
+          mean_loss, s.scaler.scale(), s.skipped, human_rate(throughput), s.task->items_name(),
+          human_time(eta));
+      if (tty) {
+        const int width = 24;
+        const int filled = static_cast<int>(width * s.step / std::max<int64_t>(1, s.total_steps));
+        fmt::print(stderr, "\r[{}{}] {}   ", std::string(filled, '#'), std::string(width - filled, '.'),
+                   status);
+        if (eval_now) fmt::print(stderr, "\n  eval: val_loss {:.4f}{}\n", last_eval.loss,
+                                 last_eval.accuracy >= 0 ? fmt::format(" accuracy {:.4f}", last_eval.accuracy) : "");
+      } else if (!s.cfg.quiet) {
+        fmt::print(stderr, "{}{}\n", status,
+                   eval_now ? fmt::format(" | val_loss {:.4f}{}", last_eval.loss,
+                                          last_eval.accuracy >= 0 ? fmt::format(" accuracy {:.4f}", last_eval.accuracy) : "")
+                            : "");
+      }
+      window_loss = 0;
+      window_steps = 0;
+      window_items = 0;
+      window_seconds = 0;
+    }
+
+    if (s.cfg.checkpoint_every > 0 && s.step % s.cfg.checkpoint_every == 0 && s.step < s.total_steps)
+      save_checkpoint(s.out, ck, config_to_json(s.cfg), s.step, s.skipped, s.train_seconds,
+                      s.train_items, s.cfg.keep_checkpoints);
+    if (s.cfg.stop_after > 0 && s.step >= s.cfg.stop_after) {
+      metrics.close();
+      fmt::print(stderr, "\nmixtrain: stopping after step {} (--stop-after)\n", s.step);
+      std::fflush(stderr);
+      std::_Exit(3);
+    }
+  }
+  if (tty) fmt::print(stderr, "\n");
+
+  save_checkpoint(s.out, ck, config_to_json(s.cfg), s.step, s.skipped, s.train_seconds,
+                  s.train_items, s.cfg.keep_checkpoints);
+  last_eval = s.task->evaluate(s.policy, s.cfg);
+
+  TrainSummary sum;
+  sum.precision = s.policy.str();
+  sum.precision_name = s.policy.name;
+  sum.model = s.cfg.model;
+  sum.data = s.cfg.data;
+  sum.parameters = s.task->module().num_parameters();
+  sum.steps = s.step;
+  sum.skipped_steps = s.skipped;
+  sum.final_loss_scale = s.scaler.scale();
+  sum.final_train_loss = last_window_loss;
+  sum.val_loss = last_eval.loss;
+  sum.test_accuracy = last_eval.accuracy;
+  sum.wall_s = seconds_since(t_start);
+  sum.throughput = s.train_seconds > 0 ? s.train_items / s.train_seconds : 0.0;
+  sum.throughput_unit = std::string(s.task->items_name()) + "/s";
+  sum.peak_tensor_bytes = memory_stats().peak_bytes;
+  sum.peak_rss_bytes = peak_rss_bytes();
+  sum.out_dir = s.out.string();
+  write_file_atomic((s.out / "summary.json").string(), sum.to_json().data(), sum.to_json().size());
+  return sum;
+}
+
+}  // namespace mixtrain::train

@@ -1,0 +1,169 @@
+// The trainer end to end on real data: convergence, metrics and summary files, bit-exact
+// resume, and clear errors for bad configs and reused run folders.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "mixtrain/io/safetensors.h"
+#include "mixtrain/train/trainer.h"
+#include "train/checkpoint.h"
+
+using namespace mixtrain;
+using namespace mixtrain::train;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path fresh_dir(const std::string& name) {
+  fs::path p = fs::temp_directory_path() / ("mixtrain_trainer_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  return p;
+}
+
+TrainConfig tiny_gpt(const fs::path& out) {
+  TrainConfig c;
+  c.model = "gpt";
+  c.data = std::string("text:") + MIXTRAIN_SOURCE_DIR + "/tests/data/jargon_sample.txt";
+  c.layers = 2;
+  c.width = 32;
+  c.heads = 2;
+  c.context = 32;
+  c.batch = 4;
+  c.lr = 3e-3;
+  c.steps = 12;
+  c.log_every = 1;
+  c.eval_batches = 2;
+  c.out = out.string();
+  c.quiet = true;
+  return c;
+}
+
+// Every master weight of the newest checkpoint, by name.
+std::map<std::string, std::vector<uint8_t>> final_weights(const fs::path& out) {
+  auto files = list_checkpoints(out);
+  EXPECT_FALSE(files.empty());
+  SafetensorsFile f = load_safetensors(files.front().string());
+  std::map<std::string, std::vector<uint8_t>> w;
+  for (const auto& n : f.names()) {
+    const Tensor& t = f.get(n);
+    const auto* p = static_cast<const uint8_t*>(t.raw_data());
+    w[n] = std::vector<uint8_t>(p, p + t.nbytes());
+  }
+  return w;
+}
+
+}  // namespace
+
+TEST(Trainer, MlpLearnsFashionMnistAndWritesMetrics) {
+  const fs::path out = fresh_dir("mlp");
+  TrainConfig c;
+  c.precision = "bf16";
+  c.steps = 60;
+  c.batch = 64;
+  c.hidden = {64};
+  c.log_every = 10;
+  c.out = out.string();
+  c.quiet = true;
+  TrainSummary s = Trainer(c).run();
+  EXPECT_EQ(s.steps, 60);
+  EXPECT_EQ(s.skipped_steps, 0);
+  EXPECT_GT(s.test_accuracy, 0.6);  // 10 classes: chance is 0.1
+  EXPECT_LT(s.val_loss, 1.2);       // starts at ln(10) = 2.30
+  EXPECT_GT(s.peak_tensor_bytes, 0);
+  std::ifstream m(out / "metrics.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(m, line)) {
+    auto j = nlohmann::json::parse(line);
+    for (const char* k : {"step", "loss", "lr", "loss_scale", "skipped", "grad_norm", "throughput"})
+      EXPECT_TRUE(j.contains(k)) << k;
+    ++lines;
+  }
+  EXPECT_EQ(lines, 6);
+  auto sum = nlohmann::json::parse(std::ifstream(out / "summary.json"));
+  for (const char* k : {"precision", "model", "steps", "skipped_steps", "final_loss_scale", "final_train_loss",
+                        "val_loss", "test_accuracy", "wall_s", "throughput", "peak_tensor_bytes",
+                        "peak_rss_bytes"})
+    EXPECT_TRUE(sum.contains(k)) << k;
+  EXPECT_EQ(sum["precision"], "bf16");
+  fs::remove_all(out);
+}
+
+TEST(Trainer, GptLossFallsInEveryPrecision) {
+  for (const char* prec : {"fp32", "bf16", "fp16"}) {
+    const fs::path out = fresh_dir(std::string("gpt_") + prec);
+    TrainConfig c = tiny_gpt(out);
+    c.precision = prec;
+    c.steps = 30;
+    TrainSummary s = Trainer(c).run();
+    // ln(256) = 5.55 at init; 30 steps of AdamW on English bytes gets well below it.
+    EXPECT_LT(s.final_train_loss, 4.0) << prec;
+    EXPECT_TRUE(std::isfinite(s.val_loss)) << prec;
+    if (std::string(prec) == "fp16") EXPECT_GT(s.final_loss_scale, 1.0);
+    fs::remove_all(out);
+  }
+}
+
+TEST(Trainer, ResumeIsBitIdenticalToAnUninterruptedRun) {
+  for (const char* prec : {"bf16", "fp16"}) {
+    const fs::path a = fresh_dir(std::string("straight_") + prec), b = fresh_dir(std::string("resumed_") + prec);
+    TrainConfig ca = tiny_gpt(a);
+    ca.precision = prec;
+    ca.dropout = 0.1;  // the dropout RNG state must survive the checkpoint too
+    Trainer(ca).run();
+
+    TrainConfig cb = tiny_gpt(b);
+    cb.precision = prec;
+    cb.dropout = 0.1;
+    cb.steps = 5;  // stop early, as if interrupted after the step-5 checkpoint
+    Trainer(cb).run();
+    cb.steps = 12;
+    cb.resume = true;
+    Trainer(cb).run();
+    EXPECT_EQ(final_weights(a), final_weights(b)) << prec;
+    fs::remove_all(a);
+    fs::remove_all(b);
+  }
+}
+
+TEST(Trainer, RefusesBadConfigsWithTheFlagNamed) {
+  const fs::path out = fresh_dir("bad");
+  auto expect_error = [&](auto mutate, const std::string& needle) {
+    TrainConfig c = tiny_gpt(out);
+    mutate(c);
+    try {
+      Trainer t(c);
+      FAIL() << "expected an error mentioning " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error([](TrainConfig& c) { c.lr = 0; }, "--lr");
+  expect_error([](TrainConfig& c) { c.batch = -1; }, "--batch");
+  expect_error([](TrainConfig& c) { c.precision = "fp13"; }, "fp13");
+  expect_error([](TrainConfig& c) { c.model = "rnn"; }, "--model");
+  expect_error([](TrainConfig& c) { c.heads = 5; }, "heads");
+  expect_error([](TrainConfig& c) { c.loss_scale = "static:-3"; }, "--loss-scale");
+  expect_error([](TrainConfig& c) { c.data = "text:/nonexistent/file.txt"; }, "/nonexistent/file.txt");
+  fs::remove_all(out);
+}
+
+TEST(Trainer, RefusesAFolderHoldingADifferentRunUnlessForced) {
+  const fs::path out = fresh_dir("reuse");
+  TrainConfig c = tiny_gpt(out);
+  c.steps = 2;
+  Trainer(c).run();
+  c.lr = 1e-3;
+  try {
+    Trainer t(c);
+    FAIL() << "a different run in the same folder must be refused";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("different run"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("lr"), std::string::npos) << e.what();
+  }
+  c.force = true;
+  EXPECT_NO_THROW(Trainer(c).run());
+  fs::remove_all(out);
+}
