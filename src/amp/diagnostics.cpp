@@ -1,0 +1,224 @@
+// Gradient precision diagnostics: one parallel pass of exponent extraction and threshold
+// counts per piece of each tensor, merged per tensor; the recommendation from the totals.
+#include "mixtrain/amp/diagnostics.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+
+#include "mixtrain/error.h"
+
+namespace mixtrain::amp {
+namespace {
+
+constexpr int64_t kPiece = int64_t{1} << 15;
+constexpr float kFp16Max = 65504.0f;
+constexpr float kFp16MinSub = 5.9604644775390625e-08f;  // 2^-24
+constexpr float kFp16MinNormal = 6.103515625e-05f;      // 2^-14
+
+template <class T>
+void scan(const T* g, int64_t b, int64_t e, float inv_carried, float to_fp16, GradHistogram& h,
+          int64_t& first_bad, bool& first_nan) {
+  for (int64_t i = b; i < e; ++i) {
+    const float x = std::fabs(static_cast<float>(g[i]));
+    if (std::isnan(x)) {
+      ++h.nan;
+      if (first_bad < 0) first_bad = i, first_nan = true;
+      continue;
+    }
+    if (std::isinf(x)) {
+      ++h.inf;
+      ++h.fp16_overflow;
+      if (first_bad < 0) first_bad = i, first_nan = false;
+      continue;
+    }
+    if (x == 0.0f) {
+      ++h.zero;
+      continue;
+    }
+    const float y = x * to_fp16;  // the value fp16 would have to hold
+    h.fp16_zero += y < kFp16MinSub;
+    h.fp16_subnormal += y < kFp16MinNormal;
+    h.fp16_overflow += y > kFp16Max;
+    const float u = x * inv_carried;
+    h.max_abs = std::max(h.max_abs, static_cast<double>(u));
+    const uint32_t bits = std::bit_cast<uint32_t>(u);
+    const int exp = static_cast<int>(bits >> 23) - 127;  // fp32 subnormals give -127: below
+    if (exp < GradHistogram::kMinExp || u == 0.0f)
+      ++h.below;
+    else if (exp >= GradHistogram::kMaxExp || std::isinf(u))
+      ++h.above;
+    else
+      ++h.bins[exp - GradHistogram::kMinExp];
+  }
+}
+
+}  // namespace
+
+void GradHistogram::merge(const GradHistogram& o) {
+  numel += o.numel;
+  zero += o.zero;
+  inf += o.inf;
+  nan += o.nan;
+  below += o.below;
+  above += o.above;
+  for (int k = 0; k < kBins; ++k) bins[k] += o.bins[k];
+  max_abs = std::max(max_abs, o.max_abs);
+  fp16_zero += o.fp16_zero;
+  fp16_subnormal += o.fp16_subnormal;
+  fp16_overflow += o.fp16_overflow;
+}
+
+GradientReport diagnose_gradients(const std::vector<std::pair<std::string, Tensor>>& grads,
+                                  float carried_scale, float fp16_scale) {
+  if (!(carried_scale > 0) || !std::isfinite(carried_scale))
+    throw ConfigError(
+        fmt::format("diagnose_gradients: carried_scale {} (must be > 0)", carried_scale));
+  if (!(fp16_scale > 0)) fp16_scale = carried_scale;
+  GradientReport rep;
+  rep.carried_scale = carried_scale;
+  rep.fp16_scale = fp16_scale;
+  std::vector<Tensor> cont(grads.size());
+  struct Piece {
+    size_t t;
+    int64_t b, e;
+  };
+  std::vector<Piece> pieces;
+  for (size_t t = 0; t < grads.size(); ++t) {
+    const Tensor& g = grads[t].second;
+    if (g.dtype() != DType::f32 && g.dtype() != DType::bf16 && g.dtype() != DType::f16)
+      throw DTypeError(fmt::format("diagnose_gradients: '{}' is {} (expected f32, bf16 or f16)",
+                                   grads[t].first, g.str()));
+    cont[t] = g.contiguous();
+    for (int64_t b = 0; b < g.numel(); b += kPiece)
+      pieces.push_back({t, b, std::min(g.numel(), b + kPiece)});
+  }
+  const float inv_carried = static_cast<float>(1.0 / carried_scale);
+  const float to_fp16 = static_cast<float>(static_cast<double>(fp16_scale) / carried_scale);
+  std::vector<GradHistogram> ph(pieces.size());
+  std::vector<int64_t> bad(pieces.size(), -1);
+  std::vector<char> bad_nan(pieces.size(), 0);
+#pragma omp parallel for schedule(dynamic, 4) if (pieces.size() > 1)
+  for (int64_t k = 0; k < static_cast<int64_t>(pieces.size()); ++k) {
+    const Piece& p = pieces[k];
+    const Tensor& g = cont[p.t];
+    bool nan = false;
+    switch (g.dtype()) {
+      case DType::f32:
+        scan(g.data<float>(), p.b, p.e, inv_carried, to_fp16, ph[k], bad[k], nan);
+        break;
+      case DType::bf16:
+        scan(g.data<bf16>(), p.b, p.e, inv_carried, to_fp16, ph[k], bad[k], nan);
+        break;
+      default:
+        scan(g.data<fp16>(), p.b, p.e, inv_carried, to_fp16, ph[k], bad[k], nan);
+        break;
+    }
+    bad_nan[k] = nan;
+    ph[k].numel = p.e - p.b;
+  }
+  rep.tensors.resize(grads.size());
+  for (size_t t = 0; t < grads.size(); ++t) rep.tensors[t].name = grads[t].first;
+  for (size_t k = 0; k < pieces.size(); ++k) {
+    rep.tensors[pieces[k].t].merge(ph[k]);
+    if (bad[k] >= 0 && rep.first_nonfinite.empty()) {
+      rep.first_nonfinite = grads[pieces[k].t].first;
+      rep.first_nonfinite_nan = bad_nan[k];
+    }
+  }
+  rep.total.name = "total";
+  for (const auto& h : rep.tensors) rep.total.merge(h);
+
+  // Recommendation. Pick the largest power-of-two scale that keeps the largest gradient one
+  // binade under fp16's top (|g| * S < 2^15; headroom for the next steps' growth), then ask
+  // what share of the nonzero gradients would still fall under fp16's smallest subnormal
+  // 2^-24. Up to 0.1% is what dynamic loss scaling lives with in practice (Micikevicius et
+  // al. 2018); beyond that fp16 loses real gradient signal and bf16's range is the answer.
+  const GradHistogram& h = rep.total;
+  const int64_t nonzero = h.numel - h.zero - h.nan - h.inf;
+  if (nonzero == 0) {
+    rep.recommended = DType::f16;
+    rep.recommended_scale = 65536.0f;
+    rep.why = "no nonzero finite gradients to judge by: fp16 with the default scale 2^16";
+    return rep;
+  }
+  int emax = GradHistogram::kMaxExp;
+  if (h.above == 0) {
+    emax = GradHistogram::kMinExp - 1;
+    for (int k = GradHistogram::kBins - 1; k >= 0; --k)
+      if (h.bins[k]) {
+        emax = GradHistogram::kMinExp + k;
+        break;
+      }
+  }
+  const int kexp = std::clamp(14 - emax, 0, 24);  // scale 2^kexp: within [1, 2^24]
+  int64_t under = h.below;
+  for (int k = 0; k < GradHistogram::kBins; ++k)
+    if (GradHistogram::kMinExp + k + kexp < -24) under += h.bins[k];
+  int64_t over = h.above;
+  for (int k = 0; k < GradHistogram::kBins; ++k)
+    if (GradHistogram::kMinExp + k + kexp >= 16) over += h.bins[k];
+  const double fu = static_cast<double>(under) / nonzero;
+  const double fo = static_cast<double>(over) / nonzero;
+  rep.recommended_scale = std::ldexp(1.0f, kexp);
+  std::string nf = rep.first_nonfinite.empty()
+                       ? std::string()
+                       : fmt::format(" (non-finite values first in '{}': {})", rep.first_nonfinite,
+                                     rep.first_nonfinite_nan ? "NaN" : "Inf");
+  if (fu <= 1e-3 && fo == 0) {
+    rep.recommended = DType::f16;
+    rep.why =
+        fmt::format("gradients span 2^{}..2^{}; at scale 2^{} fp16 holds all but {:.3g}% of them{}",
+                    emax - 30, emax + 1, kexp, 100 * fu, nf);
+    // The lower end printed above is a placeholder span; refine with the lowest bin.
+    for (int k = 0; k < GradHistogram::kBins; ++k)
+      if (h.bins[k]) {
+        rep.why = fmt::format(
+            "gradients span 2^{}..2^{}; at scale 2^{} fp16 holds all but {:.3g}% of them{}",
+            h.below ? GradHistogram::kMinExp : GradHistogram::kMinExp + k, emax + 1, kexp, 100 * fu,
+            nf);
+        break;
+      }
+  } else {
+    rep.recommended = DType::bf16;
+    rep.why = fmt::format(
+        "at the best fp16 scale 2^{} {:.3g}% of the nonzero gradients would flush to zero and "
+        "{:.3g}% overflow: the range needs bf16{}",
+        kexp, 100 * fu, 100 * fo, nf);
+  }
+  return rep;
+}
+
+GradientReport diagnose_gradients(const std::vector<nn::Parameter*>& params, float carried_scale,
+                                  float fp16_scale) {
+  std::vector<std::pair<std::string, Tensor>> g;
+  for (const auto* p : params)
+    if (p->grad().defined()) g.emplace_back(p->name, p->grad());
+  return diagnose_gradients(g, carried_scale, fp16_scale);
+}
+
+std::string GradientReport::str() const {
+  std::string s =
+      fmt::format("{:<28} {:>10} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6}\n", "tensor", "numel",
+                  "max|g|", "zero%", "f16->0%", "f16sub%", "f16ovf%", "inf/nan");
+  auto row = [&](const GradHistogram& h) {
+    s += fmt::format("{:<28} {:>10} {:>9.3g} {:>9.3g} {:>8.3g} {:>8.3g} {:>8.3g} {:>6}\n", h.name,
+                     h.numel, h.max_abs, 100 * h.frac(h.zero), 100 * h.frac(h.fp16_zero),
+                     100 * h.frac(h.fp16_subnormal), 100 * h.frac(h.fp16_overflow), h.inf + h.nan);
+  };
+  for (const auto& h : tensors) row(h);
+  row(total);
+  s += fmt::format("fp16 columns at loss scale {} (gradients carry {})\n", fp16_scale,
+                   carried_scale);
+  if (!first_nonfinite.empty())
+    s += fmt::format("first non-finite gradient: '{}' ({})\n", first_nonfinite,
+                     first_nonfinite_nan ? "NaN" : "Inf");
+  s += recommended == DType::f16 ? fmt::format("recommend: fp16 with initial loss scale {} ({})\n",
+                                               recommended_scale, why)
+                                 : fmt::format("recommend: bf16 ({})\n", why);
+  return s;
+}
+
+}  // namespace mixtrain::amp
