@@ -1,6 +1,7 @@
 // The two tasks: an MLP on Fashion-MNIST and a byte-level GPT on a text file.
 #include "train/task.h"
 
+#include <cmath>
 #include <fmt/format.h>
 
 #include "mixtrain/data/classification.h"
@@ -46,6 +47,7 @@ class MlpTask : public Task {
   Variable train_loss(int64_t rows) override {
     Batch b = iter_.next();
     Variable logits = model_.forward(Variable(b.features));
+    observe_output(logits);
     return cross_entropy(logits, Variable(b.labels));
   }
   EvalResult evaluate(const amp::Policy& policy, const TrainConfig&) override {
@@ -117,6 +119,7 @@ class GptTask : public Task {
   Variable train_loss(int64_t rows) override {
     TextBatch b = data_.sample(TextSplit::train, rows, context_, data_rng_);
     Variable logits = model_.forward(Variable(b.inputs), dropout_rng_);
+    observe_output(logits);
     return cross_entropy(logits, Variable(b.targets));
   }
   EvalResult evaluate(const amp::Policy& policy, const TrainConfig& cfg) override {
@@ -160,6 +163,11 @@ class GptTask : public Task {
 };
 
 }  // namespace
+
+void Task::observe_output(const Variable& out) {
+  if (!track_output_max) return;
+  for (float v : out.data().to_vector()) output_max_abs_ = std::max<double>(output_max_abs_, std::fabs(v));
+}
 
 std::unique_ptr<Task> make_task(const TrainConfig& cfg, const amp::Policy& policy) {
   if (cfg.model == "mlp") return std::make_unique<MlpTask>(cfg, policy);

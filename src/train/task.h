@@ -36,6 +36,15 @@ class Task {
   /// Data order and dropout RNG state, for checkpoints.
   virtual std::map<std::string, std::string> state() const = 0;
   virtual void restore(const std::map<std::string, std::string>& state) = 0;
+
+  /// When set, train_loss records the largest |output| (the doctor checks it against fp16's
+  /// range; off in training, where it would be an extra pass over the logits).
+  bool track_output_max = false;
+  double last_output_max_abs() const { return output_max_abs_; }
+
+ protected:
+  void observe_output(const Variable& out);
+  double output_max_abs_ = 0;
 };
 
 /// The task for cfg.model / cfg.data, with weights in the policy's compute dtype.

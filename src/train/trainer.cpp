@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <ctime>
 #include <cstdio>
 #include <filesystem>
 #include <fmt/format.h>
@@ -201,8 +202,14 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
   so.total = s.total_steps;
   s.schedule = std::make_unique<optim::LrScheduler>(so);
 
-  if (s.cfg.out.empty())
-    s.cfg.out = fmt::format("runs/{}-{}-seed{}", s.cfg.model, s.policy.name, s.cfg.seed);
+  if (s.cfg.out.empty()) {  // a fresh folder per run: runs/<model>-<precision>-<date-time>
+    const std::time_t now = std::time(nullptr);
+    char stamp[32];
+    std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", std::localtime(&now));
+    s.cfg.out = fmt::format("runs/{}-{}-{}", s.cfg.model, s.policy.name, stamp);
+    for (int k = 2; fs::exists(s.cfg.out); ++k)
+      s.cfg.out = fmt::format("runs/{}-{}-{}-{}", s.cfg.model, s.policy.name, stamp, k);
+  }
   s.out = s.cfg.out;
   prepare_run_dir(s.out, config_to_json(s.cfg), s.cfg.resume, s.cfg.force);
 }
@@ -375,6 +382,26 @@ TrainSummary Trainer::run() {
   sum.out_dir = s.out.string();
   write_file_atomic((s.out / "summary.json").string(), sum.to_json().data(), sum.to_json().size());
   return sum;
+}
+
+int64_t export_weights(const std::string& run_dir, const std::string& dtype,
+                       const std::string& out_path) {
+  const DType dt = parse_dtype(dtype);
+  if (dt != DType::f32 && dt != DType::bf16 && dt != DType::f16)
+    throw ConfigError(fmt::format("export: --dtype {} (expected fp32, bf16 or fp16)", dtype));
+  const auto files = list_checkpoints(run_dir);
+  if (files.empty())
+    throw IOError(fmt::format("export: {} holds no checkpoint (checkpoints/step-*.safetensors)", run_dir));
+  SafetensorsFile f = load_safetensors(files.front().string());
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const auto& n : f.names())
+    if (n.rfind("param.", 0) == 0) out.emplace_back(n.substr(6), f.get(n).to(dt));
+  std::map<std::string, std::string> meta;
+  auto it = f.metadata().find("mixtrain.config");
+  if (it != f.metadata().end()) meta["mixtrain.config"] = it->second;
+  meta["mixtrain.source"] = files.front().string();
+  save_safetensors(out_path, out, meta);
+  return static_cast<int64_t>(out.size());
 }
 
 }  // namespace mixtrain::train

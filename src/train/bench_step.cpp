@@ -1,0 +1,290 @@
+// bench_step: the training-step benchmark of bench_step.h. The step is the trainer's (policy
+// scope, forward, cross-entropy, backward seeded with the loss scale, unscale, fused AdamW
+// step with fp32 master, scaler update, zero_grad), on a fixed synthetic batch so the timing
+// does not depend on data loading.
+#include "mixtrain/train/bench_step.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "mixtrain/amp/loss_scaler.h"
+#include "mixtrain/amp/policy.h"
+#include "mixtrain/bench.h"
+#include "mixtrain/error.h"
+#include "mixtrain/gemm.h"
+#include "mixtrain/nn/models.h"
+#include "mixtrain/ops.h"
+#include "mixtrain/optim/optimizer.h"
+#include "mixtrain/random.h"
+#include "mixtrain/train/trainer.h"
+
+namespace mixtrain::train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+const char* report_name(DType dt) {
+  return dt == DType::f32 ? "fp32" : dt == DType::bf16 ? "bf16" : dt == DType::f16 ? "fp16"
+                                                                                   : dtype_name(dt);
+}
+
+nlohmann::json num(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
+
+// The model and its fixed batch behind one interface: loss() runs the forward and the loss.
+struct Workload {
+  virtual ~Workload() = default;
+  virtual nn::Module& module() = 0;
+  virtual Variable loss() = 0;
+};
+
+struct MlpWorkload : Workload {
+  Rng rng;
+  nn::MLP model;
+  Tensor x, y;
+  MlpWorkload(const std::vector<int64_t>& sizes, int64_t batch, uint64_t seed)
+      : rng(seed), model(sizes, /*gelu=*/false, rng) {
+    // Features like normalised Fashion-MNIST pixels (zero mean, unit scale), fixed labels.
+    x = nn::normal_tensor({batch, sizes.front()}, 1.0f, rng);
+    y = Tensor::empty({batch}, DType::i64);
+    for (int64_t i = 0; i < batch; ++i)
+      y.data<int64_t>()[i] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(sizes.back())));
+  }
+  nn::Module& module() override { return model; }
+  Variable loss() override { return cross_entropy(model.forward(Variable(x)), Variable(y)); }
+};
+
+struct GptWorkload : Workload {
+  Rng rng, drng;
+  nn::GPT model;
+  Tensor ids, targets;
+  GptWorkload(const nn::GPTConfig& cfg, int64_t batch, uint64_t seed)
+      : rng(seed), drng(seed ^ 0x3000), model(cfg, rng) {
+    // Random bytes: the step's cost does not depend on the token values.
+    ids = Tensor::empty({batch, cfg.context}, DType::i64);
+    targets = Tensor::empty({batch, cfg.context}, DType::i64);
+    for (int64_t i = 0; i < ids.numel(); ++i) {
+      ids.data<int64_t>()[i] = static_cast<int64_t>(rng.below(static_cast<uint64_t>(cfg.vocab)));
+      targets.data<int64_t>()[i] =
+          static_cast<int64_t>(rng.below(static_cast<uint64_t>(cfg.vocab)));
+    }
+  }
+  nn::Module& module() override { return model; }
+  Variable loss() override {
+    return cross_entropy(model.forward(Variable(ids), drng), Variable(targets));
+  }
+};
+
+}  // namespace
+
+std::string BenchStepResult::to_json() const {
+  nlohmann::json j = {{"impl", "mixtrain"},
+                      {"model", model},
+                      {"precision", precision},
+                      {"policy", policy},
+                      {"batch", batch},
+                      {"parameters", parameters},
+                      {"items_per_step", items_per_step},
+                      {"throughput_unit", throughput_unit},
+                      {"flops_per_step", flops_per_step},
+                      {"ms_per_step", ms_per_step},
+                      {"ms_min", ms_min},
+                      {"ms_max", ms_max},
+                      {"forward_ms", forward_ms},
+                      {"backward_ms", backward_ms},
+                      {"optimizer_ms", optimizer_ms},
+                      {"throughput", throughput},
+                      {"model_gflops_per_s", model_gflops_per_s},
+                      {"gemm_peak_dtype", gemm_peak_dtype},
+                      {"gemm_peak_gflops", num(gemm_peak_gflops)},
+                      {"mfu", num(mfu)},
+                      {"loss", num(loss)},
+                      {"peak_rss_bytes", peak_rss_bytes},
+                      {"peak_tensor_bytes", peak_tensor_bytes},
+                      {"optimizer_alone_ms", num(optimizer_alone_ms)},
+                      {"optimizer_bytes", optimizer_bytes},
+                      {"optimizer_gbps", num(optimizer_gbps)},
+                      {"memcpy_gbps", num(memcpy_gbps)},
+                      {"optimizer_bandwidth_ratio", num(optimizer_bandwidth_ratio)},
+                      {"threads", threads},
+                      {"warmup", warmup},
+                      {"repeats", repeats}};
+  return j.dump(2);
+}
+
+BenchStepResult bench_step(const BenchStepOptions& o) {
+  if (o.model != "mlp" && o.model != "gpt")
+    throw ConfigError(fmt::format("bench step: --model must be mlp or gpt, got '{}'", o.model));
+  if (o.precision != "fp32" && o.precision != "bf16" && o.precision != "fp16")
+    throw ConfigError(
+        fmt::format("bench step: --precision must be fp32, bf16 or fp16, got '{}'", o.precision));
+  if (o.batch < 0) throw ConfigError(fmt::format("bench step: --batch {} must be >= 1", o.batch));
+  if (o.repeats < 1 || o.warmup < 0)
+    throw ConfigError(fmt::format("bench step: repeats {} must be >= 1 and warmup {} >= 0",
+                                  o.repeats, o.warmup));
+  const amp::Policy policy = amp::Policy::parse(o.precision);
+  BenchStepResult r;
+  r.model = o.model;
+  r.precision = o.precision;
+  r.policy = policy.str();
+  r.batch = o.batch > 0 ? o.batch : (o.model == "mlp" ? 256 : 8);
+  r.warmup = o.warmup;
+  r.repeats = o.repeats;
+  r.threads = gemm_backend_info().threads;
+
+  // The GEMM peak first: its buffers (3 · 2048² elements) are freed before the model exists.
+  DType peak_dt = policy.compute;
+  r.gemm_peak_gflops = NAN;
+  if (o.peak_seconds > 0) {
+    r.gemm_peak_gflops = onednn_gemm_gflops(peak_dt, 2048, o.peak_seconds);
+    if (!std::isfinite(r.gemm_peak_gflops) && peak_dt == DType::f16) {
+      // No fp16 arithmetic on this CPU: mixtrain's fp16 GEMMs run in fp32, so that is the peak.
+      peak_dt = DType::f32;
+      r.gemm_peak_gflops = onednn_gemm_gflops(peak_dt, 2048, o.peak_seconds);
+    }
+  }
+  r.gemm_peak_dtype = report_name(peak_dt);
+
+  std::unique_ptr<Workload> w;
+  if (o.model == "mlp") {
+    std::vector<int64_t> sizes{784};
+    sizes.insert(sizes.end(), o.mlp_hidden.begin(), o.mlp_hidden.end());
+    sizes.push_back(10);
+    w = std::make_unique<MlpWorkload>(sizes, r.batch, o.seed);
+  } else {
+    nn::GPTConfig cfg;
+    cfg.layers = o.gpt_layers;
+    cfg.width = o.gpt_width;
+    cfg.heads = o.gpt_heads;
+    cfg.context = o.gpt_context;
+    w = std::make_unique<GptWorkload>(cfg, r.batch, o.seed);
+  }
+  nn::Module& model = w->module();
+  model.set_compute_dtype(policy.compute);
+  model.train();
+  r.parameters = model.num_parameters();
+  const double N = static_cast<double>(r.parameters);
+  if (o.model == "mlp") {
+    r.items_per_step = r.batch;
+    r.throughput_unit = "samples/s";
+    r.flops_per_step = 6.0 * N * static_cast<double>(r.batch);
+  } else {
+    // llm.c's count: 6·N for the weights (forward 2, backward 4) plus 6·L·C·T for the causal
+    // attention products (QKᵀ and PV, half the T×T square, forward and backward).
+    r.items_per_step = r.batch * o.gpt_context;
+    r.throughput_unit = "tokens/s";
+    const double per_token = 6.0 * N + 6.0 * static_cast<double>(o.gpt_layers) *
+                                           static_cast<double>(o.gpt_width) *
+                                           static_cast<double>(o.gpt_context);
+    r.flops_per_step = per_token * static_cast<double>(r.items_per_step);
+  }
+
+  optim::CommonOptions common;
+  common.master = optim::MasterMode::fp32;
+  common.seed = o.seed;
+  // AdamW as torch's defaults for lr and decay: the update's cost does not depend on them.
+  std::unique_ptr<optim::Optimizer> opt =
+      optim::make_optimizer("adamw", model.parameters(), 1e-3, 1e-2, 0.0, common);
+  amp::LossScalerOptions so = amp::LossScaler::options_for(policy);
+  if (so.mode == amp::LossScaling::none) so.init_scale = 1.0f;
+  amp::LossScaler scaler(so);
+
+  std::vector<double> total, fwd, bwd, upd;
+  auto step = [&](bool timed) {
+    const auto t0 = Clock::now();
+    Variable loss;
+    {
+      amp::PolicyScope scope(policy);
+      loss = w->loss();
+    }
+    r.loss = loss.data().item();
+    const auto t1 = Clock::now();
+    loss.backward(scaler.scale());
+    loss = Variable();  // drop the tape before the update, as the trainer's scope does
+    const auto t2 = Clock::now();
+    scaler.unscale(*opt);
+    scaler.step(*opt);
+    scaler.update();
+    opt->zero_grad();
+    const auto t3 = Clock::now();
+    if (timed) {
+      using ms = std::chrono::duration<double, std::milli>;
+      fwd.push_back(ms(t1 - t0).count());
+      bwd.push_back(ms(t2 - t1).count());
+      upd.push_back(ms(t3 - t2).count());
+      total.push_back(ms(t3 - t0).count());
+    }
+  };
+  for (int i = 0; i < o.warmup; ++i) step(false);
+  reset_peak_memory();
+  for (int i = 0; i < o.repeats; ++i) step(true);
+  r.peak_tensor_bytes = memory_stats().peak_bytes;
+  r.peak_rss_bytes = peak_rss_bytes();
+  r.ms_per_step = median(total);
+  r.ms_min = *std::min_element(total.begin(), total.end());
+  r.ms_max = *std::max_element(total.begin(), total.end());
+  r.forward_ms = median(fwd);
+  r.backward_ms = median(bwd);
+  r.optimizer_ms = median(upd);
+  r.throughput = static_cast<double>(r.items_per_step) / (r.ms_per_step * 1e-3);
+  r.model_gflops_per_s = r.flops_per_step / (r.ms_per_step * 1e-3) / 1e9;
+  r.mfu = r.model_gflops_per_s / r.gemm_peak_gflops;
+
+  r.optimizer_alone_ms = NAN;
+  r.optimizer_gbps = NAN;
+  r.memcpy_gbps = NAN;
+  r.optimizer_bandwidth_ratio = NAN;
+  if (o.optimizer_bandwidth) {
+    // One backward leaves gradients in place; step() then re-reads them each call (values
+    // drift, cost does not). Bytes: gradient read; master, m, v read and written; the compute
+    // copy written unless it is the master itself.
+    {
+      Variable loss;
+      {
+        amp::PolicyScope scope(policy);
+        loss = w->loss();
+      }
+      loss.backward(1.0f);
+    }
+    double bytes = 0;
+    for (nn::Parameter* p : model.parameters()) {
+      const double n = static_cast<double>(p->numel());
+      bytes += n * static_cast<double>(dtype_size(p->grad().dtype()));
+      bytes += n * 3.0 * 2.0 * 4.0;
+      if (!p->shares_master()) bytes += n * static_cast<double>(dtype_size(p->compute_dtype()));
+    }
+    std::vector<double> t;
+    opt->step();  // warm
+    for (int i = 0; i < std::max(5, o.repeats); ++i) {
+      const auto t0 = Clock::now();
+      opt->step();
+      t.push_back(ms_since(t0));
+    }
+    opt->zero_grad();
+    r.optimizer_alone_ms = median(t);
+    r.optimizer_bytes = bytes;
+    r.optimizer_gbps = bytes / (r.optimizer_alone_ms * 1e-3) / 1e9;
+    r.memcpy_gbps = memcpy_gbps(size_t{64} << 20, 0.3);
+    r.optimizer_bandwidth_ratio = r.optimizer_gbps / r.memcpy_gbps;
+  }
+  return r;
+}
+
+}  // namespace mixtrain::train
