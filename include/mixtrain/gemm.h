@@ -16,8 +16,9 @@ namespace mixtrain {
 /// Batched: A, B and C may carry one leading batch dim [Bt, ...] (B may also be 2-d, shared;
 /// or A 2-d, shared; C is 3-d when A or B is).
 /// dtypes: A and B share one of f32, bf16, f16; C is any of f32, bf16, f16 (the fp32 sums are
-/// rounded once into C). bf16 runs natively where the CPU has it; f16 (and bf16 on CPUs
-/// without bf16 support) is converted and computed in fp32. beta != 0 accumulates into C.
+/// rounded once into C). bf16 runs in oneDNN's bf16 kernels (AVX-512 and up); f16 on CPUs
+/// without AVX512-FP16, and bf16 on AVX2-only CPUs, are converted and computed in fp32 (same
+/// fp32 accumulation, slower). beta != 0 accumulates into C.
 /// Inputs may be strided views whose last dim or second-to-last dim is contiguous (transposes
 /// are free); other layouts are copied. Throws ShapeError/DTypeError naming the shapes and
 /// dtypes.

@@ -76,6 +76,18 @@ int run_bench_convert(const ConvertBenchOptions& o) {
   return 0;
 }
 
+// CLI::PositiveNumber's message prints the whole double range; this one says what is wrong.
+const CLI::Validator kPositiveSize(
+    [](std::string& s) -> std::string {
+      try {
+        size_t used = 0;
+        if (std::stoll(s, &used) > 0 && used == s.size()) return {};
+      } catch (const std::exception&) {
+      }
+      return "matrix size must be a positive integer, got '" + s + "'";
+    },
+    "POSITIVE", "PositiveSize");
+
 void setup_bench(CLI::App& root) {
   CLI::App* bench =
       root.add_subcommand("bench", "Micro-benchmarks: GEMM throughput, conversion bandwidth");
@@ -87,7 +99,7 @@ void setup_bench(CLI::App& root) {
   gemm->add_flag("--json", go->json, "Print JSON: {\"gemm\": [{dtype, n, gflops, onednn_gflops}]}");
   gemm->add_option("--sizes", go->sizes, "Matrix sizes n, comma separated")
       ->delimiter(',')
-      ->check(CLI::PositiveNumber)
+      ->check(kPositiveSize)
       ->capture_default_str();
   gemm->add_option("--dtypes", go->dtypes, "dtypes, comma separated: fp32, bf16, fp16")
       ->delimiter(',')
