@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Rewrites the README's generated sections (between <!-- X:begin --> and <!-- X:end -->) from
+the JSON files under results/ and the CLI's own --help. Never typed by hand."""
+import json, os, re, subprocess, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RES = os.path.join(ROOT, "results")
+
+
+def load(name):
+    p = os.path.join(RES, name)
+    return json.load(open(p)) if os.path.exists(p) else None
+
+
+def mib(b):
+    return "%.0f MiB" % (b / 2**20)
+
+
+def section(text, name, body):
+    pat = re.compile(r"(<!-- %s:begin -->\n).*?(<!-- %s:end -->)" % (name, name), re.S)
+    if not pat.search(text):
+        sys.exit("README lacks the %s markers" % name)
+    return pat.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
+
+
+def gemm_table():
+    g, c = load("gemm.json"), load("convert.json")
+    if not g:
+        return "(run `bash scripts/results.sh gemm`)"
+    out = ["GEMM, C = A·B with n×n operands (`mixtrain bench gemm --json`; fp32 accumulation; fp16 is",
+           "computed in fp32 on CPUs without fp16 arithmetic):", "",
+           "| dtype | n | mixtrain GFLOP/s | oneDNN direct GFLOP/s | ratio |", "| --- | --- | --- | --- | --- |"]
+    for r in g["gemm"]:
+        od = r.get("onednn_gflops")
+        ratio = "%.2f" % (r["gflops"] / od) if od and od > 0 else "n/a"
+        out.append("| %s | %d | %.0f | %s | %s |" % (r["dtype"], r["n"], r["gflops"],
+                   "%.0f" % od if od and od > 0 else "n/a", ratio))
+    if c:
+        out += ["", "Bulk conversion of arrays larger than L2 (`mixtrain bench convert --json`):", "",
+                "| conversion | GB/s | memcpy GB/s | fraction of memcpy |", "| --- | --- | --- | --- |"]
+        for r in c.get("convert", []):
+            out.append("| %s | %.1f | %.1f | %.2f |" % (r["name"], r["gbps"], r["memcpy_gbps"], r["gbps"] / r["memcpy_gbps"]))
+    return "\n".join(out)
+
+
+def compare_table(name, title, cmd):
+    d = load(os.path.join(name, "compare.json"))
+    if not d:
+        return "(run `bash scripts/results.sh`)"
+    runs = d["runs"]
+    ref = runs[0]
+    cls = "test_accuracy" in ref
+    out = [title, "", "```sh", cmd, "```", ""]
+    if cls:
+        out += ["| precision | test accuracy | Δ vs fp32 (points) | val loss | samples/s | speed-up | peak tensor memory | peak RSS | skipped steps |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in runs:
+            out.append("| %s | %.2f%% | %+.2f | %.4f | %.0f | %.2f× | %s | %s | %d |" % (
+                r["label"], 100 * r["test_accuracy"], 100 * (r["test_accuracy"] - ref["test_accuracy"]),
+                r["val_loss"], r["throughput"], r["throughput"] / ref["throughput"],
+                mib(r["peak_tensor_bytes"]), mib(r["peak_rss_bytes"]), r["skipped_steps"]))
+    else:
+        out += ["| precision | val loss | Δ vs fp32 | final train loss | tokens/s | speed-up | peak tensor memory | peak RSS | skipped steps |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in runs:
+            out.append("| %s | %.4f | %+.2f%% | %.4f | %.0f | %.2f× | %s | %s | %d |" % (
+                r["label"], r["val_loss"], 100 * (r["val_loss"] - ref["val_loss"]) / ref["val_loss"],
+                r["final_train_loss"], r["throughput"], r["throughput"] / ref["throughput"],
+                mib(r["peak_tensor_bytes"]), mib(r["peak_rss_bytes"]), r["skipped_steps"]))
+    return "\n".join(out)
+
+
+def step_table():
+    d = load("step.json")
+    if not d:
+        return ""
+    return d.get("markdown", "")
+
+
+def cli_help():
+    exe = os.path.join(ROOT, "build", "mixtrain")
+    if not os.path.exists(exe):
+        return "(build first)"
+    parts = []
+    for args in ([], ["train"], ["compare"], ["doctor"], ["export"], ["bench"]):
+        try:
+            h = subprocess.run([exe] + args + ["--help"], capture_output=True, text=True).stdout
+        except OSError:
+            continue
+        parts.append("$ mixtrain %s--help\n%s" % (" ".join(args) + (" " if args else ""), h.rstrip()))
+    return "```text\n" + "\n\n".join(parts) + "\n```"
+
+
+def main():
+    path = os.path.join(ROOT, "README.md")
+    text = open(path).read()
+    info = load("info.json")
+    results = []
+    if info:
+        results.append("Measured on: %s, %s threads (`results/info.json`)." % (
+            info.get("cpu", "?"), info.get("omp_threads", "?")))
+        results.append("")
+    results.append(compare_table("compare-mlp", "### Fashion-MNIST MLP 784-512-512-10, same seed and data order",
+                                 "mixtrain compare --model mlp --epochs 10 --precisions fp32,bf16,fp16,fp16:none --seed 1"))
+    results.append("")
+    results.append(compare_table("compare-gpt", "### Byte-level GPT (6 layers, width 384, 6 heads, context 256) on the Jargon File",
+                                 "mixtrain compare --model gpt --steps 300 --batch 8 --lr 1e-3 --schedule cosine --warmup 30 --precisions fp32,bf16,fp16 --seed 1"))
+    st = step_table()
+    if st:
+        results += ["", "### Training-step speed against PyTorch", "", st]
+    results += ["", "### Kernels", "", gemm_table()]
+    text = section(text, "results", "\n".join(results))
+    text = section(text, "cli", cli_help())
+    open(path, "w").write(text)
+    print("README.md updated")
+
+
+if __name__ == "__main__":
+    main()
