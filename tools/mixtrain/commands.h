@@ -35,6 +35,8 @@ Action action_for(const CLI::App* sub);
 
 /// Shared with the no-argument default run (main.cpp).
 int run_info(bool json);
+/// The main job: the default training run (MLP on Fashion-MNIST, precision auto, 3 epochs).
+int run_default_training();
 
 struct GemmBenchOptions {
   bool json = false;

@@ -24,16 +24,8 @@ std::map<const CLI::App*, Action>& actions() {
   return a;
 }
 
-// With no subcommand: for now, what this machine is and how fast its GEMMs run.
-int run_default() {
-  const int rc = run_info(false);
-  if (rc != 0) return rc;
-  std::printf("\n");
-  GemmBenchOptions o;
-  o.sizes = {512};
-  o.min_time = 0.2;
-  return run_bench_gemm(o);
-}
+// With no subcommand: the main job, the default training run.
+int run_default() { return run_default_training(); }
 
 }  // namespace
 
