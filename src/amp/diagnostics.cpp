@@ -86,12 +86,14 @@ GradientReport diagnose_gradients(const std::vector<std::pair<std::string, Tenso
     int64_t b, e;
   };
   std::vector<Piece> pieces;
+  int64_t total = 0;
   for (size_t t = 0; t < grads.size(); ++t) {
     const Tensor& g = grads[t].second;
     if (g.dtype() != DType::f32 && g.dtype() != DType::bf16 && g.dtype() != DType::f16)
       throw DTypeError(fmt::format("diagnose_gradients: '{}' is {} (expected f32, bf16 or f16)",
                                    grads[t].first, g.str()));
     cont[t] = g.contiguous();
+    total += g.numel();
     for (int64_t b = 0; b < g.numel(); b += kPiece)
       pieces.push_back({t, b, std::min(g.numel(), b + kPiece)});
   }
@@ -100,7 +102,8 @@ GradientReport diagnose_gradients(const std::vector<std::pair<std::string, Tenso
   std::vector<GradHistogram> ph(pieces.size());
   std::vector<int64_t> bad(pieces.size(), -1);
   std::vector<char> bad_nan(pieces.size(), 0);
-#pragma omp parallel for schedule(dynamic, 4) if (pieces.size() > 1)
+  // Small reports run on the calling thread: a fork/join costs more than the scan.
+#pragma omp parallel for schedule(dynamic, 4) if (total >= (int64_t{1} << 18) && pieces.size() > 1)
   for (int64_t k = 0; k < static_cast<int64_t>(pieces.size()); ++k) {
     const Piece& p = pieces[k];
     const Tensor& g = cont[p.t];

@@ -20,19 +20,26 @@ namespace {
 // Work is cut into pieces of at most this many elements so that a few big tensors and many
 // small ones alike spread over the threads (parallel across and within tensors).
 constexpr int64_t kPiece = int64_t{1} << 15;
+// Below this many elements in all, the fork/join (and, on a loaded machine, waiting for a busy
+// core) costs more than the pass itself: run on the calling thread.
+constexpr int64_t kMinParallel = int64_t{1} << 18;
 
 struct Piece {
   size_t param;
   int64_t begin, end;
 };
 
-std::vector<Piece> make_pieces(const std::vector<nn::Parameter*>& ps, bool need_grad) {
+std::vector<Piece> make_pieces(const std::vector<nn::Parameter*>& ps, bool need_grad,
+                               bool* parallel) {
   std::vector<Piece> out;
+  int64_t total = 0;
   for (size_t i = 0; i < ps.size(); ++i) {
     if (need_grad && !ps[i]->grad().defined()) continue;
     const int64_t n = ps[i]->numel();
+    total += n;
     for (int64_t b = 0; b < n; b += kPiece) out.push_back({i, b, std::min(n, b + kPiece)});
   }
+  *parallel = total >= kMinParallel && out.size() > 1;
   return out;
 }
 
@@ -163,9 +170,10 @@ double GradStats::norm() const {
 GradStats gradient_stats(const std::vector<nn::Parameter*>& params, float grad_mult) {
   for (const auto* p : params)
     if (p->grad().defined()) check_grad(*p, "gradient_stats");
-  const auto pieces = make_pieces(params, true);
+  bool par = false;
+  const auto pieces = make_pieces(params, true, &par);
   std::vector<RangeStats> rs(pieces.size());
-#pragma omp parallel for schedule(dynamic, 4) if (pieces.size() > 1)
+#pragma omp parallel for schedule(dynamic, 4) if (par)
   for (int64_t k = 0; k < static_cast<int64_t>(pieces.size()); ++k) {
     const Piece& pc = pieces[k];
     rs[k] = grad_range_stats(params[pc.param]->grad(), pc.begin, pc.end);
@@ -310,8 +318,9 @@ StepResult Optimizer::step() {
   ++steps_;
   const detail::Rule r = rule();
   const uint64_t rng_base = rng_step_ * total_numel_;
-  const auto pieces = make_pieces(params_, true);
-#pragma omp parallel for schedule(dynamic, 2) if (pieces.size() > 1)
+  bool par = false;
+  const auto pieces = make_pieces(params_, true, &par);
+#pragma omp parallel for schedule(dynamic, 2) if (par)
   for (int64_t k = 0; k < static_cast<int64_t>(pieces.size()); ++k) {
     const Piece& pc = pieces[k];
     nn::Parameter& p = *params_[pc.param];
