@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <fstream>
 
+#include "dist/data_parallel.h"
 #include "mixtrain/amp/loss_scaler.h"
 #include "mixtrain/io/atomic_file.h"
 #include "mixtrain/io/safetensors.h"
@@ -26,6 +27,10 @@ json identity(const json& config) {
   json j = config;
   j.erase("steps");
   j.erase("epochs");
+  // How the run is spread over ranks is not part of its identity: a checkpoint resumes with
+  // or without ZeRO-1, on any number of ranks.
+  j.erase("zero");
+  j.erase("allreduce");
   return j;
 }
 
@@ -97,9 +102,13 @@ void save_checkpoint(const fs::path& out, const CheckpointState& st, const json&
                      int64_t step, int64_t skipped, double train_seconds, int64_t train_items,
                      int64_t keep) {
   std::vector<std::pair<std::string, Tensor>> tensors;
+  const bool zero = st.dp && st.dp->zero();
+  // ZeRO-1: a collective that also makes every parameter's fp32 master current.
+  auto opt_state = zero ? st.dp->gather_state() : st.opt->state_tensors();  // "optim.*"
+  if (st.dp && st.dp->rank() != 0) return;  // written once, by rank 0
   for (auto& [name, p] : st.task->module().named_parameters())
     tensors.emplace_back("param." + name, p->master);
-  for (auto& [name, t] : st.opt->state_tensors()) tensors.emplace_back(name, t);  // "optim.*"
+  for (auto& [name, t] : opt_state) tensors.emplace_back(name, t);
   for (auto& [name, t] : st.scaler->state().to_tensors()) tensors.emplace_back(name, t);
   std::map<std::string, std::string> m;
   m["mixtrain.format"] = kFormat;
@@ -147,11 +156,13 @@ RestoredCounters restore_from(const fs::path& file, const CheckpointState& st, c
     if (n.rfind("loss_scaler.", 0) == 0) scaler_tensors.emplace_back(n, f.get(n));
   }
   const amp::LossScalerState scaler_state = amp::LossScalerState::from_tensors(scaler_tensors);
-  st.opt->load_state(opt_state);
+  const bool zero = st.dp && st.dp->zero();
+  if (!zero) st.opt->load_state(opt_state);
   for (auto& [name, p] : params) {
     p->master.copy_from(f.get("param." + name));
     p->refresh();
   }
+  if (zero) st.dp->load_state(opt_state);  // slices this rank's shard of masters and moments
   st.scaler->load_state(scaler_state);
   st.schedule->set_position(std::stoll(meta(m, "schedule.position", file)));
   st.task->restore(with_prefix(m, "task."));

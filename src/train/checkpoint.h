@@ -10,6 +10,9 @@
 
 #include "train/task.h"
 
+namespace mixtrain::dist {
+class DataParallel;
+}
 namespace mixtrain::amp {
 class LossScaler;
 }
@@ -26,6 +29,8 @@ struct CheckpointState {
   optim::Optimizer* opt;
   amp::LossScaler* scaler;
   optim::LrScheduler* schedule;
+  /// Data parallel (may be null): only rank 0 writes; ZeRO-1 shards are gathered first.
+  dist::DataParallel* dp = nullptr;
 };
 
 struct RestoredCounters {

@@ -46,9 +46,9 @@ class MlpTask : public Task {
   }
   Variable train_loss(int64_t rows) override {
     Batch b = iter_.next();
-    Variable logits = model_.forward(Variable(b.features));
+    Variable logits = model_.forward(Variable(shard_rows(b.features)));
     observe_output(logits);
-    return cross_entropy(logits, Variable(b.labels));
+    return cross_entropy(logits, Variable(shard_rows(b.labels)));
   }
   EvalResult evaluate(const amp::Policy& policy, const TrainConfig&) override {
     NoGradGuard no_grad;
@@ -118,9 +118,9 @@ class GptTask : public Task {
   }
   Variable train_loss(int64_t rows) override {
     TextBatch b = data_.sample(TextSplit::train, rows, context_, data_rng_);
-    Variable logits = model_.forward(Variable(b.inputs), dropout_rng_);
+    Variable logits = model_.forward(Variable(shard_rows(b.inputs)), dropout_rng_);
     observe_output(logits);
-    return cross_entropy(logits, Variable(b.targets));
+    return cross_entropy(logits, Variable(shard_rows(b.targets)));
   }
   EvalResult evaluate(const amp::Policy& policy, const TrainConfig& cfg) override {
     NoGradGuard no_grad;
@@ -167,6 +167,12 @@ class GptTask : public Task {
 void Task::observe_output(const Variable& out) {
   if (!track_output_max) return;
   for (float v : out.data().to_vector()) output_max_abs_ = std::max<double>(output_max_abs_, std::fabs(v));
+}
+
+Tensor Task::shard_rows(const Tensor& t) const {
+  if (shard_count == 1) return t;
+  const int64_t n = t.shape()[0];
+  return t.slice(0, n * shard_rank / shard_count, n * (shard_rank + 1) / shard_count).contiguous();
 }
 
 std::unique_ptr<Task> make_task(const TrainConfig& cfg, const amp::Policy& policy) {

@@ -42,8 +42,15 @@ class Task {
   bool track_output_max = false;
   double last_output_max_abs() const { return output_max_abs_; }
 
+  /// Data parallel: train_loss draws the global micro-batch (the same on every rank, so data
+  /// order and checkpoints do not depend on the rank count) and keeps rows
+  /// [rows*rank/count, rows*(rank+1)/count) of it.
+  int shard_rank = 0, shard_count = 1;
+
  protected:
   void observe_output(const Variable& out);
+  /// This rank's rows of a global batch tensor (dim 0).
+  Tensor shard_rows(const Tensor& t) const;
   double output_max_abs_ = 0;
 };
 

@@ -28,6 +28,8 @@
 #include "mixtrain/ops.h"
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/optim/schedule.h"
+#include "dist/data_parallel.h"
+#include "mixtrain/dist/comm.h"
 #include "train/checkpoint.h"
 #include "train/task.h"
 
@@ -132,7 +134,8 @@ json config_to_json(const TrainConfig& c) {
               {"hidden", c.hidden},       {"layers", c.layers},
               {"width", c.width},         {"heads", c.heads},
               {"context", c.context},     {"dropout", c.dropout},
-              {"seed", c.seed}};
+              {"seed", c.seed},           {"zero", c.zero},
+              {"allreduce", c.allreduce}};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -144,6 +147,7 @@ struct Trainer::Impl {
   std::unique_ptr<Task> task;
   std::unique_ptr<optim::Optimizer> opt;
   std::unique_ptr<optim::LrScheduler> schedule;
+  std::unique_ptr<dist::DataParallel> dp;  ///< ranks under mpirun; ZeRO-1 (src/dist/)
   amp::LossScaler scaler;
   fs::path out;
   int64_t total_steps = 0;
@@ -192,8 +196,15 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
   optim::CommonOptions common;
   common.master = optim::parse_master_mode(s.cfg.master.c_str());
   common.seed = s.cfg.seed;
-  s.opt = optim::make_optimizer(s.cfg.optimizer, s.task->module().parameters(), s.cfg.lr,
-                                s.cfg.weight_decay, s.cfg.momentum, common);
+  // Data parallel: every rank trains its slice of each global batch; with ZeRO-1 the real
+  // update runs on this rank's shard and s.opt is its proxy (see dist/data_parallel.h).
+  s.dp = dist::make_data_parallel(s.cfg, s.policy.compute, s.task->module().parameters());
+  s.task->shard_rank = s.dp->rank();
+  s.task->shard_count = s.dp->size();
+  if (s.dp->rank() != 0) s.cfg.quiet = true;
+  s.opt = s.dp->zero() ? s.dp->make_proxy_optimizer(s.cfg.lr, common)
+                       : optim::make_optimizer(s.cfg.optimizer, s.task->module().parameters(),
+                                               s.cfg.lr, s.cfg.weight_decay, s.cfg.momentum, common);
   optim::ScheduleOptions so;
   so.kind = optim::parse_schedule(s.cfg.schedule);
   so.base_lr = s.cfg.lr;
@@ -210,8 +221,10 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
     for (int k = 2; fs::exists(s.cfg.out); ++k)
       s.cfg.out = fmt::format("runs/{}-{}-{}-{}", s.cfg.model, s.policy.name, stamp, k);
   }
+  s.cfg.out = dist::broadcast_string(s.cfg.out);  // rank 0's time stamp names the folder
   s.out = s.cfg.out;
-  prepare_run_dir(s.out, config_to_json(s.cfg), s.cfg.resume, s.cfg.force);
+  dist::run_on_root(
+      [&] { prepare_run_dir(s.out, config_to_json(s.cfg), s.cfg.resume, s.cfg.force); });
 }
 
 Trainer::~Trainer() = default;
@@ -225,7 +238,7 @@ TrainSummary Trainer::run() {
   const auto t_start = Clock::now();
   reset_peak_memory();
 
-  CheckpointState ck{s.task.get(), s.opt.get(), &s.scaler, s.schedule.get()};
+  CheckpointState ck{s.task.get(), s.opt.get(), &s.scaler, s.schedule.get(), s.dp.get()};
   if (s.cfg.resume) {
     const auto restored = load_latest_checkpoint(s.out, ck, config_to_json(s.cfg));
     if (restored) {
@@ -233,13 +246,15 @@ TrainSummary Trainer::run() {
       s.skipped = restored->skipped;
       s.train_seconds = restored->train_seconds;
       s.train_items = restored->train_items;
-      truncate_metrics(s.out / "metrics.jsonl", s.step);
+      if (s.dp->rank() == 0) truncate_metrics(s.out / "metrics.jsonl", s.step);
       if (!s.cfg.quiet) fmt::print(stderr, "resumed {} at step {}\n", s.out.string(), s.step);
     }
   }
 
-  std::ofstream metrics(s.out / "metrics.jsonl", std::ios::app);
-  if (!metrics) throw IOError(fmt::format("cannot open {}", (s.out / "metrics.jsonl").string()));
+  std::ofstream metrics;  // rank 0 writes the run's files
+  if (s.dp->rank() == 0) metrics.open(s.out / "metrics.jsonl", std::ios::app);
+  if (s.dp->rank() == 0 && !metrics)
+    throw IOError(fmt::format("cannot open {}", (s.out / "metrics.jsonl").string()));
   const bool tty = s.cfg.progress && !s.cfg.quiet && isatty(STDERR_FILENO);
   if (!s.cfg.quiet)
     fmt::print(stderr, "mixtrain: {} on {}, {} parameters, {} steps, precision {}\n", s.cfg.model,
@@ -254,6 +269,7 @@ TrainSummary Trainer::run() {
 
   while (s.step < s.total_steps) {
     const auto t0 = Clock::now();
+    const int64_t bytes0 = dist::bytes_sent();
     // ---- forward/backward over the micro-batches; the scale stays fixed inside the window.
     const float scale = s.scaler.scale();
     double step_loss = 0.0;
@@ -267,16 +283,22 @@ TrainSummary Trainer::run() {
       step_loss += static_cast<double>(lv) / static_cast<double>(s.cfg.grad_accum);
       // The seed carries the loss scale and the 1/accum averaging, so the loss tensor itself is
       // never rescaled (no fp16 overflow in the forward).
-      loss.backward(scale / static_cast<float>(s.cfg.grad_accum));
+      // With N ranks the seed also carries 1/N: the summed gradients are the global mean.
+      loss.backward(scale / static_cast<float>(s.cfg.grad_accum * s.dp->size()));
     }
+    step_loss = dist::mean_over_ranks(step_loss);
+    s.dp->reduce_gradients(scale);
     // ---- one reduction (finite check, global norm), then a fused update or a reported skip.
     s.scaler.unscale(*s.opt);
-    if (s.cfg.clip_grad > 0) s.scaler.clip_grad_norm(*s.opt, s.cfg.clip_grad);
+    if (s.cfg.clip_grad > 0 && !s.dp->zero()) s.scaler.clip_grad_norm(*s.opt, s.cfg.clip_grad);
     const double step_lr = s.schedule->lr();
     s.schedule->apply(*s.opt);
-    const optim::StepResult r = s.scaler.step(*s.opt);
+    optim::StepResult r = s.scaler.step(*s.opt);
+    if (s.dp->zero()) s.dp->zero_step(r, scale, s.cfg.clip_grad);
     s.scaler.update();
     s.opt->zero_grad();
+    if (s.dp->zero()) s.dp->zero_grad();
+    const int64_t step_bytes = dist::bytes_sent() - bytes0;
     if (!r.applied) ++s.skipped;
     s.schedule->step(r);
     ++s.step;
@@ -315,6 +337,11 @@ TrainSummary Trainer::run() {
                    {"skipped_total", s.skipped},
                    {"grad_norm", std::isfinite(r.grad_norm) && r.grad_norm >= 0 ? json(r.grad_norm) : json(nullptr)},
                    {"throughput", throughput}};
+      if (s.dp->size() > 1 || s.dp->zero()) {  // data parallel: this rank's traffic and state
+        line["ranks"] = s.dp->size();
+        line["comm_bytes_per_step"] = step_bytes;
+        line["optimizer_state_bytes_per_rank"] = s.dp->optimizer_state_bytes(*s.opt);
+      }
       if (!r.applied) line["skip_reason"] = r.str();
       if (eval_now) {
         line["val_loss"] = last_eval.loss;
@@ -380,7 +407,8 @@ TrainSummary Trainer::run() {
   sum.peak_tensor_bytes = memory_stats().peak_bytes;
   sum.peak_rss_bytes = peak_rss_bytes();
   sum.out_dir = s.out.string();
-  write_file_atomic((s.out / "summary.json").string(), sum.to_json().data(), sum.to_json().size());
+  if (s.dp->rank() == 0)
+    write_file_atomic((s.out / "summary.json").string(), sum.to_json().data(), sum.to_json().size());
   return sum;
 }
 

@@ -49,6 +49,10 @@ struct TrainConfig {
   bool progress = true;             ///< progress bar when stderr is a terminal
   bool quiet = false;
   int64_t stop_after = 0;  ///< testing aid: exit (as if killed) after this many steps
+  // data parallel (under mpirun; see include/mixtrain/dist/comm.h)
+  int zero = 0;                    ///< 0 | 1: ZeRO-1 shards the fp32 master and moments
+  std::string allreduce = "fp32";  ///< fp32 | compute: gradient dtype on the wire
+  double comm_timeout = 120.0;     ///< seconds a collective may wait before the job is aborted
 };
 
 }  // namespace mixtrain::train

@@ -1,0 +1,51 @@
+// The process group of a data-parallel run: rank, size and the few collectives the trainer
+// needs, on plain host buffers. Backed by MPI when built with MIXTRAIN_MPI and launched under
+// mpirun; otherwise (or when started without mpirun) a single rank. No MPI types here.
+//
+//   if (dist::size() > 1) dist::allreduce_sum(&loss, 1);
+//
+// Every collective waits at most timeout() seconds: a peer that died or hangs makes the job
+// stop with a message naming the collective, never a hang (MPI_Abort ends every rank).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace mixtrain::dist {
+
+/// Whether this build has an MPI backend (CMake option MIXTRAIN_MPI).
+bool mpi_built();
+/// This process's rank and the number of ranks (1 when not launched under mpirun). The first
+/// call initialises MPI when the environment says mpirun started us.
+int rank();
+int size();
+/// "OpenMPI 4.1.4, 2 ranks" / "no MPI (built without MIXTRAIN_MPI)" / "single process".
+std::string backend_description();
+
+/// Seconds a collective may wait for its peers (default 120).
+double timeout();
+void set_timeout(double seconds);
+
+/// Collectives (every rank must call them in the same order).
+void allreduce_sum(double* data, int64_t n);
+void allreduce_max(int64_t* data, int64_t n);
+void broadcast(void* data, int64_t bytes, int root);
+void barrier();
+/// Each rank sends send_bytes[j] bytes at send + send_off[j] to rank j and receives
+/// recv_bytes[i] bytes from rank i at recv + recv_off[i] (arrays of size()).
+void alltoallv(const void* send, const int64_t* send_bytes, const int64_t* send_off, void* recv,
+               const int64_t* recv_bytes, const int64_t* recv_off);
+/// Rank i's block (bytes[i] bytes) lands at buf + off[i] on every rank; this rank's block must
+/// already be in place.
+void allgatherv_inplace(void* buf, const int64_t* bytes, const int64_t* off);
+
+/// Payload bytes this rank has sent to other ranks so far (collectives above, all kinds).
+int64_t bytes_sent();
+
+/// Prints "mixtrain: rank R: why" and ends every rank of the job with a non-zero status.
+[[noreturn]] void abort_job(const std::string& why);
+/// While a run is in flight, a process that exits without finishing it (an exception reached
+/// main, say) aborts the whole job instead of leaving its peers waiting in a collective.
+void set_run_in_flight(bool on);
+
+}  // namespace mixtrain::dist

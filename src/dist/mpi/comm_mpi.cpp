@@ -1,0 +1,233 @@
+// MPI backend of include/mixtrain/dist/comm.h (built when CMake finds MPI and MIXTRAIN_MPI is
+// on). Collectives are MPI-3 non-blocking calls polled against a deadline, so a dead or hung
+// peer ends the job with a message instead of a hang.
+#include <mpi.h>
+
+#include <fmt/format.h>
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+
+#include "mixtrain/dist/comm.h"
+#include "mixtrain/error.h"
+
+namespace mixtrain::dist {
+
+namespace {
+
+struct World {
+  bool inited = false;  ///< we called MPI_Init (launched under mpirun)
+  int rank = 0, size = 1;
+  double timeout = 120.0;
+  int64_t sent = 0;
+  bool in_flight = false;
+};
+
+World& w() {
+  static World world;
+  return world;
+}
+
+// mpirun (OpenMPI's ORTE/PRRTE, or a PMI launcher) tells its children through the environment;
+// a plain `./mixtrain train` stays a single process and never touches MPI.
+bool launched_by_mpirun() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE"})
+    if (std::getenv(v)) return true;
+  return false;
+}
+
+void at_exit() {
+  World& s = w();
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!s.inited || finalized) return;
+  if (s.in_flight && s.size > 1) {
+    // An error left the run unfinished on this rank: its peers would wait in a collective.
+    std::fprintf(stderr,
+                 "mixtrain: rank %d: exiting in the middle of a data-parallel run; "
+                 "aborting all ranks\n",
+                 s.rank);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  MPI_Finalize();
+}
+
+World& world() {
+  World& s = w();
+  static bool once = [&] {
+    if (!launched_by_mpirun()) return true;
+    int provided = 0;
+    if (MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+      throw Error("dist: MPI_Init_thread failed");
+    s.inited = true;
+    // Errors come back as codes, so they are reported with the collective's name.
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &s.rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &s.size);
+    std::atexit(at_exit);
+    return true;
+  }();
+  (void)once;
+  return s;
+}
+
+std::string mpi_error(int rc) {
+  char buf[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, buf, &len);
+  return std::string(buf, static_cast<size_t>(len));
+}
+
+void check(int rc, const char* op) {
+  if (rc != MPI_SUCCESS)
+    abort_job(fmt::format("{} failed: {} (a peer rank probably died)", op, mpi_error(rc)));
+}
+
+// Polls the request until it completes or the deadline passes. The sleep backs off from 20 us
+// to 1 ms: blocking MPI calls spin on a core, which on a 2-core machine steals it from the
+// peer rank's compute.
+void wait_bounded(MPI_Request& req, const char* op) {
+  World& s = world();
+  const auto t0 = std::chrono::steady_clock::now();
+  int done = 0;
+  int64_t sleep_us = 0;
+  for (;;) {
+    check(MPI_Test(&req, &done, MPI_STATUS_IGNORE), op);
+    if (done) return;
+    const double waited =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (waited > s.timeout)
+      abort_job(fmt::format(
+          "{} did not complete within {:g} s (--comm-timeout): a peer rank died or hangs", op,
+          s.timeout));
+    sleep_us = sleep_us == 0 ? 20 : std::min<int64_t>(1000, sleep_us * 2);
+    if (waited > 1e-3) std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+  }
+}
+
+int to_int(int64_t v, const char* op) {
+  if (v < 0 || v > INT_MAX)
+    throw ShapeError(fmt::format("{}: {} bytes in one block (MPI counts are int)", op, v));
+  return static_cast<int>(v);
+}
+
+}  // namespace
+
+bool mpi_built() { return true; }
+int rank() { return world().rank; }
+int size() { return world().size; }
+
+std::string backend_description() {
+  const World& s = world();
+  if (!s.inited) return "single process (not launched by mpirun)";
+  char lib[MPI_MAX_LIBRARY_VERSION_STRING];
+  int len = 0;
+  MPI_Get_library_version(lib, &len);
+  std::string v(lib, static_cast<size_t>(len));
+  if (auto nl = v.find(','); nl != std::string::npos) v.resize(nl);
+  return fmt::format("{}, {} ranks", v, s.size);
+}
+
+double timeout() { return world().timeout; }
+void set_timeout(double seconds) {
+  if (!(seconds > 0)) throw ConfigError(fmt::format("--comm-timeout: {} (must be > 0)", seconds));
+  world().timeout = seconds;
+}
+
+void allreduce_sum(double* data, int64_t n) {
+  World& s = world();
+  if (s.size == 1) return;
+  MPI_Request req;
+  check(MPI_Iallreduce(MPI_IN_PLACE, data, to_int(n, "allreduce"), MPI_DOUBLE, MPI_SUM,
+                       MPI_COMM_WORLD, &req),
+        "MPI_Iallreduce");
+  wait_bounded(req, "allreduce (sum)");
+  s.sent += 2 * n * 8 * (s.size - 1) / s.size;
+}
+
+void allreduce_max(int64_t* data, int64_t n) {
+  World& s = world();
+  if (s.size == 1) return;
+  MPI_Request req;
+  check(MPI_Iallreduce(MPI_IN_PLACE, data, to_int(n, "allreduce"), MPI_INT64_T, MPI_MAX,
+                       MPI_COMM_WORLD, &req),
+        "MPI_Iallreduce");
+  wait_bounded(req, "allreduce (max)");
+  s.sent += 2 * n * 8 * (s.size - 1) / s.size;
+}
+
+void broadcast(void* data, int64_t bytes, int root) {
+  World& s = world();
+  if (s.size == 1) return;
+  MPI_Request req;
+  check(MPI_Ibcast(data, to_int(bytes, "broadcast"), MPI_BYTE, root, MPI_COMM_WORLD, &req),
+        "MPI_Ibcast");
+  wait_bounded(req, "broadcast");
+  if (s.rank == root) s.sent += bytes * (s.size - 1);
+}
+
+void barrier() {
+  World& s = world();
+  if (s.size == 1) return;
+  MPI_Request req;
+  check(MPI_Ibarrier(MPI_COMM_WORLD, &req), "MPI_Ibarrier");
+  wait_bounded(req, "barrier");
+}
+
+void alltoallv(const void* send, const int64_t* send_bytes, const int64_t* send_off, void* recv,
+               const int64_t* recv_bytes, const int64_t* recv_off) {
+  World& s = world();
+  std::vector<int> sc(s.size), so(s.size), rc(s.size), ro(s.size);
+  for (int j = 0; j < s.size; ++j) {
+    sc[j] = to_int(send_bytes[j], "alltoallv");
+    so[j] = to_int(send_off[j], "alltoallv");
+    rc[j] = to_int(recv_bytes[j], "alltoallv");
+    ro[j] = to_int(recv_off[j], "alltoallv");
+    if (j != s.rank) s.sent += send_bytes[j];
+  }
+  if (s.size == 1) {
+    std::copy_n(static_cast<const char*>(send) + so[0], sc[0], static_cast<char*>(recv) + ro[0]);
+    return;
+  }
+  MPI_Request req;
+  check(MPI_Ialltoallv(send, sc.data(), so.data(), MPI_BYTE, recv, rc.data(), ro.data(), MPI_BYTE,
+                       MPI_COMM_WORLD, &req),
+        "MPI_Ialltoallv");
+  wait_bounded(req, "gradient reduce-scatter (alltoallv)");
+}
+
+void allgatherv_inplace(void* buf, const int64_t* bytes, const int64_t* off) {
+  World& s = world();
+  if (s.size == 1) return;
+  std::vector<int> c(s.size), o(s.size);
+  for (int j = 0; j < s.size; ++j) {
+    c[j] = to_int(bytes[j], "allgatherv");
+    o[j] = to_int(off[j], "allgatherv");
+  }
+  s.sent += bytes[s.rank] * (s.size - 1);
+  MPI_Request req;
+  check(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_BYTE, buf, c.data(), o.data(), MPI_BYTE,
+                        MPI_COMM_WORLD, &req),
+        "MPI_Iallgatherv");
+  wait_bounded(req, "all-gather (allgatherv)");
+}
+
+int64_t bytes_sent() { return world().sent; }
+
+void abort_job(const std::string& why) {
+  World& s = world();
+  std::fprintf(stderr, "mixtrain: rank %d of %d: %s; stopping the job\n", s.rank, s.size,
+               why.c_str());
+  std::fflush(stderr);
+  if (s.inited) MPI_Abort(MPI_COMM_WORLD, 2);
+  std::_Exit(2);
+}
+
+void set_run_in_flight(bool on) { world().in_flight = on; }
+
+}  // namespace mixtrain::dist

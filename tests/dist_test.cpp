@@ -1,0 +1,326 @@
+// Data-parallel training on localhost: `mpirun -np 2` of this binary (as DistWorker.Train)
+// against single-process runs: loss trajectories, ZeRO-1, checkpoints across rank counts,
+// per-rank traffic and state in the metrics, and a killed or hung rank ending the job.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "mixtrain/dist/comm.h"
+#include "mixtrain/io/safetensors.h"
+#include "mixtrain/train/trainer.h"
+#include "train/checkpoint.h"
+
+using namespace mixtrain;
+using namespace mixtrain::train;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+fs::path fresh_dir(const std::string& name) {
+  fs::path p =
+      fs::temp_directory_path() / ("mixtrain_dist_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  return p;
+}
+
+// The tiny GPT of trainer_test.cpp (about 30k parameters; a step takes milliseconds), with
+// dropout off so a rank's slice of a batch sees exactly what a single process sees.
+TrainConfig tiny_gpt(const json& j) {
+  TrainConfig c;
+  c.model = "gpt";
+  c.data = std::string("text:") + MIXTRAIN_SOURCE_DIR + "/tests/data/jargon_sample.txt";
+  c.layers = 2;
+  c.width = 32;
+  c.heads = 2;
+  c.context = 32;
+  c.batch = 8;
+  c.lr = 3e-3;
+  c.steps = 10;
+  c.log_every = 1;
+  c.eval_batches = 1;
+  c.quiet = true;
+  c.precision = j.value("precision", "fp32");
+  c.zero = j.value("zero", 0);
+  c.allreduce = j.value("allreduce", "fp32");
+  c.steps = j.value("steps", c.steps);
+  c.clip_grad = j.value("clip_grad", 0.0);
+  c.checkpoint_every = j.value("checkpoint_every", 0);
+  c.comm_timeout = j.value("comm_timeout", 60.0);
+  c.resume = j.value("resume", false);
+  c.out = j.at("out").get<std::string>();
+  return c;
+}
+
+std::vector<json> metrics(const fs::path& out) {
+  std::ifstream in(out / "metrics.jsonl");
+  std::vector<json> v;
+  std::string line;
+  while (std::getline(in, line)) v.push_back(json::parse(line));
+  return v;
+}
+
+std::vector<double> losses(const fs::path& out) {
+  std::vector<double> l;
+  for (const auto& m : metrics(out)) l.push_back(m.at("loss").get<double>());
+  return l;
+}
+
+bool have_mpirun() {
+  static const bool ok = dist::mpi_built() && std::system("mpirun --version >/dev/null 2>&1") == 0;
+  return ok;
+}
+
+std::string self_exe() { return fs::read_symlink("/proc/self/exe").string(); }
+
+// The command that runs DistWorker.Train on `np` ranks with config `j` (one OpenMP thread per
+// rank: two ranks on two cores). As root OpenMPI needs --allow-run-as-root.
+std::string mpirun_cmd(int np, const json& j, const fs::path& log) {
+  ::setenv("MIXTRAIN_DIST_CFG", j.dump().c_str(), 1);
+  return fmt::format(
+      "mpirun --allow-run-as-root --oversubscribe -np {} -x OMP_NUM_THREADS=1 -x "
+      "MIXTRAIN_DIST_CFG -x MIXTRAIN_DIST_WORKER=1 {} --gtest_filter=DistWorker.Train "
+      ">{} 2>&1",
+      np, self_exe(), log.string());
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Runs np ranks to completion; expects success.
+void run_ranks(int np, const json& j) {
+  const fs::path log = fs::path(j.at("out").get<std::string>()).string() + ".log";
+  const int rc = std::system(mpirun_cmd(np, j, log).c_str());
+  ASSERT_EQ(rc, 0) << slurp(log);
+}
+
+void run_local(const json& j) { Trainer(tiny_gpt(j)).run(); }
+
+void expect_close(const std::vector<double>& a, const std::vector<double>& b, double rel,
+                  const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  ASSERT_FALSE(a.empty());
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_NEAR(a[i], b[i], rel * std::fabs(b[i])) << what << " at step " << i + 1;
+}
+
+#define SKIP_WITHOUT_MPIRUN() \
+  if (!have_mpirun()) GTEST_SKIP() << "no MPI build or no mpirun on this machine"
+
+}  // namespace
+
+// The rank body: only under mpirun, launched by the tests below.
+TEST(DistWorker, Train) {
+  const char* cfg = std::getenv("MIXTRAIN_DIST_CFG");
+  if (!std::getenv("MIXTRAIN_DIST_WORKER") || !cfg)
+    GTEST_SKIP() << "run by mpirun from the tests below";
+  const json j = json::parse(cfg);
+  if (j.contains("pid_dir"))
+    std::ofstream(fs::path(j["pid_dir"].get<std::string>()) /
+                  fmt::format("rank{}.pid", dist::rank()))
+        << ::getpid() << "\n";
+  TrainConfig c = tiny_gpt(j);
+  Trainer(c).run();
+}
+
+// ZeRO-1 on one rank runs the shard update over the whole model: it must reproduce the
+// ordinary optimizer bit for bit (same kernels, same multiplier), and hold the same state.
+TEST(Dist, ZeroOnOneRankIsBitIdenticalToPlain) {
+  const fs::path a = fresh_dir("plain1"), b = fresh_dir("zero1");
+  run_local({{"out", a.string()}, {"precision", "bf16"}});
+  run_local({{"out", b.string()}, {"precision", "bf16"}, {"zero", 1}});
+  SafetensorsFile fa = load_safetensors(list_checkpoints(a).front().string());
+  SafetensorsFile fb = load_safetensors(list_checkpoints(b).front().string());
+  ASSERT_EQ(fa.names(), fb.names());
+  for (const auto& n : fa.names()) {
+    const Tensor &x = fa.get(n), &y = fb.get(n);
+    ASSERT_EQ(x.nbytes(), y.nbytes()) << n;
+    EXPECT_EQ(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()), 0) << n;
+  }
+  EXPECT_EQ(losses(a), losses(b));
+  // metrics of a ZeRO run report the state it holds: fp32 master + 2 Adam moments.
+  const json last = metrics(b).back();
+  EXPECT_EQ(last.at("ranks").get<int>(), 1);
+  EXPECT_GT(last.at("optimizer_state_bytes_per_rank").get<int64_t>(), 0);
+}
+
+// fp32: 2 ranks x 4 rows give the loss trajectory of 1 rank x 8 rows up to summation order
+// (fp32 has 24 significant bits; ten steps of reordered sums stay far below 1e-5).
+TEST(Dist, TwoRanksMatchOneRankFp32) {
+  SKIP_WITHOUT_MPIRUN();
+  const fs::path ref = fresh_dir("ref32"), dp = fresh_dir("dp32"), z = fresh_dir("zero32");
+  // Clipping on (0.5 is below the early gradient norms): the ZeRO-1 path computes the global
+  // norm from its shards.
+  run_local({{"out", ref.string()}, {"clip_grad", 0.5}});
+  run_ranks(2, {{"out", dp.string()}, {"clip_grad", 0.5}});
+  run_ranks(2, {{"out", z.string()}, {"clip_grad", 0.5}, {"zero", 1}});
+  expect_close(losses(dp), losses(ref), 1e-5, "2 ranks fp32");
+  expect_close(losses(z), losses(ref), 1e-5, "2 ranks fp32 ZeRO-1");
+  // Per-rank traffic: the all-reduce sends 2 (N-1)/N x 4 bytes per gradient element; ZeRO-1
+  // sends (N-1)/N x (4 bytes of gradient + 4 of fp32 weight) per element, plus a few scalars.
+  const json m = metrics(dp).back(), mz = metrics(z).back();
+  EXPECT_EQ(m.at("ranks").get<int>(), 2);
+  const int64_t params = json::parse(slurp(ref / "summary.json")).at("parameters").get<int64_t>();
+  EXPECT_NEAR(m.at("comm_bytes_per_step").get<double>(), 4.0 * params, 0.01 * 4 * params);
+  EXPECT_NEAR(mz.at("comm_bytes_per_step").get<double>(), 4.0 * params, 0.01 * 4 * params);
+  // State per rank: without ZeRO every rank holds master + 2 moments (12 bytes per
+  // parameter); ZeRO-1 holds half of that on each of 2 ranks.
+  EXPECT_EQ(m.at("optimizer_state_bytes_per_rank").get<int64_t>(), 12 * params);
+  EXPECT_NEAR(mz.at("optimizer_state_bytes_per_rank").get<double>(), 6.0 * params, 12);
+}
+
+// bf16 compute with bf16 on the wire. Tolerance 1e-2 relative: the two runs differ in fp32
+// summation order (1e-7), which bf16 activations (8 significant bits, relative step 2^-8 =
+// 0.4%) turn into occasional one-ulp flips, and in the gradients' extra bf16 rounding on the
+// wire (2^-9 relative each); over ten Adam steps the measured gap stays below 3e-3.
+TEST(Dist, TwoRanksMatchOneRankBf16) {
+  SKIP_WITHOUT_MPIRUN();
+  const fs::path ref = fresh_dir("ref16"), dp = fresh_dir("dp16"), z = fresh_dir("zero16"),
+                 d32 = fresh_dir("dp16w32");
+  run_local({{"out", ref.string()}, {"precision", "bf16"}});
+  run_ranks(2, {{"out", dp.string()}, {"precision", "bf16"}, {"allreduce", "compute"}});
+  run_ranks(2, {{"out", z.string()}, {"precision", "bf16"}, {"allreduce", "compute"}, {"zero", 1}});
+  run_ranks(2, {{"out", d32.string()}, {"precision", "bf16"}, {"allreduce", "fp32"}});
+  expect_close(losses(dp), losses(ref), 1e-2, "2 ranks bf16, bf16 all-reduce");
+  expect_close(losses(z), losses(ref), 1e-2, "2 ranks bf16, ZeRO-1");
+  expect_close(losses(d32), losses(ref), 1e-2, "2 ranks bf16, fp32 all-reduce");
+  // bf16 on the wire halves the bytes of the fp32 all-reduce.
+  const double b16 = metrics(dp).back().at("comm_bytes_per_step").get<double>();
+  const double b32 = metrics(d32).back().at("comm_bytes_per_step").get<double>();
+  EXPECT_NEAR(b16 / b32, 0.5, 0.01);
+}
+
+// A checkpoint written by 2 ranks (ZeRO-1 shards gathered) resumes on 1 rank, and the
+// reverse, each landing on the uninterrupted single-process trajectory.
+TEST(Dist, CheckpointsResumeAcrossRankCounts) {
+  SKIP_WITHOUT_MPIRUN();
+  const fs::path ref = fresh_dir("ckref"), a = fresh_dir("ck21"), b = fresh_dir("ck12");
+  run_local({{"out", ref.string()}, {"steps", 12}});
+  // 2 ranks (ZeRO-1) for 6 steps, then 1 rank to 12.
+  run_ranks(2, {{"out", a.string()}, {"steps", 6}, {"zero", 1}});
+  ASSERT_EQ(list_checkpoints(a).size(), 1u);
+  run_local({{"out", a.string()}, {"steps", 12}, {"resume", true}});
+  // 1 rank for 6 steps, then 2 ranks (ZeRO-1: the shards are sliced from the full state).
+  run_local({{"out", b.string()}, {"steps", 6}});
+  run_ranks(2, {{"out", b.string()}, {"steps", 12}, {"resume", true}, {"zero", 1}});
+  expect_close(losses(a), losses(ref), 1e-5, "2 ranks -> 1 rank");
+  expect_close(losses(b), losses(ref), 1e-5, "1 rank -> 2 ranks");
+}
+
+namespace {
+
+// Starts `cmd` under sh in its own process group; returns the pid.
+pid_t spawn(const std::string& cmd) {
+  const pid_t pid = fork();
+  if (pid == 0) {
+    setpgid(0, 0);
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
+// Waits up to `limit` seconds; returns the exit status, or -1 on timeout (the group is then
+// killed so no test leaves ranks behind).
+int wait_for(pid_t pid, double limit, double* took) {
+  const auto t0 = std::chrono::steady_clock::now();
+  for (;;) {
+    int st = 0;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      *took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    }
+    if (std::chrono::steady_clock::now() - t0 > std::chrono::duration<double>(limit)) {
+      kill(-pid, SIGKILL);
+      waitpid(pid, &st, 0);
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+pid_t wait_for_rank_pid(const fs::path& dir, int rank, const fs::path& out) {
+  for (int i = 0; i < 600; ++i) {  // up to 30 s for start-up and a first checkpoint
+    std::ifstream in(dir / fmt::format("rank{}.pid", rank));
+    pid_t pid = 0;
+    if (in >> pid && !list_checkpoints(out).empty()) return pid;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return 0;
+}
+
+void expect_newest_checkpoint_loads(const fs::path& out) {
+  const auto files = list_checkpoints(out);
+  ASSERT_FALSE(files.empty());
+  EXPECT_NO_THROW(load_safetensors(files.front().string())) << files.front();
+}
+
+}  // namespace
+
+// A rank killed mid-run: mpirun notices the dead process and ends the job with a non-zero
+// status and a message; the checkpoints already written stay loadable.
+TEST(Dist, KilledRankEndsTheJob) {
+  SKIP_WITHOUT_MPIRUN();
+  const fs::path out = fresh_dir("kill"), pids = fresh_dir("killpids"), log = out.string() + ".log";
+  fs::create_directories(pids);
+  const pid_t job = spawn(mpirun_cmd(2,
+                                     {{"out", out.string()},
+                                      {"steps", 1000000},
+                                      {"checkpoint_every", 5},
+                                      {"pid_dir", pids.string()}},
+                                     log));
+  const pid_t victim = wait_for_rank_pid(pids, 1, out);
+  ASSERT_GT(victim, 0) << slurp(log);
+  kill(victim, SIGKILL);
+  double took = 0;
+  const int rc = wait_for(job, 60, &took);
+  ASSERT_NE(rc, -1) << "the job did not end within 60 s of the kill\n" << slurp(log);
+  EXPECT_NE(rc, 0);
+  const std::string text = slurp(log);
+  EXPECT_TRUE(text.find("signal 9") != std::string::npos ||
+              text.find("mixtrain: rank") != std::string::npos)
+      << text;
+  expect_newest_checkpoint_loads(out);
+}
+
+// A rank that hangs (SIGSTOP: alive, silent) is caught by the collective deadline
+// (--comm-timeout 3): the waiting rank names the collective and aborts the job.
+TEST(Dist, HungRankHitsTheCollectiveDeadline) {
+  SKIP_WITHOUT_MPIRUN();
+  const fs::path out = fresh_dir("hang"), pids = fresh_dir("hangpids"), log = out.string() + ".log";
+  fs::create_directories(pids);
+  const pid_t job = spawn(mpirun_cmd(2,
+                                     {{"out", out.string()},
+                                      {"steps", 1000000},
+                                      {"checkpoint_every", 5},
+                                      {"comm_timeout", 3.0},
+                                      {"pid_dir", pids.string()}},
+                                     log));
+  const pid_t victim = wait_for_rank_pid(pids, 1, out);
+  ASSERT_GT(victim, 0) << slurp(log);
+  kill(victim, SIGSTOP);
+  double took = 0;
+  const int rc = wait_for(job, 60, &took);
+  kill(victim, SIGKILL);  // in case mpirun left it stopped
+  ASSERT_NE(rc, -1) << "the job did not end within 60 s\n" << slurp(log);
+  EXPECT_NE(rc, 0);
+  const std::string text = slurp(log);
+  EXPECT_NE(text.find("did not complete within 3 s"), std::string::npos) << text;
+  expect_newest_checkpoint_loads(out);
+}
