@@ -29,10 +29,24 @@ using json = nlohmann::json;
 
 namespace {
 
+// Run folders (and their mpirun logs) are removed when the test process exits.
+struct Reaper {
+  std::vector<fs::path> dirs;
+  ~Reaper() {
+    std::error_code ec;
+    for (const auto& d : dirs) {
+      fs::remove_all(d, ec);
+      fs::remove(d.string() + ".log", ec);
+    }
+  }
+};
+Reaper g_reaper;
+
 fs::path fresh_dir(const std::string& name) {
   fs::path p =
       fs::temp_directory_path() / ("mixtrain_dist_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(p);
+  g_reaper.dirs.push_back(p);
   return p;
 }
 
@@ -60,6 +74,7 @@ TrainConfig tiny_gpt(const json& j) {
   c.checkpoint_every = j.value("checkpoint_every", 0);
   c.comm_timeout = j.value("comm_timeout", 60.0);
   c.resume = j.value("resume", false);
+  c.scale_init = j.value("scale_init", c.scale_init);
   c.out = j.at("out").get<std::string>();
   return c;
 }
@@ -136,7 +151,11 @@ TEST(DistWorker, Train) {
                   fmt::format("rank{}.pid", dist::rank()))
         << ::getpid() << "\n";
   TrainConfig c = tiny_gpt(j);
-  Trainer(c).run();
+  const TrainSummary s = Trainer(c).run();
+  if (j.contains("report_dir"))  // every rank's own view of the loss scaler
+    std::ofstream(fs::path(j["report_dir"].get<std::string>()) /
+                  fmt::format("rank{}.json", dist::rank()))
+        << s.to_json();
 }
 
 // ZeRO-1 on one rank runs the shard update over the whole model: it must reproduce the
@@ -185,10 +204,11 @@ TEST(Dist, TwoRanksMatchOneRankFp32) {
   EXPECT_NEAR(mz.at("optimizer_state_bytes_per_rank").get<double>(), 6.0 * params, 12);
 }
 
-// bf16 compute with bf16 on the wire. Tolerance 1e-2 relative: the two runs differ in fp32
-// summation order (1e-7), which bf16 activations (8 significant bits, relative step 2^-8 =
-// 0.4%) turn into occasional one-ulp flips, and in the gradients' extra bf16 rounding on the
-// wire (2^-9 relative each); over ten Adam steps the measured gap stays below 3e-3.
+// bf16 compute with bf16 on the wire. Tolerance 2e-3 relative, half a bf16 ulp (2^-9): the
+// runs differ in fp32 summation order (~1e-7), which bf16 activations (8 significant bits)
+// turn into occasional one-ulp rounding flips, and in the gradients' bf16 rounding on the wire
+// (2^-9 relative each, unbiased). Over ten Adam steps the measured gap is below 1e-4; a real
+// error (a wrong slice, a missing 1/N, an unsummed shard) moves the loss by far more than 2e-3.
 TEST(Dist, TwoRanksMatchOneRankBf16) {
   SKIP_WITHOUT_MPIRUN();
   const fs::path ref = fresh_dir("ref16"), dp = fresh_dir("dp16"), z = fresh_dir("zero16"),
@@ -197,13 +217,44 @@ TEST(Dist, TwoRanksMatchOneRankBf16) {
   run_ranks(2, {{"out", dp.string()}, {"precision", "bf16"}, {"allreduce", "compute"}});
   run_ranks(2, {{"out", z.string()}, {"precision", "bf16"}, {"allreduce", "compute"}, {"zero", 1}});
   run_ranks(2, {{"out", d32.string()}, {"precision", "bf16"}, {"allreduce", "fp32"}});
-  expect_close(losses(dp), losses(ref), 1e-2, "2 ranks bf16, bf16 all-reduce");
-  expect_close(losses(z), losses(ref), 1e-2, "2 ranks bf16, ZeRO-1");
-  expect_close(losses(d32), losses(ref), 1e-2, "2 ranks bf16, fp32 all-reduce");
+  expect_close(losses(dp), losses(ref), 2e-3, "2 ranks bf16, bf16 all-reduce");
+  expect_close(losses(z), losses(ref), 2e-3, "2 ranks bf16, ZeRO-1");
+  expect_close(losses(d32), losses(ref), 2e-3, "2 ranks bf16, fp32 all-reduce");
   // bf16 on the wire halves the bytes of the fp32 all-reduce.
   const double b16 = metrics(dp).back().at("comm_bytes_per_step").get<double>();
   const double b32 = metrics(d32).back().at("comm_bytes_per_step").get<double>();
   EXPECT_NEAR(b16 / b32, 0.5, 0.01);
+}
+
+// fp16 with a loss scale far too high: the early steps overflow. The found-Inf verdict comes
+// from the reduced gradients (all-reduced under ZeRO-1), so both ranks skip the same steps and
+// end with the same scale; fp16 on the wire overflows like the fp16 backward does.
+TEST(Dist, RanksSkipTheSameStepsAndKeepOneScale) {
+  SKIP_WITHOUT_MPIRUN();
+  for (int zero : {0, 1}) {
+    const fs::path out = fresh_dir(fmt::format("fp16z{}", zero));
+    const fs::path rep = fresh_dir(fmt::format("fp16z{}rep", zero));
+    fs::create_directories(rep);
+    run_ranks(2, {{"out", out.string()},
+                  {"precision", "fp16"},
+                  {"allreduce", "compute"},
+                  {"zero", zero},
+                  {"scale_init", 1e30},
+                  {"report_dir", rep.string()}});
+    const json r0 = json::parse(slurp(rep / "rank0.json")),
+               r1 = json::parse(slurp(rep / "rank1.json"));
+    EXPECT_GT(r0.at("skipped_steps").get<int64_t>(), 0) << "zero " << zero;
+    EXPECT_LT(r0.at("skipped_steps").get<int64_t>(), 10) << "zero " << zero;
+    EXPECT_EQ(r0.at("skipped_steps"), r1.at("skipped_steps")) << "zero " << zero;
+    EXPECT_EQ(r0.at("final_loss_scale"), r1.at("final_loss_scale")) << "zero " << zero;
+    EXPECT_EQ(r0.at("final_train_loss"), r1.at("final_train_loss")) << "zero " << zero;
+    // The skipped steps are named in the metrics with the offending parameter.
+    bool named = false;
+    for (const auto& m : metrics(out))
+      if (m.contains("skip_reason"))
+        named |= m["skip_reason"].get<std::string>().find("'") != std::string::npos;
+    EXPECT_TRUE(named);
+  }
 }
 
 // A checkpoint written by 2 ranks (ZeRO-1 shards gathered) resumes on 1 rank, and the

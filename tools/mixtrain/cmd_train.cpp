@@ -80,6 +80,16 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
                 "abort after N consecutive non-finite losses")
       ->capture_default_str();
   c->add_flag("--quiet", cfg.quiet, "no progress output");
+  // data parallel (under mpirun -np N; see include/mixtrain/dist/comm.h)
+  c->add_option("--zero", cfg.zero, "ZeRO stage: 0, or 1 (shard the fp32 master and moments)")
+      ->check(CLI::IsMember({0, 1}))
+      ->capture_default_str();
+  c->add_option("--allreduce", cfg.allreduce, "gradient dtype on the wire: fp32 | compute")
+      ->check(CLI::IsMember({"fp32", "compute"}))
+      ->capture_default_str();
+  c->add_option("--comm-timeout", cfg.comm_timeout,
+                "seconds a collective may wait for the other ranks before aborting the job")
+      ->capture_default_str();
   c->add_option("--stop-after", cfg.stop_after, "testing aid: exit with status 3 after N steps")
       ->group("");
 }
