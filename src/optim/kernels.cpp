@@ -6,12 +6,16 @@
 //
 // Contraction is off: a*b+c is two roundings on every path, so the AVX-512 and baseline
 // kernels give the same bits (reproducible across machines); the pass is memory-bound, FMA
-// would not make it faster. math-errno is off so sqrt vectorises (its inputs are >= 0).
-#pragma GCC optimize("fp-contract=off", "no-math-errno")
+// would not make it faster.
+#pragma GCC optimize("fp-contract=off")
+// GCC 12 reports its own _mm512_undefined_*() placeholders inside the sqrt intrinsic as "may
+// be used uninitialized" once inlined (a known false positive; convert_avx512.cpp says the same).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "mixtrain/optim/kernels.h"
 
 #include <fmt/format.h>
 
+#include <immintrin.h>
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -24,7 +28,10 @@
 namespace mixtrain::optim {
 namespace {
 
-#define MT_INLINE __attribute__((always_inline)) inline
+// The pragma above is not inherited by functions with a target attribute (GCC resets their
+// optimisation options), so every kernel function repeats it.
+#define MT_FLAGS optimize("fp-contract=off")
+#define MT_INLINE __attribute__((always_inline, MT_FLAGS)) inline
 
 // ---- element load/store (branch-free, bit-exact with dtype.h's RNE) -------------------------
 
@@ -37,12 +44,47 @@ MT_INLINE uint16_t bf16_rne(float f) {
   return static_cast<uint16_t>((q & nan) | (r & ~nan));
 }
 
-// ---- update rules: p -> new p, state in place; torch.optim's operation order ------------
+// ---- square roots -------------------------------------------------------------------------
+// std::sqrt keeps a libm call for negative inputs (errno), which stops GCC from vectorising
+// any loop holding it, and -fno-math-errno can not be set per function (GCC 12 fixes the
+// builtins' errno semantics at start-up). So rules split around the root: a vectorised pass
+// computes the radicands of a block, one of these takes their roots with the ISA's
+// correctly rounded vector sqrt (bit-identical to std::sqrt), a second pass finishes.
+void sqrt_block_sse(float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) _mm_storeu_ps(x + i, _mm_sqrt_ps(_mm_loadu_ps(x + i)));
+  for (; i < n; ++i) _mm_store_ss(x + i, _mm_sqrt_ss(_mm_load_ss(x + i)));
+}
+__attribute__((target("avx2"))) void sqrt_block_avx2(float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_sqrt_ps(_mm256_loadu_ps(x + i)));
+  for (; i < n; ++i) _mm_store_ss(x + i, _mm_sqrt_ss(_mm_load_ss(x + i)));
+}
+__attribute__((target("avx512f"))) void sqrt_block_avx512(float* x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_sqrt_ps(_mm512_loadu_ps(x + i)));
+  for (; i < n; ++i) _mm_store_ss(x + i, _mm_sqrt_ss(_mm_load_ss(x + i)));
+}
+enum class Isa { sse, avx2, avx512 };
+template <Isa I>
+MT_INLINE void sqrt_block(float* x, int64_t n) {
+  if constexpr (I == Isa::avx512)
+    sqrt_block_avx512(x, n);
+  else if constexpr (I == Isa::avx2)
+    sqrt_block_avx2(x, n);
+  else
+    sqrt_block_sse(x, n);
+}
+
+// ---- update rules: torch.optim's operation order --------------------------------------------
+// pre(i, g, p): applies weight decay to g or p, updates the state, returns the radicand.
+// post(i, g, p, root): the new parameter value.
 // Every option that changes the loop's shape is a template parameter, so the loops have no
 // branches left (the vectoriser needs that; GCC's unswitching gives up on the larger bodies).
 
 template <bool Decoupled>
 struct AdamK {
+  static constexpr bool kSqrt = true;
   float beta1, beta2, omb1, omb2, step_size, bc2_sqrt, eps, wd, decay;
   explicit AdamK(const AdamWHyper& h) {
     const double t = static_cast<double>(h.step);
@@ -60,24 +102,28 @@ struct AdamK {
     wd = h.weight_decay;
     decay = static_cast<float>(1.0 - static_cast<double>(h.lr) * h.weight_decay);
   }
-  MT_INLINE float operator()(float* __restrict m, float* __restrict v, float*, int64_t i, float g,
-                             float p) const {
+  MT_INLINE float pre(float* __restrict m, float* __restrict v, float*, int64_t i, float& g,
+                      float& p) const {
     if constexpr (Decoupled)
       p = p * decay;
     else
       g = g + wd * p;
-    const float mi = m[i] * beta1 + omb1 * g;
+    m[i] = m[i] * beta1 + omb1 * g;
     const float vi = v[i] * beta2 + omb2 * (g * g);
-    m[i] = mi;
     v[i] = vi;
-    const float denom = std::sqrt(vi) / bc2_sqrt + eps;
-    return p - step_size * (mi / denom);
+    return vi;
+  }
+  MT_INLINE float post(float* __restrict m, float*, float*, int64_t i, float, float p,
+                       float root) const {
+    const float denom = root / bc2_sqrt + eps;
+    return p - step_size * (m[i] / denom);
   }
 };
 
 template <bool Momentum, bool Nesterov>
 struct SgdK {
-  float lr, mom, omd, wd;
+  static constexpr bool kSqrt = false;
+  float lr, mom, omd, wd, nest;
   explicit SgdK(const SgdHyper& h)
       : lr(h.lr),
         // First step: torch sets buf = d; buf * 0 + 1 * d is exactly d (buf is finite).
@@ -85,10 +131,12 @@ struct SgdK {
         omd(h.first_step ? 1.0f : 1.0f - h.dampening),
         wd(h.weight_decay),
         nest(h.momentum) {}
-  float nest;
-  MT_INLINE float operator()(float* __restrict buf, float*, float*, int64_t i, float g,
-                             float p) const {
-    float d = g + wd * p;
+  MT_INLINE float pre(float*, float*, float*, int64_t, float& g, float& p) const {
+    g = g + wd * p;
+    return 0.0f;
+  }
+  MT_INLINE float post(float* __restrict buf, float*, float*, int64_t i, float d, float p,
+                       float) const {
     if constexpr (Momentum) {
       const float b = buf[i] * mom + omd * d;
       buf[i] = b;
@@ -103,6 +151,7 @@ struct SgdK {
 
 template <bool Centered, bool Momentum>
 struct RmsK {
+  static constexpr bool kSqrt = true;
   float lr, alpha, oma, eps, wd, momentum;
   explicit RmsK(const RMSPropHyper& h)
       : lr(h.lr),
@@ -111,19 +160,22 @@ struct RmsK {
         eps(h.eps),
         wd(h.weight_decay),
         momentum(h.momentum) {}
-  MT_INLINE float operator()(float* __restrict sq, float* __restrict ga, float* __restrict buf,
-                             int64_t i, float g, float p) const {
+  MT_INLINE float pre(float* __restrict sq, float* __restrict ga, float*, int64_t i, float& g,
+                      float& p) const {
     g = g + wd * p;
     const float s = sq[i] * alpha + oma * (g * g);
     sq[i] = s;
-    float avg;
     if constexpr (Centered) {
       const float a = ga[i] * alpha + oma * g;
       ga[i] = a;
-      avg = std::sqrt(s - a * a) + eps;
+      return s - a * a;
     } else {
-      avg = std::sqrt(s) + eps;
+      return s;
     }
+  }
+  MT_INLINE float post(float*, float*, float* __restrict buf, int64_t i, float g, float p,
+                       float root) const {
+    const float avg = root + eps;
     if constexpr (Momentum) {
       const float b = buf[i] * momentum + g / avg;
       buf[i] = b;
@@ -144,70 +196,74 @@ MT_INLINE float ldg(const float* g, int64_t i) { return g[i]; }
 MT_INLINE float ldg(const uint16_t* g, int64_t i) {
   return std::bit_cast<float>(static_cast<uint32_t>(g[i]) << 16);
 }
+MT_INLINE float bf16_value(uint16_t b) {
+  return std::bit_cast<float>(static_cast<uint32_t>(b) << 16);
+}
 
-template <class RuleK, class G, Home H>
-MT_INLINE void body(const RuleK& rule, const detail::UpdateArgs& a) {
+// One block (at most kBlock elements, all pointers already offset to it): pass 1 loads the
+// parameter and gradient and runs pre(); the roots; pass 2 runs post() and stores.
+constexpr int64_t kBlock = 512;
+
+template <Isa I, class RuleK, class G, Home H>
+MT_INLINE void block(const RuleK& rule, const detail::UpdateArgs& a, int64_t n) {
   const G* __restrict grad = static_cast<const G*>(a.grad);
   float* __restrict s0 = a.s0;
   float* __restrict s1 = a.s1;
   float* __restrict s2 = a.s2;
   float* __restrict master = a.master;
   uint16_t* __restrict w16 = static_cast<uint16_t*>(a.weight);
+  float* __restrict wf = static_cast<float*>(a.weight);
   uint16_t* __restrict aux = a.aux;
   const float mult = a.grad_mult;
-  const int64_t n = a.n;
-  if constexpr (H == Home::f32 || H == Home::f32_copy_bf16 || H == Home::f32_copy_f32) {
-    float* __restrict wf = static_cast<float*>(a.weight);
-    for (int64_t i = 0; i < n; ++i) {
-      const float p = rule(s0, s1, s2, i, ldg(grad, i) * mult, master[i]);
+  alignas(64) float tp[kBlock], tg[kBlock], tr[kBlock];
+  alignas(64) uint32_t rnd[kBlock];
+  for (int64_t i = 0; i < n; ++i) {
+    float p;
+    if constexpr (H == Home::f32 || H == Home::f32_copy_bf16 || H == Home::f32_copy_f32)
+      p = master[i];
+    else if constexpr (H == Home::split16)
+      p = std::bit_cast<float>(
+          (static_cast<uint32_t>(w16[i]) << 16) +
+          static_cast<uint32_t>(static_cast<int32_t>(static_cast<int16_t>(aux[i]))));
+    else
+      p = bf16_value(w16[i]);
+    float g = ldg(grad, i) * mult;
+    tr[i] = rule.pre(s0, s1, s2, i, g, p);
+    tp[i] = p;
+    tg[i] = g;
+  }
+  if constexpr (RuleK::kSqrt) sqrt_block<I>(tr, n);
+  if constexpr (H == Home::stochastic)
+    for (int64_t i = 0; i < n; ++i)
+      rnd[i] =
+          static_cast<uint32_t>(random_bits(a.seed, a.counter + static_cast<uint64_t>(i)) >> 32);
+  for (int64_t i = 0; i < n; ++i) {
+    const float p = rule.post(s0, s1, s2, i, tg[i], tp[i], tr[i]);
+    if constexpr (H == Home::f32 || H == Home::f32_copy_bf16 || H == Home::f32_copy_f32) {
       master[i] = p;
       if constexpr (H == Home::f32_copy_bf16) w16[i] = bf16_rne(p);
       if constexpr (H == Home::f32_copy_f32) wf[i] = p;
-    }
-  } else if constexpr (H == Home::split16) {
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t u0 = (static_cast<uint32_t>(w16[i]) << 16) +
-                          static_cast<uint32_t>(static_cast<int32_t>(static_cast<int16_t>(aux[i])));
-      const float p = rule(s0, s1, s2, i, ldg(grad, i) * mult, std::bit_cast<float>(u0));
+    } else if constexpr (H == Home::split16) {
       const uint32_t u = std::bit_cast<uint32_t>(p);
       w16[i] = static_cast<uint16_t>((u + 0x8000u) >> 16);
       aux[i] = static_cast<uint16_t>(u);
-    }
-  } else if constexpr (H == Home::stochastic) {
-    // The random bits are drawn per block into L1 first: the 64-bit hash and the 16-bit
-    // weight stream vectorise separately, not in one loop.
-    constexpr int64_t kBlock = 1024;
-    alignas(64) uint32_t rnd[kBlock];
-    for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
-      const int64_t len = n - b0 < kBlock ? n - b0 : kBlock;
-      const uint64_t ctr = a.counter + static_cast<uint64_t>(b0);
-      for (int64_t j = 0; j < len; ++j)
-        rnd[j] = static_cast<uint32_t>(random_bits(a.seed, ctr + static_cast<uint64_t>(j)) >> 32);
-      for (int64_t j = 0; j < len; ++j) {
-        const int64_t i = b0 + j;
-        const float w = std::bit_cast<float>(static_cast<uint32_t>(w16[i]) << 16);
-        const float p = rule(s0, s1, s2, i, ldg(grad, i) * mult, w);
-        const uint32_t u = std::bit_cast<uint32_t>(p);
-        // bf16::round_stochastic, branch-free: add 16 random bits to the magnitude, truncate;
-        // Inf/NaN (exponent all ones) round as RNE does.
-        const uint32_t sr = (u + (rnd[j] & 0xffffu)) >> 16;
-        const uint32_t special = 0u - ((((u >> 23) & 0xffu) + 1u) >> 8);  // all ones: Inf/NaN
-        const uint32_t rne = bf16_rne(p);
-        w16[i] = static_cast<uint16_t>((rne & special) | (sr & ~special));
-      }
-    }
-  } else {  // kahan
-    for (int64_t i = 0; i < n; ++i) {
-      const float w = std::bit_cast<float>(static_cast<uint32_t>(w16[i]) << 16);
-      const float c = std::bit_cast<float>(static_cast<uint32_t>(aux[i]) << 16);
-      const float p = rule(s0, s1, s2, i, ldg(grad, i) * mult, w);
-      // Kahan: the change this step wanted (exact in fp32 by Sterbenz while p is within 2x of
-      // w) plus what earlier steps lost; what rounding to bf16 loses now is carried on.
+    } else if constexpr (H == Home::stochastic) {
+      const uint32_t u = std::bit_cast<uint32_t>(p);
+      // bf16::round_stochastic, branch-free: add 16 random bits to the magnitude, truncate;
+      // Inf/NaN (exponent all ones) round as RNE does.
+      const uint32_t sr = (u + (rnd[i] & 0xffffu)) >> 16;
+      const uint32_t special = 0u - ((((u >> 23) & 0xffu) + 1u) >> 8);  // all ones: Inf/NaN
+      const uint32_t rne = bf16_rne(p);
+      w16[i] = static_cast<uint16_t>((rne & special) | (sr & ~special));
+    } else {  // kahan
+      const float w = bf16_value(w16[i]);
+      const float c = bf16_value(aux[i]);
+      // Kahan: the change this step wanted (exact in fp32 by Sterbenz while p is within 2x
+      // of w) plus what earlier steps lost; what rounding to bf16 loses now is carried on.
       const float y = (p - w) + c;
       const uint16_t wn = bf16_rne(w + y);
-      const float wnf = std::bit_cast<float>(static_cast<uint32_t>(wn) << 16);
       w16[i] = wn;
-      aux[i] = bf16_rne(y - (wnf - w));
+      aux[i] = bf16_rne(y - (bf16_value(wn) - w));
     }
   }
 }
@@ -227,27 +283,34 @@ detail::UpdateArgs sub_args(const detail::UpdateArgs& a, int64_t b, int64_t len)
   return s;
 }
 
-template <class RuleK, class G>
+template <Isa I, class RuleK, class G, Home H>
+MT_INLINE void body(const RuleK& rule, const detail::UpdateArgs& a) {
+  for (int64_t b = 0; b < a.n; b += kBlock) {
+    const int64_t len = std::min(kBlock, a.n - b);
+    block<I, RuleK, G, H>(rule, sub_args(a, b, len), len);
+  }
+}
+
+template <Isa I, class RuleK, class G>
 MT_INLINE void by_home(const RuleK& rule, const detail::UpdateArgs& a) {
   switch (a.mode) {
     case MasterMode::fp32:
-      if (!a.weight) return body<RuleK, G, Home::f32>(rule, a);
+      if (!a.weight) return body<I, RuleK, G, Home::f32>(rule, a);
       switch (a.weight_dtype) {
         case DType::bf16:
-          return body<RuleK, G, Home::f32_copy_bf16>(rule, a);
+          return body<I, RuleK, G, Home::f32_copy_bf16>(rule, a);
         case DType::f32:
-          return body<RuleK, G, Home::f32_copy_f32>(rule, a);
+          return body<I, RuleK, G, Home::f32_copy_f32>(rule, a);
         case DType::f16: {
           // fp16 encoding has no branch-free form here: the update runs vectorised on a
           // block, then the F16C bulk converter (bit-exact RNE) writes the copy while the
           // block is still in L1.
-          constexpr int64_t kBlock = 1024;
           for (int64_t b = 0; b < a.n; b += kBlock) {
             const int64_t len = std::min(kBlock, a.n - b);
             detail::UpdateArgs s = sub_args(a, b, len);
             void* copy = s.weight;
             s.weight = nullptr;
-            body<RuleK, G, Home::f32>(rule, s);
+            body<I, RuleK, G, Home::f32>(rule, s);
             convert(s.master, DType::f32, copy, DType::f16, static_cast<size_t>(len));
           }
           return;
@@ -259,31 +322,30 @@ MT_INLINE void by_home(const RuleK& rule, const detail::UpdateArgs& a) {
           fmt::format("optimizer update: weight copy dtype {} (expected f32, bf16, f16)",
                       dtype_name(a.weight_dtype)));
     case MasterMode::bf16_stochastic:
-      return body<RuleK, G, Home::stochastic>(rule, a);
+      return body<I, RuleK, G, Home::stochastic>(rule, a);
     case MasterMode::bf16_kahan:
-      return body<RuleK, G, Home::kahan>(rule, a);
+      return body<I, RuleK, G, Home::kahan>(rule, a);
     case MasterMode::split16:
-      return body<RuleK, G, Home::split16>(rule, a);
+      return body<I, RuleK, G, Home::split16>(rule, a);
   }
 }
 
-template <class RuleK>
+template <Isa I, class RuleK>
 MT_INLINE void by_grad(const RuleK& rule, const detail::UpdateArgs& a) {
   switch (a.grad_dtype) {
     case DType::f32:
-      return by_home<RuleK, float>(rule, a);
+      return by_home<I, RuleK, float>(rule, a);
     case DType::bf16:
-      return by_home<RuleK, uint16_t>(rule, a);
+      return by_home<I, RuleK, uint16_t>(rule, a);
     case DType::f16: {
-      constexpr int64_t kBlock = 1024;
-      alignas(64) float tmp[kBlock];
+      alignas(64) float tmp[kBlock];  // fp16 gradients widened
       for (int64_t b = 0; b < a.n; b += kBlock) {
         const int64_t len = std::min(kBlock, a.n - b);
         detail::UpdateArgs s = sub_args(a, b, len);
         convert(s.grad, DType::f16, tmp, DType::f32, static_cast<size_t>(len));
         s.grad = tmp;
         s.grad_dtype = DType::f32;
-        by_home<RuleK, float>(rule, s);
+        by_home<I, RuleK, float>(rule, s);
       }
       return;
     }
@@ -294,34 +356,39 @@ MT_INLINE void by_grad(const RuleK& rule, const detail::UpdateArgs& a) {
                                dtype_name(a.grad_dtype)));
 }
 
+template <Isa I>
 MT_INLINE void dispatch_rule(const detail::Rule& r, const detail::UpdateArgs& a) {
   switch (r.kind) {
     case detail::Rule::Kind::adam:
-      if (r.adam.decoupled) return by_grad(AdamK<true>(r.adam), a);
-      return by_grad(AdamK<false>(r.adam), a);
+      if (r.adam.decoupled) return by_grad<I>(AdamK<true>(r.adam), a);
+      return by_grad<I>(AdamK<false>(r.adam), a);
     case detail::Rule::Kind::sgd:
-      if (r.sgd.momentum == 0.0f) return by_grad(SgdK<false, false>(r.sgd), a);
-      if (r.sgd.nesterov) return by_grad(SgdK<true, true>(r.sgd), a);
-      return by_grad(SgdK<true, false>(r.sgd), a);
+      if (r.sgd.momentum == 0.0f) return by_grad<I>(SgdK<false, false>(r.sgd), a);
+      if (r.sgd.nesterov) return by_grad<I>(SgdK<true, true>(r.sgd), a);
+      return by_grad<I>(SgdK<true, false>(r.sgd), a);
     case detail::Rule::Kind::rmsprop: {
       const bool mom = r.rms.momentum > 0.0f;
       if (r.rms.centered)
-        return mom ? by_grad(RmsK<true, true>(r.rms), a) : by_grad(RmsK<true, false>(r.rms), a);
-      return mom ? by_grad(RmsK<false, true>(r.rms), a) : by_grad(RmsK<false, false>(r.rms), a);
+        return mom ? by_grad<I>(RmsK<true, true>(r.rms), a)
+                   : by_grad<I>(RmsK<true, false>(r.rms), a);
+      return mom ? by_grad<I>(RmsK<false, true>(r.rms), a)
+                 : by_grad<I>(RmsK<false, false>(r.rms), a);
     }
   }
 }
 
-void run_baseline(const detail::Rule& r, const detail::UpdateArgs& a) { dispatch_rule(r, a); }
-__attribute__((target("avx2,fma,f16c"))) void run_avx2(const detail::Rule& r,
-                                                       const detail::UpdateArgs& a) {
-  dispatch_rule(r, a);
+__attribute__((MT_FLAGS)) void run_baseline(const detail::Rule& r, const detail::UpdateArgs& a) {
+  dispatch_rule<Isa::sse>(r, a);
+}
+__attribute__((target("avx2,fma,f16c"), MT_FLAGS)) void run_avx2(const detail::Rule& r,
+                                                                 const detail::UpdateArgs& a) {
+  dispatch_rule<Isa::avx2>(r, a);
 }
 // AVX-512DQ gives the 64-bit multiplies of random_bits() in-lane; every AVX-512 CPU that has
 // BW and VL (Skylake-SP onwards, Zen 4) has DQ too, and we check it at run time regardless.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))) void run_avx512(
-    const detail::Rule& r, const detail::UpdateArgs& a) {
-  dispatch_rule(r, a);
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"), MT_FLAGS)) void
+run_avx512(const detail::Rule& r, const detail::UpdateArgs& a) {
+  dispatch_rule<Isa::avx512>(r, a);
 }
 
 using RunFn = void (*)(const detail::Rule&, const detail::UpdateArgs&);
