@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -27,6 +28,13 @@ namespace {
 
 constexpr const char* kProxyName = "__zero1_proxy";
 constexpr int64_t kChunk = 1 << 16;  // elements per OpenMP work item in the shard update
+
+// Adds the scope's wall time to a counter.
+struct Timed {
+  double& acc;
+  std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+  ~Timed() { acc += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
+};
 
 float* f32_data(const Tensor& t, const std::string& what) {
   if (t.dtype() != DType::f32 || !t.is_contiguous())
@@ -134,6 +142,8 @@ void DataParallel::allreduce_bucket(int64_t a, int64_t b) {
 }
 
 void DataParallel::reduce_gradients(float scale) {
+  Timed timed{comm_seconds_};
+  ++comm_steps_;
   for (size_t i = 0; i < params_.size(); ++i) {
     const Tensor& g = params_[i]->grad();
     had_grad_[i] = g.defined();
@@ -249,6 +259,7 @@ std::unique_ptr<optim::Optimizer> DataParallel::make_proxy_optimizer(double lr,
 }
 
 void DataParallel::zero_step(optim::StepResult& r, float scale, double max_norm) {
+  Timed timed{comm_seconds_};
   proxy_param_.name = kProxyName;
   // As the loss scaler: 1/scale computed in double, used as fp32; the norm of grad * inv.
   const float inv = static_cast<float>(1.0 / static_cast<double>(scale));

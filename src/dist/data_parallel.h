@@ -3,6 +3,7 @@
 // across ranks: reduce-scatter, update the shard, all-gather the compute-dtype weights).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -55,6 +56,15 @@ class DataParallel {
   /// ZeRO-1: clears the model's gradients (the proxy optimizer only knows its own).
   void zero_grad();
 
+  /// Mean seconds per step spent in reduce_gradients() and zero_step() (packing, collectives,
+  /// sums, the ZeRO update and all-gather) since the last call: what overlap could hide at most.
+  double take_comm_seconds() {
+    const double t = comm_seconds_ / static_cast<double>(std::max<int64_t>(1, comm_steps_));
+    comm_seconds_ = 0;
+    comm_steps_ = 0;
+    return t;
+  }
+
   /// Bytes of fp32 master + optimizer moments this rank holds (`full`: the ordinary optimizer
   /// when not sharded).
   int64_t optimizer_state_bytes(const optim::Optimizer& full) const;
@@ -91,6 +101,8 @@ class DataParallel {
   nn::Parameter proxy_param_;
   optim::Optimizer* proxy_ = nullptr;
   double global_sumsq_ = 0;
+  double comm_seconds_ = 0;
+  int64_t comm_steps_ = 0;
   bool global_finite_ = true;
   std::string first_bad_;
 };

@@ -340,6 +340,7 @@ TrainSummary Trainer::run() {
       if (s.dp->size() > 1 || s.dp->zero()) {  // data parallel: this rank's traffic and state
         line["ranks"] = s.dp->size();
         line["comm_bytes_per_step"] = step_bytes;
+        line["comm_seconds_per_step"] = s.dp->take_comm_seconds();
         line["optimizer_state_bytes_per_rank"] = s.dp->optimizer_state_bytes(*s.opt);
       }
       if (!r.applied) line["skip_reason"] = r.str();
