@@ -210,3 +210,26 @@ TEST(Idx, FashionMnistChecksCountsAndLabels) {
   opt.validation = 60000;
   EXPECT_THROW(load_fashion_mnist(opt), ConfigError);
 }
+
+TEST(Idx, FromMemoryGzippedAndPlain) {
+  // The memory entry points share the file path's zlib reader, so gzip and plain bytes both work
+  // and errors name the given name in place of a path.
+  TempDir dir;
+  const std::string raw = idx_bytes(kIdxImagesMagic, {2, 3, 4}, 24);
+  write_gz(dir.file("imgs.gz"), raw);
+  std::ifstream in(dir.file("imgs.gz"), std::ios::binary);
+  const std::string gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const std::string& bytes : {raw, gz}) {
+    const Tensor t = read_idx_images_from_memory(bytes.data(), bytes.size(), "embedded");
+    ASSERT_EQ(t.shape(), (Shape{2, 3, 4}));
+    EXPECT_EQ(t.data<uint8_t>()[23], 23);
+  }
+  const std::string labels = idx_bytes(kIdxLabelsMagic, {5}, 5);
+  EXPECT_EQ(read_idx_labels_from_memory(labels.data(), labels.size()).shape(), (Shape{5}));
+  expect_io_error([&] { read_idx_labels_from_memory(raw.data(), raw.size(), "embedded"); },
+                  "embedded", "expected 0x00000801");
+  expect_io_error([&] { read_idx_images_from_memory(raw.data(), 10, "cut"); }, "cut",
+                  "header truncated");
+  expect_io_error([&] { read_idx_images_from_memory(nullptr, 0, "empty"); }, "empty",
+                  "too short for the 4-byte magic");
+}

@@ -3,7 +3,9 @@
 #include "mixtrain/data/idx.h"
 
 #include <fmt/format.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 #include <cerrno>
 #include <cstring>
@@ -33,6 +35,30 @@ class GzFile {
     if (!f_)
       throw IOError(fmt::format("idx {}: cannot open: {}", path,
                                 errno ? std::strerror(errno) : "out of memory"));
+    ::gzbuffer(f_, 1 << 18);
+  }
+  // Bytes in memory, copied into an anonymous memory file so that the very same gz* path
+  // (gzip or plain, told apart by zlib) reads memory and files alike.
+  GzFile(const void* data, size_t size, const std::string& name) : path_(name), file_size_(size) {
+    const int fd = ::memfd_create("mixtrain-idx", MFD_CLOEXEC);
+    if (fd < 0) throw IOError(fmt::format("idx {}: memfd_create: {}", name, std::strerror(errno)));
+    const char* p = static_cast<const char*>(data);
+    for (size_t done = 0; done < size;) {
+      const ssize_t w = ::write(fd, p + done, size - done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        const int err = errno;
+        ::close(fd);
+        throw IOError(fmt::format("idx {}: copying {} bytes to a memory file: {}", name, size,
+                                  std::strerror(err)));
+      }
+      done += static_cast<size_t>(w);
+    }
+    f_ = ::lseek(fd, 0, SEEK_SET) == 0 ? ::gzdopen(fd, "rb") : nullptr;
+    if (!f_) {
+      ::close(fd);
+      throw IOError(fmt::format("idx {}: cannot open the memory file", name));
+    }
     ::gzbuffer(f_, 1 << 18);
   }
   ~GzFile() { ::gzclose(f_); }
@@ -80,8 +106,7 @@ uint32_t be32(const unsigned char* b) {
   return (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | uint32_t{b[3]};
 }
 
-Tensor read_idx(const std::string& path, uint32_t magic, int ndim, const char* kind) {
-  GzFile f(path);
+Tensor read_idx(GzFile& f, const std::string& path, uint32_t magic, int ndim, const char* kind) {
   unsigned char head[16];
   const size_t head_len = 4 + 4 * static_cast<size_t>(ndim);
   const size_t got = f.read(head, head_len, "header");
@@ -129,11 +154,23 @@ Tensor read_idx(const std::string& path, uint32_t magic, int ndim, const char* k
 }  // namespace
 
 Tensor read_idx_images(const std::string& path) {
-  return read_idx(path, kIdxImagesMagic, 3, "images");
+  GzFile f(path);
+  return read_idx(f, path, kIdxImagesMagic, 3, "images");
 }
 
 Tensor read_idx_labels(const std::string& path) {
-  return read_idx(path, kIdxLabelsMagic, 1, "labels");
+  GzFile f(path);
+  return read_idx(f, path, kIdxLabelsMagic, 1, "labels");
+}
+
+Tensor read_idx_images_from_memory(const void* data, size_t size, const std::string& name) {
+  GzFile f(data, size, name);
+  return read_idx(f, name, kIdxImagesMagic, 3, "images");
+}
+
+Tensor read_idx_labels_from_memory(const void* data, size_t size, const std::string& name) {
+  GzFile f(data, size, name);
+  return read_idx(f, name, kIdxLabelsMagic, 1, "labels");
 }
 
 }  // namespace mixtrain

@@ -2,6 +2,7 @@
 // u8 image (3-d) and label (1-d) arrays.
 #pragma once
 
+#include <cstddef>
 #include <string>
 
 #include "mixtrain/tensor.h"
@@ -20,5 +21,12 @@ Tensor read_idx_images(const std::string& path);
 
 /// Reads a u8 IDX label file (magic 0x00000801) as u8 [N], with the same checks.
 Tensor read_idx_labels(const std::string& path);
+
+/// The same readers over bytes in memory (gzip or plain; for fuzzing and embedded files); name is
+/// used in messages in place of a path.
+Tensor read_idx_images_from_memory(const void* data, size_t size,
+                                   const std::string& name = "<memory>");
+Tensor read_idx_labels_from_memory(const void* data, size_t size,
+                                   const std::string& name = "<memory>");
 
 }  // namespace mixtrain
