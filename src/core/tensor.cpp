@@ -106,6 +106,14 @@ void reset_peak_memory() {
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t e : shape)
     if (e < 0) throw ShapeError(fmt::format("empty: negative extent in shape {}", shape_str(shape)));
+  // The strides are suffix products over every extent and the byte count is numel * size: both
+  // fit int64 when the product of the non-zero extents times the element size does (a zero
+  // extent makes numel 0 but not the strides: [0, 2^62, 2^62] would still wrap).
+  int64_t span = static_cast<int64_t>(dtype_size(dtype));
+  for (int64_t e : shape)
+    if (e > 0 && __builtin_mul_overflow(span, e, &span))
+      throw ShapeError(fmt::format("empty: shape {} {} overflows 64-bit sizes", shape_str(shape),
+                                   dtype_name(dtype)));
   Tensor t;
   t.storage_ = std::make_shared<Storage>(shape_numel(shape) * dtype_size(dtype), dtype, device);
   t.shape_ = shape;
