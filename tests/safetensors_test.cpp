@@ -292,6 +292,20 @@ TEST(Safetensors, MalformedFilesGiveClearErrors) {
   expect_load_error(raw_file(std::string(40, '[') + std::string(40, ']'), ""), {"nests deeper"});
 }
 
+TEST(Safetensors, ZeroElementShapeWithUnrepresentableStrides) {
+  // Found by review and confirmed with fuzz/safetensors_fuzz: a zero extent makes numel 0, so the
+  // byte-count checks pass, but the strides of [0, 2^62, 2^62] are 2^124: this used to reach
+  // signed overflow (UB) in Tensor::empty. It must be an IOError like any other bad shape.
+  expect_load_error(raw_file(R"({"t": {"dtype": "F32", "shape": [0, 4611686018427387904,
+                                   4611686018427387904], "data_offsets": [0, 0]}})",
+                             ""),
+                    {"tensor 't'", "overflows 64-bit strides"});
+  // Zero extents beside modest ones stay valid.
+  const SafetensorsFile f = load_safetensors_from_memory(raw_file(
+      R"({"t": {"dtype": "F32", "shape": [0, 1048576, 1048576], "data_offsets": [0, 0]}})", ""));
+  EXPECT_EQ(f.get("t").numel(), 0);
+}
+
 TEST(Safetensors, FileErrorsNameThePath) {
   TempDir dir;
   const std::string path = dir.file("trunc.safetensors");

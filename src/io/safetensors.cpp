@@ -264,6 +264,12 @@ SafetensorsFile SafetensorsLoader::load(const Source& src, const std::string& na
     uint64_t nbytes = 0;
     if (__builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(e.dtype)), &nbytes))
       throw bad(fmt::format("shape {} overflows 64-bit byte counts", sh->dump()));
+    // A zero extent makes numel 0, but the strides (suffix products over every extent) must
+    // still fit int64: [0, 2^62, 2^62] holds no bytes yet has no representable layout.
+    int64_t span = static_cast<int64_t>(dtype_size(e.dtype));
+    for (int64_t ext : e.shape)
+      if (ext > 0 && __builtin_mul_overflow(span, ext, &span))
+        throw bad(fmt::format("shape {} overflows 64-bit strides", sh->dump()));
     if (!off->is_array() || off->size() != 2 || !(*off)[0].is_number_unsigned() ||
         !(*off)[1].is_number_unsigned())
       throw bad(fmt::format("data_offsets {} is not two non-negative integers", off->dump()));
