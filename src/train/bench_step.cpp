@@ -42,11 +42,15 @@ double median(std::vector<double> v) {
 }
 
 const char* report_name(DType dt) {
-  return dt == DType::f32 ? "fp32" : dt == DType::bf16 ? "bf16" : dt == DType::f16 ? "fp16"
-                                                                                   : dtype_name(dt);
+  return dt == DType::f32    ? "fp32"
+         : dt == DType::bf16 ? "bf16"
+         : dt == DType::f16  ? "fp16"
+                             : dtype_name(dt);
 }
 
-nlohmann::json num(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
+nlohmann::json num(double x) {
+  return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr);
+}
 
 // The model and its fixed batch behind one interface: loss() runs the forward and the loss.
 struct Workload {
@@ -137,8 +141,8 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
         fmt::format("bench step: --precision must be fp32, bf16 or fp16, got '{}'", o.precision));
   if (o.batch < 0) throw ConfigError(fmt::format("bench step: --batch {} must be >= 1", o.batch));
   if (o.repeats < 1 || o.warmup < 0)
-    throw ConfigError(fmt::format("bench step: repeats {} must be >= 1 and warmup {} >= 0",
-                                  o.repeats, o.warmup));
+    throw ConfigError(
+        fmt::format("bench step: repeats {} must be >= 1 and warmup {} >= 0", o.repeats, o.warmup));
   const amp::Policy policy = amp::Policy::parse(o.precision);
   BenchStepResult r;
   r.model = o.model;
