@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 
 #include "mixtrain/data/classification.h"
@@ -127,6 +128,28 @@ TEST(ByteText, ErrorsNameTheFileAndTheFault) {
   std::ofstream(empty).close();
   EXPECT_THROW(ByteTextData::load(empty), IOError);
   fs::remove(empty);
+}
+
+TEST(ByteText, ExtremeSizesAreRefusedWithoutOverflow) {
+  // Found by fuzz/text_fuzz: context = INT64_MAX made `context + 1` overflow (signed, UB) in
+  // check_window and num_windows, and first + count overflowed in windows(). Each must be a
+  // ConfigError (or zero windows), and the message must not wrap either.
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  const ByteTextData d = ByteTextData::from_bytes(std::string(100, 'x'), "tiny.txt", 0.0);
+  Rng rng(1);
+  EXPECT_EQ(d.num_windows(TextSplit::train, kMax), 0);
+  try {
+    d.sample(TextSplit::train, 1, kMax, rng);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("fewer than context + 1 = 9223372036854775808"));
+  }
+  EXPECT_THROW(d.windows(TextSplit::train, 0, 1, kMax), ConfigError);
+  ASSERT_EQ(d.num_windows(TextSplit::train, 9), 11);
+  EXPECT_THROW(d.windows(TextSplit::train, kMax, kMax, 9), ConfigError);
+  EXPECT_THROW(d.windows(TextSplit::train, 5, kMax, 9), ConfigError);
+  EXPECT_THROW(d.windows(TextSplit::train, 12, 1, 9), ConfigError);
+  EXPECT_EQ(d.windows(TextSplit::train, 10, 1, 9).inputs.shape(), (Shape{1, 9}));
 }
 
 TEST(ByteText, GzipFilesReadTransparently) {

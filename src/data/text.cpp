@@ -89,10 +89,11 @@ void ByteTextData::check_window(TextSplit split, int64_t batch, int64_t context,
     throw ConfigError(fmt::format("text {}: {} needs batch >= 1 and context >= 1 (got {} and {})",
                                   name_, op, batch, context));
   const int64_t n = size(split);
-  if (n < context + 1)
+  // context >= n, not n < context + 1: context may be any int64 (INT64_MAX + 1 overflows).
+  if (context >= n)
     throw ConfigError(fmt::format(
         "text {}: the {} split has {} bytes, fewer than context + 1 = {} (the file has {} bytes)",
-        name_, text_split_name(split), n, context + 1, data_.size()));
+        name_, text_split_name(split), n, static_cast<uint64_t>(context) + 1, data_.size()));
 }
 
 namespace {
@@ -127,18 +128,19 @@ TextBatch ByteTextData::sample(TextSplit split, int64_t batch, int64_t context, 
 int64_t ByteTextData::num_windows(TextSplit split, int64_t context) const {
   if (context < 1) return 0;
   const int64_t n = size(split);
-  return n < context + 1 ? 0 : (n - 1) / context;
+  return context >= n ? 0 : (n - 1) / context;
 }
 
 TextBatch ByteTextData::windows(TextSplit split, int64_t first, int64_t count,
                                 int64_t context) const {
   check_window(split, count, context, "windows");
   const int64_t total = num_windows(split, context);
-  if (first < 0 || first + count > total)
+  // count > total - first, not first + count > total: both may be any int64 (count >= 1 here).
+  if (first < 0 || first > total || count > total - first)
     throw ConfigError(
-        fmt::format("text {}: windows [{}, {}) out of range: the {} split has {} "
+        fmt::format("text {}: {} windows from {} out of range: the {} split has {} "
                     "windows of context {}",
-                    name_, first, first + count, text_split_name(split), total, context));
+                    name_, count, first, text_split_name(split), total, context));
   std::vector<int64_t> starts(static_cast<size_t>(count));
   for (int64_t k = 0; k < count; ++k) starts[k] = (first + k) * context;
   return make_batch(bytes(split), starts, context);
