@@ -98,10 +98,14 @@ Variable linear(const Variable& x_in, const Variable& w_in, const Variable& bias
   const Tensor tw = w.data();
   Tensor y;
   if (has_bias) {
-    // GEMM into fp32, add the bias in fp32, round once into dt: no double rounding.
-    const Tensor y32 = mm(x2, false, tw, true, DType::f32);
-    y = map_kernel<2>("linear", {y32, bias.data()}, y32.shape(), dt,
-                      [](float v, float c, float) { return v + c; });
+    // The bias is a fused GEMM epilogue: added to the fp32 sums, rounded once into dt (no
+    // double rounding, no fp32 intermediate tensor, no second pass over y).
+    bool tx = false, twt = true;
+    const Tensor xa = gemm_operand(x2, tx);
+    const Tensor wa = gemm_operand(tw, twt);
+    y = Tensor::empty({N, outf}, dt);
+    const Tensor b = bias.data();
+    gemm_ex(xa, tx, wa, twt, y, 1.0f, 0.0f, &b, Epilogue::none);
   } else {
     y = mm(x2, false, tw, true, dt);
   }
