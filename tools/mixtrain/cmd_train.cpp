@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "mixtrain/dist/comm.h"
 #include "mixtrain/train/doctor.h"
 #include "mixtrain/train/trainer.h"
 
@@ -202,7 +203,7 @@ int run_train(TrainConfig cfg, bool print_summary = true) {
   train::Trainer t(cfg);
   if (!cfg.quiet) fmt::print(stderr, "precision: {}\n", t.policy_description());
   train::TrainSummary s = t.run();
-  if (print_summary) {
+  if (print_summary && dist::rank() == 0) {  // under mpirun: once, not once per rank
     fmt::print("{}\n", s.to_json());
     fmt::print(stderr, "run folder: {} (metrics.jsonl, summary.json, checkpoints/)\n", s.out_dir);
   }

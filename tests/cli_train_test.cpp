@@ -1,0 +1,143 @@
+// `mixtrain train / compare / doctor / export` run as a user would: outputs on disk, a run
+// killed mid-way (--stop-after) resumed to the same weights, exported weights loaded by Python,
+// and bad input answered with a message and a non-zero status.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int status = -1;
+  std::string out;
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(MIXTRAIN_BINARY_DIR "/mixtrain ") + args + " 2>&1";
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+std::string tmp(const std::string& name) {
+  const fs::path p = fs::temp_directory_path() / ("mixtrain_cli_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(p);
+  return p.string();
+}
+
+const std::string kTiny = std::string("--model gpt --data text:") + MIXTRAIN_SOURCE_DIR +
+                          "/tests/data/jargon_sample.txt --layers 1 --width 32 --heads 2 --context 16 "
+                          "--batch 4 --eval-batches 2 --quiet ";
+
+std::string read(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+}  // namespace
+
+TEST(CliTrain, KilledRunResumesToTheSameWeights) {
+  const std::string a = tmp("a"), b = tmp("b");
+  ASSERT_EQ(run("train " + kTiny + "--precision bf16 --steps 10 --out " + a).status, 0);
+  // Killed after step 6 (exit status 3), checkpoints every 3 steps: resume redoes from step 6.
+  Result k = run("train " + kTiny + "--precision bf16 --steps 10 --checkpoint-every 3 --stop-after 7 --out " + b);
+  ASSERT_EQ(k.status, 3) << k.out;
+  Result again = run("train " + kTiny + "--precision bf16 --steps 10 --out " + b);
+  EXPECT_EQ(again.status, 1) << "a folder holding this run must be resumed, not overwritten";
+  EXPECT_NE(again.out.find("--resume"), std::string::npos) << again.out;
+  Result r = run("train " + kTiny + "--precision bf16 --steps 10 --resume " + b);
+  ASSERT_EQ(r.status, 0) << r.out;
+  const std::string wa = a + "/w.safetensors", wb = b + "/w.safetensors";
+  ASSERT_EQ(run("export " + a + " --dtype fp32 --out " + wa).status, 0);
+  ASSERT_EQ(run("export " + b + " --dtype fp32 --out " + wb).status, 0);
+  EXPECT_EQ(read(wa).size(), read(wb).size());
+  // The files differ only in the metadata naming their source checkpoint; compare tensors.
+  auto ja = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  EXPECT_EQ(ja["steps"], 10);
+  const std::string check = "/usr/bin/python3 -c \"import sys\nfrom safetensors.numpy import load_file\n"
+                            "x=load_file('" + wa + "'); y=load_file('" + wb + "')\n"
+                            "assert x.keys()==y.keys() and all((x[k]==y[k]).all() for k in x)\"";
+  if (access("/usr/bin/python3", X_OK) == 0 && std::system("/usr/bin/python3 -c 'import safetensors' 2>/dev/null") == 0)
+    EXPECT_EQ(std::system(check.c_str()), 0);
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
+TEST(CliTrain, ExportedWeightsLoadInTorch) {
+  if (std::system("/usr/bin/python3 -c 'import safetensors.torch' 2>/dev/null") != 0)
+    GTEST_SKIP() << "python3 safetensors/torch not installed";
+  const std::string a = tmp("export");
+  ASSERT_EQ(run("train " + kTiny + "--precision fp16 --steps 3 --out " + a).status, 0);
+  for (const char* dt : {"fp32", "bf16", "fp16"}) {
+    const std::string f = a + "/w_" + dt + ".safetensors";
+    ASSERT_EQ(run(std::string("export ") + a + " --dtype " + dt + " --out " + f).status, 0);
+    const std::string want = std::string(dt) == "fp32" ? "float32" : std::string(dt) == "bf16" ? "bfloat16" : "float16";
+    const std::string py = "/usr/bin/python3 -c \"from safetensors.torch import load_file\n"
+                           "d=load_file('" + f + "')\nassert len(d)>5 and all(str(v.dtype)=='torch." + want +
+                           "' for v in d.values()), d\nassert d['head.weight'].shape==(256,32)\"";
+    EXPECT_EQ(std::system(py.c_str()), 0) << dt;
+  }
+  fs::remove_all(a);
+}
+
+TEST(CliTrain, CompareWritesATableJsonAndOneRunPerPrecision) {
+  const std::string out = tmp("compare");
+  Result r = run("compare " + kTiny + "--steps 4 --precisions fp32,bf16,fp16:none --out " + out);
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(std::ifstream(out + "/compare.json"));
+  ASSERT_EQ(j["runs"].size(), 3u);
+  EXPECT_EQ(j["runs"][0]["precision"], "fp32");
+  EXPECT_EQ(j["runs"][2]["final_loss_scale"], 1.0);  // fp16 with scaling off
+  EXPECT_NE(r.out.find("speed-up"), std::string::npos);
+  fs::remove_all(out);
+}
+
+TEST(CliTrain, DoctorReportsPerLayerFractions) {
+  const std::string out = tmp("doctor");
+  Result r = run("doctor " + kTiny + "--doctor-steps 2 --out " + out);
+  ASSERT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("blocks.0.attn.qkv.weight"), std::string::npos) << r.out;
+  auto j = nlohmann::json::parse(std::ifstream(out + "/doctor.json"));
+  EXPECT_GT(j["tensors"].size(), 5u);
+  EXPECT_TRUE(j.contains("recommended_scale"));
+  fs::remove_all(out);
+}
+
+TEST(CliTrain, BadInputGivesAMessageAndNonZeroStatus) {
+  struct Case {
+    std::string args, needle;
+    int status;
+  };
+  const std::string out = tmp("bad");
+  const Case cases[] = {
+      {"train --lr 0 --out " + out, "--lr", 1},
+      {"train --batch 0 --out " + out, "--batch", 1},
+      {"train --batch -4 --out " + out, "--batch", 1},
+      {"train --precision fp12 --out " + out, "fp12", 1},
+      {"train --model rnn", "--model", 2},
+      {"train --steps", "--steps", 2},
+      {"train --data text:/no/such/file --model gpt --out " + out, "/no/such/file", 1},
+      {"train --loss-scale static:abc --out " + out, "--loss-scale", 1},
+      {"export /no/such/run --out x.safetensors", "no checkpoint", 1},
+  };
+  for (const auto& c : cases) {
+    Result r = run(c.args);
+    EXPECT_EQ(r.status, c.status) << c.args << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << "\n" << r.out;
+  }
+  fs::remove_all(out);
+}
