@@ -32,6 +32,6 @@ if [[ $what == all || $what == gpt ]]; then
 fi
 if [[ $what == all || $what == step ]] && [[ -f scripts/bench_compare.sh ]]; then
   echo "== training-step speed against PyTorch"
-  bash scripts/bench_compare.sh results/step.json
+  bash scripts/bench_compare.sh build results/step.json
 fi
 /usr/bin/python3 scripts/update_readme.py

@@ -38,8 +38,11 @@ def gemm_table():
     if c:
         out += ["", "Bulk conversion of arrays larger than L2 (`mixtrain bench convert --json`):", "",
                 "| conversion | GB/s | memcpy GB/s | fraction of memcpy |", "| --- | --- | --- | --- |"]
+        mem = c.get("memcpy")
+        mem_gbps = mem.get("gbps") if isinstance(mem, dict) else mem
         for r in c.get("convert", []):
-            out.append("| %s | %.1f | %.1f | %.2f |" % (r["name"], r["gbps"], r["memcpy_gbps"], r["gbps"] / r["memcpy_gbps"]))
+            out.append("| %s → %s | %.1f | %s | %.2f |" % (r["from"], r["to"], r["gbps"],
+                       "%.1f" % mem_gbps if isinstance(mem_gbps, (int, float)) else "?", r["ratio_to_memcpy"]))
     return "\n".join(out)
 
 
@@ -74,7 +77,21 @@ def step_table():
     d = load("step.json")
     if not d:
         return ""
-    return d.get("markdown", "")
+    out = ["`bash scripts/bench_compare.sh build results/step.json` (mixtrain `bench step` and "
+           "`bench/peer_torch.py`, PyTorch 1.13 autocast bf16 + AdamW, 2 threads, alternating):", "",
+           "| configuration | ms/step | throughput | MFU | peak RSS |", "| --- | --- | --- | --- | --- |"]
+    for k, c in d["configurations"].items():
+        impl = "mixtrain" if k.startswith("mix/") else "PyTorch"
+        mfu = "%.2f" % c["mfu"] if c.get("mfu") is not None else "-"
+        out.append("| %s %s %s batch %s | %.1f | %.0f %s | %s | %s |" % (
+            impl, c["model"], c["precision"], c["batch"], c["ms_per_step"], c["throughput"],
+            c["throughput_unit"], mfu, mib(c["peak_rss_bytes"])))
+    out += ["", "| ratio | value | target | met |", "| --- | --- | --- | --- |"]
+    for r in d["ratios"]:
+        v = "-" if r["value"] is None else "%.3f" % r["value"]
+        met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        out.append("| %s | %s | %s %s | %s |" % (r["ratio"], v, r["op"], r["target"], met))
+    return "\n".join(out)
 
 
 def cli_help():
@@ -98,7 +115,7 @@ def main():
     results = []
     if info:
         results.append("Measured on: %s, %s threads (`results/info.json`)." % (
-            info.get("cpu", "?"), info.get("omp_threads", "?")))
+            info.get("cpu", "?"), info.get("threads", "?")))
         results.append("")
     results.append(compare_table("compare-mlp", "### Fashion-MNIST MLP 784-512-512-10, same seed and data order",
                                  "mixtrain compare --model mlp --epochs 10 --precisions fp32,bf16,fp16,fp16:none --seed 1"))
