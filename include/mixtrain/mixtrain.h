@@ -1,8 +1,22 @@
 // mixtrain umbrella header: everything a training program needs.
 #pragma once
 
+#include "mixtrain/amp/diagnostics.h"
+#include "mixtrain/amp/loss_scaler.h"
+#include "mixtrain/amp/policy.h"
 #include "mixtrain/autograd.h"
 #include "mixtrain/cpu.h"
+#include "mixtrain/data/classification.h"
+#include "mixtrain/data/fashion_mnist.h"
+#include "mixtrain/data/text.h"
 #include "mixtrain/dtype.h"
 #include "mixtrain/error.h"
+#include "mixtrain/gemm.h"
+#include "mixtrain/io/safetensors.h"
+#include "mixtrain/nn/models.h"
+#include "mixtrain/ops.h"
+#include "mixtrain/optim/optimizer.h"
+#include "mixtrain/optim/schedule.h"
+#include "mixtrain/random.h"
 #include "mixtrain/tensor.h"
+#include "mixtrain/train/trainer.h"
