@@ -121,7 +121,7 @@ def main():
                                  "mixtrain compare --model mlp --epochs 10 --precisions fp32,bf16,fp16,fp16:none --seed 1"))
     results.append("")
     results.append(compare_table("compare-gpt", "### Byte-level GPT (6 layers, width 384, 6 heads, context 256) on the Jargon File",
-                                 "mixtrain compare --model gpt --steps 200 --batch 8 --lr 1e-3 --schedule cosine --warmup 20 --eval-batches 16 --precisions fp32,bf16,fp16 --seed 1"))
+                                 "mixtrain compare --model gpt --steps 60 --batch 8 --lr 1e-3 --schedule cosine --warmup 6 --eval-batches 16 --precisions fp32,bf16,fp16 --seed 1"))
     st = step_table()
     if st:
         results += ["", "### Training-step speed against PyTorch", "", st]
