@@ -116,6 +116,8 @@ def main():
     if info:
         results.append("Measured on: %s, %s threads (`results/info.json`)." % (
             info.get("cpu", "?"), info.get("threads", "?")))
+        results.append("Each table comes from one run of its command; the machine (2 cores) may be shared, so "
+                       "read ratios measured in the same run rather than absolute speeds.")
         results.append("")
     results.append(compare_table("compare-mlp", "### Fashion-MNIST MLP 784-512-512-10, same seed and data order",
                                  "mixtrain compare --model mlp --epochs 10 --precisions fp32,bf16,fp16,fp16:none --seed 1"))
