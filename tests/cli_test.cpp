@@ -2,6 +2,8 @@
 // lines (2), and `bench gemm --json` output parsed as JSON (no speed assertions).
 #include <gtest/gtest.h>
 
+#include "cli_run.h"
+
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -10,23 +12,8 @@
 
 namespace {
 
-struct Result {
-  int status = -1;
-  std::string out;  // stdout and stderr together
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(MIXTRAIN_BINARY_DIR "/mixtrain ") + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using Result = mixtrain::testing::CliResult;
+const auto run = mixtrain::testing::run_cli;
 
 TEST(Cli, HelpOnRootAndSubcommands) {
   const Result root = run("--help");

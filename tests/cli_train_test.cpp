@@ -2,6 +2,8 @@
 // killed mid-way (--stop-after) resumed to the same weights, exported weights loaded by Python,
 // and bad input answered with a message and a non-zero status.
 #include <gtest/gtest.h>
+
+#include "cli_run.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,23 +17,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int status = -1;
-  std::string out;
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(MIXTRAIN_BINARY_DIR "/mixtrain ") + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
+using Result = mixtrain::testing::CliResult;
+const auto run = mixtrain::testing::run_cli;
 
 std::string tmp(const std::string& name) {
   const fs::path p = fs::temp_directory_path() / ("mixtrain_cli_" + name + "_" + std::to_string(getpid()));

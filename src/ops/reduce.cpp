@@ -5,6 +5,7 @@
 
 #include "mixtrain/amp/policy.h"
 #include "mixtrain/ops.h"
+#include "ops/nn_common.h"
 #include "ops/ops_common.h"
 
 namespace mixtrain {
@@ -19,18 +20,8 @@ constexpr int64_t kRowBlock = 1 << 15;
 // Rows summed directly before the column kernel splits pairwise.
 constexpr int64_t kColBlock = 64;
 
-// Sum of n <= kTile fp32 values: 16 independent lanes (vectorisable; the lanes are 16
-// interleaved partial sums, which also shortens each chain 16-fold), then the lanes pairwise.
-inline float sum_lanes(const float* p, int64_t n) {
-  float acc[16] = {};
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16)
-    for (int l = 0; l < 16; ++l) acc[l] += p[j + l];
-  for (int l = 0; j < n; ++j, ++l) acc[l] += p[j];
-  for (int w = 8; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
-  return acc[0];
-}
+// Sum of n <= kTile fp32 values: the 16-lane sum shared with the NN ops.
+using nn_detail::sum_lanes;
 
 // Pairwise sum of a contiguous run: tiles of kTile summed by sum_lanes, tiles combined by
 // halving recursion. Error grows like log2(n), not n.
