@@ -16,6 +16,8 @@ if [[ $what == all || $what == gemm ]]; then
   echo "== GEMM and conversion benchmarks"
   $BIN bench gemm --json > results/gemm.json
   $BIN bench convert --json > results/convert.json
+  # memcpy_gbps is one thread: the one-thread conversion is the like-for-like comparison.
+  OMP_NUM_THREADS=1 $BIN bench convert --json > results/convert_1thread.json
   $BIN info --json > results/info.json 2>/dev/null || $BIN info > results/info.txt
 fi
 if [[ $what == all || $what == mlp ]]; then

@@ -35,8 +35,11 @@ def gemm_table():
         ratio = "%.2f" % (r["gflops"] / od) if od and od > 0 else "n/a"
         out.append("| %s | %d | %.0f | %s | %s |" % (r["dtype"], r["n"], r["gflops"],
                    "%.0f" % od if od and od > 0 else "n/a", ratio))
-    if c:
-        out += ["", "Bulk conversion of arrays larger than L2 (`mixtrain bench convert --json`):", "",
+    for label, c in (("2 threads", c), ("1 thread", load("convert_1thread.json"))):
+        if not c:
+            continue
+        out += ["", "Bulk conversion of 64 MiB arrays, %s (`%smixtrain bench convert --json`; memcpy is "
+                "one thread in both runs):" % (label, "OMP_NUM_THREADS=1 " if label == "1 thread" else ""), "",
                 "| conversion | GB/s | memcpy GB/s | fraction of memcpy |", "| --- | --- | --- | --- |"]
         mem = c.get("memcpy")
         mem_gbps = mem.get("gbps") if isinstance(mem, dict) else mem
