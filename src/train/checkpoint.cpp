@@ -76,7 +76,8 @@ void prepare_run_dir(const fs::path& out, const json& config, bool resume, bool 
     }
     if (identity(old) != identity(config)) {
       std::string diff;
-      for (auto& [k, v] : identity(config).items())
+      const json id = identity(config);  // items() of a temporary would dangle in the loop
+      for (auto& [k, v] : id.items())
         if (!old.contains(k) || old[k] != v)
           diff += fmt::format(" {}: {} -> {};", k, old.contains(k) ? old[k].dump() : "-", v.dump());
       throw ConfigError(fmt::format(
