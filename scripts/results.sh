@@ -10,7 +10,7 @@ bash scripts/build.sh >/dev/null
 BIN=./build/mixtrain
 mkdir -p results
 MLP_EPOCHS=${MLP_EPOCHS:-10}
-GPT_STEPS=${GPT_STEPS:-60}
+GPT_STEPS=${GPT_STEPS:-300}
 
 if [[ $what == all || $what == gemm ]]; then
   echo "== GEMM and conversion benchmarks"
@@ -29,7 +29,7 @@ fi
 if [[ $what == all || $what == gpt ]]; then
   echo "== GPT 6x384, context 256, $GPT_STEPS steps on the Jargon File"
   rm -rf results/compare-gpt
-  $BIN compare --model gpt --steps "$GPT_STEPS" --batch 8 --lr 1e-3 --schedule cosine --warmup 6 \
+  $BIN compare --model gpt --steps "$GPT_STEPS" --batch 8 --lr 1e-3 --schedule cosine --warmup 20 \
     --eval-batches 16 --precisions fp32,bf16,fp16 --seed 1 --quiet --out results/compare-gpt
 fi
 if [[ $what == all || $what == step ]] && [[ -f scripts/bench_compare.sh ]]; then

@@ -17,7 +17,8 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path fresh_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("mixtrain_trainer_" + name + "_" + std::to_string(::getpid()));
+  fs::path p =
+      fs::temp_directory_path() / ("mixtrain_trainer_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(p);
   return p;
 }
@@ -83,9 +84,9 @@ TEST(Trainer, MlpLearnsFashionMnistAndWritesMetrics) {
   }
   EXPECT_EQ(lines, 6);
   auto sum = nlohmann::json::parse(std::ifstream(out / "summary.json"));
-  for (const char* k : {"precision", "model", "steps", "skipped_steps", "final_loss_scale", "final_train_loss",
-                        "val_loss", "test_accuracy", "wall_s", "throughput", "peak_tensor_bytes",
-                        "peak_rss_bytes"})
+  for (const char* k :
+       {"precision", "model", "steps", "skipped_steps", "final_loss_scale", "final_train_loss",
+        "val_loss", "test_accuracy", "wall_s", "throughput", "peak_tensor_bytes", "peak_rss_bytes"})
     EXPECT_TRUE(sum.contains(k)) << k;
   EXPECT_EQ(sum["precision"], "bf16");
   fs::remove_all(out);
@@ -108,7 +109,8 @@ TEST(Trainer, GptLossFallsInEveryPrecision) {
 
 TEST(Trainer, ResumeIsBitIdenticalToAnUninterruptedRun) {
   for (const char* prec : {"bf16", "fp16"}) {
-    const fs::path a = fresh_dir(std::string("straight_") + prec), b = fresh_dir(std::string("resumed_") + prec);
+    const fs::path a = fresh_dir(std::string("straight_") + prec),
+                   b = fresh_dir(std::string("resumed_") + prec);
     TrainConfig ca = tiny_gpt(a);
     ca.precision = prec;
     ca.dropout = 0.1;  // the dropout RNG state must survive the checkpoint too
@@ -146,7 +148,8 @@ TEST(Trainer, RefusesBadConfigsWithTheFlagNamed) {
   expect_error([](TrainConfig& c) { c.model = "rnn"; }, "--model");
   expect_error([](TrainConfig& c) { c.heads = 5; }, "heads");
   expect_error([](TrainConfig& c) { c.loss_scale = "static:-3"; }, "--loss-scale");
-  expect_error([](TrainConfig& c) { c.data = "text:/nonexistent/file.txt"; }, "/nonexistent/file.txt");
+  expect_error([](TrainConfig& c) { c.data = "text:/nonexistent/file.txt"; },
+               "/nonexistent/file.txt");
   fs::remove_all(out);
 }
 
@@ -165,5 +168,53 @@ TEST(Trainer, RefusesAFolderHoldingADifferentRunUnlessForced) {
   }
   c.force = true;
   EXPECT_NO_THROW(Trainer(c).run());
+  fs::remove_all(out);
+}
+
+// Gradients accumulated in the compute dtype: the parameter gradients are bf16 (2 bytes, not
+// 4), the run still learns, and it differs from the fp32-gradient run (the rounding is real).
+TEST(Trainer, GradientsMayAccumulateInTheComputeDtype) {
+  const fs::path a = fresh_dir("gradf32"), b = fresh_dir("gradbf16");
+  TrainConfig ca = tiny_gpt(a);
+  ca.precision = "bf16";
+  ca.grad_accum = 2;
+  TrainConfig cb = ca;
+  cb.out = b.string();
+  cb.grad_dtype = "compute";
+  const TrainSummary sa = Trainer(ca).run();
+  const TrainSummary sb = Trainer(cb).run();
+  EXPECT_LT(sb.final_train_loss, 5.3);  // from ln(256) = 5.55
+  // bf16 gradients: different rounding, so different (but close) weights and losses.
+  EXPECT_NE(final_weights(a), final_weights(b));
+  EXPECT_NEAR(sb.final_train_loss, sa.final_train_loss, 0.05 * sa.final_train_loss);
+  TrainConfig bad = ca;
+  bad.grad_dtype = "fp8";
+  EXPECT_THROW(Trainer{bad}, ConfigError);
+  fs::remove_all(a);
+  fs::remove_all(b);
+}
+
+// --diagnose-every N writes one diagnostics line every N steps with the model-wide fractions
+// and the advice, and its time is accounted for in the summary.
+TEST(Trainer, DiagnosticsEveryNStepsGoToDiagnosticsJsonl) {
+  const fs::path out = fresh_dir("diag");
+  TrainConfig c = tiny_gpt(out);
+  c.precision = "fp16";
+  c.diagnose_every = 5;
+  const TrainSummary s = Trainer(c).run();
+  std::ifstream in(out / "diagnostics.jsonl");
+  std::string line;
+  std::vector<nlohmann::json> lines;
+  while (std::getline(in, line)) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 2u);  // steps 5 and 10 of 12
+  EXPECT_EQ(lines[0]["step"], 5);
+  EXPECT_EQ(lines[1]["step"], 10);
+  EXPECT_GT(lines[0]["tensors"].size(), 4u);
+  EXPECT_TRUE(lines[0]["first_nonfinite"].is_null());
+  const double sub = lines[0]["total"]["fp16_subnormal"];
+  EXPECT_GE(sub, 0.0);
+  EXPECT_LE(sub, 1.0);
+  EXPECT_GT(s.diagnose_s, 0.0);
+  EXPECT_LT(s.diagnose_s, s.train_s);
   fs::remove_all(out);
 }

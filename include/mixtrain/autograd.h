@@ -51,6 +51,7 @@ class Variable {
   Tensor& grad() { return impl_->grad; }
   void zero_grad() { impl_->grad = Tensor(); }
   void set_grad_dtype(DType dt) { impl_->grad_dtype = dt; }
+  DType grad_dtype() const { return impl_->grad_dtype; }
   const std::shared_ptr<Node>& grad_fn() const { return impl_->grad_fn; }
 
   /// Back-propagates from this variable. With no seed it must hold one element and the seed

@@ -13,8 +13,15 @@ void Parameter::set_compute_dtype(DType dt) {
   Tensor copy = dt == master.dtype() ? master : master.to(dt);
   Tensor old_grad = weight.defined() ? weight.grad() : Tensor();
   weight = Variable(copy, true, name);
-  weight.set_grad_dtype(DType::f32);
-  if (old_grad.defined()) weight.grad() = old_grad;
+  weight.set_grad_dtype(grad_dtype);
+  if (old_grad.defined())
+    weight.grad() = old_grad.dtype() == grad_dtype ? old_grad : old_grad.to(grad_dtype);
+}
+
+void Parameter::set_grad_dtype(DType dt) {
+  grad_dtype = dt;
+  weight.set_grad_dtype(dt);
+  weight.zero_grad();
 }
 
 void Parameter::refresh() {

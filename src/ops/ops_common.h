@@ -42,11 +42,12 @@ inline void check_compute_dtype(const Tensor& x, const char* op, const char* wha
 Shape broadcast_shapes(const Tensor& a, const Tensor& b, const char* op);
 
 /// Whether the gradient for input `v` may be handed back in fp32 even though v is narrower:
-/// a leaf (the engine converts into its grad dtype, fp32 for parameters) or the output of a
-/// cast (whose backward converts to its own input's dtype). GEMM weight gradients use it so
-/// the fp32 master never sees a bf16-rounded gradient.
+/// a leaf accumulating in fp32 (the default for parameters) or the output of a cast (whose
+/// backward converts to its own input's dtype). GEMM weight gradients use it so the fp32
+/// master never sees a bf16-rounded gradient; a leaf that accumulates in its compute dtype
+/// gets the product in that dtype directly (no fp32 temporary).
 inline bool f32_grad_ok(const Variable& v) {
-  return v.is_leaf() || (v.grad_fn() && v.grad_fn()->op == "cast");
+  return (v.is_leaf() && v.grad_dtype() == DType::f32) || (v.grad_fn() && v.grad_fn()->op == "cast");
 }
 
 /// Reads `n` elements of a contiguous run as fp32: f32 data is used in place, 16-bit data is

@@ -31,6 +31,7 @@ json identity(const json& config) {
   // or without ZeRO-1, on any number of ranks.
   j.erase("zero");
   j.erase("allreduce");
+  if (!j.contains("grad_dtype")) j["grad_dtype"] = "fp32";  // runs from before the flag
   return j;
 }
 

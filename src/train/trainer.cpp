@@ -7,29 +7,30 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <ctime>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
-#include <fmt/format.h>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "dist/data_parallel.h"
+#include "mixtrain/amp/diagnostics.h"
 #include "mixtrain/amp/loss_scaler.h"
 #include "mixtrain/amp/policy.h"
 #include "mixtrain/data/classification.h"
 #include "mixtrain/data/fashion_mnist.h"
 #include "mixtrain/data/text.h"
+#include "mixtrain/dist/comm.h"
 #include "mixtrain/io/atomic_file.h"
 #include "mixtrain/io/safetensors.h"
 #include "mixtrain/nn/models.h"
 #include "mixtrain/ops.h"
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/optim/schedule.h"
-#include "dist/data_parallel.h"
-#include "mixtrain/dist/comm.h"
 #include "train/checkpoint.h"
 #include "train/task.h"
 
@@ -58,6 +59,8 @@ std::string TrainSummary::to_json() const {
             {"wall_s", wall_s},
             {"throughput", throughput},
             {"throughput_unit", throughput_unit},
+            {"train_s", train_s},
+            {"diagnose_s", diagnose_s},
             {"peak_tensor_bytes", peak_tensor_bytes},
             {"peak_rss_bytes", peak_rss_bytes},
             {"out_dir", out_dir}};
@@ -91,22 +94,28 @@ void check_config(const TrainConfig& c) {
   auto bad = [](const std::string& flag, const std::string& why) {
     throw ConfigError(fmt::format("--{}: {}", flag, why));
   };
-  if (c.model != "mlp" && c.model != "gpt") bad("model", fmt::format("unknown model '{}' (mlp or gpt)", c.model));
+  if (c.model != "mlp" && c.model != "gpt")
+    bad("model", fmt::format("unknown model '{}' (mlp or gpt)", c.model));
   if (c.data != "fashion-mnist" && c.data.rfind("text:", 0) != 0)
     bad("data", fmt::format("unknown data '{}' (fashion-mnist or text:PATH)", c.data));
-  if (c.model == "mlp" && c.data != "fashion-mnist") bad("data", "the mlp model trains on fashion-mnist");
-  if (c.model == "gpt" && c.data == "fashion-mnist") bad("data", "the gpt model trains on text:PATH");
+  if (c.model == "mlp" && c.data != "fashion-mnist")
+    bad("data", "the mlp model trains on fashion-mnist");
+  if (c.model == "gpt" && c.data == "fashion-mnist")
+    bad("data", "the gpt model trains on text:PATH");
   if (c.batch <= 0) bad("batch", fmt::format("must be positive, got {}", c.batch));
   if (c.grad_accum <= 0) bad("grad-accum", fmt::format("must be positive, got {}", c.grad_accum));
   if (c.batch % c.grad_accum != 0)
     bad("grad-accum", fmt::format("{} does not divide the batch {}", c.grad_accum, c.batch));
-  if (!(c.lr > 0) || !std::isfinite(c.lr)) bad("lr", fmt::format("must be positive and finite, got {}", c.lr));
+  if (!(c.lr > 0) || !std::isfinite(c.lr))
+    bad("lr", fmt::format("must be positive and finite, got {}", c.lr));
   if (c.steps < 0) bad("steps", fmt::format("must be >= 0, got {}", c.steps));
-  if (c.steps == 0 && c.epochs <= 0) bad("epochs", fmt::format("must be positive, got {}", c.epochs));
+  if (c.steps == 0 && c.epochs <= 0)
+    bad("epochs", fmt::format("must be positive, got {}", c.epochs));
   if (c.log_every <= 0) bad("log-every", fmt::format("must be positive, got {}", c.log_every));
   if (c.weight_decay < 0) bad("weight-decay", "must be >= 0");
   if (c.clip_grad < 0) bad("clip-grad", "must be >= 0");
-  if (!(c.scale_init > 0) || !std::isfinite(c.scale_init)) bad("scale-init", "must be positive and finite");
+  if (!(c.scale_init > 0) || !std::isfinite(c.scale_init))
+    bad("scale-init", "must be positive and finite");
   if (c.scale_growth_interval <= 0) bad("scale-growth-interval", "must be positive");
   if (c.model == "gpt") {
     if (c.layers <= 0 || c.width <= 0 || c.heads <= 0 || c.context <= 0)
@@ -115,6 +124,10 @@ void check_config(const TrainConfig& c) {
       bad("heads", fmt::format("width {} is not a multiple of heads {}", c.width, c.heads));
   }
   if (c.dropout < 0 || c.dropout >= 1) bad("dropout", "must be in [0, 1)");
+  if (c.grad_dtype != "fp32" && c.grad_dtype != "compute")
+    bad("grad-dtype", fmt::format("unknown '{}' (fp32 or compute)", c.grad_dtype));
+  if (c.diagnose_every < 0)
+    bad("diagnose-every", fmt::format("must be >= 0, got {}", c.diagnose_every));
   if (c.schedule != "constant" && c.schedule != "cosine")
     bad("schedule", fmt::format("unknown schedule '{}' (constant or cosine)", c.schedule));
 }
@@ -122,19 +135,33 @@ void check_config(const TrainConfig& c) {
 }  // namespace
 
 json config_to_json(const TrainConfig& c) {
-  return json{{"model", c.model},       {"data", c.data},
-              {"precision", c.precision}, {"loss_scale", c.loss_scale},
-              {"optimizer", c.optimizer}, {"master", c.master},
-              {"epochs", c.epochs},       {"steps", c.steps},
-              {"batch", c.batch},         {"grad_accum", c.grad_accum},
-              {"lr", c.lr},               {"weight_decay", c.weight_decay},
-              {"momentum", c.momentum},   {"schedule", c.schedule},
-              {"warmup", c.warmup},       {"clip_grad", c.clip_grad},
-              {"scale_init", c.scale_init}, {"scale_growth_interval", c.scale_growth_interval},
-              {"hidden", c.hidden},       {"layers", c.layers},
-              {"width", c.width},         {"heads", c.heads},
-              {"context", c.context},     {"dropout", c.dropout},
-              {"seed", c.seed},           {"zero", c.zero},
+  return json{{"model", c.model},
+              {"data", c.data},
+              {"precision", c.precision},
+              {"loss_scale", c.loss_scale},
+              {"optimizer", c.optimizer},
+              {"master", c.master},
+              {"grad_dtype", c.grad_dtype},
+              {"epochs", c.epochs},
+              {"steps", c.steps},
+              {"batch", c.batch},
+              {"grad_accum", c.grad_accum},
+              {"lr", c.lr},
+              {"weight_decay", c.weight_decay},
+              {"momentum", c.momentum},
+              {"schedule", c.schedule},
+              {"warmup", c.warmup},
+              {"clip_grad", c.clip_grad},
+              {"scale_init", c.scale_init},
+              {"scale_growth_interval", c.scale_growth_interval},
+              {"hidden", c.hidden},
+              {"layers", c.layers},
+              {"width", c.width},
+              {"heads", c.heads},
+              {"context", c.context},
+              {"dropout", c.dropout},
+              {"seed", c.seed},
+              {"zero", c.zero},
               {"allreduce", c.allreduce}};
 }
 
@@ -154,10 +181,44 @@ struct Trainer::Impl {
   int64_t step = 0;  ///< optimizer steps taken (applied or skipped)
   int64_t skipped = 0;
   int64_t nonfinite_run = 0;
-  double train_seconds = 0.0;  ///< time inside training steps (excludes eval and checkpoints)
-  int64_t train_items = 0;     ///< samples or tokens processed by training steps
+  double train_seconds = 0.0;     ///< time inside training steps (excludes eval and checkpoints)
+  int64_t train_items = 0;        ///< samples or tokens processed by training steps
+  double diagnose_seconds = 0.0;  ///< inside train_seconds: the --diagnose-every passes
+  std::ofstream diagnostics;      ///< OUT/diagnostics.jsonl
 
   explicit Impl(TrainConfig c) : cfg(std::move(c)) {}
+
+  // Precision diagnostics of this step's gradients (they still carry the loss scale): one line
+  // of OUT/diagnostics.jsonl with the whole-model fractions, the worst tensors and the advice.
+  void diagnose(int64_t at_step, float scale) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const amp::GradientReport rep = amp::diagnose_gradients(task->module().parameters(), scale);
+    auto fractions = [](const amp::GradHistogram& h) {
+      return json{{"name", h.name},
+                  {"max_abs", h.max_abs},
+                  {"zero", h.frac(h.zero)},
+                  {"fp16_flush", h.frac(h.fp16_zero)},
+                  {"fp16_subnormal", h.frac(h.fp16_subnormal)},
+                  {"fp16_overflow", h.frac(h.fp16_overflow)},
+                  {"nonfinite", h.frac(h.inf + h.nan)}};
+    };
+    json tensors = json::array();
+    for (const auto& h : rep.tensors) tensors.push_back(fractions(h));
+    json line = {{"step", at_step},
+                 {"loss_scale", scale},
+                 {"total", fractions(rep.total)},
+                 {"tensors", tensors},
+                 {"first_nonfinite",
+                  rep.first_nonfinite.empty() ? json(nullptr) : json(rep.first_nonfinite)},
+                 {"recommended", dtype_name(rep.recommended)},
+                 {"recommended_scale", rep.recommended_scale},
+                 {"why", rep.why}};
+    if (!diagnostics.is_open()) diagnostics.open(out / "diagnostics.jsonl", std::ios::app);
+    diagnostics << line.dump() << "\n";
+    diagnostics.flush();
+    diagnose_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
 };
 
 Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))) {
@@ -186,12 +247,14 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
     if (!(sc.init_scale > 0) || !std::isfinite(sc.init_scale))
       throw ConfigError(fmt::format("--loss-scale: static scale must be positive, got '{}'", ls));
   } else {
-    throw ConfigError(fmt::format("--loss-scale: unknown mode '{}' (dynamic, static:S or none)", ls));
+    throw ConfigError(
+        fmt::format("--loss-scale: unknown mode '{}' (dynamic, static:S or none)", ls));
   }
   s.scaler = amp::LossScaler(sc);
 
   s.task = make_task(s.cfg, s.policy);
-  s.total_steps = s.cfg.steps > 0 ? s.cfg.steps : s.cfg.epochs * s.task->steps_per_epoch(s.cfg.batch);
+  s.total_steps =
+      s.cfg.steps > 0 ? s.cfg.steps : s.cfg.epochs * s.task->steps_per_epoch(s.cfg.batch);
 
   optim::CommonOptions common;
   common.master = optim::parse_master_mode(s.cfg.master.c_str());
@@ -199,12 +262,20 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
   // Data parallel: every rank trains its slice of each global batch; with ZeRO-1 the real
   // update runs on this rank's shard and s.opt is its proxy (see dist/data_parallel.h).
   s.dp = dist::make_data_parallel(s.cfg, s.policy.compute, s.task->module().parameters());
+  if (s.cfg.grad_dtype == "compute") {
+    if (s.dp->size() > 1 || s.dp->zero())
+      throw ConfigError(
+          "--grad-dtype compute: data-parallel runs reduce fp32 gradients; use --allreduce compute "
+          "instead");
+    for (nn::Parameter* p : s.task->module().parameters()) p->set_grad_dtype(s.policy.compute);
+  }
   s.task->shard_rank = s.dp->rank();
   s.task->shard_count = s.dp->size();
   if (s.dp->rank() != 0) s.cfg.quiet = true;
-  s.opt = s.dp->zero() ? s.dp->make_proxy_optimizer(s.cfg.lr, common)
-                       : optim::make_optimizer(s.cfg.optimizer, s.task->module().parameters(),
-                                               s.cfg.lr, s.cfg.weight_decay, s.cfg.momentum, common);
+  s.opt = s.dp->zero()
+              ? s.dp->make_proxy_optimizer(s.cfg.lr, common)
+              : optim::make_optimizer(s.cfg.optimizer, s.task->module().parameters(), s.cfg.lr,
+                                      s.cfg.weight_decay, s.cfg.momentum, common);
   optim::ScheduleOptions so;
   so.kind = optim::parse_schedule(s.cfg.schedule);
   so.base_lr = s.cfg.lr;
@@ -258,8 +329,7 @@ TrainSummary Trainer::run() {
   const bool tty = s.cfg.progress && !s.cfg.quiet && isatty(STDERR_FILENO);
   if (!s.cfg.quiet)
     fmt::print(stderr, "mixtrain: {} on {}, {} parameters, {} steps, precision {}\n", s.cfg.model,
-               s.cfg.data, s.task->module().num_parameters(), s.total_steps,
-               impl_->policy.str());
+               s.cfg.data, s.task->module().num_parameters(), s.total_steps, impl_->policy.str());
 
   double window_loss = 0.0, last_window_loss = NAN;
   int64_t window_steps = 0, window_items = 0;
@@ -288,6 +358,8 @@ TrainSummary Trainer::run() {
     }
     step_loss = dist::mean_over_ranks(step_loss);
     s.dp->reduce_gradients(scale);
+    if (s.cfg.diagnose_every > 0 && (s.step + 1) % s.cfg.diagnose_every == 0 && s.dp->rank() == 0)
+      s.diagnose(s.step + 1, scale);
     // ---- one reduction (finite check, global norm), then a fused update or a reported skip.
     s.scaler.unscale(*s.opt);
     if (s.cfg.clip_grad > 0 && !s.dp->zero()) s.scaler.clip_grad_norm(*s.opt, s.cfg.clip_grad);
@@ -319,9 +391,10 @@ TrainSummary Trainer::run() {
           s.step, s.nonfinite_run, impl_->policy.str(), r.str()));
     }
 
-    const bool eval_now = (s.cfg.eval_every > 0 && s.step % s.cfg.eval_every == 0) ||
-                          (s.task->eval_each_epoch() && s.step % s.task->steps_per_epoch(s.cfg.batch) == 0 &&
-                           s.step < s.total_steps);
+    const bool eval_now =
+        (s.cfg.eval_every > 0 && s.step % s.cfg.eval_every == 0) ||
+        (s.task->eval_each_epoch() && s.step % s.task->steps_per_epoch(s.cfg.batch) == 0 &&
+         s.step < s.total_steps);
     if (eval_now) last_eval = s.task->evaluate(s.policy, s.cfg);
 
     if (s.step % s.cfg.log_every == 0 || s.step == s.total_steps || eval_now) {
@@ -335,7 +408,8 @@ TrainSummary Trainer::run() {
                    {"loss_scale", s.scaler.scale()},
                    {"skipped", !r.applied},
                    {"skipped_total", s.skipped},
-                   {"grad_norm", std::isfinite(r.grad_norm) && r.grad_norm >= 0 ? json(r.grad_norm) : json(nullptr)},
+                   {"grad_norm", std::isfinite(r.grad_norm) && r.grad_norm >= 0 ? json(r.grad_norm)
+                                                                                : json(nullptr)},
                    {"throughput", throughput}};
       if (s.dp->size() > 1 || s.dp->zero()) {  // data parallel: this rank's traffic and state
         line["ranks"] = s.dp->size();
@@ -351,21 +425,25 @@ TrainSummary Trainer::run() {
       metrics << line.dump() << "\n";
       metrics.flush();
       const double eta = s.train_seconds / s.step * (s.total_steps - s.step);
-      const std::string status = fmt::format(
-          "step {}/{} loss {:.4f} scale {:g} skipped {} {} {}/s ETA {}", s.step, s.total_steps,
-          mean_loss, s.scaler.scale(), s.skipped, human_rate(throughput), s.task->items_name(),
-          human_time(eta));
+      const std::string status =
+          fmt::format("step {}/{} loss {:.4f} scale {:g} skipped {} {} {}/s ETA {}", s.step,
+                      s.total_steps, mean_loss, s.scaler.scale(), s.skipped, human_rate(throughput),
+                      s.task->items_name(), human_time(eta));
       if (tty) {
         const int width = 24;
         const int filled = static_cast<int>(width * s.step / std::max<int64_t>(1, s.total_steps));
-        fmt::print(stderr, "\r[{}{}] {}   ", std::string(filled, '#'), std::string(width - filled, '.'),
-                   status);
-        if (eval_now) fmt::print(stderr, "\n  eval: val_loss {:.4f}{}\n", last_eval.loss,
-                                 last_eval.accuracy >= 0 ? fmt::format(" accuracy {:.4f}", last_eval.accuracy) : "");
+        fmt::print(stderr, "\r[{}{}] {}   ", std::string(filled, '#'),
+                   std::string(width - filled, '.'), status);
+        if (eval_now)
+          fmt::print(
+              stderr, "\n  eval: val_loss {:.4f}{}\n", last_eval.loss,
+              last_eval.accuracy >= 0 ? fmt::format(" accuracy {:.4f}", last_eval.accuracy) : "");
       } else if (!s.cfg.quiet) {
         fmt::print(stderr, "{}{}\n", status,
                    eval_now ? fmt::format(" | val_loss {:.4f}{}", last_eval.loss,
-                                          last_eval.accuracy >= 0 ? fmt::format(" accuracy {:.4f}", last_eval.accuracy) : "")
+                                          last_eval.accuracy >= 0
+                                              ? fmt::format(" accuracy {:.4f}", last_eval.accuracy)
+                                              : "")
                             : "");
       }
       window_loss = 0;
@@ -374,7 +452,8 @@ TrainSummary Trainer::run() {
       window_seconds = 0;
     }
 
-    if (s.cfg.checkpoint_every > 0 && s.step % s.cfg.checkpoint_every == 0 && s.step < s.total_steps)
+    if (s.cfg.checkpoint_every > 0 && s.step % s.cfg.checkpoint_every == 0 &&
+        s.step < s.total_steps)
       save_checkpoint(s.out, ck, config_to_json(s.cfg), s.step, s.skipped, s.train_seconds,
                       s.train_items, s.cfg.keep_checkpoints);
     if (s.cfg.stop_after > 0 && s.step >= s.cfg.stop_after) {
@@ -403,13 +482,16 @@ TrainSummary Trainer::run() {
   sum.val_loss = last_eval.loss;
   sum.test_accuracy = last_eval.accuracy;
   sum.wall_s = seconds_since(t_start);
+  sum.train_s = s.train_seconds;
   sum.throughput = s.train_seconds > 0 ? s.train_items / s.train_seconds : 0.0;
   sum.throughput_unit = std::string(s.task->items_name()) + "/s";
+  sum.diagnose_s = s.diagnose_seconds;
   sum.peak_tensor_bytes = memory_stats().peak_bytes;
   sum.peak_rss_bytes = peak_rss_bytes();
   sum.out_dir = s.out.string();
   if (s.dp->rank() == 0)
-    write_file_atomic((s.out / "summary.json").string(), sum.to_json().data(), sum.to_json().size());
+    write_file_atomic((s.out / "summary.json").string(), sum.to_json().data(),
+                      sum.to_json().size());
   return sum;
 }
 
@@ -420,7 +502,8 @@ int64_t export_weights(const std::string& run_dir, const std::string& dtype,
     throw ConfigError(fmt::format("export: --dtype {} (expected fp32, bf16 or fp16)", dtype));
   const auto files = list_checkpoints(run_dir);
   if (files.empty())
-    throw IOError(fmt::format("export: {} holds no checkpoint (checkpoints/step-*.safetensors)", run_dir));
+    throw IOError(
+        fmt::format("export: {} holds no checkpoint (checkpoints/step-*.safetensors)", run_dir));
   SafetensorsFile f = load_safetensors(files.front().string());
   std::vector<std::pair<std::string, Tensor>> out;
   for (const auto& n : f.names())

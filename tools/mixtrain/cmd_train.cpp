@@ -31,7 +31,8 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
   c->add_option("--model", cfg.model, "mlp (Fashion-MNIST classifier) or gpt (byte-level LM)")
       ->check(CLI::IsMember({"mlp", "gpt"}))
       ->capture_default_str();
-  c->add_option("--data", cfg.data, "fashion-mnist or text:PATH (plain or .gz)")->capture_default_str();
+  c->add_option("--data", cfg.data, "fashion-mnist or text:PATH (plain or .gz)")
+      ->capture_default_str();
   if (with_precision)
     c->add_option("--precision", cfg.precision, "fp32 | bf16 | fp16 | auto | p=f32,c=bf16,o=f32")
         ->capture_default_str();
@@ -41,14 +42,20 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
   c->add_option("--optimizer", cfg.optimizer, "adamw | adam | sgd | rmsprop")
       ->check(CLI::IsMember({"adamw", "adam", "sgd", "rmsprop"}))
       ->capture_default_str();
-  c->add_option("--master", cfg.master, "fp32 | bf16-sr | bf16-kahan | split16 (master-weight mode)")
+  c->add_option("--master", cfg.master,
+                "fp32 | bf16-sr | bf16-kahan | split16 (master-weight mode)")
       ->check(CLI::IsMember({"fp32", "bf16-sr", "bf16-kahan", "split16"}))
       ->capture_default_str();
-  auto* ep = c->add_option("--epochs", cfg.epochs, "passes over the training data")->capture_default_str();
+  c->add_option("--grad-dtype", cfg.grad_dtype,
+                "fp32 | compute: dtype parameter gradients accumulate in (compute saves 2 B/param)")
+      ->capture_default_str();
+  auto* ep =
+      c->add_option("--epochs", cfg.epochs, "passes over the training data")->capture_default_str();
   auto* st = c->add_option("--steps", cfg.steps, "optimizer steps (instead of --epochs)");
   ep->excludes(st);
   c->add_option("--batch", cfg.batch, "global batch size")->capture_default_str();
-  c->add_option("--grad-accum", cfg.grad_accum, "micro-batches per optimizer step")->capture_default_str();
+  c->add_option("--grad-accum", cfg.grad_accum, "micro-batches per optimizer step")
+      ->capture_default_str();
   c->add_option("--lr", cfg.lr, "learning rate")->capture_default_str();
   c->add_option("--weight-decay", cfg.weight_decay, "weight decay")->capture_default_str();
   c->add_option("--momentum", cfg.momentum, "momentum (sgd, rmsprop)")->capture_default_str();
@@ -56,7 +63,8 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
       ->check(CLI::IsMember({"constant", "cosine"}))
       ->capture_default_str();
   c->add_option("--warmup", cfg.warmup, "linear warm-up steps")->capture_default_str();
-  c->add_option("--clip-grad", cfg.clip_grad, "global gradient-norm clipping (0: off)")->capture_default_str();
+  c->add_option("--clip-grad", cfg.clip_grad, "global gradient-norm clipping (0: off)")
+      ->capture_default_str();
   c->add_option("--scale-init", cfg.scale_init, "initial loss scale")->capture_default_str();
   c->add_option("--scale-growth-interval", cfg.scale_growth_interval,
                 "clean steps before the loss scale doubles")
@@ -67,16 +75,24 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
   c->add_option("--heads", cfg.heads, "gpt heads H")->capture_default_str();
   c->add_option("--context", cfg.context, "gpt context T")->capture_default_str();
   c->add_option("--dropout", cfg.dropout, "dropout probability")->capture_default_str();
-  c->add_option("--seed", cfg.seed, "random seed (init, data order, dropout)")->capture_default_str();
+  c->add_option("--seed", cfg.seed, "random seed (init, data order, dropout)")
+      ->capture_default_str();
   c->add_option("--out", cfg.out, "run folder (default runs/<model>-<precision>-seed<seed>)");
   c->add_flag("--force", cfg.force, "overwrite a run folder that holds a different run");
-  c->add_option("--log-every", cfg.log_every, "log a metrics line every N steps")->capture_default_str();
-  c->add_option("--eval-every", cfg.eval_every, "evaluate every N steps (0: at the end)")->capture_default_str();
+  c->add_option("--log-every", cfg.log_every, "log a metrics line every N steps")
+      ->capture_default_str();
+  c->add_option("--eval-every", cfg.eval_every, "evaluate every N steps (0: at the end)")
+      ->capture_default_str();
   c->add_option("--eval-batches", cfg.eval_batches, "gpt: validation batches per evaluation")
       ->capture_default_str();
-  c->add_option("--checkpoint-every", cfg.checkpoint_every, "checkpoint every N steps (0: at the end)")
+  c->add_option("--checkpoint-every", cfg.checkpoint_every,
+                "checkpoint every N steps (0: at the end)")
       ->capture_default_str();
-  c->add_option("--keep-checkpoints", cfg.keep_checkpoints, "checkpoints kept")->capture_default_str();
+  c->add_option("--keep-checkpoints", cfg.keep_checkpoints, "checkpoints kept")
+      ->capture_default_str();
+  c->add_option("--diagnose-every", cfg.diagnose_every,
+                "gradient precision diagnostics every N steps into OUT/diagnostics.jsonl (0: off)")
+      ->capture_default_str();
   c->add_option("--nonfinite-patience", cfg.nonfinite_patience,
                 "abort after N consecutive non-finite losses")
       ->capture_default_str();
@@ -218,7 +234,8 @@ struct CompareOptions {
 
 int run_compare(TrainConfig base, const CompareOptions& co) {
   default_data(base);
-  const std::string out = base.out.empty() ? fmt::format("runs/compare-{}-seed{}", base.model, base.seed) : base.out;
+  const std::string out =
+      base.out.empty() ? fmt::format("runs/compare-{}-seed{}", base.model, base.seed) : base.out;
   fs::create_directories(out);
   json runs = json::array();
   std::vector<train::TrainSummary> sums;
@@ -246,24 +263,27 @@ int run_compare(TrainConfig base, const CompareOptions& co) {
     sums.push_back(s);
     labels.push_back(label);
   }
-  const json result = {{"runs", runs}, {"seed", base.seed}, {"model", base.model}, {"data", base.data}};
+  const json result = {
+      {"runs", runs}, {"seed", base.seed}, {"model", base.model}, {"data", base.data}};
   std::ofstream(out + "/compare.json") << result.dump(2) << "\n";
   const bool cls = sums[0].test_accuracy >= 0;
   fmt::print("\n{:<28} {:>10} {:>9} {:>10} {:>10} {:>8} {:>8} {:>11} {:>8}\n", "precision",
-             "train loss", "val loss", cls ? "test acc" : "val Δ%", cls ? "Δ vs fp32" : "", "wall s",
-             "speed-up", "peak tensor", "skipped");
+             "train loss", "val loss", cls ? "test acc" : "val Δ%", cls ? "Δ vs fp32" : "",
+             "wall s", "speed-up", "peak tensor", "skipped");
   const train::TrainSummary& ref = sums[0];
   for (size_t i = 0; i < sums.size(); ++i) {
     const auto& s = sums[i];
     const double speedup = s.throughput / std::max(ref.throughput, 1e-12);
     if (cls)
-      fmt::print("{:<28} {:>10.4f} {:>9.4f} {:>10.4f} {:>+10.4f} {:>8.1f} {:>7.2f}x {:>11} {:>8}\n", labels[i],
-                 s.final_train_loss, s.val_loss, s.test_accuracy, s.test_accuracy - ref.test_accuracy,
-                 s.wall_s, speedup, human_bytes(s.peak_tensor_bytes), s.skipped_steps);
+      fmt::print("{:<28} {:>10.4f} {:>9.4f} {:>10.4f} {:>+10.4f} {:>8.1f} {:>7.2f}x {:>11} {:>8}\n",
+                 labels[i], s.final_train_loss, s.val_loss, s.test_accuracy,
+                 s.test_accuracy - ref.test_accuracy, s.wall_s, speedup,
+                 human_bytes(s.peak_tensor_bytes), s.skipped_steps);
     else
-      fmt::print("{:<28} {:>10.4f} {:>9.4f} {:>+9.2f}% {:>10} {:>8.1f} {:>7.2f}x {:>11} {:>8}\n", labels[i],
-                 s.final_train_loss, s.val_loss, 100.0 * (s.val_loss - ref.val_loss) / ref.val_loss, "",
-                 s.wall_s, speedup, human_bytes(s.peak_tensor_bytes), s.skipped_steps);
+      fmt::print("{:<28} {:>10.4f} {:>9.4f} {:>+9.2f}% {:>10} {:>8.1f} {:>7.2f}x {:>11} {:>8}\n",
+                 labels[i], s.final_train_loss, s.val_loss,
+                 100.0 * (s.val_loss - ref.val_loss) / ref.val_loss, "", s.wall_s, speedup,
+                 human_bytes(s.peak_tensor_bytes), s.skipped_steps);
   }
   fmt::print("\n(reference: the first precision, {}; same seed, same data order)\n", labels[0]);
   fmt::print("compare.json: {}/compare.json\n", out);
@@ -277,11 +297,13 @@ int run_doctor_cmd(TrainConfig cfg, int64_t steps, const std::string& out) {
   default_data(cfg);
   train::DoctorResult r = train::run_doctor(cfg, steps);
   fmt::print("{}", r.str());
-  const std::string dir = out.empty() ? fmt::format("runs/doctor-{}-seed{}", cfg.model, cfg.seed) : out;
+  const std::string dir =
+      out.empty() ? fmt::format("runs/doctor-{}-seed{}", cfg.model, cfg.seed) : out;
   fs::create_directories(dir);
   std::ofstream(dir + "/doctor.json") << r.to_json() << "\n";
   fmt::print("report: {}/doctor.json\n", dir);
-  plot(kPlotDoctor, {dir + "/doctor.json", dir + "/gradient_histogram.png"}, dir + "/gradient_histogram.png");
+  plot(kPlotDoctor, {dir + "/doctor.json", dir + "/gradient_histogram.png"},
+       dir + "/gradient_histogram.png");
   return 0;
 }
 
@@ -295,7 +317,8 @@ void setup_train(CLI::App& root) {
     TrainConfig x = *cfg;
     if (!resume->empty()) {
       if (!x.out.empty() && x.out != *resume)
-        throw ConfigError(fmt::format("--resume {} and --out {} name different folders", *resume, x.out));
+        throw ConfigError(
+            fmt::format("--resume {} and --out {} name different folders", *resume, x.out));
       x.out = *resume;
       x.resume = true;
     }
@@ -318,13 +341,15 @@ void setup_compare(CLI::App& root) {
 }
 
 void setup_doctor(CLI::App& root) {
-  auto* c = root.add_subcommand("doctor",
-                                "a few fp32 steps, then per-layer fp16 underflow/overflow of the "
-                                "gradients, a recommended precision and loss scale, and a histogram");
+  auto* c =
+      root.add_subcommand("doctor",
+                          "a few fp32 steps, then per-layer fp16 underflow/overflow of the "
+                          "gradients, a recommended precision and loss scale, and a histogram");
   auto cfg = std::make_shared<TrainConfig>();
   auto steps = std::make_shared<int64_t>(20);
   add_train_flags(c, *cfg, /*with_precision=*/false);
-  c->add_option("--doctor-steps", *steps, "fp32 steps to gather gradients over")->capture_default_str();
+  c->add_option("--doctor-steps", *steps, "fp32 steps to gather gradients over")
+      ->capture_default_str();
   on_run(c, [cfg, steps]() { return run_doctor_cmd(*cfg, *steps, cfg->out); });
 }
 
@@ -345,10 +370,9 @@ void setup_export(CLI::App& root) {
   });
 }
 
-const bool registered = add_command("train", 1, &setup_train) &&
-                        add_command("compare", 2, &setup_compare) &&
-                        add_command("doctor", 3, &setup_doctor) &&
-                        add_command("export", 4, &setup_export);
+const bool registered =
+    add_command("train", 1, &setup_train) && add_command("compare", 2, &setup_compare) &&
+    add_command("doctor", 3, &setup_doctor) && add_command("export", 4, &setup_export);
 
 }  // namespace
 

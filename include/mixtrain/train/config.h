@@ -16,6 +16,7 @@ struct TrainConfig {
   std::string loss_scale = "default";    ///< default (from the policy) | dynamic | static:S | none
   std::string optimizer = "adamw";       ///< adamw | adam | sgd | rmsprop
   std::string master = "fp32";           ///< fp32 | bf16-sr | bf16-kahan | split16
+  std::string grad_dtype = "fp32";       ///< fp32 | compute: dtype parameter gradients accumulate in
   // how long
   int64_t epochs = 3;  ///< used when steps == 0
   int64_t steps = 0;   ///< optimizer steps; overrides epochs when > 0
@@ -45,6 +46,7 @@ struct TrainConfig {
   int64_t eval_batches = 50;     ///< gpt validation windows per evaluation (batches of `batch`)
   int64_t checkpoint_every = 0;  ///< 0 = only at the end
   int64_t keep_checkpoints = 2;
+  int64_t diagnose_every = 0;    ///< gradient precision diagnostics every N steps (0 = off)
   int64_t nonfinite_patience = 20;  ///< abort after this many consecutive non-finite losses
   bool progress = true;             ///< progress bar when stderr is a terminal
   bool quiet = false;

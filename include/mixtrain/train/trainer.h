@@ -25,6 +25,8 @@ struct TrainSummary {
   double wall_s = 0.0;
   double throughput = 0.0;  ///< samples/s (mlp) or tokens/s (gpt), training steps only
   std::string throughput_unit;
+  double train_s = 0.0;           ///< seconds inside training steps (throughput's denominator)
+  double diagnose_s = 0.0;        ///< of train_s: the --diagnose-every passes
   int64_t peak_tensor_bytes = 0;
   int64_t peak_rss_bytes = 0;
   std::string out_dir;
