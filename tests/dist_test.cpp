@@ -73,6 +73,8 @@ TrainConfig tiny_gpt(const json& j) {
   c.clip_grad = j.value("clip_grad", 0.0);
   c.checkpoint_every = j.value("checkpoint_every", 0);
   c.comm_timeout = j.value("comm_timeout", 60.0);
+  c.overlap_allreduce = j.value("overlap", false);
+  c.bucket_kib = j.value("bucket_kib", c.bucket_kib);
   c.resume = j.value("resume", false);
   c.scale_init = j.value("scale_init", c.scale_init);
   c.out = j.at("out").get<std::string>();
@@ -176,7 +178,9 @@ TEST(Dist, ZeroOnOneRankIsBitIdenticalToPlain) {
   // metrics of a ZeRO run report the state it holds: fp32 master + 2 Adam moments.
   const json last = metrics(b).back();
   EXPECT_EQ(last.at("ranks").get<int>(), 1);
-  EXPECT_GT(last.at("optimizer_state_bytes_per_rank").get<int64_t>(), 0);
+  const int64_t params = json::parse(slurp(a / "summary.json")).at("parameters").get<int64_t>();
+  EXPECT_EQ(last.at("optimizer_state_bytes_per_rank").get<int64_t>(), 12 * params);
+  EXPECT_EQ(last.at("master_bytes_per_rank").get<int64_t>(), 4 * params);
 }
 
 // fp32: 2 ranks x 4 rows give the loss trajectory of 1 rank x 8 rows up to summation order
@@ -191,6 +195,21 @@ TEST(Dist, TwoRanksMatchOneRankFp32) {
   run_ranks(2, {{"out", z.string()}, {"clip_grad", 0.5}, {"zero", 1}});
   expect_close(losses(dp), losses(ref), 1e-5, "2 ranks fp32");
   expect_close(losses(z), losses(ref), 1e-5, "2 ranks fp32 ZeRO-1");
+  // Overlapped with backward, in 16 KiB buckets (about ten, against one 4 MiB bucket above):
+  // sums are element-wise in rank order whatever the buckets and whenever they start, so the
+  // run is bit-identical to the one above.
+  const fs::path ov = fresh_dir("dp32ov");
+  run_ranks(2, {{"out", ov.string()}, {"clip_grad", 0.5}, {"overlap", true}, {"bucket_kib", 16}});
+  EXPECT_EQ(losses(ov), losses(dp));
+  {
+    SafetensorsFile fa = load_safetensors(list_checkpoints(dp).front().string());
+    SafetensorsFile fb = load_safetensors(list_checkpoints(ov).front().string());
+    for (const auto& n : fa.names()) {
+      const Tensor &x = fa.get(n), &y = fb.get(n);
+      ASSERT_EQ(x.nbytes(), y.nbytes()) << n;
+      EXPECT_EQ(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()), 0) << n;
+    }
+  }
   // Per-rank traffic: the all-reduce sends 2 (N-1)/N x 4 bytes per gradient element; ZeRO-1
   // sends (N-1)/N x (4 bytes of gradient + 4 of fp32 weight) per element, plus a few scalars.
   const json m = metrics(dp).back(), mz = metrics(z).back();
@@ -198,10 +217,12 @@ TEST(Dist, TwoRanksMatchOneRankFp32) {
   const int64_t params = json::parse(slurp(ref / "summary.json")).at("parameters").get<int64_t>();
   EXPECT_NEAR(m.at("comm_bytes_per_step").get<double>(), 4.0 * params, 0.01 * 4 * params);
   EXPECT_NEAR(mz.at("comm_bytes_per_step").get<double>(), 4.0 * params, 0.01 * 4 * params);
+  EXPECT_EQ(metrics(ov).back().at("comm_bytes_per_step"), m.at("comm_bytes_per_step"));
   // State per rank: without ZeRO every rank holds master + 2 moments (12 bytes per
   // parameter); ZeRO-1 holds half of that on each of 2 ranks.
   EXPECT_EQ(m.at("optimizer_state_bytes_per_rank").get<int64_t>(), 12 * params);
   EXPECT_NEAR(mz.at("optimizer_state_bytes_per_rank").get<double>(), 6.0 * params, 12);
+  EXPECT_NEAR(mz.at("master_bytes_per_rank").get<double>(), 2.0 * params, 4);
 }
 
 // bf16 compute with bf16 on the wire. Tolerance 2e-3 relative, half a bf16 ulp (2^-9): the
@@ -217,13 +238,32 @@ TEST(Dist, TwoRanksMatchOneRankBf16) {
   run_ranks(2, {{"out", dp.string()}, {"precision", "bf16"}, {"allreduce", "compute"}});
   run_ranks(2, {{"out", z.string()}, {"precision", "bf16"}, {"allreduce", "compute"}, {"zero", 1}});
   run_ranks(2, {{"out", d32.string()}, {"precision", "bf16"}, {"allreduce", "fp32"}});
+  const fs::path zo = fresh_dir("zero16ov");
+  run_ranks(2, {{"out", zo.string()},
+                {"precision", "bf16"},
+                {"allreduce", "compute"},
+                {"zero", 1},
+                {"overlap", true},
+                {"bucket_kib", 8}});
   expect_close(losses(dp), losses(ref), 2e-3, "2 ranks bf16, bf16 all-reduce");
   expect_close(losses(z), losses(ref), 2e-3, "2 ranks bf16, ZeRO-1");
+  EXPECT_EQ(losses(zo), losses(z)) << "ZeRO-1 overlapped in 8 KiB buckets";
   expect_close(losses(d32), losses(ref), 2e-3, "2 ranks bf16, fp32 all-reduce");
   // bf16 on the wire halves the bytes of the fp32 all-reduce.
   const double b16 = metrics(dp).back().at("comm_bytes_per_step").get<double>();
   const double b32 = metrics(d32).back().at("comm_bytes_per_step").get<double>();
   EXPECT_NEAR(b16 / b32, 0.5, 0.01);
+  // ZeRO-1 really shards: each of 2 ranks holds half the fp32 master and moments, and the
+  // model's full fp32 masters are gone (bf16 compute): the tensors' peak drops by the 6 bytes
+  // per parameter of master + moments a rank no longer holds (asserted: at least 3).
+  const json s_dp = json::parse(slurp(dp / "summary.json")),
+             s_z = json::parse(slurp(z / "summary.json"));
+  const int64_t params = s_dp.at("parameters").get<int64_t>();
+  EXPECT_EQ(s_dp.at("optimizer_state_bytes_per_rank").get<int64_t>(), 12 * params);
+  EXPECT_NEAR(s_z.at("optimizer_state_bytes_per_rank").get<double>(), 6.0 * params, 12);
+  EXPECT_NEAR(s_z.at("master_bytes_per_rank").get<double>(), 2.0 * params, 4);
+  EXPECT_LE(s_z.at("peak_tensor_bytes").get<int64_t>(),
+            s_dp.at("peak_tensor_bytes").get<int64_t>() - 3 * params);
 }
 
 // fp16 with a loss scale far too high: the early steps overflow. The found-Inf verdict comes
@@ -270,8 +310,13 @@ TEST(Dist, CheckpointsResumeAcrossRankCounts) {
   // 1 rank for 6 steps, then 2 ranks (ZeRO-1: the shards are sliced from the full state).
   run_local({{"out", b.string()}, {"steps", 6}});
   run_ranks(2, {{"out", b.string()}, {"steps", 12}, {"resume", true}, {"zero", 1}});
-  expect_close(losses(a), losses(ref), 1e-5, "2 ranks -> 1 rank");
-  expect_close(losses(b), losses(ref), 1e-5, "1 rank -> 2 ranks");
+  // 2 ranks without ZeRO for 6 steps, then 1 rank with ZeRO-1 (the same file format).
+  const fs::path c = fresh_dir("ck21z");
+  run_ranks(2, {{"out", c.string()}, {"steps", 6}});
+  run_local({{"out", c.string()}, {"steps", 12}, {"resume", true}, {"zero", 1}});
+  expect_close(losses(a), losses(ref), 1e-5, "2 ranks ZeRO-1 -> 1 rank");
+  expect_close(losses(b), losses(ref), 1e-5, "1 rank -> 2 ranks ZeRO-1");
+  expect_close(losses(c), losses(ref), 1e-5, "2 ranks -> 1 rank ZeRO-1");
 }
 
 namespace {

@@ -44,6 +44,16 @@ LossScalerOptions LossScaler::options_for(const Policy& policy) {
 }
 
 const optim::GradStats& LossScaler::unscale(optim::Optimizer& opt) {
+  return unscale_impl(opt, nullptr);
+}
+
+const optim::GradStats& LossScaler::unscale(optim::Optimizer& opt,
+                                            const optim::GradStats& reduced) {
+  return unscale_impl(opt, &reduced);
+}
+
+const optim::GradStats& LossScaler::unscale_impl(optim::Optimizer& opt,
+                                                 const optim::GradStats* reduced) {
   PerOptimizer& po = per_opt_[&opt];
   if (po.unscaled)
     throw Error(
@@ -55,7 +65,7 @@ const optim::GradStats& LossScaler::unscale(optim::Optimizer& opt) {
         "last update()");
   // 1/scale in double, used as fp32 (PyTorch does the same); exact for power-of-two scales.
   const float inv = static_cast<float>(1.0 / static_cast<double>(state_.scale));
-  po.stats = opt.prepare_gradients(inv);
+  po.stats = reduced ? opt.prepare_gradients(inv, *reduced) : opt.prepare_gradients(inv);
   po.unscaled = true;
   return po.stats;
 }

@@ -1,13 +1,24 @@
 // Data-parallel gradient reduction and ZeRO-1 (see data_parallel.h).
 //
-// One scheme serves both: the flat gradient (all parameters in order) is cut into one region
-// per rank; an alltoallv sends every rank its region in the wire dtype (reduce-scatter) and it
-// sums the N copies in fp32, in rank order. Without ZeRO the summed regions go back out in the
-// wire dtype (all-gather), so every rank unpacks the same bits. With ZeRO the region is the
-// rank's shard: it keeps the fp32 sum, updates its fp32 master and moments, and all-gathers
-// the compute-dtype weights. Bytes sent per rank per step: 2 (N-1)/N x (gradient elements x
-// wire size) for the all-reduce; (N-1)/N x (gradients x wire + weights x compute size) for
-// ZeRO-1 — bf16 on the wire halves the gradient part.
+// One scheme serves both. The flat gradient (all parameters in order) is cut into buckets of
+// whole parameters, in reverse parameter order (the order backward finishes them). Each
+// bucket's elements are split into one region per rank; an alltoallv sends every rank its
+// region in the wire dtype (a reduce-scatter) and that rank sums the N copies in fp32, in rank
+// order. Without ZeRO the regions are an even split of the bucket and the sums go back out in
+// the wire dtype (all-gather), so every rank unpacks the same bits. With ZeRO the regions are
+// the bucket's intersections with the ranks' shards: the owner keeps the fp32 sum as its
+// shard optimizer's gradient, and after the update the compute-dtype weights are all-gathered.
+// Sums are element-wise in rank order, so neither the bucket size nor when a bucket starts
+// (during backward or after it) changes a bit of the result.
+//
+// Bytes sent per rank per step: 2 (N-1)/N x (gradient elements x wire size) for the
+// all-reduce; (N-1)/N x (gradients x wire size + weights x compute size) for ZeRO-1.
+//
+// The ZeRO-1 shard is a contiguous slice of the flat parameter space, not whole tensors per
+// rank: it balances to within one element whatever the tensor sizes (a GPT's embedding alone
+// can be a third of the model), and a contiguous slice is what the reduce-scatter delivers.
+// A parameter split between ranks simply gives each a piece; the fused optimizer kernels
+// take pointers and lengths, so a piece is a pointer offset.
 #include "dist/data_parallel.h"
 
 #include <fmt/format.h>
@@ -18,16 +29,11 @@
 #include <limits>
 #include <map>
 
-#include "mixtrain/dist/comm.h"
 #include "mixtrain/error.h"
-#include "mixtrain/optim/kernels.h"
 
 namespace mixtrain::dist {
 
 namespace {
-
-constexpr const char* kProxyName = "__zero1_proxy";
-constexpr int64_t kChunk = 1 << 16;  // elements per OpenMP work item in the shard update
 
 // Adds the scope's wall time to a counter.
 struct Timed {
@@ -36,18 +42,14 @@ struct Timed {
   ~Timed() { acc += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
 };
 
-float* f32_data(const Tensor& t, const std::string& what) {
-  if (t.dtype() != DType::f32 || !t.is_contiguous())
-    throw DTypeError(
-        fmt::format("data parallel: {} is {} (expected contiguous f32)", what, t.str()));
-  return t.data<float>();
-}
+// The fp32 state buffers an optimizer may keep, in Optimizer::state_tensors() order.
+constexpr const char* kBuffers[] = {"exp_avg", "exp_avg_sq", "momentum_buffer", "square_avg",
+                                    "grad_avg"};
 
-std::vector<std::string> slot_names(const std::string& kind) {
-  if (kind == "adamw" || kind == "adam") return {"exp_avg", "exp_avg_sq", ""};
-  if (kind == "sgd") return {"momentum_buffer", "", ""};
-  if (kind == "rmsprop") return {"square_avg", "grad_avg", "momentum_buffer"};
-  throw ConfigError(fmt::format("--optimizer '{}': expected adamw, adam, sgd or rmsprop", kind));
+Tensor flat_view(const Tensor& t, const std::string& what) {
+  if (!t.is_contiguous())
+    throw ShapeError(fmt::format("data parallel: {} is not contiguous ({})", what, t.str()));
+  return t.view({-1});
 }
 
 }  // namespace
@@ -57,26 +59,47 @@ DataParallel::DataParallel(std::vector<nn::Parameter*> params, DataParallelOptio
   if (opt_.wire != DType::f32 && opt_.wire != DType::bf16 && opt_.wire != DType::f16)
     throw ConfigError(fmt::format("--allreduce: wire dtype {} (expected f32, bf16 or f16)",
                                   dtype_name(opt_.wire)));
+  if (opt_.bucket_bytes < 1)
+    throw ConfigError(fmt::format("--bucket-kib: {} bytes (must be > 0)", opt_.bucket_bytes));
   flat_begin_.push_back(0);
   for (auto* p : params_) flat_begin_.push_back(flat_begin_.back() + p->numel());
   had_grad_.assign(params_.size(), 0);
   const int64_t total = flat_begin_.back();
+  if (opt_.zero && total < size_)
+    throw ConfigError(
+        fmt::format("--zero 1: {} parameters cannot be sharded over {} ranks", total, size_));
   for (int j = 0; j <= size_; ++j) shard_lo_.push_back(total * j / size_);
   lo_ = shard_lo_[rank_];
   hi_ = shard_lo_[rank_ + 1];
-  if (opt_.zero) {
-    master_.resize(hi_ - lo_);
-    for (const Piece& pc : pieces_in(lo_, hi_)) {
-      const nn::Parameter& p = *params_[pc.param];
-      const float* m = f32_data(p.master, fmt::format("parameter '{}' master (--zero 1)", p.name));
-      std::copy(m + pc.begin, m + pc.end, master_.data() + (pc.flat - lo_));
-    }
-    grad_.assign(hi_ - lo_, 0.0f);
+  // Buckets of whole parameters, from the last parameter back (backward's finishing order).
+  const auto ws = static_cast<int64_t>(dtype_size(opt_.wire));
+  bucket_of_.assign(params_.size(), 0);
+  for (size_t p1 = params_.size(); p1 > 0;) {
+    size_t p0 = p1;
+    int64_t bytes = 0;
+    while (p0 > 0 && (bytes == 0 || bytes + params_[p0 - 1]->numel() * ws <= opt_.bucket_bytes))
+      bytes += params_[--p0]->numel() * ws;
+    Bucket k;
+    k.p0 = p0;
+    k.p1 = p1;
+    k.a = flat_begin_[p0];
+    k.b = flat_begin_[p1];
+    for (int j = 0; j <= size_; ++j)
+      k.region.push_back(opt_.zero ? std::clamp(shard_lo_[j], k.a, k.b)
+                                   : k.a + (k.b - k.a) * j / size_);
+    for (size_t i = p0; i < p1; ++i) bucket_of_[i] = buckets_.size();
+    buckets_.push_back(std::move(k));
+    p1 = p0;
   }
+  if (opt_.overlap && size_ > 1)
+    for (size_t i = 0; i < params_.size(); ++i)
+      params_[i]->weight.impl()->grad_ready_hook = [this, i](VariableImpl&) { on_grad_ready(i); };
   if (size_ > 1) set_run_in_flight(true);
 }
 
 DataParallel::~DataParallel() {
+  for (auto* p : params_)
+    if (p->weight.defined()) p->weight.impl()->grad_ready_hook = nullptr;
   // An exception on its way out keeps the flag: exiting then aborts the whole job.
   if (std::uncaught_exceptions() == 0) set_run_in_flight(false);
 }
@@ -90,254 +113,197 @@ std::vector<DataParallel::Piece> DataParallel::pieces_in(int64_t a, int64_t b) c
   return out;
 }
 
-void DataParallel::pack_grads(int64_t a, int64_t b, float* dst) const {
-  for (const Piece& pc : pieces_in(a, b)) {
-    float* d = dst + (pc.flat - a);
-    const nn::Parameter& p = *params_[pc.param];
-    if (!had_grad_[pc.param]) {
-      std::fill(d, d + (pc.end - pc.begin), 0.0f);
-      continue;
-    }
-    const Tensor& g = p.grad();
-    const char* src = static_cast<const char*>(g.raw_data()) + pc.begin * g.element_size();
-    convert(src, g.dtype(), d, DType::f32, static_cast<size_t>(pc.end - pc.begin));
-  }
-}
-
-// Reduce-scatter then all-gather of flat elements [a, b): see the file comment.
-void DataParallel::allreduce_bucket(int64_t a, int64_t b) {
-  const int64_t n = b - a, ws = static_cast<int64_t>(dtype_size(opt_.wire));
-  std::vector<int64_t> edge(size_ + 1);
-  for (int j = 0; j <= size_; ++j) edge[j] = a + n * j / size_;
-  std::vector<float> f(n);
-  pack_grads(a, b, f.data());
-  std::vector<char> wire(n * ws);
-  convert(f.data(), DType::f32, wire.data(), opt_.wire, n);
-  const int64_t len = edge[rank_ + 1] - edge[rank_];
-  std::vector<int64_t> sb(size_), so(size_), rb(size_), ro(size_);
-  for (int j = 0; j < size_; ++j) {
-    sb[j] = (edge[j + 1] - edge[j]) * ws;
-    so[j] = (edge[j] - a) * ws;
-    rb[j] = len * ws;
-    ro[j] = j * len * ws;
-  }
-  std::vector<char> recv(size_ * len * ws);
-  alltoallv(wire.data(), sb.data(), so.data(), recv.data(), rb.data(), ro.data());
-  // fp32 sum on arrival, in rank order (the same order whichever rank owns the region).
-  std::vector<float> acc(len), tmp(len);
-  for (int i = 0; i < size_; ++i) {
-    convert(recv.data() + ro[i], opt_.wire, i == 0 ? acc.data() : tmp.data(), DType::f32, len);
-    if (i > 0)
-      for (int64_t k = 0; k < len; ++k) acc[k] += tmp[k];
-  }
-  convert(acc.data(), DType::f32, wire.data() + so[rank_], opt_.wire, len);
-  allgatherv_inplace(wire.data(), sb.data(), so.data());
-  convert(wire.data(), opt_.wire, f.data(), DType::f32, n);
-  for (const Piece& pc : pieces_in(a, b)) {
-    if (!had_grad_[pc.param]) continue;
-    const Tensor& g = params_[pc.param]->grad();
-    char* dst = static_cast<char*>(g.raw_data()) + pc.begin * g.element_size();
-    convert(f.data() + (pc.flat - a), DType::f32, dst, g.dtype(), pc.end - pc.begin);
-  }
-}
-
-void DataParallel::reduce_gradients(float scale) {
-  Timed timed{comm_seconds_};
-  ++comm_steps_;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const Tensor& g = params_[i]->grad();
-    had_grad_[i] = g.defined();
-    if (g.defined() && !g.is_contiguous())
-      throw ShapeError(fmt::format("data parallel: gradient of '{}' is not contiguous ({})",
-                                   params_[i]->name, g.str()));
-  }
-  const int64_t total = flat_begin_.back();
-  if (!opt_.zero) {
-    if (size_ == 1) return;
-    const int64_t bucket =
-        std::max<int64_t>(size_, opt_.bucket_bytes / static_cast<int64_t>(dtype_size(opt_.wire)));
-    for (int64_t a = 0; a < total; a += bucket) allreduce_bucket(a, std::min(total, a + bucket));
-    return;
-  }
-  // ZeRO-1: reduce-scatter into this rank's fp32 shard gradient.
-  const int64_t ws = static_cast<int64_t>(dtype_size(opt_.wire)), len = hi_ - lo_;
-  std::vector<float> f(total);
-  pack_grads(0, total, f.data());
-  std::vector<char> wire(total * ws);
-  convert(f.data(), DType::f32, wire.data(), opt_.wire, total);
-  f = {};
-  std::vector<int64_t> sb(size_), so(size_), rb(size_), ro(size_);
-  for (int j = 0; j < size_; ++j) {
-    sb[j] = (shard_lo_[j + 1] - shard_lo_[j]) * ws;
-    so[j] = shard_lo_[j] * ws;
-    rb[j] = len * ws;
-    ro[j] = j * len * ws;
-  }
-  std::vector<char> recv(size_ * len * ws);
-  alltoallv(wire.data(), sb.data(), so.data(), recv.data(), rb.data(), ro.data());
-  std::vector<float> tmp(len);
-  for (int i = 0; i < size_; ++i) {
-    convert(recv.data() + ro[i], opt_.wire, i == 0 ? grad_.data() : tmp.data(), DType::f32, len);
-    if (i > 0)
-      for (int64_t k = 0; k < len; ++k) grad_[k] += tmp[k];
-  }
-  // Global verdict: sum of squares, Inf/NaN, and the first offending element (by flat index,
-  // so "first parameter in order" means the same as in a single-process run).
-  double sumsq = 0;
-  int64_t first_bad = -1;
-  bool first_nan = false, any_inf = false, any_nan = false;
-  for (const Piece& pc : pieces_in(lo_, hi_)) {
-    if (!had_grad_[pc.param]) continue;
-    const float* g = grad_.data() + (pc.flat - lo_);
-    const int64_t n = pc.end - pc.begin;
-    double s = 0;
-    for (int64_t k = 0; k < n; ++k) s += static_cast<double>(g[k]) * g[k];
-    if (std::isfinite(s)) {
-      sumsq += s;
-      continue;
-    }
-    for (int64_t k = 0; k < n; ++k) {
-      if (std::isfinite(g[k])) {
-        sumsq += static_cast<double>(g[k]) * g[k];
-        continue;
-      }
-      const bool nan = std::isnan(g[k]);
-      any_nan |= nan;
-      any_inf |= !nan;
-      if (first_bad < 0) {
-        first_bad = pc.flat + k;
-        first_nan = nan;
-      }
-    }
-  }
-  // Max-reductions: the first bad element is the smallest index, so reduce its negation.
-  int64_t flags[3] = {
-      first_bad < 0 ? std::numeric_limits<int64_t>::min() : -(2 * first_bad + first_nan), any_inf,
-      any_nan};
-  allreduce_max(flags, 3);
-  allreduce_sum(&sumsq, 1);
-  global_sumsq_ = sumsq;
-  global_finite_ = flags[0] == std::numeric_limits<int64_t>::min();
-  first_bad_.clear();
-  float verdict = 0.0f;
-  if (!global_finite_) {
-    const int64_t key = -flags[0], idx = key / 2;
-    const size_t p = static_cast<size_t>(
-        std::upper_bound(flat_begin_.begin(), flat_begin_.end(), idx) - flat_begin_.begin() - 1);
-    first_bad_ = params_[p]->name;
-    verdict = (key & 1) ? std::numeric_limits<float>::quiet_NaN()
-                        : std::numeric_limits<float>::infinity();
-    proxy_param_.name = first_bad_;  // the scaler's StepResult names it
-  }
-  (void)scale;
-  proxy_param_.weight.grad() = Tensor::full({1}, verdict, DType::f32);
-}
-
-std::unique_ptr<optim::Optimizer> DataParallel::make_proxy_optimizer(double lr,
-                                                                     optim::CommonOptions common) {
-  if (!opt_.zero) throw Error("DataParallel::make_proxy_optimizer: only with ZeRO-1");
-  if (common.master != optim::MasterMode::fp32)
+std::unique_ptr<optim::Optimizer> DataParallel::make_optimizer() {
+  if (made_optimizer_) throw Error("DataParallel::make_optimizer: called twice");
+  made_optimizer_ = true;
+  if (!opt_.zero)
+    return optim::make_optimizer(opt_.optimizer, params_, opt_.lr, opt_.weight_decay, opt_.momentum,
+                                 opt_.common);
+  if (opt_.common.master != optim::MasterMode::fp32)
     throw ConfigError(
         fmt::format("--zero 1 shards the fp32 master: --master {} is not supported "
                     "with it (use --master fp32)",
-                    optim::master_mode_name(common.master)));
-  proxy_param_ = nn::Parameter(kProxyName, Tensor::zeros({1}, DType::f32));
-  auto proxy = optim::make_optimizer(opt_.optimizer, {&proxy_param_}, lr, opt_.weight_decay,
-                                     opt_.momentum, common);
-  proxy_ = proxy.get();
-  // The buffers the real optimizer would keep are the ones the proxy keeps.
-  const auto names = slot_names(opt_.optimizer);
-  state_names_.assign(3, "");
-  const std::string prefix = fmt::format("optim.{}.", kProxyName);
-  for (const auto& [n, t] : proxy->state_tensors())
-    for (int j = 0; j < 3; ++j)
-      if (!names[j].empty() && n == prefix + names[j]) {
-        state_names_[j] = names[j];
-        state_[j].assign(hi_ - lo_, 0.0f);
-      }
-  return proxy;
+                    optim::master_mode_name(opt_.common.master)));
+  shard_pieces_ = pieces_in(lo_, hi_);
+  shard_.reserve(shard_pieces_.size());  // the optimizer keeps pointers into it
+  for (const Piece& pc : shard_pieces_) {
+    nn::Parameter& p = *params_[pc.param];
+    if (p.master.dtype() != DType::f32)
+      throw DTypeError(fmt::format("--zero 1: parameter '{}' master is {} (expected f32)", p.name,
+                                   p.master.str()));
+    const Tensor w = flat_view(p.weight.data(), "weight of " + p.name).slice(0, pc.begin, pc.end);
+    nn::Parameter& sp = shard_.emplace_back();
+    sp.name = p.name;
+    // fp32 compute: the weight is the master, updated in place (the kernel then writes no copy).
+    sp.master = p.shares_master()
+                    ? w
+                    : flat_view(p.master, "master of " + p.name).slice(0, pc.begin, pc.end).clone();
+    sp.weight = Variable(w, true, p.name);
+  }
+  // The model's own fp32 masters go: each rank keeps only its shard's (the point of ZeRO-1).
+  for (auto* p : params_)
+    if (!p->shares_master()) p->master = Tensor();
+  std::vector<nn::Parameter*> ptrs;
+  for (auto& sp : shard_) ptrs.push_back(&sp);
+  return optim::make_optimizer(opt_.optimizer, ptrs, opt_.lr, opt_.weight_decay, opt_.momentum,
+                               opt_.common);
 }
 
-void DataParallel::zero_step(optim::StepResult& r, float scale, double max_norm) {
+void DataParallel::before_backward(bool last) {
+  if (!opt_.overlap || size_ == 1 || !last) return;
+  for (Bucket& k : buckets_) k.pending = static_cast<int64_t>(k.p1 - k.p0);
+  armed_ = true;
+}
+
+void DataParallel::on_grad_ready(size_t param) {
+  if (!armed_) return;
   Timed timed{comm_seconds_};
-  proxy_param_.name = kProxyName;
-  // As the loss scaler: 1/scale computed in double, used as fp32; the norm of grad * inv.
-  const float inv = static_cast<float>(1.0 / static_cast<double>(scale));
-  const double m = inv;
-  const double norm =
-      global_finite_ ? std::sqrt(global_sumsq_ * m * m) : std::numeric_limits<double>::quiet_NaN();
-  r.grad_norm = norm;
-  if (!r.applied) {
-    if (!first_bad_.empty()) r.bad_param = first_bad_;
+  Bucket& k = buckets_[bucket_of_[param]];
+  if (--k.pending == 0 && !k.launched) launch(k);
+  // MPI moves data only inside MPI calls: poke the buckets in flight while backward goes on.
+  for (Bucket& o : buckets_)
+    if (o.launched && o.rs) test(o.rs);
+}
+
+void DataParallel::launch(Bucket& k) {
+  k.launched = true;
+  const int64_t n = k.b - k.a, ws = static_cast<int64_t>(dtype_size(opt_.wire));
+  k.send.resize(static_cast<size_t>(n * ws));
+  for (size_t i = k.p0; i < k.p1; ++i) {
+    const Tensor& g = params_[i]->grad();
+    had_grad_[i] = g.defined();
+    char* d = k.send.data() + (flat_begin_[i] - k.a) * ws;
+    const int64_t len = params_[i]->numel();
+    if (!g.defined()) {
+      std::memset(d, 0, static_cast<size_t>(len * ws));  // +0.0 in f32, bf16 and f16
+      continue;
+    }
+    if (!g.is_contiguous() || g.numel() != len)
+      throw ShapeError(fmt::format("data parallel: gradient of '{}' is {} (expected {} contiguous)",
+                                   params_[i]->name, g.str(), len));
+    convert(g.raw_data(), g.dtype(), d, opt_.wire, static_cast<size_t>(len));
+  }
+  const int64_t len = k.region[rank_ + 1] - k.region[rank_];
+  k.sb.resize(size_);
+  k.so.resize(size_);
+  k.rb.resize(size_);
+  k.ro.resize(size_);
+  for (int j = 0; j < size_; ++j) {
+    k.sb[j] = (k.region[j + 1] - k.region[j]) * ws;
+    k.so[j] = (k.region[j] - k.a) * ws;
+    k.rb[j] = len * ws;
+    k.ro[j] = j * len * ws;
+  }
+  k.recv.resize(static_cast<size_t>(size_ * len * ws));
+  k.rs =
+      ialltoallv(k.send.data(), k.sb.data(), k.so.data(), k.recv.data(), k.rb.data(), k.ro.data());
+}
+
+// fp32 sum on arrival, in rank order (the same order whichever rank owns the region).
+void DataParallel::sum_received(Bucket& k) {
+  wait(k.rs, "gradient reduce-scatter (alltoallv)");
+  k.rs = 0;
+  const int64_t len = k.region[rank_ + 1] - k.region[rank_];
+  std::vector<float> own(static_cast<size_t>(len)), tmp(static_cast<size_t>(len));
+  float* acc = own.data();
+  for (int i = 0; i < size_; ++i) {
+    const char* src = k.recv.data() + k.ro[i];
+    convert(src, opt_.wire, i == 0 ? acc : tmp.data(), DType::f32, static_cast<size_t>(len));
+    if (i > 0)
+      for (int64_t e = 0; e < len; ++e) acc[e] += tmp[e];
+  }
+  if (opt_.zero) {
+    // The owner's sums go into its own gradient tensors (the shard optimizer's gradients are
+    // views of them): no second gradient-sized buffer.
+    for (const Piece& pc : pieces_in(k.region[rank_], k.region[rank_ + 1])) {
+      if (!had_grad_[pc.param]) continue;
+      const Tensor& g = params_[pc.param]->grad();
+      convert(acc + (pc.flat - k.region[rank_]), DType::f32,
+              static_cast<char*>(g.raw_data()) + pc.begin * static_cast<int64_t>(g.element_size()),
+              g.dtype(), static_cast<size_t>(pc.end - pc.begin));
+    }
     return;
   }
-  float coef = 1.0f;  // torch.nn.utils.clip_grad_norm_, as Optimizer::clip_grad_norm
-  if (max_norm > 0 && std::isfinite(norm)) {
-    const double c = max_norm / (norm + 1e-6);
-    if (c < 1.0) coef = static_cast<float>(c);
-  }
-  r.clip_coef = coef;
-  const float mult = static_cast<float>(static_cast<double>(inv) * coef);
+  convert(acc, DType::f32, k.send.data() + k.so[rank_], opt_.wire, static_cast<size_t>(len));
+  k.ag = iallgatherv_inplace(k.send.data(), k.sb.data(), k.so.data());
+}
 
-  optim::detail::Rule rule;
-  const std::string& k = opt_.optimizer;
-  const auto lr = static_cast<float>(proxy_->lr());
-  const auto wd = static_cast<float>(opt_.weight_decay);
-  if (k == "adamw" || k == "adam") {
-    const optim::AdamOptions d;
-    rule.kind = optim::detail::Rule::Kind::adam;
-    rule.adam = {lr,
-                 static_cast<float>(d.beta1),
-                 static_cast<float>(d.beta2),
-                 static_cast<float>(d.eps),
-                 wd,
-                 k == "adamw",
-                 proxy_->steps()};
-  } else if (k == "sgd") {
-    const optim::SgdOptions d;
-    rule.kind = optim::detail::Rule::Kind::sgd;
-    rule.sgd = {lr,
-                static_cast<float>(opt_.momentum),
-                static_cast<float>(d.dampening),
-                wd,
-                d.nesterov,
-                proxy_->steps() == 1};
+void DataParallel::reduce_gradients() {
+  Timed timed{comm_seconds_};
+  ++comm_steps_;
+  armed_ = false;
+  if (size_ == 1) {
+    if (!opt_.zero) return;
+    // One rank: the shard is the whole model and nothing goes on the wire (no wire rounding).
+    for (size_t i = 0; i < params_.size(); ++i) had_grad_[i] = params_[i]->grad().defined();
   } else {
-    const optim::RMSPropOptions d;
-    rule.kind = optim::detail::Rule::Kind::rmsprop;
-    rule.rms = {lr, static_cast<float>(d.alpha),       static_cast<float>(d.eps),
-                wd, static_cast<float>(opt_.momentum), d.centered};
+    for (Bucket& k : buckets_)
+      if (!k.launched) launch(k);
+    for (Bucket& k : buckets_) sum_received(k);
+    const auto ws = static_cast<int64_t>(dtype_size(opt_.wire));
+    for (Bucket& k : buckets_) {
+      k.launched = false;
+      if (opt_.zero) continue;
+      wait(k.ag, "gradient all-gather (allgatherv)");
+      k.ag = 0;
+      for (size_t i = k.p0; i < k.p1; ++i) {
+        if (!had_grad_[i]) continue;
+        const Tensor& g = params_[i]->grad();
+        convert(k.send.data() + (flat_begin_[i] - k.a) * ws, opt_.wire, g.raw_data(), g.dtype(),
+                static_cast<size_t>(params_[i]->numel()));
+      }
+    }
   }
-  // This rank's shard, cut into work items (the update is element-wise: any split gives the
-  // same bits).
-  std::vector<Piece> work;
-  for (const Piece& pc : pieces_in(lo_, hi_)) {
-    if (!had_grad_[pc.param]) continue;  // as Optimizer::step: untouched without a gradient
-    for (int64_t b = pc.begin; b < pc.end; b += kChunk)
-      work.push_back({pc.param, b, std::min(pc.end, b + kChunk), pc.flat + (b - pc.begin)});
-  }
-#pragma omp parallel for schedule(dynamic, 2) if (work.size() > 1)
-  for (int64_t w = 0; w < static_cast<int64_t>(work.size()); ++w) {
-    const Piece& pc = work[w];
+  if (!opt_.zero) return;
+  for (size_t s = 0; s < shard_.size(); ++s) {
+    const Piece& pc = shard_pieces_[s];
+    // As Optimizer::step: a parameter backward did not reach keeps its value and state.
     const nn::Parameter& p = *params_[pc.param];
-    const int64_t off = pc.flat - lo_;
-    optim::detail::UpdateArgs a;
-    a.mode = optim::MasterMode::fp32;
-    a.grad_mult = mult;
-    a.master = master_.data() + off;
-    const Tensor& wt = p.weight.data();
-    a.weight = static_cast<char*>(wt.raw_data()) + pc.begin * wt.element_size();
-    a.weight_dtype = wt.dtype();
-    a.grad = grad_.data() + off;
-    a.grad_dtype = DType::f32;
-    if (!state_[0].empty()) a.s0 = state_[0].data() + off;
-    if (!state_[1].empty()) a.s1 = state_[1].data() + off;
-    if (!state_[2].empty()) a.s2 = state_[2].data() + off;
-    a.n = pc.end - pc.begin;
-    optim::detail::run_update(rule, a);
+    shard_[s].weight.grad() =
+        had_grad_[pc.param]
+            ? flat_view(p.grad(), "gradient of " + p.name).slice(0, pc.begin, pc.end)
+            : Tensor();
   }
-  // All-gather the compute-dtype weights: each rank's shard as a byte range of the
-  // concatenated weights (parameters may differ in compute dtype).
+  reduce_stats();
+}
+
+// The global verdict over the shards: found Inf/NaN, the first offending parameter (by flat
+// index, so "first in order" means what it means in a single process) and the sum of squares.
+void DataParallel::reduce_stats() {
+  std::vector<nn::Parameter*> ptrs;
+  for (auto& sp : shard_) ptrs.push_back(&sp);
+  const optim::GradStats local = optim::gradient_stats(ptrs, 1.0f);
+  int64_t key = std::numeric_limits<int64_t>::min();  // max-reduced: the smallest index wins
+  if (!local.first_bad.empty())
+    for (size_t s = 0; s < shard_.size(); ++s)
+      if (shard_[s].name == local.first_bad) {
+        key = -(2 * shard_pieces_[s].flat + (local.first_bad_nan ? 1 : 0));
+        break;
+      }
+  int64_t flags[3] = {key, local.found_inf, local.found_nan};
+  double sumsq = local.sumsq;
+  if (size_ > 1) {
+    allreduce_max(flags, 3);
+    allreduce_sum(&sumsq, 1);
+  }
+  stats_ = optim::GradStats{};
+  stats_.found_inf = flags[1] != 0;
+  stats_.found_nan = flags[2] != 0;
+  stats_.sumsq = sumsq;
+  if (flags[0] != std::numeric_limits<int64_t>::min()) {
+    const int64_t k = -flags[0], idx = k / 2;
+    const auto p = static_cast<size_t>(
+        std::upper_bound(flat_begin_.begin(), flat_begin_.end(), idx) - flat_begin_.begin() - 1);
+    stats_.first_bad = params_[p]->name;
+    stats_.first_bad_nan = (k & 1) != 0;
+  }
+}
+
+void DataParallel::after_step(const optim::StepResult& r) {
+  if (!opt_.zero || !r.applied || size_ == 1) return;
+  Timed timed{comm_seconds_};
+  // Each rank's shard as a byte range of the concatenated compute weights (parameters may
+  // differ in compute dtype).
   std::vector<int64_t> wbegin{0};
   for (auto* p : params_) {
     if (!p->weight.data().is_contiguous())
@@ -347,8 +313,8 @@ void DataParallel::zero_step(optim::StepResult& r, float scale, double max_norm)
   }
   auto byte_of = [&](int64_t e) {
     if (e >= flat_begin_.back()) return wbegin.back();
-    const size_t i = static_cast<size_t>(
-        std::upper_bound(flat_begin_.begin(), flat_begin_.end(), e) - flat_begin_.begin() - 1);
+    const auto i = static_cast<size_t>(std::upper_bound(flat_begin_.begin(), flat_begin_.end(), e) -
+                                       flat_begin_.begin() - 1);
     return wbegin[i] +
            (e - flat_begin_[i]) * static_cast<int64_t>(params_[i]->weight.data().element_size());
   };
@@ -357,17 +323,18 @@ void DataParallel::zero_step(optim::StepResult& r, float scale, double max_norm)
     off[j] = byte_of(shard_lo_[j]);
     bytes[j] = byte_of(shard_lo_[j + 1]) - off[j];
   }
-  std::vector<char> buf(wbegin.back());
+  std::vector<char> buf(static_cast<size_t>(wbegin.back()));
   auto copy_region = [&](int j, bool to_buf) {
     for (const Piece& pc : pieces_in(shard_lo_[j], shard_lo_[j + 1])) {
       const Tensor& wt = params_[pc.param]->weight.data();
-      const int64_t es = static_cast<int64_t>(wt.element_size());
+      const auto es = static_cast<int64_t>(wt.element_size());
       char* w = static_cast<char*>(wt.raw_data()) + pc.begin * es;
       char* b = buf.data() + wbegin[pc.param] + pc.begin * es;
+      const auto n = static_cast<size_t>((pc.end - pc.begin) * es);
       if (to_buf)
-        std::memcpy(b, w, (pc.end - pc.begin) * es);
+        std::memcpy(b, w, n);
       else
-        std::memcpy(w, b, (pc.end - pc.begin) * es);
+        std::memcpy(w, b, n);
     }
   };
   copy_region(rank_, true);
@@ -380,58 +347,71 @@ void DataParallel::zero_grad() {
   for (auto* p : params_) p->zero_grad();
 }
 
-int64_t DataParallel::optimizer_state_bytes(const optim::Optimizer& full) const {
-  if (opt_.zero) {
-    int64_t slots = 0;
-    for (const auto& s : state_) slots += !s.empty();
-    return (hi_ - lo_) * 4 * (1 + slots);
+StateBytes DataParallel::state_bytes(const optim::Optimizer& opt) const {
+  StateBytes b;
+  for (const auto& [n, t] : opt.state_tensors()) {
+    if (t.dtype() == DType::f32) b.moments += static_cast<int64_t>(t.nbytes());
+    if (t.dtype() == DType::bf16) b.master += static_cast<int64_t>(t.nbytes());  // split16/kahan
   }
-  int64_t b = 0;
-  for (const auto& [n, t] : full.state_tensors())
-    if (t.dtype() != DType::i64) b += static_cast<int64_t>(t.nbytes());
-  if (full.master_mode() == optim::MasterMode::fp32) b += flat_begin_.back() * 4;
+  if (opt.master_mode() == optim::MasterMode::fp32)
+    b.master += (opt_.zero ? hi_ - lo_ : flat_begin_.back()) * 4;
   return b;
 }
 
-std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state() {
+std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state(
+    const optim::Optimizer& opt) {
   if (!opt_.zero) throw Error("DataParallel::gather_state: only with ZeRO-1");
   const int64_t total = flat_begin_.back();
+  std::map<std::string, Tensor> mine;
+  for (const auto& [n, t] : opt.state_tensors()) mine[n] = t;
+  // Every rank holds at least one piece (checked at construction) of the same optimizer.
+  std::vector<std::string> bufs;
+  for (const char* b : kBuffers)
+    if (mine.count(fmt::format("optim.{}.{}", shard_[0].name, b))) bufs.emplace_back(b);
   std::vector<int64_t> bytes(size_), off(size_);
   for (int j = 0; j < size_; ++j) {
     off[j] = shard_lo_[j] * 4;
     bytes[j] = (shard_lo_[j + 1] - shard_lo_[j]) * 4;
   }
-  auto gather = [&](const std::vector<float>& shard) {
-    std::vector<float> full(total);
-    std::copy(shard.begin(), shard.end(), full.begin() + lo_);
-    allgatherv_inplace(full.data(), bytes.data(), off.data());
+  // One gather to rank 0 per kind (master, then each buffer): the full flat vector exists on
+  // rank 0 only, one kind at a time.
+  auto gather = [&](const std::function<const Tensor&(size_t)>& piece) {
+    std::vector<float> send(static_cast<size_t>(hi_ - lo_));
+    for (size_t s = 0; s < shard_.size(); ++s) {
+      const Tensor& t = piece(s);
+      std::copy_n(t.data<float>(), t.numel(), send.data() + (shard_pieces_[s].flat - lo_));
+    }
+    std::vector<float> full(rank_ == 0 ? static_cast<size_t>(total) : 0);
+    gatherv(send.data(), (hi_ - lo_) * 4, full.data(), bytes.data(), off.data(), 0);
     return full;
   };
-  {
-    const std::vector<float> m = gather(master_);
-    for (size_t i = 0; i < params_.size(); ++i)
-      std::copy(m.begin() + flat_begin_[i], m.begin() + flat_begin_[i + 1],
-                f32_data(params_[i]->master, "master of " + params_[i]->name));
-  }
+  auto split = [&](const std::vector<float>& full, size_t i) {
+    Tensor t = Tensor::empty(params_[i]->weight.shape(), DType::f32);
+    std::copy(full.begin() + flat_begin_[i], full.begin() + flat_begin_[i + 1], t.data<float>());
+    return t;
+  };
   std::vector<std::pair<std::string, Tensor>> out;
-  std::vector<std::vector<float>> full(3);
-  for (int j = 0; j < 3; ++j)
-    if (!state_names_[j].empty()) full[j] = gather(state_[j]);
-  for (size_t i = 0; i < params_.size(); ++i)
-    for (int j = 0; j < 3; ++j) {
-      if (state_names_[j].empty()) continue;
-      Tensor t = Tensor::empty(params_[i]->master.shape(), DType::f32);
-      std::copy(full[j].begin() + flat_begin_[i], full[j].begin() + flat_begin_[i + 1],
-                t.data<float>());
-      out.emplace_back(fmt::format("optim.{}.{}", params_[i]->name, state_names_[j]), t);
-    }
-  const std::string prefix = fmt::format("optim.{}.", kProxyName);
-  for (auto& [n, t] : proxy_->state_tensors())  // optim.step, optim.rng_step
-    if (n.rfind(prefix, 0) != 0) out.emplace_back(n, t);
+  {
+    const auto m = gather([&](size_t s) -> const Tensor& { return shard_[s].master; });
+    if (rank_ == 0)
+      for (size_t i = 0; i < params_.size(); ++i)
+        out.emplace_back("param." + params_[i]->name, split(m, i));
+  }
+  std::vector<std::vector<float>> full;
+  for (const auto& b : bufs)
+    full.push_back(gather([&](size_t s) -> const Tensor& {
+      return mine.at(fmt::format("optim.{}.{}", shard_[s].name, b));
+    }));
+  if (rank_ != 0) return {};
+  for (size_t i = 0; i < params_.size(); ++i)  // per parameter, its buffers: a plain run's order
+    for (size_t j = 0; j < bufs.size(); ++j)
+      out.emplace_back(fmt::format("optim.{}.{}", params_[i]->name, bufs[j]), split(full[j], i));
+  for (const char* n : {"optim.step", "optim.rng_step"}) out.emplace_back(n, mine.at(n));
   return out;
 }
 
-void DataParallel::load_state(const std::vector<std::pair<std::string, Tensor>>& tensors) {
+void DataParallel::load_state(optim::Optimizer& opt,
+                              const std::vector<std::pair<std::string, Tensor>>& tensors) {
   if (!opt_.zero) throw Error("DataParallel::load_state: only with ZeRO-1");
   std::map<std::string, const Tensor*> by_name;
   for (const auto& [n, t] : tensors) by_name[n] = &t;
@@ -441,37 +421,46 @@ void DataParallel::load_state(const std::vector<std::pair<std::string, Tensor>>&
       throw IOError(fmt::format("--zero 1 load_state: tensor '{}' is missing", n));
     return *it->second;
   };
-  // Validate first, then copy this rank's slice of everything.
+  auto full = [&](const std::string& n, const nn::Parameter& p) {
+    const Tensor& t = find(n);
+    if (t.shape() != p.weight.shape() || t.dtype() != DType::f32)
+      throw ShapeError(fmt::format("--zero 1 load_state: tensor '{}' is {} (expected f32 {})", n,
+                                   t.str(), shape_str(p.weight.shape())));
+    return t.contiguous().view({-1});
+  };
+  // The shard optimizer's state: this rank's slice of each full tensor, plus its counters.
+  std::vector<std::pair<std::string, Tensor>> sliced;
+  for (const auto& [n, t] : opt.state_tensors()) {
+    if (t.dtype() == DType::i64) {
+      sliced.emplace_back(n, find(n));
+      continue;
+    }
+    bool found = false;
+    for (size_t s = 0; s < shard_.size() && !found; ++s)
+      for (const char* b : kBuffers)
+        if (n == fmt::format("optim.{}.{}", shard_[s].name, b)) {
+          const Piece& pc = shard_pieces_[s];
+          sliced.emplace_back(n, full(n, *params_[pc.param]).slice(0, pc.begin, pc.end));
+          found = true;
+          break;
+        }
+    if (!found) throw Error(fmt::format("--zero 1 load_state: unexpected state tensor '{}'", n));
+  }
+  std::vector<Tensor> masters;
+  for (auto* p : params_) masters.push_back(full("param." + p->name, *p));
+  opt.load_state(sliced);  // validates before changing anything
   for (size_t i = 0; i < params_.size(); ++i)
-    for (int j = 0; j < 3; ++j) {
-      if (state_names_[j].empty()) continue;
-      const std::string n = fmt::format("optim.{}.{}", params_[i]->name, state_names_[j]);
-      const Tensor& t = find(n);
-      if (t.shape() != params_[i]->master.shape() || t.dtype() != DType::f32)
-        throw ShapeError(fmt::format("--zero 1 load_state: tensor '{}' is {} (expected f32 {})", n,
-                                     t.str(), shape_str(params_[i]->master.shape())));
-    }
-  const std::string prefix = fmt::format("optim.{}.", kProxyName);
-  std::vector<std::pair<std::string, Tensor>> proxy_state;
-  for (auto& [n, t] : proxy_->state_tensors())
-    proxy_state.emplace_back(n, n.rfind(prefix, 0) == 0 ? t : find(n));
-  proxy_->load_state(proxy_state);
-  for (const Piece& pc : pieces_in(lo_, hi_)) {
-    const nn::Parameter& p = *params_[pc.param];
-    const int64_t off = pc.flat - lo_;
-    const float* m = f32_data(p.master, "master of " + p.name);
-    std::copy(m + pc.begin, m + pc.end, master_.data() + off);
-    for (int j = 0; j < 3; ++j) {
-      if (state_names_[j].empty()) continue;
-      Tensor t = find(fmt::format("optim.{}.{}", p.name, state_names_[j])).contiguous();
-      const float* s = t.data<float>();
-      std::copy(s + pc.begin, s + pc.end, state_[j].data() + off);
-    }
+    params_[i]->weight.data().copy_from(masters[i].view(params_[i]->weight.shape()));
+  for (size_t s = 0; s < shard_.size(); ++s) {
+    const Piece& pc = shard_pieces_[s];
+    if (!params_[pc.param]->shares_master())  // fp32 compute: the weight copy above was it
+      shard_[s].master.copy_from(masters[pc.param].slice(0, pc.begin, pc.end));
   }
 }
 
 std::unique_ptr<DataParallel> make_data_parallel(const train::TrainConfig& cfg, DType compute,
-                                                 std::vector<nn::Parameter*> params) {
+                                                 std::vector<nn::Parameter*> params,
+                                                 optim::CommonOptions common) {
   if (cfg.zero != 0 && cfg.zero != 1)
     throw ConfigError(fmt::format("--zero: {} (expected 0 or 1)", cfg.zero));
   if (cfg.allreduce != "fp32" && cfg.allreduce != "compute")
@@ -488,7 +477,13 @@ std::unique_ptr<DataParallel> make_data_parallel(const train::TrainConfig& cfg, 
   o.zero = cfg.zero == 1;
   // fp16 compute puts fp16 on the wire; an fp32 compute dtype makes "compute" mean fp32.
   o.wire = cfg.allreduce == "compute" ? compute : DType::f32;
+  o.overlap = cfg.overlap_allreduce;
+  if (cfg.bucket_kib < 1)
+    throw ConfigError(fmt::format("--bucket-kib: {} (must be >= 1)", cfg.bucket_kib));
+  o.bucket_bytes = cfg.bucket_kib * 1024;
   o.optimizer = cfg.optimizer;
+  o.lr = cfg.lr;
+  o.common = common;
   o.weight_decay = cfg.weight_decay;
   o.momentum = cfg.momentum;
   return std::make_unique<DataParallel>(std::move(params), o);

@@ -1,6 +1,7 @@
-// Data-parallel training on top of dist/comm.h: gradient all-reduce (fp32 or compute dtype on
-// the wire, summed in fp32 on arrival, bucketed) and ZeRO-1 (fp32 master and moments sharded
-// across ranks: reduce-scatter, update the shard, all-gather the compute-dtype weights).
+// Data-parallel training on top of dist/comm.h: bucketed gradient reduction (fp32 or compute
+// dtype on the wire, summed in fp32 on arrival, optionally started during the backward pass)
+// and ZeRO-1 (fp32 master and moments sharded across ranks: reduce-scatter, the real optimizer
+// updates this rank's shard, all-gather the compute-dtype weights).
 #pragma once
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "mixtrain/dist/comm.h"
 #include "mixtrain/nn/parameter.h"
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/tensor.h"
@@ -21,43 +23,61 @@ namespace mixtrain::dist {
 struct DataParallelOptions {
   bool zero = false;
   DType wire = DType::f32;         ///< f32, bf16 or f16: gradient elements on the wire
-  int64_t bucket_bytes = 4 << 20;  ///< all-reduce bucket (wire bytes): bounds the extra memory
-  // the optimizer, for ZeRO-1's own update (same hyper-parameters as optim::make_optimizer)
+  int64_t bucket_bytes = 4 << 20;  ///< gradient bucket (wire bytes), whole parameters
+  bool overlap = false;            ///< start a bucket's reduction from the backward pass
+  // the optimizer (optim::make_optimizer's arguments)
   std::string optimizer = "adamw";
-  double weight_decay = 0.0, momentum = 0.9;
+  double lr = 1e-3, weight_decay = 0.0, momentum = 0.9;
+  optim::CommonOptions common;
+};
+
+/// Bytes of optimizer-owned fp32 state one rank holds.
+struct StateBytes {
+  int64_t master = 0;   ///< fp32 master weights this rank owns (with an fp32 compute dtype
+                        ///< they are the compute weights themselves)
+  int64_t moments = 0;  ///< optimizer moments (Adam m, v; momentum; RMSProp averages)
+  int64_t total() const { return master + moments; }
 };
 
 class DataParallel {
  public:
   DataParallel(std::vector<nn::Parameter*> params, DataParallelOptions opt);
   ~DataParallel();
+  DataParallel(const DataParallel&) = delete;
+  DataParallel& operator=(const DataParallel&) = delete;
 
   int rank() const { return rank_; }
   int size() const { return size_; }
   bool zero() const { return opt_.zero; }
   DType wire() const { return opt_.wire; }
 
-  /// ZeRO-1: the optimizer the trainer drives through the loss scaler. It holds one proxy
-  /// parameter whose gradient carries the global found-Inf/NaN verdict (so every rank's
-  /// scaler skips the same steps and keeps the same scale), and it counts applied steps and
-  /// carries the scheduled learning rate; the real update is zero_step() on this rank's shard.
-  std::unique_ptr<optim::Optimizer> make_proxy_optimizer(double lr, optim::CommonOptions common);
+  /// The optimizer the trainer drives through the loss scaler. Without ZeRO: the ordinary one
+  /// over every parameter (the reduced gradients are identical on every rank). With ZeRO-1:
+  /// the same optimizer class over this rank's shard — one shard parameter per piece of a
+  /// model parameter inside the rank's flat range, holding the piece's fp32 master, a view of
+  /// its compute weight and its reduced fp32 gradient — so the shard update runs the same
+  /// fused kernels; the model's own fp32 masters are released (16-bit compute). Call once.
+  std::unique_ptr<optim::Optimizer> make_optimizer();
 
-  /// After backward: sums gradients over ranks (the 1/N average is folded into the backward
-  /// seed). Without ZeRO every rank ends with bit-identical gradients (so identical found-Inf
-  /// verdicts, norms and updates); with ZeRO this rank keeps the fp32 sum of its shard, the
-  /// global Inf/NaN verdict is all-reduced and written into the proxy's gradient. `scale`:
-  /// the loss scale the gradients carry.
-  void reduce_gradients(float scale);
-  /// ZeRO-1, after the loss scaler's step on the proxy: if applied, updates this rank's
-  /// shard (clipping to max_norm when > 0) and all-gathers the compute-dtype weights. Fills
-  /// r's grad_norm, clip_coef and, for a skipped step, the offending parameter's name.
-  void zero_step(optim::StepResult& r, float scale, double max_norm);
-  /// ZeRO-1: clears the model's gradients (the proxy optimizer only knows its own).
+  /// Before each micro-batch's backward; `last`: the accumulation boundary. With overlap on,
+  /// the last backward starts each bucket's reduce-scatter once all its gradients are final.
+  void before_backward(bool last);
+  /// After the last backward: finishes every bucket. Without ZeRO every rank ends with the
+  /// same summed gradients (bit for bit); with ZeRO the shard optimizer's gradients hold this
+  /// rank's fp32 sums and reduced_stats() the global verdict. The 1/N of the mean is folded
+  /// into the backward seed.
+  void reduce_gradients();
+  /// ZeRO-1: the global found-Inf/NaN verdict, first offending parameter and sum of squares
+  /// (multiplier 1) of the reduced gradients, for LossScaler::unscale(opt, stats).
+  const optim::GradStats& reduced_stats() const { return stats_; }
+  /// ZeRO-1, after the loss scaler's step: all-gathers the compute-dtype weights each rank
+  /// updated (nothing when the step was skipped).
+  void after_step(const optim::StepResult& r);
+  /// Clears the model's gradients (with ZeRO the optimizer only knows its shard's).
   void zero_grad();
 
-  /// Mean seconds per step spent in reduce_gradients() and zero_step() (packing, collectives,
-  /// sums, the ZeRO update and all-gather) since the last call: what overlap could hide at most.
+  /// Mean seconds per step spent in reduce_gradients() and after_step() since the last call:
+  /// waiting for collectives, packing, fp32 sums, the all-gather (the optimizer not included).
   double take_comm_seconds() {
     const double t = comm_seconds_ / static_cast<double>(std::max<int64_t>(1, comm_steps_));
     comm_seconds_ = 0;
@@ -65,17 +85,17 @@ class DataParallel {
     return t;
   }
 
-  /// Bytes of fp32 master + optimizer moments this rank holds (`full`: the ordinary optimizer
-  /// when not sharded).
-  int64_t optimizer_state_bytes(const optim::Optimizer& full) const;
+  /// fp32 master and moment bytes this rank holds (`opt`: what make_optimizer() returned).
+  StateBytes state_bytes(const optim::Optimizer& opt) const;
 
-  /// ZeRO-1 checkpoints (collective): the full optimizer state under the names a plain
-  /// Optimizer uses (so a checkpoint resumes with or without ZeRO, on any number of ranks),
-  /// and every parameter's fp32 master made current.
-  std::vector<std::pair<std::string, Tensor>> gather_state();
-  /// ZeRO-1 resume: slices this rank's shard out of the loaded masters (params' `master`) and
-  /// the full optimizer state. Throws IOError/ShapeError naming a missing or mis-shaped tensor.
-  void load_state(const std::vector<std::pair<std::string, Tensor>>& tensors);
+  /// ZeRO-1 checkpoint (collective): on rank 0 the tensors a plain run saves — "param.<name>"
+  /// (fp32 masters) and "optim.*" — gathered from every rank's shard, so the file is the same
+  /// format with or without ZeRO; empty on the other ranks.
+  std::vector<std::pair<std::string, Tensor>> gather_state(const optim::Optimizer& opt);
+  /// ZeRO-1 resume from a checkpoint's tensors (any rank count, with or without ZeRO): the
+  /// compute weights, this rank's slice of the masters and of the optimizer state. Throws
+  /// IOError/ShapeError naming a missing or mis-shaped tensor, before changing anything.
+  void load_state(optim::Optimizer& opt, const std::vector<std::pair<std::string, Tensor>>& t);
 
  private:
   struct Piece {
@@ -83,35 +103,49 @@ class DataParallel {
     int64_t begin, end;  ///< element range within the parameter
     int64_t flat;        ///< its first element's flat index (over all parameters)
   };
+  struct Bucket {
+    int64_t a, b;                 ///< flat range (whole parameters)
+    size_t p0, p1;                ///< parameters [p0, p1)
+    std::vector<int64_t> region;  ///< size()+1 flat edges: rank j sums [region[j], region[j+1])
+    int64_t pending = 0;          ///< parameters whose gradient is not final yet (overlap)
+    bool launched = false;
+    std::vector<char> send, recv;  ///< wire bytes
+    std::vector<int64_t> sb, so, rb, ro;
+    Request rs = 0, ag = 0;  ///< reduce-scatter (alltoallv), then all-gather (no ZeRO)
+  };
   std::vector<Piece> pieces_in(int64_t a, int64_t b) const;
-  void pack_grads(int64_t a, int64_t b, float* dst) const;
-  void allreduce_bucket(int64_t a, int64_t b);
+  void launch(Bucket& k);
+  void sum_received(Bucket& k);
+  void on_grad_ready(size_t param);
+  void reduce_stats();
 
   std::vector<nn::Parameter*> params_;
   DataParallelOptions opt_;
   int rank_ = 0, size_ = 1;
   std::vector<int64_t> flat_begin_;  ///< per parameter, plus the total at the end
   std::vector<char> had_grad_;       ///< per parameter: reached by this step's backward
-  // ZeRO-1 shard [lo_, hi_) of the flat parameter vector, with its fp32 state
+  std::vector<Bucket> buckets_;      ///< in launch order (reverse parameter order)
+  std::vector<size_t> bucket_of_;    ///< per parameter
+  bool armed_ = false;               ///< overlap: the last backward is running
+  // ZeRO-1: shard [lo_, hi_) of the flat parameter vector
   std::vector<int64_t> shard_lo_;  ///< per rank, plus the total at the end
   int64_t lo_ = 0, hi_ = 0;
-  std::vector<float> master_, grad_;
-  std::vector<float> state_[3];
-  std::vector<std::string> state_names_;  ///< buffer name per state slot ("" unused)
-  nn::Parameter proxy_param_;
-  optim::Optimizer* proxy_ = nullptr;
-  double global_sumsq_ = 0;
+  std::vector<Piece> shard_pieces_;
+  /// One per piece: master, a view of the weight, a view of the model's (reduced) gradient.
+  std::vector<nn::Parameter> shard_;
+  optim::GradStats stats_;
+  bool made_optimizer_ = false;
   double comm_seconds_ = 0;
   int64_t comm_steps_ = 0;
-  bool global_finite_ = true;
-  std::string first_bad_;
 };
 
 /// The trainer's data-parallel engine for cfg (--zero, --allreduce fp32|compute,
-/// --comm-timeout), on this process's ranks. Throws ConfigError naming the flag (a ZeRO-1 run
-/// with a master-free --master, a micro-batch that the ranks cannot split evenly, ...).
+/// --overlap-allreduce, --bucket-kib, --comm-timeout), on this process's ranks. Throws
+/// ConfigError naming the flag (a ZeRO-1 run with a master-free --master, a micro-batch that
+/// the ranks cannot split evenly, ...).
 std::unique_ptr<DataParallel> make_data_parallel(const train::TrainConfig& cfg, DType compute,
-                                                 std::vector<nn::Parameter*> params);
+                                                 std::vector<nn::Parameter*> params,
+                                                 optim::CommonOptions common);
 /// Runs fn on rank 0 only; an exception there is rethrown on rank 0 and raised as a
 /// ConfigError with the same message on every other rank (no rank is left waiting).
 void run_on_root(const std::function<void()>& fn);

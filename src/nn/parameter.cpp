@@ -25,7 +25,7 @@ void Parameter::set_grad_dtype(DType dt) {
 }
 
 void Parameter::refresh() {
-  if (!shares_master()) weight.data().copy_from(master);
+  if (master.defined() && !shares_master()) weight.data().copy_from(master);
 }
 
 }  // namespace mixtrain::nn

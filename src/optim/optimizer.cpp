@@ -283,6 +283,16 @@ const GradStats& Optimizer::prepare_gradients(float grad_mult) {
   return stats_;
 }
 
+const GradStats& Optimizer::prepare_gradients(float grad_mult, const GradStats& reduced) {
+  stats_ = reduced;
+  const double m = grad_mult;  // as gradient_stats: the double sum times mult^2
+  stats_.sumsq = reduced.sumsq * m * m;
+  grad_mult_ = grad_mult;
+  clip_coef_ = 1.0f;
+  prepared_ = true;
+  return stats_;
+}
+
 double Optimizer::clip_grad_norm(double max_norm) {
   if (!(max_norm > 0))
     throw ConfigError(fmt::format("clip_grad_norm: max_norm {} (must be > 0)", max_norm));

@@ -31,6 +31,8 @@ json identity(const json& config) {
   // or without ZeRO-1, on any number of ranks.
   j.erase("zero");
   j.erase("allreduce");
+  j.erase("overlap_allreduce");
+  j.erase("bucket_kib");
   if (!j.contains("grad_dtype")) j["grad_dtype"] = "fp32";  // runs from before the flag
   return j;
 }
@@ -106,11 +108,16 @@ void save_checkpoint(const fs::path& out, const CheckpointState& st, const json&
   std::vector<std::pair<std::string, Tensor>> tensors;
   const bool zero = st.dp && st.dp->zero();
   // ZeRO-1: a collective that also makes every parameter's fp32 master current.
-  auto opt_state = zero ? st.dp->gather_state() : st.opt->state_tensors();  // "optim.*"
+  // ZeRO-1: "param.*" and "optim.*" gathered from the shards to rank 0 (a collective), in
+  // the names and shapes a plain run writes.
+  if (zero) {
+    tensors = st.dp->gather_state(*st.opt);
+  } else {
+    for (auto& [name, p] : st.task->module().named_parameters())
+      tensors.emplace_back("param." + name, p->master);
+    for (auto& [name, t] : st.opt->state_tensors()) tensors.emplace_back(name, t);
+  }
   if (st.dp && st.dp->rank() != 0) return;  // written once, by rank 0
-  for (auto& [name, p] : st.task->module().named_parameters())
-    tensors.emplace_back("param." + name, p->master);
-  for (auto& [name, t] : opt_state) tensors.emplace_back(name, t);
   for (auto& [name, t] : st.scaler->state().to_tensors()) tensors.emplace_back(name, t);
   std::map<std::string, std::string> m;
   m["mixtrain.format"] = kFormat;
@@ -151,7 +158,10 @@ RestoredCounters restore_from(const fs::path& file, const CheckpointState& st, c
                                   file.string()));
   // Validate everything before changing anything, so a bad file leaves the model untouched.
   auto params = st.task->module().named_parameters();
-  for (auto& [name, p] : params) f.require("param." + name, p->master.dtype(), p->master.shape());
+  // (ZeRO-1 releases the model's masters: fp32 of the weight's shape is what it saves.)
+  for (auto& [name, p] : params)
+    f.require("param." + name, p->master.defined() ? p->master.dtype() : DType::f32,
+              p->weight.shape());
   std::vector<std::pair<std::string, Tensor>> opt_state, scaler_tensors;
   for (const auto& n : f.names()) {
     if (n.rfind("optim.", 0) == 0) opt_state.emplace_back(n, f.get(n));
@@ -159,12 +169,17 @@ RestoredCounters restore_from(const fs::path& file, const CheckpointState& st, c
   }
   const amp::LossScalerState scaler_state = amp::LossScalerState::from_tensors(scaler_tensors);
   const bool zero = st.dp && st.dp->zero();
-  if (!zero) st.opt->load_state(opt_state);
-  for (auto& [name, p] : params) {
-    p->master.copy_from(f.get("param." + name));
-    p->refresh();
+  if (zero) {
+    // This rank's slice of the masters and moments; the compute weights in full.
+    for (auto& [name, p] : params) opt_state.emplace_back("param." + name, f.get("param." + name));
+    st.dp->load_state(*st.opt, opt_state);
+  } else {
+    st.opt->load_state(opt_state);
+    for (auto& [name, p] : params) {
+      p->master.copy_from(f.get("param." + name));
+      p->refresh();
+    }
   }
-  if (zero) st.dp->load_state(opt_state);  // slices this rank's shard of masters and moments
   st.scaler->load_state(scaler_state);
   st.schedule->set_position(std::stoll(meta(m, "schedule.position", file)));
   st.task->restore(with_prefix(m, "task."));

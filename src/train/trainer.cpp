@@ -65,6 +65,13 @@ std::string TrainSummary::to_json() const {
             {"peak_rss_bytes", peak_rss_bytes},
             {"out_dir", out_dir}};
   if (test_accuracy >= 0) j["test_accuracy"] = test_accuracy;
+  if (ranks > 1 || zero) {  // data parallel: this rank's traffic and state
+    j["ranks"] = ranks;
+    j["zero"] = zero;
+    j["comm_bytes_per_step"] = comm_bytes_per_step;
+    j["optimizer_state_bytes_per_rank"] = optimizer_state_bytes_per_rank;
+    j["master_bytes_per_rank"] = master_bytes_per_rank;
+  }
   return j.dump(2);
 }
 
@@ -162,7 +169,9 @@ json config_to_json(const TrainConfig& c) {
               {"dropout", c.dropout},
               {"seed", c.seed},
               {"zero", c.zero},
-              {"allreduce", c.allreduce}};
+              {"allreduce", c.allreduce},
+              {"overlap_allreduce", c.overlap_allreduce},
+              {"bucket_kib", c.bucket_kib}};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -261,7 +270,7 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
   common.seed = s.cfg.seed;
   // Data parallel: every rank trains its slice of each global batch; with ZeRO-1 the real
   // update runs on this rank's shard and s.opt is its proxy (see dist/data_parallel.h).
-  s.dp = dist::make_data_parallel(s.cfg, s.policy.compute, s.task->module().parameters());
+  s.dp = dist::make_data_parallel(s.cfg, s.policy.compute, s.task->module().parameters(), common);
   if (s.cfg.grad_dtype == "compute") {
     if (s.dp->size() > 1 || s.dp->zero())
       throw ConfigError(
@@ -272,10 +281,7 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
   s.task->shard_rank = s.dp->rank();
   s.task->shard_count = s.dp->size();
   if (s.dp->rank() != 0) s.cfg.quiet = true;
-  s.opt = s.dp->zero()
-              ? s.dp->make_proxy_optimizer(s.cfg.lr, common)
-              : optim::make_optimizer(s.cfg.optimizer, s.task->module().parameters(), s.cfg.lr,
-                                      s.cfg.weight_decay, s.cfg.momentum, common);
+  s.opt = s.dp->make_optimizer();  // ZeRO-1: the same optimizer over this rank's shard
   optim::ScheduleOptions so;
   so.kind = optim::parse_schedule(s.cfg.schedule);
   so.base_lr = s.cfg.lr;
@@ -336,6 +342,7 @@ TrainSummary Trainer::run() {
   double window_seconds = 0.0;
   EvalResult last_eval;
   const int64_t micro = s.cfg.batch / s.cfg.grad_accum;
+  int64_t last_step_bytes = 0;
 
   while (s.step < s.total_steps) {
     const auto t0 = Clock::now();
@@ -354,23 +361,29 @@ TrainSummary Trainer::run() {
       // The seed carries the loss scale and the 1/accum averaging, so the loss tensor itself is
       // never rescaled (no fp16 overflow in the forward).
       // With N ranks the seed also carries 1/N: the summed gradients are the global mean.
+      s.dp->before_backward(m + 1 == s.cfg.grad_accum);
       loss.backward(scale / static_cast<float>(s.cfg.grad_accum * s.dp->size()));
     }
+    s.dp->reduce_gradients();
     step_loss = dist::mean_over_ranks(step_loss);
-    s.dp->reduce_gradients(scale);
     if (s.cfg.diagnose_every > 0 && (s.step + 1) % s.cfg.diagnose_every == 0 && s.dp->rank() == 0)
       s.diagnose(s.step + 1, scale);
     // ---- one reduction (finite check, global norm), then a fused update or a reported skip.
-    s.scaler.unscale(*s.opt);
-    if (s.cfg.clip_grad > 0 && !s.dp->zero()) s.scaler.clip_grad_norm(*s.opt, s.cfg.clip_grad);
+    // ZeRO-1: the verdict and norm come from every rank's shard, so all ranks agree.
+    if (s.dp->zero())
+      s.scaler.unscale(*s.opt, s.dp->reduced_stats());
+    else
+      s.scaler.unscale(*s.opt);
+    if (s.cfg.clip_grad > 0) s.scaler.clip_grad_norm(*s.opt, s.cfg.clip_grad);
     const double step_lr = s.schedule->lr();
     s.schedule->apply(*s.opt);
     optim::StepResult r = s.scaler.step(*s.opt);
-    if (s.dp->zero()) s.dp->zero_step(r, scale, s.cfg.clip_grad);
+    s.dp->after_step(r);  // ZeRO-1: all-gather the updated compute weights
     s.scaler.update();
     s.opt->zero_grad();
     if (s.dp->zero()) s.dp->zero_grad();
     const int64_t step_bytes = dist::bytes_sent() - bytes0;
+    last_step_bytes = step_bytes;
     if (!r.applied) ++s.skipped;
     s.schedule->step(r);
     ++s.step;
@@ -415,7 +428,10 @@ TrainSummary Trainer::run() {
         line["ranks"] = s.dp->size();
         line["comm_bytes_per_step"] = step_bytes;
         line["comm_seconds_per_step"] = s.dp->take_comm_seconds();
-        line["optimizer_state_bytes_per_rank"] = s.dp->optimizer_state_bytes(*s.opt);
+        const dist::StateBytes sb = s.dp->state_bytes(*s.opt);
+        line["optimizer_state_bytes_per_rank"] = sb.total();
+        line["master_bytes_per_rank"] = sb.master;
+        line["moment_bytes_per_rank"] = sb.moments;
       }
       if (!r.applied) line["skip_reason"] = r.str();
       if (eval_now) {
@@ -489,6 +505,12 @@ TrainSummary Trainer::run() {
   sum.peak_tensor_bytes = memory_stats().peak_bytes;
   sum.peak_rss_bytes = peak_rss_bytes();
   sum.out_dir = s.out.string();
+  sum.ranks = s.dp->size();
+  sum.zero = s.dp->zero();
+  sum.comm_bytes_per_step = last_step_bytes;
+  const dist::StateBytes sb = s.dp->state_bytes(*s.opt);
+  sum.optimizer_state_bytes_per_rank = sb.total();
+  sum.master_bytes_per_rank = sb.master;
   if (s.dp->rank() == 0)
     write_file_atomic((s.out / "summary.json").string(), sum.to_json().data(),
                       sum.to_json().size());

@@ -107,6 +107,11 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
   c->add_option("--comm-timeout", cfg.comm_timeout,
                 "seconds a collective may wait for the other ranks before aborting the job")
       ->capture_default_str();
+  c->add_flag("--overlap-allreduce", cfg.overlap_allreduce,
+             "start each gradient bucket's reduction during backward (off: after it)");
+  c->add_option("--bucket-kib", cfg.bucket_kib, "gradient reduction bucket size in KiB (wire bytes)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   c->add_option("--stop-after", cfg.stop_after, "testing aid: exit with status 3 after N steps")
       ->group("");
 }

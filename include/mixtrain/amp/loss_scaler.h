@@ -79,6 +79,11 @@ class LossScaler {
   /// used as fp32, as PyTorch) is folded into the optimizer's update pass. Throws Error if
   /// called twice for `opt` before update().
   const optim::GradStats& unscale(optim::Optimizer& opt);
+  /// unscale with gradient statistics reduced elsewhere (at multiplier 1): ZeRO-1, where
+  /// `opt` holds this rank's shard and `reduced` is the global found-Inf/NaN verdict and sum
+  /// of squares, so every rank skips the same steps, clips by the same global norm and keeps
+  /// the same scale (what PyTorch's ShardedGradScaler does).
+  const optim::GradStats& unscale(optim::Optimizer& opt, const optim::GradStats& reduced);
   /// unscale (if not yet done this step) then opt.clip_grad_norm(max_norm); returns the norm.
   double clip_grad_norm(optim::Optimizer& opt, double max_norm);
   /// Applies opt's step unless its gradients held Inf/NaN (unscales first if needed).
@@ -95,6 +100,7 @@ class LossScaler {
   void load_state(const LossScalerState& s);
 
  private:
+  const optim::GradStats& unscale_impl(optim::Optimizer& opt, const optim::GradStats* reduced);
   struct PerOptimizer {
     bool unscaled = false;
     bool stepped = false;

@@ -39,6 +39,23 @@ void alltoallv(const void* send, const int64_t* send_bytes, const int64_t* send_
 /// already be in place.
 void allgatherv_inplace(void* buf, const int64_t* bytes, const int64_t* off);
 
+/// Rank i's block (bytes[i] bytes, read from `send` on rank i) lands at recv + off[i] on
+/// `root` only; recv, bytes and off are read on the root alone.
+void gatherv(const void* send, int64_t send_bytes, void* recv, const int64_t* bytes,
+             const int64_t* off, int root);
+
+/// Non-blocking forms (data parallel overlaps them with the backward pass): start, go on
+/// computing, wait() before touching the buffers. The handle is opaque (no MPI types here).
+using Request = int64_t;
+Request ialltoallv(const void* send, const int64_t* send_bytes, const int64_t* send_off, void* recv,
+                   const int64_t* recv_bytes, const int64_t* recv_off);
+Request iallgatherv_inplace(void* buf, const int64_t* bytes, const int64_t* off);
+/// Gives in-flight collectives a chance to progress (MPI moves data only inside MPI calls);
+/// true when `r` has completed (it must still be wait()ed).
+bool test(Request r);
+/// Waits for `r` at most timeout() seconds (then aborts the job naming `what`).
+void wait(Request r, const char* what);
+
 /// Payload bytes this rank has sent to other ranks so far (collectives above, all kinds).
 int64_t bytes_sent();
 

@@ -12,7 +12,9 @@ namespace mixtrain::nn {
 
 struct Parameter {
   std::string name;
-  Tensor master;    ///< param dtype (fp32 by default): what the optimizer updates
+  /// param dtype (fp32 by default): what the optimizer updates. Undefined when released:
+  /// under ZeRO-1 with a 16-bit compute dtype each rank keeps only its shard of the masters.
+  Tensor master;
   Variable weight;  ///< compute dtype: a leaf that requires grad; grad accumulates in grad_dtype
   /// fp32 by default: sums over micro-batches and the optimizer see unrounded gradients. The
   /// compute dtype saves 2 bytes per parameter (measured cost: README, issue 3 note).
@@ -28,14 +30,15 @@ struct Parameter {
   void set_compute_dtype(DType dt);
   /// The dtype the gradient accumulates in (drops any accumulated gradient).
   void set_grad_dtype(DType dt);
-  /// Copies master -> working copy (after loading a checkpoint, say).
+  /// Copies master -> working copy (after loading a checkpoint, say); nothing to copy when
+  /// the master was released.
   void refresh();
   /// True when the working copy is the master itself (no separate copy in memory).
   bool shares_master() const { return weight.data().storage() == master.storage(); }
   /// The accumulated gradient (fp32 unless set otherwise); undefined before any backward.
   const Tensor& grad() const { return weight.grad(); }
   void zero_grad() { weight.zero_grad(); }
-  int64_t numel() const { return master.numel(); }
+  int64_t numel() const { return master.defined() ? master.numel() : weight.numel(); }
 };
 
 }  // namespace mixtrain::nn

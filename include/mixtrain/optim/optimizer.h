@@ -82,6 +82,11 @@ class Optimizer {
   /// grad * grad_mult. Gradients are not rewritten: grad_mult (the loss scaler's 1/scale) is
   /// folded into the next step(). LossScaler::unscale calls this.
   const GradStats& prepare_gradients(float grad_mult = 1.0f);
+  /// As prepare_gradients, with statistics read elsewhere instead of from this optimizer's
+  /// gradients: data parallel ZeRO-1, where each rank's optimizer holds one shard and
+  /// `reduced` is the verdict and sum of squares all-reduced over every shard. `reduced.sumsq`
+  /// is at multiplier 1; grad_mult is applied to it here, as prepare_gradients does.
+  const GradStats& prepare_gradients(float grad_mult, const GradStats& reduced);
   /// Stats of the last prepare_gradients() since the previous step, or nullptr.
   const GradStats* prepared() const { return prepared_ ? &stats_ : nullptr; }
   /// Global-norm clipping (torch.nn.utils.clip_grad_norm_: coef = max_norm / (norm + 1e-6),

@@ -55,6 +55,8 @@ struct TrainConfig {
   int zero = 0;                    ///< 0 | 1: ZeRO-1 shards the fp32 master and moments
   std::string allreduce = "fp32";  ///< fp32 | compute: gradient dtype on the wire
   double comm_timeout = 120.0;     ///< seconds a collective may wait before the job is aborted
+  bool overlap_allreduce = false;  ///< start each bucket's reduction during backward
+  int64_t bucket_kib = 4096;       ///< gradient bucket size (wire bytes / 1024)
 };
 
 }  // namespace mixtrain::train

@@ -30,6 +30,12 @@ struct TrainSummary {
   int64_t peak_tensor_bytes = 0;
   int64_t peak_rss_bytes = 0;
   std::string out_dir;
+  // data parallel (reported when ranks > 1 or zero): rank 0's figures
+  int64_t ranks = 1;
+  bool zero = false;
+  int64_t comm_bytes_per_step = 0;  ///< payload bytes this rank sent in the last step
+  int64_t optimizer_state_bytes_per_rank = 0;  ///< fp32 master + moments this rank holds
+  int64_t master_bytes_per_rank = 0;           ///< of which fp32 master
   /// The summary as a JSON object (the contents of summary.json).
   std::string to_json() const;
 };

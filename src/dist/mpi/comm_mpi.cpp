@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "mixtrain/dist/comm.h"
@@ -116,6 +117,25 @@ int to_int(int64_t v, const char* op) {
   return static_cast<int>(v);
 }
 
+// A non-blocking collective in flight. MPI reads the count and displacement arrays until the
+// request completes, so they live here beside it.
+struct Pending {
+  MPI_Request req = MPI_REQUEST_NULL;
+  std::vector<int> c0, o0, c1, o1;
+  bool done = false;
+};
+std::unordered_map<int64_t, Pending>& pending() {
+  static std::unordered_map<int64_t, Pending> p;
+  return p;
+}
+int64_t g_next_request = 1;
+
+Pending& pending_at(Request r, const char* op) {
+  auto it = pending().find(r);
+  if (it == pending().end()) throw Error(fmt::format("dist::{}: unknown request {}", op, r));
+  return it->second;
+}
+
 }  // namespace
 
 bool mpi_built() { return true; }
@@ -179,42 +199,104 @@ void barrier() {
   wait_bounded(req, "barrier");
 }
 
-void alltoallv(const void* send, const int64_t* send_bytes, const int64_t* send_off, void* recv,
-               const int64_t* recv_bytes, const int64_t* recv_off) {
+Request ialltoallv(const void* send, const int64_t* send_bytes, const int64_t* send_off, void* recv,
+                   const int64_t* recv_bytes, const int64_t* recv_off) {
   World& s = world();
-  std::vector<int> sc(s.size), so(s.size), rc(s.size), ro(s.size);
+  const Request r = g_next_request++;
+  Pending& p = pending()[r];
+  p.c0.resize(s.size);
+  p.o0.resize(s.size);
+  p.c1.resize(s.size);
+  p.o1.resize(s.size);
   for (int j = 0; j < s.size; ++j) {
-    sc[j] = to_int(send_bytes[j], "alltoallv");
-    so[j] = to_int(send_off[j], "alltoallv");
-    rc[j] = to_int(recv_bytes[j], "alltoallv");
-    ro[j] = to_int(recv_off[j], "alltoallv");
+    p.c0[j] = to_int(send_bytes[j], "alltoallv");
+    p.o0[j] = to_int(send_off[j], "alltoallv");
+    p.c1[j] = to_int(recv_bytes[j], "alltoallv");
+    p.o1[j] = to_int(recv_off[j], "alltoallv");
     if (j != s.rank) s.sent += send_bytes[j];
   }
   if (s.size == 1) {
-    std::copy_n(static_cast<const char*>(send) + so[0], sc[0], static_cast<char*>(recv) + ro[0]);
-    return;
+    std::copy_n(static_cast<const char*>(send) + p.o0[0], p.c0[0],
+                static_cast<char*>(recv) + p.o1[0]);
+    p.done = true;
+    return r;
   }
-  MPI_Request req;
-  check(MPI_Ialltoallv(send, sc.data(), so.data(), MPI_BYTE, recv, rc.data(), ro.data(), MPI_BYTE,
-                       MPI_COMM_WORLD, &req),
+  check(MPI_Ialltoallv(send, p.c0.data(), p.o0.data(), MPI_BYTE, recv, p.c1.data(), p.o1.data(),
+                       MPI_BYTE, MPI_COMM_WORLD, &p.req),
         "MPI_Ialltoallv");
-  wait_bounded(req, "gradient reduce-scatter (alltoallv)");
+  return r;
+}
+
+Request iallgatherv_inplace(void* buf, const int64_t* bytes, const int64_t* off) {
+  World& s = world();
+  const Request r = g_next_request++;
+  Pending& p = pending()[r];
+  if (s.size == 1) {
+    p.done = true;
+    return r;
+  }
+  p.c0.resize(s.size);
+  p.o0.resize(s.size);
+  for (int j = 0; j < s.size; ++j) {
+    p.c0[j] = to_int(bytes[j], "allgatherv");
+    p.o0[j] = to_int(off[j], "allgatherv");
+  }
+  s.sent += bytes[s.rank] * (s.size - 1);
+  check(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_BYTE, buf, p.c0.data(), p.o0.data(), MPI_BYTE,
+                        MPI_COMM_WORLD, &p.req),
+        "MPI_Iallgatherv");
+  return r;
+}
+
+bool test(Request r) {
+  Pending& p = pending_at(r, "test");
+  if (!p.done) {
+    int flag = 0;
+    check(MPI_Test(&p.req, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+    p.done = flag != 0;
+  }
+  return p.done;
+}
+
+void wait(Request r, const char* what) {
+  Pending& p = pending_at(r, "wait");
+  if (!p.done) wait_bounded(p.req, what);
+  pending().erase(r);
+}
+
+void alltoallv(const void* send, const int64_t* send_bytes, const int64_t* send_off, void* recv,
+               const int64_t* recv_bytes, const int64_t* recv_off) {
+  wait(ialltoallv(send, send_bytes, send_off, recv, recv_bytes, recv_off),
+       "gradient reduce-scatter (alltoallv)");
 }
 
 void allgatherv_inplace(void* buf, const int64_t* bytes, const int64_t* off) {
+  wait(iallgatherv_inplace(buf, bytes, off), "all-gather (allgatherv)");
+}
+
+void gatherv(const void* send, int64_t send_bytes, void* recv, const int64_t* bytes,
+             const int64_t* off, int root) {
   World& s = world();
-  if (s.size == 1) return;
-  std::vector<int> c(s.size), o(s.size);
-  for (int j = 0; j < s.size; ++j) {
-    c[j] = to_int(bytes[j], "allgatherv");
-    o[j] = to_int(off[j], "allgatherv");
+  if (s.size == 1) {
+    std::copy_n(static_cast<const char*>(send), send_bytes, static_cast<char*>(recv) + off[0]);
+    return;
   }
-  s.sent += bytes[s.rank] * (s.size - 1);
+  std::vector<int> c, o;
+  if (s.rank == root) {
+    c.resize(s.size);
+    o.resize(s.size);
+    for (int j = 0; j < s.size; ++j) {
+      c[j] = to_int(bytes[j], "gatherv");
+      o[j] = to_int(off[j], "gatherv");
+    }
+  } else {
+    s.sent += send_bytes;
+  }
   MPI_Request req;
-  check(MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_BYTE, buf, c.data(), o.data(), MPI_BYTE,
-                        MPI_COMM_WORLD, &req),
-        "MPI_Iallgatherv");
-  wait_bounded(req, "all-gather (allgatherv)");
+  check(MPI_Igatherv(send, to_int(send_bytes, "gatherv"), MPI_BYTE, recv, c.data(), o.data(),
+                     MPI_BYTE, root, MPI_COMM_WORLD, &req),
+        "MPI_Igatherv");
+  wait_bounded(req, "gather to rank 0 (gatherv)");
 }
 
 int64_t bytes_sent() { return world().sent; }
