@@ -76,7 +76,9 @@ struct Node {
   std::string op;                ///< op name, for error messages and diagnostics
   std::vector<Variable> inputs;  ///< edges to the producers of the inputs
   BackwardFn backward;
-  /// Recompute hook for activation checkpointing (empty: not checkpointed).
+  /// Activation checkpointing (nn/checkpoint.h): called by the tape walker just before
+  /// `backward`, it re-runs a checkpointed block's forward with the tape on, so `backward` can
+  /// walk that block's own graph. Empty for ordinary ops.
   std::function<void()> recompute;
 };
 
@@ -89,6 +91,19 @@ class NoGradGuard {
   ~NoGradGuard();
   NoGradGuard(const NoGradGuard&) = delete;
   NoGradGuard& operator=(const NoGradGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+/// Sets whether ops record the tape for a scope, either way (a checkpointed block's
+/// recompute needs the tape even under an outer NoGradGuard); restores the previous mode.
+class GradModeGuard {
+ public:
+  explicit GradModeGuard(bool enabled);
+  ~GradModeGuard();
+  GradModeGuard(const GradModeGuard&) = delete;
+  GradModeGuard& operator=(const GradModeGuard&) = delete;
 
  private:
   bool prev_;

@@ -13,6 +13,7 @@
 #include "mixtrain/error.h"
 #include "mixtrain/gemm.h"
 #include "mixtrain/io/safetensors.h"
+#include "mixtrain/nn/checkpoint.h"
 #include "mixtrain/nn/models.h"
 #include "mixtrain/ops.h"
 #include "mixtrain/optim/optimizer.h"

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -131,5 +132,10 @@ struct MemoryStats {
 MemoryStats memory_stats();
 /// Sets every peak to the current value (to measure the peak of one phase).
 void reset_peak_memory();
+
+/// Live bytes now minus live bytes at `before`, per dtype, as {dtype_name: bytes} (dtypes that
+/// did not grow are left out). Taken at the end of a forward pass, with `before` taken at its
+/// start, it is what the tape keeps for backward: the activation bytes (plus the batch).
+std::map<std::string, int64_t> memory_growth_by_dtype(const MemoryStats& before);
 
 }  // namespace mixtrain

@@ -109,6 +109,10 @@ const Policy* current_policy() { return g_current; }
 PolicyScope::PolicyScope(const Policy& policy) : prev_(g_current), policy_(policy) {
   g_current = &policy_;
 }
+PolicyScope::PolicyScope(const Policy* policy) : prev_(g_current) {
+  if (policy) policy_ = *policy;
+  g_current = policy ? &policy_ : nullptr;
+}
 PolicyScope::~PolicyScope() { g_current = prev_; }
 
 DType promote_types(std::initializer_list<DType> inputs) {

@@ -36,6 +36,8 @@ void accumulate_into(Tensor& dst, const Tensor& src) {
 bool grad_enabled() { return g_grad_enabled; }
 NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
+GradModeGuard::GradModeGuard(bool enabled) : prev_(g_grad_enabled) { g_grad_enabled = enabled; }
+GradModeGuard::~GradModeGuard() { g_grad_enabled = prev_; }
 
 Variable::Variable(Tensor data, bool requires_grad, std::string name)
     : impl_(std::make_shared<VariableImpl>()) {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <fmt/format.h>
 
+#include "mixtrain/nn/checkpoint.h"
 #include "mixtrain/ops.h"
 
 namespace mixtrain::nn {
@@ -50,6 +51,11 @@ Block::Block(const GPTConfig& cfg, Rng& rng)
       dropout(cfg.dropout) {}
 
 Variable Block::forward(const Variable& x, Rng& drng) const {
+  return checkpoint(*this, x, drng,
+                    [this](const Variable& v, Rng& r) { return forward_body(v, r); });
+}
+
+Variable Block::forward_body(const Variable& x, Rng& drng) const {
   PrecisionScope scope(*this);
   Variable h = add(x, mixtrain::dropout(attn.forward(ln1.forward(x)), dropout, training(), drng));
   Variable m = fc_proj.forward(gelu(fc.forward(ln2.forward(h))));
@@ -75,6 +81,13 @@ GPT::GPT(const GPTConfig& c, Rng& rng)
     b->fc_proj.init_normal(resid_std, rng);
   }
   head.init_normal(0.02f, rng);
+}
+
+void GPT::set_checkpoint_every(int64_t every) {
+  if (every < 0)
+    throw ConfigError(fmt::format("GPT: checkpoint every {} blocks (must be >= 0)", every));
+  for (size_t l = 0; l < blocks.size(); ++l)
+    blocks[l]->set_checkpoint(every > 0 && static_cast<int64_t>(l) % every == 0);
 }
 
 Variable GPT::forward(const Variable& ids, Rng& drng) const {

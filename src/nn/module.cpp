@@ -27,6 +27,16 @@ std::vector<Parameter*> Module::parameters() {
   return out;
 }
 
+std::vector<Variable> Module::parameter_variables() const {
+  std::vector<Variable> out;
+  for (const auto& [n, p] : params_) out.push_back(p->weight);
+  for (const auto& [n, c] : children_) {
+    std::vector<Variable> sub = c->parameter_variables();
+    out.insert(out.end(), sub.begin(), sub.end());
+  }
+  return out;
+}
+
 int64_t Module::num_parameters() {
   int64_t n = 0;
   for (auto* p : parameters()) n += p->numel();

@@ -18,6 +18,7 @@
 #include "mixtrain/bench.h"
 #include "mixtrain/error.h"
 #include "mixtrain/gemm.h"
+#include "mixtrain/nn/checkpoint.h"
 #include "mixtrain/nn/models.h"
 #include "mixtrain/ops.h"
 #include "mixtrain/optim/optimizer.h"
@@ -122,6 +123,8 @@ std::string BenchStepResult::to_json() const {
                       {"loss", num(loss)},
                       {"peak_rss_bytes", peak_rss_bytes},
                       {"peak_tensor_bytes", peak_tensor_bytes},
+                      {"checkpoint_activations", checkpoint_activations},
+                      {"activation_bytes", activation_bytes},
                       {"optimizer_alone_ms", num(optimizer_alone_ms)},
                       {"optimizer_bytes", optimizer_bytes},
                       {"optimizer_gbps", num(optimizer_gbps)},
@@ -143,8 +146,13 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   if (o.repeats < 1 || o.warmup < 0)
     throw ConfigError(
         fmt::format("bench step: repeats {} must be >= 1 and warmup {} >= 0", o.repeats, o.warmup));
+  const int64_t checkpoint_every = nn::parse_checkpoint_every(o.checkpoint_activations);
+  if (checkpoint_every > 0 && o.model != "gpt")
+    throw ConfigError(
+        "bench step: --checkpoint-activations needs --model gpt (the mlp has no blocks)");
   const amp::Policy policy = amp::Policy::parse(o.precision);
   BenchStepResult r;
+  r.checkpoint_activations = o.checkpoint_activations;
   r.model = o.model;
   r.precision = o.precision;
   r.policy = policy.str();
@@ -178,7 +186,9 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     cfg.width = o.gpt_width;
     cfg.heads = o.gpt_heads;
     cfg.context = o.gpt_context;
-    w = std::make_unique<GptWorkload>(cfg, r.batch, o.seed);
+    auto gpt = std::make_unique<GptWorkload>(cfg, r.batch, o.seed);
+    gpt->model.set_checkpoint_every(checkpoint_every);
+    w = std::move(gpt);
   }
   nn::Module& model = w->module();
   model.set_compute_dtype(policy.compute);
@@ -214,10 +224,12 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   auto step = [&](bool timed) {
     const auto t0 = Clock::now();
     Variable loss;
+    const MemoryStats before_forward = memory_stats();
     {
       amp::PolicyScope scope(policy);
       loss = w->loss();
     }
+    r.activation_bytes = memory_growth_by_dtype(before_forward);
     r.loss = loss.data().item();
     const auto t1 = Clock::now();
     loss.backward(scaler.scale());

@@ -31,6 +31,8 @@ json identity(const json& config) {
   // or without ZeRO-1, on any number of ranks.
   j.erase("zero");
   j.erase("allreduce");
+  // Recomputing activations changes memory, not one bit of the run: a resume may switch it.
+  j.erase("checkpoint_activations");
   j.erase("overlap_allreduce");
   j.erase("bucket_kib");
   if (!j.contains("grad_dtype")) j["grad_dtype"] = "fp32";  // runs from before the flag

@@ -7,6 +7,7 @@
 #include "mixtrain/data/classification.h"
 #include "mixtrain/data/fashion_mnist.h"
 #include "mixtrain/data/text.h"
+#include "mixtrain/nn/checkpoint.h"
 #include "mixtrain/nn/models.h"
 #include "mixtrain/ops.h"
 
@@ -102,6 +103,7 @@ class GptTask : public Task {
         data_rng_(cfg.seed ^ kDataStream),
         dropout_rng_(cfg.seed ^ kDropoutStream) {
     model_.set_compute_dtype(policy.compute);
+    model_.set_checkpoint_every(nn::parse_checkpoint_every(cfg.checkpoint_activations));
   }
   static nn::GPTConfig gpt_config(const TrainConfig& cfg) {
     nn::GPTConfig g;

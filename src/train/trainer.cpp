@@ -27,6 +27,7 @@
 #include "mixtrain/dist/comm.h"
 #include "mixtrain/io/atomic_file.h"
 #include "mixtrain/io/safetensors.h"
+#include "mixtrain/nn/checkpoint.h"
 #include "mixtrain/nn/models.h"
 #include "mixtrain/ops.h"
 #include "mixtrain/optim/optimizer.h"
@@ -63,6 +64,7 @@ std::string TrainSummary::to_json() const {
             {"diagnose_s", diagnose_s},
             {"peak_tensor_bytes", peak_tensor_bytes},
             {"peak_rss_bytes", peak_rss_bytes},
+            {"activation_bytes", activation_bytes},
             {"out_dir", out_dir}};
   if (test_accuracy >= 0) j["test_accuracy"] = test_accuracy;
   if (ranks > 1 || zero) {  // data parallel: this rank's traffic and state
@@ -78,6 +80,12 @@ std::string TrainSummary::to_json() const {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+int64_t total_bytes(const std::map<std::string, int64_t>& by_dtype) {
+  int64_t n = 0;
+  for (const auto& [dt, b] : by_dtype) n += b;
+  return n;
+}
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -131,6 +139,8 @@ void check_config(const TrainConfig& c) {
       bad("heads", fmt::format("width {} is not a multiple of heads {}", c.width, c.heads));
   }
   if (c.dropout < 0 || c.dropout >= 1) bad("dropout", "must be in [0, 1)");
+  if (nn::parse_checkpoint_every(c.checkpoint_activations) > 0 && c.model != "gpt")
+    bad("checkpoint-activations", "only the gpt model has blocks to checkpoint");
   if (c.grad_dtype != "fp32" && c.grad_dtype != "compute")
     bad("grad-dtype", fmt::format("unknown '{}' (fp32 or compute)", c.grad_dtype));
   if (c.diagnose_every < 0)
@@ -167,6 +177,7 @@ json config_to_json(const TrainConfig& c) {
               {"heads", c.heads},
               {"context", c.context},
               {"dropout", c.dropout},
+              {"checkpoint_activations", c.checkpoint_activations},
               {"seed", c.seed},
               {"zero", c.zero},
               {"allreduce", c.allreduce},
@@ -193,6 +204,7 @@ struct Trainer::Impl {
   double train_seconds = 0.0;     ///< time inside training steps (excludes eval and checkpoints)
   int64_t train_items = 0;        ///< samples or tokens processed by training steps
   double diagnose_seconds = 0.0;  ///< inside train_seconds: the --diagnose-every passes
+  std::map<std::string, int64_t> activation_bytes;  ///< kept by the tape at the end of forward
   std::ofstream diagnostics;      ///< OUT/diagnostics.jsonl
 
   explicit Impl(TrainConfig c) : cfg(std::move(c)) {}
@@ -352,10 +364,14 @@ TrainSummary Trainer::run() {
     double step_loss = 0.0;
     for (int64_t m = 0; m < s.cfg.grad_accum; ++m) {
       Variable loss;
+      const MemoryStats before_forward = memory_stats();
       {
         amp::PolicyScope scope(s.policy);
         loss = s.task->train_loss(micro);
       }
+      // What the tape keeps for backward (the largest over the run's micro-batches).
+      auto kept = memory_growth_by_dtype(before_forward);
+      if (total_bytes(kept) > total_bytes(s.activation_bytes)) s.activation_bytes = std::move(kept);
       const float lv = loss.data().item();
       step_loss += static_cast<double>(lv) / static_cast<double>(s.cfg.grad_accum);
       // The seed carries the loss scale and the 1/accum averaging, so the loss tensor itself is
@@ -504,6 +520,7 @@ TrainSummary Trainer::run() {
   sum.diagnose_s = s.diagnose_seconds;
   sum.peak_tensor_bytes = memory_stats().peak_bytes;
   sum.peak_rss_bytes = peak_rss_bytes();
+  sum.activation_bytes = s.activation_bytes;
   sum.out_dir = s.out.string();
   sum.ranks = s.dp->size();
   sum.zero = s.dp->zero();

@@ -37,6 +37,12 @@ int run_bench_step(const StepBenchOptions& s) {
   fmt::print("  memory     {:9.1f} MiB peak RSS, {:.1f} MiB peak tensors\n",
              static_cast<double>(r.peak_rss_bytes) / (1 << 20),
              static_cast<double>(r.peak_tensor_bytes) / (1 << 20));
+  std::string kept;
+  for (const auto& [dt, b] : r.activation_bytes)
+    kept += fmt::format("{}{} {:.1f} MiB", kept.empty() ? "" : ", ", dt,
+                        static_cast<double>(b) / (1 << 20));
+  fmt::print("  activations kept at the end of forward: {} (checkpointing: {})\n",
+             kept.empty() ? "none" : kept, r.checkpoint_activations);
   if (std::isfinite(r.optimizer_gbps))
     fmt::print("  optimizer  {:9.2f} ms alone, {:.1f} GB/s = {:.2f} of memcpy ({:.1f} GB/s)\n",
                r.optimizer_alone_ms, r.optimizer_gbps, r.optimizer_bandwidth_ratio, r.memcpy_gbps);
@@ -70,6 +76,9 @@ void setup_bench_step(CLI::App& root) {
   step->add_flag(
       "--no-optimizer-bandwidth", [s](int64_t) { s->o.optimizer_bandwidth = false; },
       "Skip timing the optimizer step alone");
+  step->add_option("--checkpoint-activations", s->o.checkpoint_activations,
+                   "gpt: none | blocks | every:N: recompute blocks in backward (less memory)")
+      ->capture_default_str();
   step->add_option("--seed", s->o.seed, "Seed of the weights and the synthetic batch")
       ->capture_default_str();
   step->add_option("--gpt-layers", s->o.gpt_layers)

@@ -75,6 +75,10 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
   c->add_option("--heads", cfg.heads, "gpt heads H")->capture_default_str();
   c->add_option("--context", cfg.context, "gpt context T")->capture_default_str();
   c->add_option("--dropout", cfg.dropout, "dropout probability")->capture_default_str();
+  c->add_option("--checkpoint-activations", cfg.checkpoint_activations,
+                "gpt: none | blocks | every:N: recompute blocks (all, or 0, N, 2N..) in backward, "
+                "keeping only their inputs (same gradients, less memory, ~1 more forward)")
+      ->capture_default_str();
   c->add_option("--seed", cfg.seed, "random seed (init, data order, dropout)")
       ->capture_default_str();
   c->add_option("--out", cfg.out, "run folder (default runs/<model>-<precision>-seed<seed>)");

@@ -51,6 +51,9 @@ const Policy* current_policy();
 class PolicyScope {
  public:
   explicit PolicyScope(const Policy& policy);
+  /// Makes a copy of `*policy` current, or no policy at all when it is null (a recomputed
+  /// checkpoint block runs under exactly the policy its forward saw, even "none").
+  explicit PolicyScope(const Policy* policy);
   ~PolicyScope();
   PolicyScope(const PolicyScope&) = delete;
   PolicyScope& operator=(const PolicyScope&) = delete;

@@ -45,6 +45,7 @@ class Block : public Module {
  public:
   Block(const GPTConfig& cfg, Rng& rng);
   std::string type() const override { return "Block"; }
+  /// Recomputed in backward when set_checkpoint(true) (nn/checkpoint.h).
   Variable forward(const Variable& x, Rng& dropout_rng) const;
   LayerNorm& ln1;
   CausalSelfAttention& attn;
@@ -52,6 +53,9 @@ class Block : public Module {
   Linear& fc;
   Linear& fc_proj;
   float dropout;
+
+ private:
+  Variable forward_body(const Variable& x, Rng& dropout_rng) const;
 };
 
 /// GPT language model. GPT-2 initialisation: normal(0, 0.02), residual projections scaled by
@@ -62,6 +66,9 @@ class GPT : public Module {
   std::string type() const override { return "GPT"; }
   /// ids [B, T] (i64) -> logits [B, T, V]
   Variable forward(const Variable& ids, Rng& dropout_rng) const;
+  /// Activation checkpointing of the blocks: every = 0 none, 1 every block, N blocks 0, N,
+  /// 2N, ... (nn::parse_checkpoint_every reads the CLI's none|blocks|every:N).
+  void set_checkpoint_every(int64_t every);
   GPTConfig cfg;
   Embedding& tok;
   Embedding& pos;

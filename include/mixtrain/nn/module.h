@@ -37,6 +37,15 @@ class Module {
   void set_compute_override(std::optional<DType> dt);
   std::optional<DType> compute_override() const { return override_; }
 
+  /// Activation checkpointing for this module (off by default): its forward keeps only its
+  /// input, and the backward pass re-runs it (same policy, same RNG state) before its
+  /// backward. Honoured by modules whose forward goes through nn::checkpoint (nn/checkpoint.h):
+  /// the GPT's Block. Gradients are bit-identical either way.
+  void set_checkpoint(bool on) { checkpoint_ = on; }
+  bool checkpointed() const { return checkpoint_; }
+  /// The working copies (Parameter::weight) of every parameter, depth first.
+  std::vector<Variable> parameter_variables() const;
+
  protected:
   Parameter& register_parameter(const std::string& name, const Tensor& init);
   template <class M>
@@ -59,6 +68,7 @@ class Module {
   std::vector<std::pair<std::string, std::unique_ptr<Parameter>>> params_;
   std::vector<std::pair<std::string, std::unique_ptr<Module>>> children_;
   bool training_ = true;
+  bool checkpoint_ = false;
   std::optional<DType> override_;
 };
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,8 @@ struct BenchStepOptions {
   /// optimizer steps after the step timing.
   bool optimizer_bandwidth = true;
   uint64_t seed = 0;
+  /// gpt: none | blocks | every:N (nn::parse_checkpoint_every): blocks recomputed in backward.
+  std::string checkpoint_activations = "none";
   // GPT shape (the defaults are the benchmark workload).
   int64_t gpt_layers = 6, gpt_width = 384, gpt_heads = 6, gpt_context = 256;
   /// MLP hidden sizes (784 in, 10 out around them).
@@ -54,6 +57,9 @@ struct BenchStepResult {
   double loss = 0;              ///< loss of the last timed step (sanity: finite)
   int64_t peak_rss_bytes = 0;
   int64_t peak_tensor_bytes = 0;  ///< tensor storage high-water mark during the timed steps
+  std::string checkpoint_activations = "none";  ///< as asked
+  /// Tensor bytes the tape keeps at the end of the forward, per dtype ({"bf16": n, ...}).
+  std::map<std::string, int64_t> activation_bytes;
   // The optimizer step alone (AdamW, fp32 master and moments, compute copy written).
   double optimizer_alone_ms = 0;
   double optimizer_bytes = 0;  ///< bytes read + written by one optimizer step

@@ -36,6 +36,9 @@ struct TrainConfig {
   std::vector<int64_t> hidden = {512, 512};  ///< mlp
   int64_t layers = 6, width = 384, heads = 6, context = 256;  ///< gpt
   double dropout = 0.0;
+  /// gpt: none | blocks | every:N: transformer blocks recomputed in backward (every block, or
+  /// blocks 0, N, 2N, ...); gradients are bit-identical, activation memory smaller
+  std::string checkpoint_activations = "none";
   // run control
   uint64_t seed = 0;
   std::string out;          ///< run folder ("" = runs/<model>-<precision>-<time>)

@@ -2,6 +2,7 @@
 // metrics.jsonl, summary.json, atomic checkpoints and bit-exact resume.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 
@@ -29,6 +30,10 @@ struct TrainSummary {
   double diagnose_s = 0.0;        ///< of train_s: the --diagnose-every passes
   int64_t peak_tensor_bytes = 0;
   int64_t peak_rss_bytes = 0;
+  /// Tensor bytes the tape keeps for backward at the end of a forward pass, per dtype
+  /// ({"bf16": n, ...}; the largest micro-batch of the run): what activation checkpointing
+  /// and 16-bit activations shrink.
+  std::map<std::string, int64_t> activation_bytes;
   std::string out_dir;
   // data parallel (reported when ranks > 1 or zero): rank 0's figures
   int64_t ranks = 1;
