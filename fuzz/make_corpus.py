@@ -103,7 +103,36 @@ def text_seeds():
     w("one_byte.txt", b"x")
 
 
+def cli_args_seeds():
+    # NUL-separated argument lists (argv[0] is added by the target): each subcommand, the
+    # flag kinds (numbers, lists, member checks, hidden testing aids) and a few wrong ones.
+    w = writer("cli_args")
+    seeds = {
+        "train_gpt": ["train", "--model", "gpt", "--data", "text:x.txt", "--steps", "5",
+                      "--layers", "1", "--width", "32", "--heads", "2", "--context", "16"],
+        "train_mlp": ["train", "--hidden", "512,256", "--batch", "64", "--precision", "bf16",
+                      "--master", "split16", "--optimizer", "sgd", "--momentum", "0.9"],
+        "train_fp16": ["train", "--precision", "fp16", "--loss-scale", "static:1024",
+                       "--scale-init", "65536", "--scale-growth-interval", "100"],
+        "train_policy": ["train", "--precision", "p=f32,c=bf16,o=f32", "--grad-dtype", "compute"],
+        "train_resume": ["train", "--resume", "runs/a", "--out", "runs/b", "--force"],
+        "train_aids": ["train", "--inject-nonfinite-grad", "1,2,3", "--init-scale", "1e4",
+                       "--stop-after", "3"],
+        "train_bad_numbers": ["train", "--lr", "-1", "--batch", "0", "--dropout", "1.5",
+                              "--steps", "9223372036854775807"],
+        "compare": ["compare", "--precisions", "fp32,bf16,fp16:none", "--steps", "2"],
+        "doctor": ["doctor", "--doctor-steps", "0", "--model", "gpt"],
+        "export": ["export", "runs/a", "--dtype", "bf16", "--out", "w.safetensors"],
+        "bench": ["bench", "gemm", "--sizes", "64,128", "--dtypes", "fp32"],
+        "help": ["train", "--help"],
+        "unknown": ["train", "--no-such-flag", "--steps"],
+    }
+    for name, args in seeds.items():
+        w(name, b"\0".join(a.encode() for a in args))
+
+
 if __name__ == "__main__":
     safetensors_seeds()
     idx_seeds()
     text_seeds()
+    cli_args_seeds()

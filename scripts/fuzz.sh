@@ -3,13 +3,13 @@
 # ${FUZZ_BUILD_DIR:-build-fuzz} and runs each for SECONDS (default 60), one after the other,
 # starting from its committed seeds in fuzz/corpus/<target>/. Exits non-zero on the first crash,
 # leak, timeout or out-of-memory; the input that caused it is left under $BUILD_DIR/artifacts/.
-# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (targets: safetensors idx text; default all)
+# Usage: scripts/fuzz.sh [SECONDS] [TARGET...]   (targets: safetensors idx text cli_args; default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-60}
 shift || true
 TARGETS=("$@")
-((${#TARGETS[@]})) || TARGETS=(safetensors idx text)
+((${#TARGETS[@]})) || TARGETS=(safetensors idx text cli_args)
 BUILD_DIR=${FUZZ_BUILD_DIR:-build-fuzz}
 
 cmake -S . -B "$BUILD_DIR" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -1,10 +1,11 @@
 // Tensor views and storage, and the memory tracker that counts every live storage byte.
 #include "mixtrain/tensor.h"
 
+#include <fmt/format.h>
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <fmt/format.h>
 
 #include "core/dispatch.h"
 
@@ -54,7 +55,12 @@ std::string shape_str(const Shape& s) { return fmt::format("[{}]", fmt::join(s, 
 
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t e : s) n *= e;
+  // Checked: a shape from a file or a flag may claim more elements than int64 holds (signed
+  // overflow is undefined behaviour, and a wrapped count would pass size checks).
+  for (int64_t e : s)
+    if (__builtin_mul_overflow(n, e, &n))
+      throw ShapeError(
+          fmt::format("shape {} has more elements than int64 can count", shape_str(s)));
   return n;
 }
 
@@ -105,7 +111,8 @@ void reset_peak_memory() {
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t e : shape)
-    if (e < 0) throw ShapeError(fmt::format("empty: negative extent in shape {}", shape_str(shape)));
+    if (e < 0)
+      throw ShapeError(fmt::format("empty: negative extent in shape {}", shape_str(shape)));
   // The strides are suffix products over every extent and the byte count is numel * size: both
   // fit int64 when the product of the non-zero extents times the element size does (a zero
   // extent makes numel 0 but not the strides: [0, 2^62, 2^62] would still wrap).
@@ -189,10 +196,14 @@ Tensor Tensor::view(const Shape& shape) const {
   int64_t known = 1, infer = -1;
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] == -1) {
-      if (infer >= 0) throw ShapeError(fmt::format("view: more than one -1 in {}", shape_str(shape)));
+      if (infer >= 0)
+        throw ShapeError(fmt::format("view: more than one -1 in {}", shape_str(shape)));
       infer = static_cast<int64_t>(i);
-    } else {
-      known *= s[i];
+    } else if (s[i] < 0) {
+      throw ShapeError(fmt::format("view: negative extent in {}", shape_str(shape)));
+    } else if (__builtin_mul_overflow(known, s[i], &known)) {
+      throw ShapeError(fmt::format("view: cannot view {} as {} (overflows 64-bit sizes)", str(),
+                                   shape_str(shape)));
     }
   }
   if (infer >= 0) s[infer] = known == 0 ? 0 : numel() / known;

@@ -1,6 +1,8 @@
 // Byte-level text data: file reading (plain or gzip), the split, random and sequential windows.
 #include "mixtrain/data/text.h"
 
+#include <unistd.h>
+
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <zlib.h>
@@ -94,6 +96,23 @@ void ByteTextData::check_window(TextSplit split, int64_t batch, int64_t context,
     throw ConfigError(fmt::format(
         "text {}: the {} split has {} bytes, fewer than context + 1 = {} (the file has {} bytes)",
         name_, text_split_name(split), n, static_cast<uint64_t>(context) + 1, data_.size()));
+  // The batch is two int64 tensors [batch, context] (inputs, targets) plus the window starts.
+  // A batch that could never fit gets a clear error here, not std::bad_alloc (or minutes of
+  // drawing starts into an overcommitted vector) later.
+  int64_t bytes = 0;
+  const bool overflow = __builtin_mul_overflow(batch, context, &bytes) ||
+                        __builtin_mul_overflow(bytes, int64_t{16}, &bytes) ||
+                        __builtin_add_overflow(bytes, batch * int64_t{8}, &bytes);
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGESIZE);
+  const double ram = pages > 0 && page > 0 ? static_cast<double>(pages) * page : 0.0;
+  if (overflow || (ram > 0 && static_cast<double>(bytes) > ram))
+    throw ConfigError(fmt::format(
+        "text {}: {} of {} windows of context {} needs {} of int64 inputs and targets, more "
+        "than this machine's {:.1f} GiB of memory; lower --batch or --context",
+        name_, op, batch, context,
+        overflow ? std::string("more than 2^63 bytes")
+                 : fmt::format("{:.1f} GiB", static_cast<double>(bytes) / (1u << 30)),
+        ram / (1u << 30)));
 }
 
 namespace {

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -25,6 +26,18 @@ std::string dir_of(const std::string& path) {
 std::string base_of(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// Testing aid for the crash-safety test (tests/kill_resume_test.cpp): with
+// MIXTRAIN_TEST_SLOW_WRITES=US set, writes go out in 64 KiB pieces with a US-microsecond pause
+// after each (and before the rename), so a SIGKILL at a random moment often lands inside a
+// write. Read once; unset (the normal case) costs one branch per write.
+long slow_write_us() {
+  static const long us = [] {
+    const char* e = std::getenv("MIXTRAIN_TEST_SLOW_WRITES");
+    return e ? std::max(0L, std::strtol(e, nullptr, 10)) : 0L;
+  }();
+  return us;
 }
 
 }  // namespace
@@ -66,9 +79,12 @@ void AtomicFile::fail(const char* what, int err) {
 void AtomicFile::write(const void* data, size_t n) {
   if (done_) throw IOError(fmt::format("write {}: file already committed or aborted", path_));
   const char* p = static_cast<const char*>(data);
+  const long pause_us = slow_write_us();
+  // Cap each call at 1 GiB: Linux write() transfers at most ~2 GiB at once anyway.
+  const size_t piece = pause_us > 0 ? size_t{1} << 16 : size_t{1} << 30;
   while (n > 0) {
-    // Cap each call at 1 GiB: Linux write() transfers at most ~2 GiB at once anyway.
-    const ssize_t r = ::write(fd_, p, n < (size_t{1} << 30) ? n : (size_t{1} << 30));
+    if (pause_us > 0 && written_ > 0) ::usleep(static_cast<useconds_t>(pause_us));
+    const ssize_t r = ::write(fd_, p, n < piece ? n : piece);
     if (r < 0) {
       if (errno == EINTR) continue;
       fail("write", errno);
@@ -84,6 +100,8 @@ void AtomicFile::commit() {
   if (done_) throw IOError(fmt::format("write {}: file already committed or aborted", path_));
   // fsync before rename: otherwise a crash can leave the new name pointing at unwritten blocks.
   // Delayed allocation means ENOSPC can surface only here, so its result matters.
+  if (const long pause_us = slow_write_us(); pause_us > 0)
+    ::usleep(static_cast<useconds_t>(pause_us));
   if (::fsync(fd_) != 0) fail("fsync", errno);
   const int fd = fd_;
   fd_ = -1;

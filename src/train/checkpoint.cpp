@@ -1,9 +1,9 @@
 // Checkpoint files and run folders (see checkpoint.h).
 #include "train/checkpoint.h"
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <cstdio>
-#include <fmt/format.h>
 #include <fstream>
 
 #include "dist/data_parallel.h"
@@ -31,10 +31,10 @@ json identity(const json& config) {
   // or without ZeRO-1, on any number of ranks.
   j.erase("zero");
   j.erase("allreduce");
-  // Recomputing activations changes memory, not one bit of the run: a resume may switch it.
-  j.erase("checkpoint_activations");
   j.erase("overlap_allreduce");
   j.erase("bucket_kib");
+  // Recomputing activations changes memory, not one bit of the run: a resume may switch it.
+  j.erase("checkpoint_activations");
   if (!j.contains("grad_dtype")) j["grad_dtype"] = "fp32";  // runs from before the flag
   return j;
 }
@@ -57,7 +57,8 @@ std::vector<fs::path> list_checkpoints(const fs::path& out) {
   if (!fs::exists(dir)) return files;
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string n = e.path().filename().string();
-    if (n.rfind("step-", 0) == 0 && e.path().extension() == ".safetensors") files.push_back(e.path());
+    if (n.rfind("step-", 0) == 0 && e.path().extension() == ".safetensors")
+      files.push_back(e.path());
   }
   std::sort(files.begin(), files.end(), std::greater<>());  // zero-padded: lexical = numeric
   return files;
@@ -69,6 +70,20 @@ void prepare_run_dir(const fs::path& out, const json& config, bool resume, bool 
   if (ec) throw IOError(fmt::format("cannot create run folder {}: {}", out.string(), ec.message()));
   const fs::path cfg_path = out / "config.json";
   const bool has_run = fs::exists(cfg_path) || !list_checkpoints(out).empty();
+  if (resume && !has_run)
+    throw ConfigError(fmt::format(
+        "--resume {}: no run to resume there (no config.json, no checkpoints); use --out to start "
+        "a new run",
+        out.string()));
+  // A write killed midway leaves its temp file (AtomicFile: .NAME.tmp.XXXXXX; the rename never
+  // happened, so no checkpoint or config is damaged). Only one process writes a run folder, so
+  // any such file now is garbage from an earlier process.
+  for (const fs::path& dir : {out, out / "checkpoints"})
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      const std::string n = e.path().filename().string();
+      if (n.size() > 1 && n[0] == '.' && n.find(".tmp.") != std::string::npos)
+        fs::remove(e.path(), ec);
+    }
   if (has_run && !force) {
     json old;
     try {
@@ -156,8 +171,8 @@ RestoredCounters restore_from(const fs::path& file, const CheckpointState& st, c
     throw IOError(fmt::format("{}: not a {} file", file.string(), kFormat));
   const json saved = json::parse(meta(m, "mixtrain.config", file));
   if (identity(saved) != identity(config))
-    throw ConfigError(fmt::format("{}: checkpoint belongs to a different run configuration",
-                                  file.string()));
+    throw ConfigError(
+        fmt::format("{}: checkpoint belongs to a different run configuration", file.string()));
   // Validate everything before changing anything, so a bad file leaves the model untouched.
   auto params = st.task->module().named_parameters();
   // (ZeRO-1 releases the model's masters: fp32 of the weight's shape is what it saves.)
@@ -196,15 +211,25 @@ RestoredCounters restore_from(const fs::path& file, const CheckpointState& st, c
 
 }  // namespace
 
-std::optional<RestoredCounters> load_latest_checkpoint(const fs::path& out, const CheckpointState& st,
+std::optional<RestoredCounters> load_latest_checkpoint(const fs::path& out,
+                                                       const CheckpointState& st,
                                                        const json& config) {
-  for (const auto& file : list_checkpoints(out)) {
+  const auto files = list_checkpoints(out);
+  std::string why;
+  for (const auto& file : files) {
     try {
       return restore_from(file, st, config);
     } catch (const IOError& e) {
       fmt::print(stderr, "mixtrain: warning: skipping unreadable checkpoint: {}\n", e.what());
+      why += fmt::format("\n  {}", e.what());
     }
   }
+  // Checkpoints exist but none loads: starting over silently would throw the run away.
+  if (!files.empty())
+    throw IOError(fmt::format(
+        "{}: none of its {} checkpoint(s) could be loaded:{}\nuse --force without --resume to "
+        "start the run over",
+        out.string(), files.size(), why));
   return std::nullopt;
 }
 

@@ -42,7 +42,8 @@ struct RestoredCounters {
 nlohmann::json config_to_json(const TrainConfig& c);
 
 /// Creates OUT (and OUT/checkpoints). Refuses (ConfigError) an OUT that already holds a run
-/// unless resuming a run with the same config or `force` (which clears the old run's files).
+/// unless resuming a run with the same config or `force` (which clears the old run's files),
+/// and a resume of an OUT that holds no run. Removes temp files left by a save that was killed.
 void prepare_run_dir(const std::filesystem::path& out, const nlohmann::json& config, bool resume,
                      bool force);
 
@@ -53,7 +54,8 @@ void save_checkpoint(const std::filesystem::path& out, const CheckpointState& st
                      double train_seconds, int64_t train_items, int64_t keep);
 
 /// Restores the newest checkpoint that loads cleanly (a corrupt one is reported on stderr and
-/// skipped). std::nullopt when OUT has none.
+/// skipped). std::nullopt when OUT has none; IOError, naming each file's fault, when it has
+/// some but none loads.
 std::optional<RestoredCounters> load_latest_checkpoint(const std::filesystem::path& out,
                                                        const CheckpointState& st,
                                                        const nlohmann::json& config);

@@ -98,14 +98,21 @@ class GptTask : public Task {
   GptTask(const TrainConfig& cfg, const amp::Policy& policy)
       : data_(ByteTextData::from_spec(cfg.data)),
         init_rng_(cfg.seed ^ kInitStream),
-        model_(gpt_config(cfg), init_rng_),
+        model_(gpt_config(cfg, data_), init_rng_),
         context_(cfg.context),
         data_rng_(cfg.seed ^ kDataStream),
         dropout_rng_(cfg.seed ^ kDropoutStream) {
     model_.set_compute_dtype(policy.compute);
     model_.set_checkpoint_every(nn::parse_checkpoint_every(cfg.checkpoint_activations));
   }
-  static nn::GPTConfig gpt_config(const TrainConfig& cfg) {
+  // Checked before the model is built: its position table has `context` rows, so a context
+  // the text cannot fill would otherwise first cost that memory (or the OOM killer's visit).
+  static nn::GPTConfig gpt_config(const TrainConfig& cfg, const ByteTextData& data) {
+    const int64_t n = data.size(TextSplit::train);
+    if (cfg.context >= n)
+      throw ConfigError(fmt::format(
+          "--context {}: {}'s training split has {} bytes; a window needs context + 1 of them",
+          cfg.context, data.name(), n));
     nn::GPTConfig g;
     g.layers = cfg.layers;
     g.width = cfg.width;

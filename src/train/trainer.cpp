@@ -33,6 +33,7 @@
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/optim/schedule.h"
 #include "train/checkpoint.h"
+#include "train/overflow.h"
 #include "train/task.h"
 
 namespace fs = std::filesystem;
@@ -147,12 +148,26 @@ void check_config(const TrainConfig& c) {
     bad("diagnose-every", fmt::format("must be >= 0, got {}", c.diagnose_every));
   if (c.schedule != "constant" && c.schedule != "cosine")
     bad("schedule", fmt::format("unknown schedule '{}' (constant or cosine)", c.schedule));
+  if (c.warmup < 0) bad("warmup", fmt::format("must be >= 0, got {}", c.warmup));
+  if (c.eval_every < 0) bad("eval-every", fmt::format("must be >= 0, got {}", c.eval_every));
+  if (c.eval_batches <= 0)
+    bad("eval-batches", fmt::format("must be positive, got {}", c.eval_batches));
+  if (c.checkpoint_every < 0)
+    bad("checkpoint-every", fmt::format("must be >= 0, got {}", c.checkpoint_every));
+  if (c.keep_checkpoints <= 0)
+    bad("keep-checkpoints", fmt::format("must be positive, got {}", c.keep_checkpoints));
+  if (c.nonfinite_patience <= 0)
+    bad("nonfinite-patience", fmt::format("must be positive, got {}", c.nonfinite_patience));
+  if (!(c.init_scale > 0) || !std::isfinite(c.init_scale))
+    bad("init-scale", fmt::format("must be positive and finite, got {}", c.init_scale));
+  for (int64_t st : c.inject_nonfinite_grad)
+    if (st <= 0) bad("inject-nonfinite-grad", fmt::format("steps count from 1, got {}", st));
 }
 
 }  // namespace
 
 json config_to_json(const TrainConfig& c) {
-  return json{{"model", c.model},
+  json j{{"model", c.model},
               {"data", c.data},
               {"precision", c.precision},
               {"loss_scale", c.loss_scale},
@@ -183,6 +198,17 @@ json config_to_json(const TrainConfig& c) {
               {"allreduce", c.allreduce},
               {"overlap_allreduce", c.overlap_allreduce},
               {"bucket_kib", c.bucket_kib}};
+  // Testing aids change the run, so they are part of its identity, but only when set (runs
+  // from before these fields still resume).
+  if (c.init_scale != 1.0) j["init_scale"] = c.init_scale;
+  if (!c.inject_nonfinite_grad.empty()) j["inject_nonfinite_grad"] = c.inject_nonfinite_grad;
+  return j;
+}
+
+void validate_config(const TrainConfig& c) {
+  check_config(c);
+  amp::Policy::parse(c.precision);
+  optim::parse_master_mode(c.master.c_str());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -207,7 +233,45 @@ struct Trainer::Impl {
   std::map<std::string, int64_t> activation_bytes;  ///< kept by the tape at the end of forward
   std::ofstream diagnostics;      ///< OUT/diagnostics.jsonl
 
+  std::string forward_overflow;  ///< an fp16 forward overflow seen after the first steps
+
   explicit Impl(TrainConfig c) : cfg(std::move(c)) {}
+
+  // fp16 compute and a non-finite loss: did an fp16 op overflow in the forward pass? No loss
+  // scale can fix that (it scales only the backward pass), so within the first steps of a
+  // process the run stops at once, with the op and the doctor's advice; later (a transient
+  // overflow the skip may ride out) it is remembered for the non-finite-loss abort message.
+  void check_forward_overflow(const Variable& loss, int64_t at_step, int64_t steps_done) {
+    std::map<const VariableImpl*, std::string> names;
+    for (auto& [n, p] : task->module().named_parameters()) names[p->weight.impl()] = n;
+    const std::string where = find_fp16_forward_overflow(loss, names);
+    if (where.empty()) return;
+    const std::string msg = fmt::format(
+        "fp16 overflow in the forward pass at step {}: {}. The loss scale cannot fix this (it "
+        "scales only the backward pass). The doctor's diagnosis: activations above fp16's "
+        "maximum 65504 overflow in the forward pass whatever the loss scale; use --precision "
+        "bf16 (fp32's exponent range) or fp32",
+        at_step, where);
+    if (steps_done < 3) throw NumericalError(msg);
+    if (forward_overflow.empty()) forward_overflow = msg;
+  }
+
+  // Testing aid (--inject-nonfinite-grad): +Inf (NaN at odd list positions) into element 0 of
+  // the first parameter's gradient, as an fp16 backward overflow would leave it.
+  void inject_fault(int64_t at_step) {
+    const auto& steps = cfg.inject_nonfinite_grad;
+    for (size_t k = 0; k < steps.size(); ++k) {
+      if (steps[k] != at_step) continue;
+      for (nn::Parameter* p : task->module().parameters()) {
+        Tensor g = p->weight.grad();
+        if (!g.defined() || g.numel() == 0) continue;
+        const float v = k % 2 ? NAN : INFINITY;
+        g.view({-1}).slice(0, 0, 1).copy_from(Tensor::full({1}, v, g.dtype()));
+        break;
+      }
+      return;
+    }
+  }
 
   // Precision diagnostics of this step's gradients (they still carry the loss scale): one line
   // of OUT/diagnostics.jsonl with the whole-model fractions, the worst tensors and the advice.
@@ -274,6 +338,14 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
   s.scaler = amp::LossScaler(sc);
 
   s.task = make_task(s.cfg, s.policy);
+  if (s.cfg.init_scale != 1.0) {  // testing aid: every initial weight times the factor
+    for (nn::Parameter* p : s.task->module().parameters()) {
+      std::vector<float> v = p->master.to_vector();
+      for (float& x : v) x *= static_cast<float>(s.cfg.init_scale);
+      p->master.copy_from(Tensor::from_vector(v, p->master.shape()).to(p->master.dtype()));
+      p->refresh();
+    }
+  }
   s.total_steps =
       s.cfg.steps > 0 ? s.cfg.steps : s.cfg.epochs * s.task->steps_per_epoch(s.cfg.batch);
 
@@ -356,6 +428,7 @@ TrainSummary Trainer::run() {
   const int64_t micro = s.cfg.batch / s.cfg.grad_accum;
   int64_t last_step_bytes = 0;
 
+  const int64_t first_step = s.step;  // where this process started (after a resume)
   while (s.step < s.total_steps) {
     const auto t0 = Clock::now();
     const int64_t bytes0 = dist::bytes_sent();
@@ -373,6 +446,8 @@ TrainSummary Trainer::run() {
       auto kept = memory_growth_by_dtype(before_forward);
       if (total_bytes(kept) > total_bytes(s.activation_bytes)) s.activation_bytes = std::move(kept);
       const float lv = loss.data().item();
+      if (!std::isfinite(lv) && s.policy.compute == DType::f16)
+        s.check_forward_overflow(loss, s.step + 1, s.step - first_step);
       step_loss += static_cast<double>(lv) / static_cast<double>(s.cfg.grad_accum);
       // The seed carries the loss scale and the 1/accum averaging, so the loss tensor itself is
       // never rescaled (no fp16 overflow in the forward).
@@ -382,6 +457,7 @@ TrainSummary Trainer::run() {
     }
     s.dp->reduce_gradients();
     step_loss = dist::mean_over_ranks(step_loss);
+    s.inject_fault(s.step + 1);
     if (s.cfg.diagnose_every > 0 && (s.step + 1) % s.cfg.diagnose_every == 0 && s.dp->rank() == 0)
       s.diagnose(s.step + 1, scale);
     // ---- one reduction (finite check, global norm), then a fused update or a reported skip.
@@ -416,8 +492,9 @@ TrainSummary Trainer::run() {
     } else if (++s.nonfinite_run >= s.cfg.nonfinite_patience) {
       throw NumericalError(fmt::format(
           "training stopped at step {}: the loss was non-finite for {} consecutive steps ({}); "
-          "last skipped step: {}",
-          s.step, s.nonfinite_run, impl_->policy.str(), r.str()));
+          "last skipped step: {}{}",
+          s.step, s.nonfinite_run, impl_->policy.str(), r.str(),
+          s.forward_overflow.empty() ? "" : "; earlier: " + s.forward_overflow));
     }
 
     const bool eval_now =

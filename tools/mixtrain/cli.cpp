@@ -1,9 +1,12 @@
 // The mixtrain command-line trainer: the root CLI::App, the subcommands registered by the
 // cmd_*.cpp files, and the exit-status rules (0 ok, 1 library error, 2 bad command line).
-// Built only on the public API.
+// Built only on the public API. main() is in main.cpp; the CLI-args fuzz target
+// (fuzz/cli_args_fuzz.cpp) links this file with check_only set.
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include <ostream>
+#include <sstream>
 
 #include <fmt/format.h>
 
@@ -22,6 +25,11 @@ std::vector<Command>& registry() {
 std::map<const CLI::App*, Action>& actions() {
   static std::map<const CLI::App*, Action> a;
   return a;
+}
+
+std::map<const CLI::App*, Action>& checks() {
+  static std::map<const CLI::App*, Action> c;
+  return c;
 }
 
 // With no subcommand: the main job, the default training run.
@@ -48,10 +56,13 @@ Action action_for(const CLI::App* sub) {
   return it == actions().end() ? Action() : it->second;
 }
 
-}  // namespace mixtrain::cli
+void on_check(CLI::App* sub, Action check) { checks()[sub] = std::move(check); }
 
-int main(int argc, char** argv) {
-  using namespace mixtrain::cli;
+int main_entry(int argc, const char* const* argv, bool check_only) {
+  // Bindings are keyed by the App objects of this call (a fuzz target calls this repeatedly).
+  actions().clear();
+  checks().clear();
+  std::ostringstream sink;  // check_only: help and parse errors are not printed
   CLI::App app{
       "mixtrain: mixed-precision (bf16/fp16, fp32 master weights) neural-network "
       "training on the CPU"};
@@ -62,22 +73,26 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // --help exits 0 (CLI11 prints the innermost subcommand's help); anything wrong on the
     // command line prints what and exits 2, as usage errors conventionally do.
-    const int rc = app.exit(e);
+    const int rc = check_only ? app.exit(e, sink, sink) : app.exit(e);
     return rc == 0 ? 0 : 2;
   }
   try {
     // The innermost subcommand given decides what runs.
     const CLI::App* cur = &app;
     while (!cur->get_subcommands().empty()) cur = cur->get_subcommands().front();
+    if (check_only) {
+      auto it = checks().find(cur);
+      if (cur == &app) return check_default_training();
+      return it == checks().end() ? 0 : it->second();
+    }
     if (cur == &app) return run_default();
     if (Action a = action_for(cur)) return a();
     std::fputs(cur->help().c_str(), stderr);
     return 2;
-  } catch (const mixtrain::Error& e) {
-    fmt::print(stderr, "mixtrain: error: {}\n", e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "mixtrain: error: {}\n", e.what());
+  } catch (const std::exception& e) {  // mixtrain::Error and anything else
+    if (!check_only) fmt::print(stderr, "mixtrain: error: {}\n", e.what());
     return 1;
   }
 }
+
+}  // namespace mixtrain::cli

@@ -118,6 +118,13 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
       ->capture_default_str();
   c->add_option("--stop-after", cfg.stop_after, "testing aid: exit with status 3 after N steps")
       ->group("");
+  c->add_option("--init-scale", cfg.init_scale,
+                "testing aid: multiply every initial weight (fp16 forward overflow)")
+      ->group("");
+  c->add_option("--inject-nonfinite-grad", cfg.inject_nonfinite_grad,
+                "testing aid: steps whose gradients get an Inf (NaN at odd list positions)")
+      ->delimiter(',')
+      ->group("");
 }
 
 // For --model gpt without --data, the installed corpus.
@@ -322,7 +329,7 @@ void setup_train(CLI::App& root) {
   auto resume = std::make_shared<std::string>();
   add_train_flags(c, *cfg);
   c->add_option("--resume", *resume, "continue the run in this folder (same flags)");
-  on_run(c, [cfg, resume]() {
+  auto config = [cfg, resume]() {
     TrainConfig x = *cfg;
     if (!resume->empty()) {
       if (!x.out.empty() && x.out != *resume)
@@ -331,7 +338,14 @@ void setup_train(CLI::App& root) {
       x.out = *resume;
       x.resume = true;
     }
-    return run_train(x);
+    return x;
+  };
+  on_run(c, [config]() { return run_train(config()); });
+  on_check(c, [config]() {
+    TrainConfig x = config();
+    default_data(x);
+    train::validate_config(x);
+    return 0;
   });
 }
 
@@ -347,6 +361,12 @@ void setup_compare(CLI::App& root) {
       ->delimiter(',')
       ->capture_default_str();
   on_run(c, [cfg, co]() { return run_compare(*cfg, *co); });
+  on_check(c, [cfg]() {
+    TrainConfig x = *cfg;
+    default_data(x);
+    train::validate_config(x);
+    return 0;
+  });
 }
 
 void setup_doctor(CLI::App& root) {
@@ -360,6 +380,12 @@ void setup_doctor(CLI::App& root) {
   c->add_option("--doctor-steps", *steps, "fp32 steps to gather gradients over")
       ->capture_default_str();
   on_run(c, [cfg, steps]() { return run_doctor_cmd(*cfg, *steps, cfg->out); });
+  on_check(c, [cfg]() {
+    TrainConfig x = *cfg;
+    default_data(x);
+    train::validate_config(x);
+    return 0;
+  });
 }
 
 void setup_export(CLI::App& root) {
@@ -388,6 +414,11 @@ const bool registered =
 int run_default_training() {
   TrainConfig cfg;  // MLP on Fashion-MNIST, precision auto, 3 epochs
   return run_train(cfg);
+}
+
+int check_default_training() {
+  train::validate_config(TrainConfig{});
+  return 0;
 }
 
 }  // namespace mixtrain::cli

@@ -32,11 +32,21 @@ std::vector<Command> registered_commands();
 void on_run(CLI::App* sub, Action action);
 /// The action bound to `sub`, or an empty function.
 Action action_for(const CLI::App* sub);
+/// Binds what check_only runs instead of the action: validation that builds nothing and
+/// reads no data (returns the exit status; throws mixtrain::Error like the action would).
+void on_check(CLI::App* sub, Action check);
+
+/// The whole CLI: builds the root app, parses, runs the innermost subcommand's action and
+/// returns the exit status (0 ok, 1 library error, 2 bad command line). With check_only it
+/// parses and runs the subcommand's check instead, printing nothing (the fuzz target).
+int main_entry(int argc, const char* const* argv, bool check_only = false);
 
 /// Shared with the no-argument default run (main.cpp).
 int run_info(bool json);
 /// The main job: the default training run (MLP on Fashion-MNIST, precision auto, 3 epochs).
 int run_default_training();
+/// Its check (check_only with no subcommand).
+int check_default_training();
 
 struct GemmBenchOptions {
   bool json = false;

@@ -54,6 +54,11 @@ struct TrainConfig {
   bool progress = true;             ///< progress bar when stderr is a terminal
   bool quiet = false;
   int64_t stop_after = 0;  ///< testing aid: exit (as if killed) after this many steps
+  /// testing aid: multiplies every initial weight (a model whose fp16 forward overflows)
+  double init_scale = 1.0;
+  /// testing aid: steps (1-based) whose gradients get a non-finite value written into the
+  /// first parameter's gradient (+Inf, or NaN at odd positions of the list) before unscaling
+  std::vector<int64_t> inject_nonfinite_grad;
   // data parallel (under mpirun; see include/mixtrain/dist/comm.h)
   int zero = 0;                    ///< 0 | 1: ZeRO-1 shards the fp32 master and moments
   std::string allreduce = "fp32";  ///< fp32 | compute: gradient dtype on the wire

@@ -45,6 +45,10 @@ struct TrainSummary {
   std::string to_json() const;
 };
 
+/// The checks the Trainer's constructor runs on a config, without building anything: throws
+/// ConfigError naming the flag (the CLI's parse-only path and its fuzz target use it).
+void validate_config(const TrainConfig& cfg);
+
 class Trainer {
  public:
   /// Validates the config (throws ConfigError naming the flag) and prepares the run folder.

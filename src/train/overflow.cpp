@@ -1,0 +1,90 @@
+// fp16 forward-overflow diagnosis (see overflow.h).
+#include "train/overflow.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <unordered_set>
+#include <vector>
+
+namespace mixtrain::train {
+
+namespace {
+
+struct Scan {
+  int64_t inf = 0, nan = 0, n = 0;
+  double max_finite = 0;
+  bool finite() const { return inf == 0 && nan == 0; }
+};
+
+Scan scan(const Tensor& t) {
+  Scan s;
+  if (!t.defined() || !is_floating(t.dtype())) return s;
+  for (float v : t.to_vector()) {  // error path only: a copy is fine
+    ++s.n;
+    if (std::isnan(v))
+      ++s.nan;
+    else if (std::isinf(v))
+      ++s.inf;
+    else
+      s.max_finite = std::max<double>(s.max_finite, std::fabs(v));
+  }
+  return s;
+}
+
+std::string shape_str(const Shape& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+}  // namespace
+
+std::string find_fp16_forward_overflow(
+    const Variable& loss, const std::map<const VariableImpl*, std::string>& param_names) {
+  if (!loss.defined()) return "";
+  // Every op output on the tape, producers before consumers (post-order DFS, iterative: a deep
+  // model's tape would overflow the call stack).
+  std::vector<Variable> order;
+  std::unordered_set<const VariableImpl*> seen;
+  std::vector<std::pair<Variable, size_t>> stack{{loss, 0}};
+  seen.insert(loss.impl());
+  while (!stack.empty()) {
+    auto& [v, next] = stack.back();
+    const auto& fn = v.grad_fn();
+    if (fn && next < fn->inputs.size()) {
+      const Variable in = fn->inputs[next++];
+      if (in.defined() && seen.insert(in.impl()).second) stack.emplace_back(in, 0);
+      continue;
+    }
+    order.push_back(v);
+    stack.pop_back();
+  }
+  for (const Variable& v : order) {
+    if (!v.grad_fn() || v.dtype() != DType::f16) continue;
+    const Scan out = scan(v.data());
+    if (out.inf == 0) continue;  // overflow shows as +-Inf in an fp16 output
+    bool inputs_finite = true;
+    double in_max = 0;
+    std::vector<std::string> params;
+    for (const Variable& in : v.grad_fn()->inputs) {
+      if (!in.defined()) continue;
+      const Scan s = scan(in.data());
+      inputs_finite = inputs_finite && s.finite();
+      in_max = std::max(in_max, s.max_finite);
+      auto it = param_names.find(in.impl());
+      if (it != param_names.end()) params.push_back(it->second);
+    }
+    if (!inputs_finite) continue;  // not the origin: it inherited a non-finite input
+    std::string reads;
+    for (const auto& p : params) reads += (reads.empty() ? "" : ", ") + p;
+    return fmt::format(
+        "op '{}'{} produced an fp16 output {} with {} of {} values beyond fp16's maximum 65504 "
+        "(largest finite |x| {:.4g}; its inputs, all finite, reach |x| {:.4g})",
+        v.grad_fn()->op, reads.empty() ? "" : " (reading " + reads + ")", shape_str(v.shape()),
+        out.inf, out.n, out.max_finite, in_max);
+  }
+  return "";
+}
+
+}  // namespace mixtrain::train
