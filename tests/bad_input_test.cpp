@@ -16,6 +16,10 @@
 #include <vector>
 
 #include "cli_run.h"
+#include "mixtrain/data/text.h"
+#include "mixtrain/error.h"
+#include "mixtrain/random.h"
+#include "mixtrain/tensor.h"
 #include "train/checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -261,4 +265,29 @@ TEST(BadInput, EveryCaseGivesAClearMessageAndNonZeroExit) {
   // --force starts the different run over instead.
   EXPECT_EQ(run_cli(T("--steps 2 --lr 0.5 --force --out " + held.string())).status, 0);
   fs::remove_all(dir);
+}
+
+// Library-level bad sizes: element counts past int64 are ShapeErrors (they were signed
+// overflow: UB, and a wrapped count could pass later size checks), and a text batch that can
+// never fit in memory is a ConfigError naming the sizes (it was std::bad_alloc, or minutes of
+// drawing window starts into an overcommitted vector).
+TEST(BadInput, HugeShapesAndBatchesAreClearErrors) {
+  using namespace mixtrain;
+  const int64_t big = int64_t{1} << 40;
+  EXPECT_THROW(shape_numel({big, big}), ShapeError);
+  const Tensor t = Tensor::zeros({4, 6}, DType::f32);
+  EXPECT_THROW(t.view({big, big, -1}), ShapeError);
+  EXPECT_THROW(t.view({-2, 12}), ShapeError);
+  EXPECT_EQ(t.view({2, -1}).size(1), 12);
+
+  const ByteTextData d = ByteTextData::from_spec("text:" + kText);
+  Rng rng(1);
+  try {
+    d.sample(TextSplit::train, int64_t{1} << 40, 16, rng);
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("memory"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(d.sample(TextSplit::train, INT64_MAX / 2, 16, rng), ConfigError);
+  EXPECT_EQ(d.sample(TextSplit::train, 3, 16, rng).inputs.size(0), 3);
 }
