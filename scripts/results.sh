@@ -36,4 +36,71 @@ if [[ $what == all || $what == step ]] && [[ -f scripts/bench_compare.sh ]]; the
   echo "== training-step speed against PyTorch"
   bash scripts/bench_compare.sh build results/step.json
 fi
+if [[ $what == all || $what == dist ]] && command -v mpirun >/dev/null; then
+  # Data parallel on this 2-core machine (`dist`): Fashion-MNIST MLP, 200 steps, 1 rank (1 and 2
+  # OpenMP threads) against 2 ranks of 1 thread each (two ranks share the two cores); fp32 and
+  # bf16 gradients on the wire, ZeRO-1, all-reduce overlapped with backward. Each configuration
+  # runs DIST_RUNS (3) times: median throughput, every run's load average beside it.
+  echo "== data parallel: MLP, 1 vs 2 ranks, fp32/bf16 all-reduce, ZeRO-1, overlap"
+  tmp=$(mktemp -d)
+  # Configurations alternate within each round, so a change in the machine's load hits all alike.
+  dist_cfgs=(
+    "fp32-1r2t 1 2 --precision fp32"
+    "fp32-1r1t 1 1 --precision fp32"
+    "fp32-2r 2 1 --precision fp32"
+    "bf16-1r2t 1 2 --precision bf16"
+    "bf16-1r1t 1 1 --precision bf16"
+    "bf16-2r-wire32 2 1 --precision bf16 --allreduce fp32"
+    "bf16-2r 2 1 --precision bf16 --allreduce compute"
+    "bf16-2r-overlap 2 1 --precision bf16 --allreduce compute --overlap-allreduce --bucket-kib 512"
+    "bf16-2r-zero 2 1 --precision bf16 --allreduce compute --zero 1"
+    "bf16-2r-zero-overlap 2 1 --precision bf16 --allreduce compute --zero 1 --overlap-allreduce --bucket-kib 512"
+  )
+  for ((i = 0; i < ${DIST_RUNS:-3}; i++)); do
+    for c in "${dist_cfgs[@]}"; do
+      read -r name np th flags <<< "$c"
+      cut -d' ' -f1 /proc/loadavg > "$tmp/$name.$i.load"
+      echo "$np $th $flags" > "$tmp/$name.$i.cmd"
+      # shellcheck disable=SC2086
+      mpirun --allow-run-as-root --oversubscribe -np "$np" -x OMP_NUM_THREADS="$th" $BIN train \
+        --model mlp --steps 200 --seed 1 --log-every 200 --quiet --out "$tmp/$name.$i" $flags >/dev/null
+    done
+  done
+  /usr/bin/python3 - "$tmp" > results/dist.json <<'PY'
+import glob, json, os, statistics, sys
+d, out = sys.argv[1], []
+names = sorted({os.path.basename(p).rsplit(".", 2)[0] for p in glob.glob(os.path.join(d, "*.cmd"))},
+               key=lambda n: os.path.getmtime(os.path.join(d, n + ".0.load")))
+for n in names:
+    runs = []
+    for i in range(100):
+        base = os.path.join(d, "%s.%d" % (n, i))
+        if not os.path.exists(base + ".cmd"):
+            break
+        s = json.load(open(os.path.join(base, "summary.json")))
+        m = [json.loads(l) for l in open(os.path.join(base, "metrics.jsonl"))][-1]
+        runs.append((s, m, float(open(base + ".load").read())))
+    np_, th, *flags = open(os.path.join(d, n + ".0.cmd")).read().split()
+    s, m, _ = runs[0]
+    r = {"name": n, "ranks": int(np_), "threads_per_rank": int(th),
+         "command": "mpirun -np %s -x OMP_NUM_THREADS=%s mixtrain train --model mlp --steps 200 --seed 1 %s"
+                    % (np_, th, " ".join(flags)),
+         "precision": s["precision"], "parameters": s["parameters"],
+         "runs_throughput": [x[0]["throughput"] for x in runs],
+         "median_throughput": statistics.median(x[0]["throughput"] for x in runs),
+         "throughput_unit": s["throughput_unit"],
+         "runs_load_avg_1min": [x[2] for x in runs],
+         "final_train_loss": s["final_train_loss"], "val_loss": s["val_loss"],
+         "test_accuracy": s.get("test_accuracy"), "peak_tensor_bytes": s["peak_tensor_bytes"]}
+    for k in ("comm_bytes_per_step", "comm_seconds_per_step", "optimizer_state_bytes_per_rank",
+              "master_bytes_per_rank", "moment_bytes_per_rank"):
+        if k in m:
+            r[k] = m[k]
+    if "comm_seconds_per_step" in m:
+        r["runs_comm_seconds_per_step"] = [x[1]["comm_seconds_per_step"] for x in runs]
+    out.append(r)
+print(json.dumps(out, indent=2))
+PY
+  rm -rf "$tmp"
+fi
 /usr/bin/python3 scripts/update_readme.py

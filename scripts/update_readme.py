@@ -97,6 +97,47 @@ def step_table():
     return "\n".join(out)
 
 
+def dist_table():
+    d = load("dist.json")
+    if not d:
+        return ""
+    by = {r["name"]: r for r in d}
+    out = ["`bash scripts/results.sh dist`: Fashion-MNIST MLP, 200 steps of batch 128, `mpirun -np N -x "
+           "OMP_NUM_THREADS=T mixtrain train --model mlp --steps 200 ...` on the 2-core machine (two ranks "
+           "of one thread share the two cores). Throughput: median of %d runs (global samples/s; the "
+           "1-minute load average at each start in brackets). Bytes and state are rank 0's, per step."
+           % len(d[0]["runs_throughput"]), "",
+           "| configuration | ranks × threads | samples/s | × 1 rank (same threads in all) | bytes sent per step | "
+           "comm s/step | fp32 master + moments per rank | final train loss | load |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in d:
+        prec = r["name"].split("-")[0]
+        one = by.get(prec + "-1r2t")
+        b = r.get("comm_bytes_per_step")
+        st = r.get("optimizer_state_bytes_per_rank")
+        out.append("| %s | %d × %d | %.0f | %s | %s | %s | %s | %.4f | %s |" % (
+            r["name"], r["ranks"], r["threads_per_rank"], r["median_throughput"],
+            "%.2f×" % (r["median_throughput"] / one["median_throughput"]) if one else "-",
+            "%.2f MB" % (b / 1e6) if b is not None else "-",
+            "%.1f ms" % (1e3 * r["comm_seconds_per_step"]) if "comm_seconds_per_step" in r else "-",
+            "%.2f MB (%.1f B/param)" % (st / 1e6, st / r["parameters"]) if st else "-",
+            r["final_train_loss"], ", ".join("%.1f" % x for x in r["runs_load_avg_1min"])))
+    w32, w16 = by.get("bf16-2r-wire32"), by.get("bf16-2r")
+    z, p = by.get("bf16-2r-zero"), by.get("bf16-2r")
+    notes = []
+    if w32 and w16:
+        notes.append("bf16 on the wire sends %.3f× the bytes of fp32 (%d vs %d per step)." % (
+            w16["comm_bytes_per_step"] / w32["comm_bytes_per_step"], w16["comm_bytes_per_step"],
+            w32["comm_bytes_per_step"]))
+    if z and p:
+        notes.append("ZeRO-1 holds %.3f× the fp32 master + moment bytes per rank of the plain run "
+                     "(%d vs %d)." % (z["optimizer_state_bytes_per_rank"] / p["optimizer_state_bytes_per_rank"],
+                                      z["optimizer_state_bytes_per_rank"], p["optimizer_state_bytes_per_rank"]))
+    if notes:
+        out += [""] + notes
+    return "\n".join(out)
+
+
 def cli_help():
     exe = os.path.join(ROOT, "build", "mixtrain")
     if not os.path.exists(exe):
@@ -130,6 +171,9 @@ def main():
     st = step_table()
     if st:
         results += ["", "### Training-step speed against PyTorch", "", st]
+    dt = dist_table()
+    if dt:
+        results += ["", "### Data parallel (2 ranks on 2 cores)", "", dt]
     results += ["", "### Kernels", "", gemm_table()]
     text = section(text, "results", "\n".join(results))
     text = section(text, "cli", cli_help())

@@ -109,7 +109,9 @@ class DataParallel {
     std::vector<int64_t> region;  ///< size()+1 flat edges: rank j sums [region[j], region[j+1])
     int64_t pending = 0;          ///< parameters whose gradient is not final yet (overlap)
     bool launched = false;
-    std::vector<char> send, recv;  ///< wire bytes
+    /// wire bytes, kept between steps (as PyTorch DDP's buckets): the gradient once in the
+    /// wire dtype plus N copies of this rank's region of it
+    std::vector<char> send, recv;
     std::vector<int64_t> sb, so, rb, ro;
     Request rs = 0, ag = 0;  ///< reduce-scatter (alltoallv), then all-gather (no ZeRO)
   };

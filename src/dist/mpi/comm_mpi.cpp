@@ -89,9 +89,12 @@ void check(int rc, const char* op) {
     abort_job(fmt::format("{} failed: {} (a peer rank probably died)", op, mpi_error(rc)));
 }
 
-// Polls the request until it completes or the deadline passes. The sleep backs off from 20 us
-// to 1 ms: blocking MPI calls spin on a core, which on a 2-core machine steals it from the
-// peer rank's compute.
+// Polls the request until it completes or the deadline passes. MPI moves a large message's
+// fragments only inside MPI calls (shared memory without single-copy support needs both sides
+// to progress), so the first 100 ms poll back to back, yielding the core between polls (a peer
+// rank that needs it gets it: on a 2-core machine a blocking spin would steal its compute);
+// sleeping there throttled a 1.3 MB exchange to ~8 ms a step. A longer wait (a peer evaluating
+// or writing a checkpoint, or dead) backs off to 1 ms sleeps.
 void wait_bounded(MPI_Request& req, const char* op) {
   World& s = world();
   const auto t0 = std::chrono::steady_clock::now();
@@ -106,8 +109,12 @@ void wait_bounded(MPI_Request& req, const char* op) {
       abort_job(fmt::format(
           "{} did not complete within {:g} s (--comm-timeout): a peer rank died or hangs", op,
           s.timeout));
+    if (waited < 0.1) {
+      std::this_thread::yield();
+      continue;
+    }
     sleep_us = sleep_us == 0 ? 20 : std::min<int64_t>(1000, sleep_us * 2);
-    if (waited > 1e-3) std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
+    std::this_thread::sleep_for(std::chrono::microseconds(sleep_us));
   }
 }
 
