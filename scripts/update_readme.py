@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rewrites the README's generated sections (between <!-- X:begin --> and <!-- X:end -->) from
 the JSON files under results/ and the CLI's own --help. Never typed by hand."""
-import json, os, re, subprocess, sys
+import json, os, re, statistics, subprocess, sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RES = os.path.join(ROOT, "results")
@@ -105,9 +105,11 @@ def dist_table():
     out = ["`bash scripts/results.sh dist`: Fashion-MNIST MLP, 200 steps of batch 128, `mpirun -np N -x "
            "OMP_NUM_THREADS=T mixtrain train --model mlp --steps 200 ...` on the 2-core machine (two ranks "
            "of one thread share the two cores). Throughput: median of %d runs (global samples/s; the "
-           "1-minute load average at each start in brackets). Bytes and state are rank 0's, per step."
+           "1-minute load average at each start in the last column). Bytes sent and state are rank 0's; "
+           "comm s/step (median) is the time in gradient reduction and the ZeRO-1 all-gather, waiting "
+           "for the other rank included."
            % len(d[0]["runs_throughput"]), "",
-           "| configuration | ranks × threads | samples/s | × 1 rank (same threads in all) | bytes sent per step | "
+           "| configuration | ranks × threads | samples/s | × 1 rank × 2 threads | bytes sent per step | "
            "comm s/step | fp32 master + moments per rank | final train loss | load |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in d:
@@ -119,7 +121,8 @@ def dist_table():
             r["name"], r["ranks"], r["threads_per_rank"], r["median_throughput"],
             "%.2f×" % (r["median_throughput"] / one["median_throughput"]) if one else "-",
             "%.2f MB" % (b / 1e6) if b is not None else "-",
-            "%.1f ms" % (1e3 * r["comm_seconds_per_step"]) if "comm_seconds_per_step" in r else "-",
+            "%.1f ms" % (1e3 * statistics.median(r["runs_comm_seconds_per_step"]))
+            if "runs_comm_seconds_per_step" in r else "-",
             "%.2f MB (%.1f B/param)" % (st / 1e6, st / r["parameters"]) if st else "-",
             r["final_train_loss"], ", ".join("%.1f" % x for x in r["runs_load_avg_1min"])))
     w32, w16 = by.get("bf16-2r-wire32"), by.get("bf16-2r")
