@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Regenerates every figure in the README: runs the benchmarks and training comparisons, keeps
 # their JSON under results/, and rewrites the README's generated sections from that JSON.
-# Usage: bash scripts/results.sh [all|gemm|mlp|gpt|step|readme]   (default all; ~40 min)
-# Environment: MLP_EPOCHS (10), GPT_STEPS (300).
+# Usage: bash scripts/results.sh [all|gemm|mlp|gpt|step|ckpt|readme]   (default all; ~55 min)
+# Environment: MLP_EPOCHS (10), GPT_STEPS (300), CKPT_RUNS (3); BIN (./build/mixtrain) with
+# SKIP_BUILD=1 measures an existing binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
-bash scripts/build.sh >/dev/null
-BIN=./build/mixtrain
+[[ -n ${SKIP_BUILD:-} ]] || bash scripts/build.sh >/dev/null
+BIN=${BIN:-./build/mixtrain}
 mkdir -p results
 MLP_EPOCHS=${MLP_EPOCHS:-10}
 GPT_STEPS=${GPT_STEPS:-300}
@@ -35,6 +36,43 @@ fi
 if [[ $what == all || $what == step ]] && [[ -f scripts/bench_compare.sh ]]; then
   echo "== training-step speed against PyTorch"
   bash scripts/bench_compare.sh build results/step.json
+fi
+if [[ $what == all || $what == ckpt ]]; then
+  # GPT 6x384, T 256, batch 32: fp32 and bf16, with and without block checkpointing. Each
+  # configuration runs CKPT_RUNS times (each run: the median of 2 timed steps); the object kept
+  # is the run at the (lower) median step time, with every run's step time, their median and
+  # the load average at each start beside it.
+  echo "== activation checkpointing: GPT batch 32, fp32/bf16, none/blocks"
+  tmp=$(mktemp -d)
+  # Round-robin over the configurations, so a change of load on the shared machine falls on all.
+  for ((i = 0; i < ${CKPT_RUNS:-3}; i++)); do
+    for prec in fp32 bf16; do
+      for ck in none blocks; do
+        cut -d' ' -f1 /proc/loadavg > "$tmp/$prec-$ck-$i.load"
+        $BIN bench step --model gpt --batch 32 --precision $prec --checkpoint-activations $ck \
+          --warmup 1 --repeats 2 --peak-time 0 --no-optimizer-bandwidth --json > "$tmp/$prec-$ck-$i.json"
+      done
+    done
+  done
+  /usr/bin/python3 - "$tmp" > results/checkpointing.json <<'PY'
+import glob, json, os, statistics, sys
+d, out = sys.argv[1], []
+for prec in ("fp32", "bf16"):
+    for ck in ("none", "blocks"):
+        runs = []
+        for f in sorted(glob.glob(os.path.join(d, "%s-%s-*.json" % (prec, ck)))):
+            j = json.load(open(f))
+            j["load_avg_1min"] = float(open(f[:-5] + ".load").read())
+            runs.append(j)
+        runs.sort(key=lambda j: j["ms_per_step"])
+        best = dict(runs[(len(runs) - 1) // 2])
+        best["runs_ms_per_step"] = [j["ms_per_step"] for j in runs]
+        best["median_ms_per_step"] = statistics.median(best["runs_ms_per_step"])
+        best["runs_load_avg_1min"] = [j["load_avg_1min"] for j in runs]
+        out.append(best)
+print(json.dumps(out, indent=2))
+PY
+  rm -rf "$tmp"
 fi
 if [[ $what == all || $what == dist ]] && command -v mpirun >/dev/null; then
   # Data parallel on this 2-core machine (`dist`): Fashion-MNIST MLP, 200 steps, 1 rank (1 and 2

@@ -97,6 +97,34 @@ def step_table():
     return "\n".join(out)
 
 
+def ckpt_table():
+    d = load("checkpointing.json")
+    if not d:
+        return ""
+    out = ["`bash scripts/results.sh ckpt`: `mixtrain bench step --model gpt --batch 32 --precision P "
+           "--checkpoint-activations C` (GPT 6 layers, width 384, 6 heads, context 256; each run "
+           "the median of 2 timed steps; each configuration run %d times, round-robin: the median of "
+           "the runs, and the 1-minute load average at the start of each). Activations kept = tensor bytes the tape "
+           "holds at the end of the forward." % len(d[0].get("runs_ms_per_step", [0])), "",
+           "| precision | checkpointing | ms/step | × none | activations kept | × fp32 none | peak tensor memory | peak RSS | load |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    def kept(r):
+        return sum(r["activation_bytes"].values())
+    def ms(r):
+        return r.get("median_ms_per_step", r["ms_per_step"])
+    base = {r["precision"]: r for r in d if r["checkpoint_activations"] == "none"}
+    ref = base.get("fp32")
+    for r in d:
+        b = base.get(r["precision"])
+        by = ", ".join("%s %s" % (k, mib(v)) for k, v in sorted(r["activation_bytes"].items()) if v >= 2**20)
+        out.append("| %s | %s | %.0f | %s | %s (%s) | %s | %s | %s | %s |" % (
+            r["precision"], r["checkpoint_activations"], ms(r),
+            "%.2f×" % (ms(r) / ms(b)) if b else "-", mib(kept(r)), by,
+            "%.3f" % (kept(r) / kept(ref)) if ref else "-", mib(r["peak_tensor_bytes"]),
+            mib(r["peak_rss_bytes"]), ", ".join("%.1f" % x for x in r.get("runs_load_avg_1min", []))))
+    return "\n".join(out)
+
+
 def dist_table():
     d = load("dist.json")
     if not d:
@@ -142,7 +170,7 @@ def dist_table():
 
 
 def cli_help():
-    exe = os.path.join(ROOT, "build", "mixtrain")
+    exe = os.environ.get("MIXTRAIN_BIN", os.path.join(ROOT, "build", "mixtrain"))
     if not os.path.exists(exe):
         return "(build first)"
     parts = []
@@ -174,6 +202,9 @@ def main():
     st = step_table()
     if st:
         results += ["", "### Training-step speed against PyTorch", "", st]
+    ck = ckpt_table()
+    if ck:
+        results += ["", "### Activation checkpointing", "", ck]
     dt = dist_table()
     if dt:
         results += ["", "### Data parallel (2 ranks on 2 cores)", "", dt]
