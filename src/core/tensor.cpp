@@ -283,20 +283,100 @@ Tensor Tensor::to(DType dtype) const {
   return out;
 }
 
+namespace {
+
+// Merges adjacent dims that are contiguous with each other in both views (and drops size-1
+// dims), so a transposed-heads copy becomes a few long runs instead of one call per element.
+void collapse_dims(Shape& shape, Shape& sa, Shape& sb) {
+  Shape s2, a2, b2;
+  for (size_t k = 0; k < shape.size(); ++k) {
+    if (shape[k] == 1) continue;
+    if (!s2.empty() && a2.back() == sa[k] * shape[k] && b2.back() == sb[k] * shape[k]) {
+      s2.back() *= shape[k];
+      a2.back() = sa[k];
+      b2.back() = sb[k];
+    } else {
+      s2.push_back(shape[k]);
+      a2.push_back(sa[k]);
+      b2.push_back(sb[k]);
+    }
+  }
+  if (s2.empty()) s2 = {1}, a2 = {1}, b2 = {1};
+  shape = s2, sa = a2, sb = b2;
+}
+
+template <class E>
+void copy_run(char* d, int64_t ds, const char* s, int64_t ss, int64_t n) {
+  E* dp = reinterpret_cast<E*>(d);
+  const E* sp = reinterpret_cast<const E*>(s);
+  for (int64_t j = 0; j < n; ++j) dp[j * ds] = sp[j * ss];
+}
+
+// dst[view] = src[view] for two same-shape strided views of one element size: the innermost
+// dim is a memcpy when unit-stride on both sides, else a typed loop; the outer rows are split
+// over threads when there is enough to move.
+void strided_copy(char* dst, Shape dst_strides, const char* src, Shape src_strides, Shape shape,
+                  size_t es) {
+  collapse_dims(shape, dst_strides, src_strides);
+  const size_t nd = shape.size();
+  const int64_t inner = shape[nd - 1], di = dst_strides[nd - 1], si = src_strides[nd - 1];
+  const int64_t rows = shape_numel(shape) / std::max<int64_t>(inner, 1);
+  const int64_t esz = static_cast<int64_t>(es);
+#pragma omp parallel for schedule(static) if (rows * inner * esz > (int64_t{1} << 18) && rows > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t rem = r, doff = 0, soff = 0;
+    for (size_t k = nd - 1; k-- > 0;) {
+      const int64_t i = rem % shape[k];
+      rem /= shape[k];
+      doff += i * dst_strides[k];
+      soff += i * src_strides[k];
+    }
+    char* d = dst + doff * esz;
+    const char* s = src + soff * esz;
+    if (di == 1 && si == 1) {
+      std::memcpy(d, s, static_cast<size_t>(inner * esz));
+      continue;
+    }
+    switch (es) {
+      case 1:
+        copy_run<uint8_t>(d, di, s, si, inner);
+        break;
+      case 2:
+        copy_run<uint16_t>(d, di, s, si, inner);
+        break;
+      case 4:
+        copy_run<uint32_t>(d, di, s, si, inner);
+        break;
+      case 8:
+        copy_run<uint64_t>(d, di, s, si, inner);
+        break;
+      default:
+        for (int64_t j = 0; j < inner; ++j) std::memcpy(d + j * di * esz, s + j * si * esz, es);
+    }
+  }
+}
+
+}  // namespace
+
 void Tensor::copy_from(const Tensor& src) {
   if (src.shape_ != shape_)
     throw ShapeError(fmt::format("copy_from: {} into {}", src.str(), str()));
+  if (numel() == 0) return;
   if (src.is_contiguous() && is_contiguous()) {
     convert(src.raw_data(), src.dtype_, raw_data(), dtype_, static_cast<size_t>(numel()));
     return;
   }
-  // Strided: gather into a contiguous temporary of the source dtype, then convert.
+  if (src.dtype_ == dtype_) {
+    strided_copy(static_cast<char*>(raw_data()), strides_, static_cast<const char*>(src.raw_data()),
+                 src.strides_, shape_, element_size());
+    return;
+  }
+  // Strided with a dtype change: gather into a contiguous temporary of the source dtype,
+  // convert, then scatter if the destination is strided too.
   const size_t es = src.element_size();
   std::vector<char> tmp(static_cast<size_t>(numel()) * es);
-  const char* s = static_cast<const char*>(src.raw_data());
-  for_each_offset(src.shape_, src.strides_, [&](int64_t i, int64_t off) {
-    std::memcpy(tmp.data() + i * es, s + off * static_cast<int64_t>(es), es);
-  });
+  strided_copy(tmp.data(), contiguous_strides(shape_), static_cast<const char*>(src.raw_data()),
+               src.strides_, shape_, es);
   if (is_contiguous()) {
     convert(tmp.data(), src.dtype_, raw_data(), dtype_, static_cast<size_t>(numel()));
     return;
@@ -304,10 +384,8 @@ void Tensor::copy_from(const Tensor& src) {
   const size_t ed = element_size();
   std::vector<char> conv(static_cast<size_t>(numel()) * ed);
   convert(tmp.data(), src.dtype_, conv.data(), dtype_, static_cast<size_t>(numel()));
-  char* d = static_cast<char*>(raw_data());
-  for_each_offset(shape_, strides_, [&](int64_t i, int64_t off) {
-    std::memcpy(d + off * static_cast<int64_t>(ed), conv.data() + i * ed, ed);
-  });
+  strided_copy(static_cast<char*>(raw_data()), strides_, conv.data(), contiguous_strides(shape_),
+               shape_, ed);
 }
 
 void Tensor::fill(float value) {
@@ -331,7 +409,8 @@ std::vector<float> Tensor::to_vector() const {
 }
 
 float Tensor::item() const {
-  if (numel() != 1) throw ShapeError(fmt::format("item: {} has {} elements, not 1", str(), numel()));
+  if (numel() != 1)
+    throw ShapeError(fmt::format("item: {} has {} elements, not 1", str(), numel()));
   return to_vector()[0];
 }
 
