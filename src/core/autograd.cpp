@@ -3,11 +3,13 @@
 // in the leaf's grad dtype.
 #include "mixtrain/autograd.h"
 
+#include <chrono>
 #include <fmt/format.h>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "core/dispatch.h"
+#include "mixtrain/profile.h"
 
 namespace mixtrain {
 
@@ -52,6 +54,7 @@ Variable make_op_result(Tensor out, std::vector<Variable> inputs, const char* op
   if (g_grad_enabled)
     for (const auto& v : inputs) needs = needs || v.requires_grad();
   Variable result(std::move(out), needs);
+  profile::op_done(op);
   if (needs) {
     auto node = std::make_shared<Node>();
     node->op = op;
@@ -106,7 +109,12 @@ void Variable::backward(const Tensor& seed) const {
     }
     Node& node = *v->grad_fn;
     if (node.recompute) node.recompute();
+    const auto t_bwd = profile::enabled() ? std::chrono::steady_clock::now()
+                                          : std::chrono::steady_clock::time_point{};
     std::vector<Tensor> in_grads = node.backward(grad);
+    if (profile::enabled())
+      profile::add("bwd " + node.op,
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - t_bwd).count());
     if (in_grads.size() != node.inputs.size())
       throw Error(fmt::format("backward of {}: returned {} gradients for {} inputs", node.op,
                               in_grads.size(), node.inputs.size()));

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <chrono>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <unordered_map>
 #include <vector>
@@ -19,6 +20,7 @@
 #include <fmt/format.h>
 
 #include "mixtrain/gemm.h"
+#include "mixtrain/profile.h"
 
 namespace mixtrain {
 
@@ -300,8 +302,8 @@ void gemm_k0(Tensor& c, float beta, const Tensor* bias, Epilogue epi) {
   c.copy_from(Tensor::from_vector(v, c.shape(), DType::f32));
 }
 
-void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
-               float alpha, float beta, const Tensor* bias, Epilogue epi) {
+void gemm_run(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
+              float alpha, float beta, const Tensor* bias, Epilogue epi) {
   // --- validation: every message names the op, the shapes (with ᵀ for a transposed
   // operand) and the dtypes.
   if (!a.defined() || !b.defined() || !c.defined())
@@ -346,8 +348,8 @@ void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool t
   // --- layouts oneDNN's fast kernels cannot take are copied (rare: views with no unit
   // stride in either of the last two dims).
   Mat A = logical(a, ta), B = logical(b, tb);
-  if (!unit_stride(A)) return gemm_impl(op, a.contiguous(), ta, b, tb, c, alpha, beta, bias, epi);
-  if (!unit_stride(B)) return gemm_impl(op, a, ta, b.contiguous(), tb, c, alpha, beta, bias, epi);
+  if (!unit_stride(A)) return gemm_run(op, a.contiguous(), ta, b, tb, c, alpha, beta, bias, epi);
+  if (!unit_stride(B)) return gemm_run(op, a, ta, b.contiguous(), tb, c, alpha, beta, bias, epi);
   Mat C = logical(c, false);
   if (C.s[2] != 1) {
     if (C.s[1] == 1 && !bias) {
@@ -360,7 +362,7 @@ void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool t
       A = At, B = Bt, C = Ct;
     } else {
       Tensor tmp = beta != 0.0f ? c.clone() : Tensor::empty(c.shape(), c.dtype());
-      gemm_impl(op, a, ta, b, tb, tmp, alpha, beta, bias, epi);
+      gemm_run(op, a, ta, b, tb, tmp, alpha, beta, bias, epi);
       c.copy_from(tmp);
       return;
     }
@@ -417,11 +419,11 @@ void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool t
   Tensor bias32;
   if (bias) bias32 = bias->to(DType::f32);
   if (c.dtype() == DType::f32) {
-    gemm_impl(op, a32, ta, b32, tb, c, alpha, beta, bias ? &bias32 : nullptr, epi);
+    gemm_run(op, a32, ta, b32, tb, c, alpha, beta, bias ? &bias32 : nullptr, epi);
     return;
   }
   Tensor c32 = beta != 0.0f ? c.to(DType::f32) : Tensor::empty(c.shape(), DType::f32);
-  gemm_impl(op, a32, ta, b32, tb, c32, alpha, beta, bias ? &bias32 : nullptr, epi);
+  gemm_run(op, a32, ta, b32, tb, c32, alpha, beta, bias ? &bias32 : nullptr, epi);
   c.copy_from(c32);
 }
 
@@ -468,6 +470,20 @@ const char* epilogue_name(Epilogue e) {
       return "gelu";
   }
   return "?";
+}
+
+// gemm_run, timed by shape when the profile is on (profile.h).
+void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
+               float alpha, float beta, const Tensor* bias, Epilogue epi) {
+  if (!profile::enabled()) return gemm_run(op, a, ta, b, tb, c, alpha, beta, bias, epi);
+  const auto t0 = std::chrono::steady_clock::now();
+  gemm_run(op, a, ta, b, tb, c, alpha, beta, bias, epi);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int64_t M = c.size(-2), N = c.size(-1), K = ta ? a.size(-2) : a.size(-1);
+  profile::add(fmt::format("gemm {}{}->{} {}{}x{}x{}{}", dtype_name(a.dtype()), ta || tb ? fmt::format(" {}{}", ta ? "T" : "N", tb ? "T" : "N") : "",
+                           dtype_name(c.dtype()), c.dim() == 3 ? fmt::format("{}*", c.size(0)) : "", M, N, K,
+                           epi != Epilogue::none || bias ? " +epi" : ""),
+               s);
 }
 
 void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,

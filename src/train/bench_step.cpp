@@ -4,6 +4,8 @@
 // does not depend on data loading.
 #include "mixtrain/train/bench_step.h"
 
+#include "mixtrain/profile.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -223,6 +225,7 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   std::vector<double> total, fwd, bwd, upd;
   auto step = [&](bool timed) {
     const auto t0 = Clock::now();
+    profile::mark();
     Variable loss;
     const MemoryStats before_forward = memory_stats();
     {
@@ -240,6 +243,7 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     scaler.update();
     opt->zero_grad();
     const auto t3 = Clock::now();
+    profile::add("loss scaler + optimizer + zero_grad", std::chrono::duration<double>(t3 - t2).count());
     if (timed) {
       using ms = std::chrono::duration<double, std::milli>;
       fwd.push_back(ms(t1 - t0).count());
@@ -250,7 +254,15 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   };
   for (int i = 0; i < o.warmup; ++i) step(false);
   reset_peak_memory();
+  if (o.profile) {
+    profile::enable(true);
+    profile::reset();
+  }
   for (int i = 0; i < o.repeats; ++i) step(true);
+  if (o.profile) {
+    r.profile = profile::report(o.repeats);
+    profile::enable(false);
+  }
   r.peak_tensor_bytes = memory_stats().peak_bytes;
   r.peak_rss_bytes = peak_rss_bytes();
   r.ms_per_step = median(total);

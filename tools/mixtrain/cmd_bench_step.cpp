@@ -21,6 +21,7 @@ struct StepBenchOptions {
 
 int run_bench_step(const StepBenchOptions& s) {
   const train::BenchStepResult r = train::bench_step(s.o);
+  if (!r.profile.empty()) std::fputs(r.profile.c_str(), stderr);
   if (s.json) {
     std::printf("%s\n", r.to_json().c_str());
     return 0;
@@ -94,6 +95,8 @@ void setup_bench_step(CLI::App& root) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   step->add_flag("--json", s->json, "Print one JSON object");
+  step->add_flag("--profile", s->o.profile,
+                 "Print a per-op time table of the timed steps (forward, backward, GEMM shapes) to stderr");
   on_run(step, [s] { return run_bench_step(*s); });
 }
 

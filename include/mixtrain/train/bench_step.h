@@ -31,6 +31,8 @@ struct BenchStepOptions {
   uint64_t seed = 0;
   /// gpt: none | blocks | every:N (nn::parse_checkpoint_every): blocks recomputed in backward.
   std::string checkpoint_activations = "none";
+  /// Per-op profile of the timed steps (profile.h) into BenchStepResult::profile.
+  bool profile = false;
   // GPT shape (the defaults are the benchmark workload).
   int64_t gpt_layers = 6, gpt_width = 384, gpt_heads = 6, gpt_context = 256;
   /// MLP hidden sizes (784 in, 10 out around them).
@@ -55,6 +57,7 @@ struct BenchStepResult {
   double gemm_peak_gflops = 0;  ///< NaN when not measured
   double mfu = 0;               ///< model_gflops_per_s / gemm_peak_gflops; NaN when unmeasured
   double loss = 0;              ///< loss of the last timed step (sanity: finite)
+  std::string profile;  ///< per-op table, per step (empty unless asked for)
   int64_t peak_rss_bytes = 0;
   int64_t peak_tensor_bytes = 0;  ///< tensor storage high-water mark during the timed steps
   std::string checkpoint_activations = "none";  ///< as asked
