@@ -209,6 +209,8 @@ void attn_backward(const T* q, const T* k, const T* v, const Tensor& g, const fl
 }
 
 // ---- GEMM path: heads in chunks, scores through oneDNN batched GEMMs ----
+// (bf16 reads its operands directly and rounds P and dS to bf16 for the products that use
+// them; see attn_forward_gemm.)
 // The per-head loops above run at ~33 GFLOP/s; the same products as batched fp32 GEMMs run
 // near the fp32 GEMM peak even though the causal square is computed whole (2x the FLOPs).
 // Q, K, V (and dO) are widened to fp32 and every product is fp32 with fp32 accumulation, so
@@ -236,20 +238,31 @@ template <class T>
 void attn_forward_gemm(const T* q, const T* k, const T* v, T* out, float* lse, const Dims& dm) {
   const int64_t Tq = dm.Tq, Tk = dm.Tk, D = dm.D, hc = chunk_heads(dm);
   const DType dt = dtype_of<T>();
-  const bool wide = dt != DType::f32;
+  // bf16: Q·Kᵀ straight from the bf16 operands (products of bf16 values are exact in fp32, so
+  // the scores equal the widened fp32 GEMM's up to summation order) and P rounded to bf16 for
+  // P·V (as FlashAttention does; O is rounded to bf16 anyway). fp16 and fp32 widen to fp32:
+  // this CPU has no fp16 arithmetic.
+  const bool lowp = dt == DType::bf16;
+  const bool wide = dt != DType::f32 && !lowp;
   Tensor qb = Tensor::empty({wide ? hc * Tq * D : 0}, DType::f32);
   Tensor kb = Tensor::empty({wide ? hc * Tk * D : 0}, DType::f32);
   Tensor vb = Tensor::empty({wide ? hc * Tk * D : 0}, DType::f32);
   Tensor sb = Tensor::empty({hc * Tq * Tk}, DType::f32);
+  Tensor pb = Tensor::empty({lowp ? hc * Tq * Tk : 0}, DType::bf16);
+  auto operand = [&](const T* p, int64_t n, int64_t rows, Tensor& buf) {
+    if (lowp) return Tensor::wrap(const_cast<T*>(p), {n, rows, D}, dt);
+    return f32_heads(p, dt, n, rows, D, buf);
+  };
   for (int64_t h0 = 0; h0 < dm.BH; h0 += hc) {
     const int64_t n = std::min(hc, dm.BH - h0);
-    const Tensor qf = f32_heads(q + h0 * Tq * D, dt, n, Tq, D, qb);
-    const Tensor kf = f32_heads(k + h0 * Tk * D, dt, n, Tk, D, kb);
-    const Tensor vf = f32_heads(v + h0 * Tk * D, dt, n, Tk, D, vb);
+    const Tensor qf = operand(q + h0 * Tq * D, n, Tq, qb);
+    const Tensor kf = operand(k + h0 * Tk * D, n, Tk, kb);
+    const Tensor vf = operand(v + h0 * Tk * D, n, Tk, vb);
     Tensor s = Tensor::wrap(sb.raw_data(), {n, Tq, Tk}, DType::f32);
     gemm(qf, false, kf, true, s, dm.scale);  // s = scale · Q·Kᵀ
     float* sp = s.data<float>();
     float* lp = lse + h0 * Tq;
+    uint16_t* p16 = lowp ? static_cast<uint16_t*>(pb.raw_data()) : nullptr;
 #pragma omp parallel for schedule(static) if (n * Tq * Tk > kParallelMin)
     for (int64_t r = 0; r < n * Tq; ++r) {
       float* row = sp + r * Tk;
@@ -261,9 +274,13 @@ void attn_forward_gemm(const T* q, const T* k, const T* v, T* out, float* lse, c
       const float inv = 1.0f / l;
       for (int64_t j = 0; j < jn; ++j) row[j] *= inv;
       std::fill(row + jn, row + Tk, 0.0f);
+      if (lowp) store_row(row, Tk, p16 + r * Tk, DType::bf16);
     }
     Tensor o = Tensor::wrap(out + h0 * Tq * D, {n, Tq, D}, dt);
-    gemm(s, false, vf, false, o);  // O = P·V, fp32 sums rounded once into T
+    if (lowp)
+      gemm(Tensor::wrap(p16, {n, Tq, Tk}, DType::bf16), false, vf, false, o);  // O = P·V
+    else
+      gemm(s, false, vf, false, o);  // O = P·V, fp32 sums rounded once into T
   }
 }
 
@@ -274,18 +291,29 @@ void attn_backward_gemm(const T* q, const T* k, const T* v, const Tensor& g, con
   const int64_t Tq = dm.Tq, Tk = dm.Tk, D = dm.D, hc = chunk_heads(dm);
   const DType dt = dtype_of<T>(), gdt = g.dtype();
   const char* gp = static_cast<const char*>(g.raw_data());
-  Tensor qb = Tensor::empty({dt != DType::f32 ? hc * Tq * D : 0}, DType::f32);
-  Tensor kb = Tensor::empty({dt != DType::f32 ? hc * Tk * D : 0}, DType::f32);
-  Tensor vb = Tensor::empty({dt != DType::f32 ? hc * Tk * D : 0}, DType::f32);
-  Tensor gb = Tensor::empty({gdt != DType::f32 ? hc * Tq * D : 0}, DType::f32);
+  // bf16 (with a bf16 dO): the score and dP products read the bf16 operands directly (exact
+  // products, fp32 sums); P and dS are rounded to bf16 for the three gradient products, as
+  // FlashAttention's backward does. Otherwise everything is widened to fp32.
+  const bool lowp = dt == DType::bf16 && gdt == DType::bf16;
+  const bool wide = dt != DType::f32 && !lowp;
+  Tensor qb = Tensor::empty({wide ? hc * Tq * D : 0}, DType::f32);
+  Tensor kb = Tensor::empty({wide ? hc * Tk * D : 0}, DType::f32);
+  Tensor vb = Tensor::empty({wide ? hc * Tk * D : 0}, DType::f32);
+  Tensor gb = Tensor::empty({gdt != DType::f32 && !lowp ? hc * Tq * D : 0}, DType::f32);
   Tensor pb = Tensor::empty({hc * Tq * Tk}, DType::f32);
   Tensor dpb = Tensor::empty({hc * Tq * Tk}, DType::f32);
+  Tensor p16b = Tensor::empty({lowp ? hc * Tq * Tk : 0}, DType::bf16);
+  Tensor ds16b = Tensor::empty({lowp ? hc * Tq * Tk : 0}, DType::bf16);
+  auto operand = [&](const void* p, DType pdt, int64_t n, int64_t rows, Tensor& buf) {
+    if (lowp) return Tensor::wrap(const_cast<void*>(p), {n, rows, D}, pdt);
+    return f32_heads(p, pdt, n, rows, D, buf);
+  };
   for (int64_t h0 = 0; h0 < dm.BH; h0 += hc) {
     const int64_t n = std::min(hc, dm.BH - h0);
-    const Tensor qf = f32_heads(q + h0 * Tq * D, dt, n, Tq, D, qb);
-    const Tensor kf = f32_heads(k + h0 * Tk * D, dt, n, Tk, D, kb);
-    const Tensor vf = f32_heads(v + h0 * Tk * D, dt, n, Tk, D, vb);
-    const Tensor gf = f32_heads(gp + h0 * Tq * D * dtype_size(gdt), gdt, n, Tq, D, gb);
+    const Tensor qf = operand(q + h0 * Tq * D, dt, n, Tq, qb);
+    const Tensor kf = operand(k + h0 * Tk * D, dt, n, Tk, kb);
+    const Tensor vf = operand(v + h0 * Tk * D, dt, n, Tk, vb);
+    const Tensor gf = operand(gp + h0 * Tq * D * dtype_size(gdt), gdt, n, Tq, gb);
     Tensor p = Tensor::wrap(pb.raw_data(), {n, Tq, Tk}, DType::f32);
     Tensor dp = Tensor::wrap(dpb.raw_data(), {n, Tq, Tk}, DType::f32);
     gemm(qf, false, kf, true, p, dm.scale);  // scores again (only lse was saved)
@@ -293,6 +321,8 @@ void attn_backward_gemm(const T* q, const T* k, const T* v, const Tensor& g, con
     float* pp = p.data<float>();
     float* dpp = dp.data<float>();
     const float* lp = lse + h0 * Tq;
+    uint16_t* p16 = lowp ? static_cast<uint16_t*>(p16b.raw_data()) : nullptr;
+    uint16_t* ds16 = lowp ? static_cast<uint16_t*>(ds16b.raw_data()) : nullptr;
 #pragma omp parallel for schedule(static) if (n * Tq * Tk > kParallelMin)
     for (int64_t r = 0; r < n * Tq; ++r) {
       float* pr = pp + r * Tk;
@@ -305,16 +335,22 @@ void attn_backward_gemm(const T* q, const T* k, const T* v, const Tensor& g, con
       const float di = dot_lanes(pr, dr, jn);
       for (int64_t j = 0; j < jn; ++j) dr[j] = pr[j] * (dr[j] - di) * dm.scale;
       std::fill(dr + jn, dr + Tk, 0.0f);
+      if (lowp) {
+        store_row(pr, Tk, p16 + r * Tk, DType::bf16);
+        store_row(dr, Tk, ds16 + r * Tk, DType::bf16);
+      }
     }
+    const Tensor pg = lowp ? Tensor::wrap(p16, {n, Tq, Tk}, DType::bf16) : p;
+    const Tensor dsg = lowp ? Tensor::wrap(ds16, {n, Tq, Tk}, DType::bf16) : dp;
     Tensor dvt =
         Tensor::wrap(static_cast<char*>(dv) + h0 * Tk * D * dtype_size(dv_dt), {n, Tk, D}, dv_dt);
     Tensor dqt =
         Tensor::wrap(static_cast<char*>(dq) + h0 * Tq * D * dtype_size(dq_dt), {n, Tq, D}, dq_dt);
     Tensor dkt =
         Tensor::wrap(static_cast<char*>(dk) + h0 * Tk * D * dtype_size(dk_dt), {n, Tk, D}, dk_dt);
-    gemm(p, true, gf, false, dvt);    // dV = Pᵀ·dO
-    gemm(dp, false, kf, false, dqt);  // dQ = dS·K
-    gemm(dp, true, qf, false, dkt);   // dK = dSᵀ·Q
+    gemm(pg, true, gf, false, dvt);    // dV = Pᵀ·dO
+    gemm(dsg, false, kf, false, dqt);  // dQ = dS·K
+    gemm(dsg, true, qf, false, dkt);   // dK = dSᵀ·Q
   }
 }
 
