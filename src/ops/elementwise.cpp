@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 
+#include "cpu/simd/vmath.h"
 #include "mixtrain/amp/policy.h"
 #include "mixtrain/ops.h"
 #include "ops/ops_common.h"
@@ -177,52 +178,7 @@ Variable mul(const Variable& x, float s) {
 
 namespace {
 
-// torch's GELU tanh approximation constants: sqrt(2/pi) and the cubic coefficient.
-constexpr float kSqrt2OverPi = 0.7978845608028654f;
-constexpr float kGeluC = 0.044715f;
-
-// exp(x) for |x| <= 80 in branch-free float arithmetic (Cephes' expf: range reduction by ln2
-// in two parts, degree-6 polynomial, 2^n built in the exponent bits), within 2 ulp of
-// std::exp. No float compares or libm calls: those (under the default -ftrapping-math) keep
-// the compiler from vectorising the kernel loop, and libm's scalar tanhf made GELU ~10x
-// slower than a memory-bound op.
-inline float exp_small(float x) {
-  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // RNE to integer
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t e = (static_cast<int32_t>(n) + 127) << 23;
-  return p * std::bit_cast<float>(e);
-}
-
-// exp(-2u) with |u| clamped to 40 by an integer min on the magnitude bits (integer compares
-// vectorise): beyond it the logistic below is 1 or < 2e-35, i.e. 1 or 0 to fp32.
-inline float exp_m2u(float u) {
-  const uint32_t bits = std::bit_cast<uint32_t>(u);
-  uint32_t mag = bits & 0x7fffffffu;
-  mag = mag < 0x42200000u ? mag : 0x42200000u;  // 40.0f
-  return exp_small(-2.0f * std::bit_cast<float>(mag | (bits & 0x80000000u)));
-}
-
-// GELU (tanh form) as x·σ(2u), since 0.5·(1 + tanh(u)) = σ(2u) = 1/(1 + exp(-2u)): this
-// keeps full relative accuracy where gelu is tiny (x << 0), which 1 + tanh would cancel.
-inline float gelu_f(float x) {
-  const float u = kSqrt2OverPi * (x + kGeluC * x * x * x);
-  return x / (1.0f + exp_m2u(u));
-}
-// d/dx = σ + x·σ·(1-σ)·2·u'(x), the same as torch's 0.5(1+t) + 0.5x(1-t²)u' with t = tanh u.
-inline float gelu_grad_f(float x) {
-  const float u = kSqrt2OverPi * (x + kGeluC * x * x * x);
-  const float e = exp_m2u(u);
-  const float s = 1.0f / (1.0f + e);
-  return s + 2.0f * x * s * (e * s) * kSqrt2OverPi * (1.0f + 3.0f * kGeluC * x * x);
-}
+// GELU lives in src/cpu/simd/vmath.cpp (vectorised exp, x·σ(2u) form; see gelu() below).
 
 // A unary op: category `cat` picks dt, the input is cast to dt, out = f(x). The backward is
 // g * df, where df is computed from the saved input (use_out=false) or output (true).
@@ -249,11 +205,54 @@ Variable relu(const Variable& x) {
       [](float y) { return y > 0.0f ? 1.0f : 0.0f; });
 }
 
+namespace {
+
+// out = f over n contiguous elements in blocks: each block is read as fp32 (SIMD conversion),
+// computed by a vectorised kernel and rounded once into out_dt. f(in0, in1, out, len).
+template <class F>
+Tensor block_map(const Tensor& a, const Tensor* b, DType out_dt, F f) {
+  constexpr int64_t kBlock = 2048;
+  const int64_t n = a.numel();
+  Tensor out = Tensor::empty(a.shape(), out_dt);
+  const char* ap = static_cast<const char*>(a.raw_data());
+  const char* bp = b ? static_cast<const char*>(b->raw_data()) : nullptr;
+  char* op = static_cast<char*>(out.raw_data());
+  const int64_t as = static_cast<int64_t>(a.element_size());
+  const int64_t bs = b ? static_cast<int64_t>(b->element_size()) : 0;
+  const int64_t os = static_cast<int64_t>(out.element_size());
+#pragma omp parallel for schedule(static) if (n > (1 << 15))
+  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
+    alignas(64) float ba[kBlock], bb[kBlock], bo[kBlock];
+    const int64_t len = std::min(kBlock, n - i0);
+    const float* pa = load_f32(ap + i0 * as, a.dtype(), len, ba);
+    const float* pb = b ? load_f32(bp + i0 * bs, b->dtype(), len, bb) : nullptr;
+    float* po = out_dt == DType::f32 ? reinterpret_cast<float*>(op + i0 * os) : bo;
+    f(pa, pb, po, len);
+    if (out_dt != DType::f32)
+      convert(bo, DType::f32, op + i0 * os, out_dt, static_cast<size_t>(len));
+  }
+  return out;
+}
+
+}  // namespace
+
 Variable gelu(const Variable& x) {
-  // Lambdas, not function pointers: the kernel loop must see (and inline) the body.
-  return unary(
-      x, "gelu", amp::OpCategory::same, false, [](float v) { return gelu_f(v); },
-      [](float v) { return gelu_grad_f(v); });
+  // The vectorised kernel (simd::gelu, same x·σ(2u) form as gelu_f) over contiguous blocks;
+  // the backward recomputes σ from the saved input.
+  check_compute_dtype(x.data(), "gelu", "x");
+  const DType dt = amp::op_dtype("gelu", amp::OpCategory::same, {x.dtype()});
+  const Variable xc = cast(x, dt);
+  const Tensor saved = xc.data().contiguous();
+  Tensor out = block_map(saved, nullptr, dt, [](const float* a, const float*, float* o, int64_t n) {
+    simd::gelu(a, o, n);
+  });
+  return make_op_result(out, {xc}, "gelu", [saved, dt](const Tensor& g) {
+    const Tensor gc = g.contiguous();
+    return std::vector<Tensor>{
+        block_map(saved, &gc, dt, [](const float* a, const float* gb, float* o, int64_t n) {
+          simd::gelu_grad(a, gb, o, n);
+        })};
+  });
 }
 
 Variable tanh(const Variable& x) {

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cpu/simd/vmath.h"
 #include "mixtrain/cpu.h"
 #include "mixtrain/gemm.h"
 
@@ -268,7 +269,7 @@ void attn_forward_gemm(const T* q, const T* k, const T* v, T* out, float* lse, c
       float* row = sp + r * Tk;
       const int64_t jn = row_keys(dm, r);
       const float m = max_row(row, jn);
-      for (int64_t j = 0; j < jn; ++j) row[j] = std::exp(row[j] - m);
+      simd::exp_shift(row, jn, m);
       const float l = sum_lanes(row, jn);
       lp[r] = m + std::log(l);
       const float inv = 1.0f / l;
@@ -329,7 +330,7 @@ void attn_backward_gemm(const T* q, const T* k, const T* v, const Tensor& g, con
       float* dr = dpp + r * Tk;
       const int64_t jn = row_keys(dm, r);
       const float l = lp[r];
-      for (int64_t j = 0; j < jn; ++j) pr[j] = std::exp(pr[j] - l);
+      simd::exp_shift(pr, jn, l);
       std::fill(pr + jn, pr + Tk, 0.0f);
       // dS = P ∘ (dP − Σₖ Pₖ dPₖ) · scale; masked keys have P = 0, so dS = 0 there.
       const float di = dot_lanes(pr, dr, jn);
