@@ -112,91 +112,27 @@ struct A256 {
   static constexpr int W = 8;
 };
 
-template <class L>
-[[gnu::always_inline]] inline typename L::V exp_v(typename L::V x0) {
-  using V = typename L::V;
-  const V x = L::max(L::min(x0, L::set(kHi)), L::set(kLo));
-  const V n = L::round(L::mul(x, L::set(kLog2e)));
-  V r = L::fma(n, L::set(-kC1), x);
-  r = L::fma(n, L::set(-kC2), r);
-  V p = L::set(kP0);
-  p = L::fma(p, r, L::set(kP1));
-  p = L::fma(p, r, L::set(kP2));
-  p = L::fma(p, r, L::set(kP3));
-  p = L::fma(p, r, L::set(kP4));
-  p = L::fma(p, r, L::set(kP5));
-  p = L::add(L::fma(p, L::mul(r, r), r), L::set(1.0f));
-  const V y = L::mul(L::mul(p, L::pow2m1(n)), L::set(2.0f));
-  return L::fix(x0, y);
-}
-
-// The scalar tail runs the same sequence one lane at a time.
-template <class L, class F, class FS>
-[[gnu::always_inline]] inline void lanes(int64_t n, F&& body, FS&& tail) {
-  int64_t i = 0;
-  for (; i + L::W <= n; i += L::W) body(i);
-  for (; i < n; ++i) tail(i);
-}
-
-template <class L>
-[[gnu::always_inline]] inline void exp_shift_body(float* x, int64_t n, float shift) {
-  lanes<L>(
-      n, [&](int64_t i) { L::store(x + i, exp_v<L>(L::sub(L::load(x + i), L::set(shift)))); },
-      [&](int64_t i) { x[i] = exp_v<S>(x[i] - shift); });
-}
-
-// gelu(x) = x / (1 + e), e = exp(-2u): full relative accuracy in the negative tail.
-template <class L>
-[[gnu::always_inline]] inline typename L::V gelu_v(typename L::V x) {
-  using V = typename L::V;
-  const V x3 = L::mul(L::mul(x, x), x);
-  const V u = L::mul(L::set(kSqrt2OverPi), L::fma(L::set(kGeluC), x3, x));
-  const V e = exp_v<L>(L::mul(L::set(-2.0f), u));
-  return L::div(x, L::add(L::set(1.0f), e));
-}
-
-// gelu'(x) = s + 2x·s·(e·s)·√(2/π)(1 + 3c·x²), s = 1/(1 + e).
-template <class L>
-[[gnu::always_inline]] inline typename L::V gelu_grad_v(typename L::V x) {
-  using V = typename L::V;
-  const V x2 = L::mul(x, x);
-  const V u = L::mul(L::set(kSqrt2OverPi), L::fma(L::set(kGeluC), L::mul(x2, x), x));
-  const V e = exp_v<L>(L::mul(L::set(-2.0f), u));
-  const V s = L::div(L::set(1.0f), L::add(L::set(1.0f), e));
-  const V du = L::mul(L::set(kSqrt2OverPi), L::fma(L::set(3.0f * kGeluC), x2, L::set(1.0f)));
-  // e·s = e/(1+e) <= 1; where e overflows (x << 0) it is inf·0: the min (NaN -> its second
-  // operand, as minps) gives the limit 1.
-  const V es = L::min(L::mul(e, s), L::set(1.0f));
-  const V t = L::mul(L::mul(L::mul(L::set(2.0f), x), s), es);
-  return L::fma(t, du, s);
-}
-
-template <class L>
-[[gnu::always_inline]] inline void gelu_body(const float* x, float* y, int64_t n) {
-  lanes<L>(
-      n, [&](int64_t i) { L::store(y + i, gelu_v<L>(L::load(x + i))); },
-      [&](int64_t i) { y[i] = gelu_v<S>(x[i]); });
-}
-
-template <class L>
-[[gnu::always_inline]] inline void gelu_grad_body(const float* x, const float* g, float* dx,
-                                                  int64_t n) {
-  lanes<L>(
-      n,
-      [&](int64_t i) { L::store(dx + i, L::mul(L::load(g + i), gelu_grad_v<L>(L::load(x + i)))); },
-      [&](int64_t i) { dx[i] = g[i] * gelu_grad_v<S>(x[i]); });
-}
-
-#define MIXTRAIN_VMATH_VARIANT(suffix, L, attr)                                              \
-  attr void exp_shift_##suffix(float* x, int64_t n, float s) { exp_shift_body<L>(x, n, s); } \
-  attr void gelu_##suffix(const float* x, float* y, int64_t n) { gelu_body<L>(x, y, n); }    \
-  attr void gelu_grad_##suffix(const float* x, const float* g, float* dx, int64_t n) {       \
-    gelu_grad_body<L>(x, g, dx, n);                                                          \
-  }
-MIXTRAIN_VMATH_VARIANT(avx512, A512, MIXTRAIN_VMATH_TARGET_512 __attribute__((flatten)))
-MIXTRAIN_VMATH_VARIANT(avx2, A256, MIXTRAIN_VMATH_TARGET_256 __attribute__((flatten)))
-MIXTRAIN_VMATH_VARIANT(scalar, S, __attribute__((flatten)))
-#undef MIXTRAIN_VMATH_VARIANT
+// The algorithm, once: vmath_body.inc, included per ISA below with its lane type and target
+// attribute (clang wants the attribute on every function that touches the vector types, so
+// the body cannot be one template called from attributed wrappers).
+namespace vscalar {
+using L = S;
+#define VM_ATTR
+#include "cpu/simd/vmath_body.inc"
+#undef VM_ATTR
+}  // namespace vscalar
+namespace vavx2 {
+using L = A256;
+#define VM_ATTR MIXTRAIN_VMATH_TARGET_256
+#include "cpu/simd/vmath_body.inc"
+#undef VM_ATTR
+}  // namespace vavx2
+namespace vavx512 {
+using L = A512;
+#define VM_ATTR MIXTRAIN_VMATH_TARGET_512
+#include "cpu/simd/vmath_body.inc"
+#undef VM_ATTR
+}  // namespace vavx512
 
 // The widest variant the bulk kernels use (simd_level honours the MIXTRAIN_ISA cap).
 int level() {
@@ -210,19 +146,20 @@ int level() {
 }  // namespace
 
 void exp_shift(float* x, int64_t n, float shift) {
-  static void (*const f[3])(float*, int64_t, float) = {exp_shift_scalar, exp_shift_avx2,
-                                                       exp_shift_avx512};
+  static void (*const f[3])(float*, int64_t, float) = {vscalar::exp_shift, vavx2::exp_shift,
+                                                       vavx512::exp_shift};
   f[level()](x, n, shift);
 }
 
 void gelu(const float* x, float* y, int64_t n) {
-  static void (*const f[3])(const float*, float*, int64_t) = {gelu_scalar, gelu_avx2, gelu_avx512};
+  static void (*const f[3])(const float*, float*, int64_t) = {vscalar::gelu, vavx2::gelu,
+                                                              vavx512::gelu};
   f[level()](x, y, n);
 }
 
 void gelu_grad(const float* x, const float* g, float* dx, int64_t n) {
   static void (*const f[3])(const float*, const float*, float*, int64_t) = {
-      gelu_grad_scalar, gelu_grad_avx2, gelu_grad_avx512};
+      vscalar::gelu_grad, vavx2::gelu_grad, vavx512::gelu_grad};
   f[level()](x, g, dx, n);
 }
 
