@@ -24,7 +24,9 @@ fi
 if [[ $what == all || $what == mlp ]]; then
   echo "== Fashion-MNIST MLP, $MLP_EPOCHS epochs, every precision"
   rm -rf results/compare-mlp
-  $BIN compare --model mlp --epochs "$MLP_EPOCHS" --precisions fp32,bf16,fp16,fp16:none \
+  # The 10-way head stays in fp32 (--fp32-modules fc2), as Keras advises for the output layer:
+  # it is 0.1% of the FLOPs, and measured it closes the bf16 gap (seed 1: -0.31 -> 0.00 points).
+  $BIN compare --model mlp --epochs "$MLP_EPOCHS" --precisions fp32,bf16,fp16,fp16:none --fp32-modules fc2 \
     --seed 1 --quiet --out results/compare-mlp
 fi
 if [[ $what == all || $what == gpt ]]; then

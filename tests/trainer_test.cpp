@@ -218,3 +218,33 @@ TEST(Trainer, DiagnosticsEveryNStepsGoToDiagnosticsJsonl) {
   EXPECT_LT(s.diagnose_s, s.train_s);
   fs::remove_all(out);
 }
+
+// --fp32-modules keeps named sub-modules in fp32 under a 16-bit policy: the GPT's head in fp32
+// changes the bf16 run (its logits are no longer rounded), nested names resolve, and an
+// unknown name is refused with the model's module names listed.
+TEST(Trainer, Fp32ModulesKeepNamedSubModulesInFp32) {
+  const fs::path a = fresh_dir("fp32mod_a"), b = fresh_dir("fp32mod_b");
+  TrainConfig ca = tiny_gpt(a);
+  ca.precision = "bf16";
+  ca.steps = 4;
+  TrainConfig cb = ca;
+  cb.out = b.string();
+  cb.fp32_modules = {"head", "blocks.1.attn"};
+  const TrainSummary sa = Trainer(ca).run();
+  const TrainSummary sb = Trainer(cb).run();
+  EXPECT_NE(final_weights(a), final_weights(b));
+  EXPECT_NEAR(sb.final_train_loss, sa.final_train_loss, 0.02 * sa.final_train_loss);
+  TrainConfig bad = ca;
+  bad.out = fresh_dir("fp32mod_bad").string();
+  bad.fp32_modules = {"lm_head"};
+  try {
+    Trainer t(bad);
+    FAIL() << "an unknown module name was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("lm_head"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("head"), std::string::npos) << e.what();
+  }
+  fs::remove_all(a);
+  fs::remove_all(b);
+  fs::remove_all(bad.out);
+}

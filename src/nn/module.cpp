@@ -59,6 +59,26 @@ void Module::set_compute_override(std::optional<DType> dt) {
   if (dt) set_compute_dtype(*dt);
 }
 
+Module* Module::find(const std::string& path) {
+  // Child names may hold dots themselves ("blocks.0"): match whole names as prefixes.
+  for (auto& [name, child] : children_) {
+    if (path == name) return child.get();
+    if (path.size() > name.size() && path.compare(0, name.size(), name) == 0 &&
+        path[name.size()] == '.')
+      if (Module* m = child->find(path.substr(name.size() + 1))) return m;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> Module::module_names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, child] : children_) {
+    out.push_back(name);
+    for (const auto& sub : child->module_names()) out.push_back(name + "." + sub);
+  }
+  return out;
+}
+
 Module::PrecisionScope::PrecisionScope(const Module& m) {
   if (m.override_) {
     amp::Policy p = amp::current_policy() ? *amp::current_policy() : amp::Policy::fp32();

@@ -36,6 +36,7 @@ json identity(const json& config) {
   // Recomputing activations changes memory, not one bit of the run: a resume may switch it.
   j.erase("checkpoint_activations");
   if (!j.contains("grad_dtype")) j["grad_dtype"] = "fp32";  // runs from before the flag
+  if (!j.contains("fp32_modules")) j["fp32_modules"] = json::array();
   return j;
 }
 

@@ -168,36 +168,37 @@ void check_config(const TrainConfig& c) {
 
 json config_to_json(const TrainConfig& c) {
   json j{{"model", c.model},
-              {"data", c.data},
-              {"precision", c.precision},
-              {"loss_scale", c.loss_scale},
-              {"optimizer", c.optimizer},
-              {"master", c.master},
-              {"grad_dtype", c.grad_dtype},
-              {"epochs", c.epochs},
-              {"steps", c.steps},
-              {"batch", c.batch},
-              {"grad_accum", c.grad_accum},
-              {"lr", c.lr},
-              {"weight_decay", c.weight_decay},
-              {"momentum", c.momentum},
-              {"schedule", c.schedule},
-              {"warmup", c.warmup},
-              {"clip_grad", c.clip_grad},
-              {"scale_init", c.scale_init},
-              {"scale_growth_interval", c.scale_growth_interval},
-              {"hidden", c.hidden},
-              {"layers", c.layers},
-              {"width", c.width},
-              {"heads", c.heads},
-              {"context", c.context},
-              {"dropout", c.dropout},
-              {"checkpoint_activations", c.checkpoint_activations},
-              {"seed", c.seed},
-              {"zero", c.zero},
-              {"allreduce", c.allreduce},
-              {"overlap_allreduce", c.overlap_allreduce},
-              {"bucket_kib", c.bucket_kib}};
+         {"data", c.data},
+         {"precision", c.precision},
+         {"loss_scale", c.loss_scale},
+         {"optimizer", c.optimizer},
+         {"master", c.master},
+         {"grad_dtype", c.grad_dtype},
+         {"fp32_modules", c.fp32_modules},
+         {"epochs", c.epochs},
+         {"steps", c.steps},
+         {"batch", c.batch},
+         {"grad_accum", c.grad_accum},
+         {"lr", c.lr},
+         {"weight_decay", c.weight_decay},
+         {"momentum", c.momentum},
+         {"schedule", c.schedule},
+         {"warmup", c.warmup},
+         {"clip_grad", c.clip_grad},
+         {"scale_init", c.scale_init},
+         {"scale_growth_interval", c.scale_growth_interval},
+         {"hidden", c.hidden},
+         {"layers", c.layers},
+         {"width", c.width},
+         {"heads", c.heads},
+         {"context", c.context},
+         {"dropout", c.dropout},
+         {"checkpoint_activations", c.checkpoint_activations},
+         {"seed", c.seed},
+         {"zero", c.zero},
+         {"allreduce", c.allreduce},
+         {"overlap_allreduce", c.overlap_allreduce},
+         {"bucket_kib", c.bucket_kib}};
   // Testing aids change the run, so they are part of its identity, but only when set (runs
   // from before these fields still resume).
   if (c.init_scale != 1.0) j["init_scale"] = c.init_scale;
@@ -231,7 +232,7 @@ struct Trainer::Impl {
   int64_t train_items = 0;        ///< samples or tokens processed by training steps
   double diagnose_seconds = 0.0;  ///< inside train_seconds: the --diagnose-every passes
   std::map<std::string, int64_t> activation_bytes;  ///< kept by the tape at the end of forward
-  std::ofstream diagnostics;      ///< OUT/diagnostics.jsonl
+  std::ofstream diagnostics;                        ///< OUT/diagnostics.jsonl
 
   std::string forward_overflow;  ///< an fp16 forward overflow seen after the first steps
 
@@ -355,6 +356,17 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
   // Data parallel: every rank trains its slice of each global batch; with ZeRO-1 the real
   // update runs on this rank's shard and s.opt is its proxy (see dist/data_parallel.h).
   s.dp = dist::make_data_parallel(s.cfg, s.policy.compute, s.task->module().parameters(), common);
+  for (const std::string& name : s.cfg.fp32_modules) {
+    nn::Module* m = s.task->module().find(name);
+    if (!m) {
+      std::string names;
+      for (const auto& n : s.task->module().module_names())
+        names += (names.empty() ? "" : ", ") + n;
+      throw ConfigError(fmt::format("--fp32-modules: the {} model has no module '{}' (it has: {})",
+                                    s.cfg.model, name, names));
+    }
+    m->set_compute_override(DType::f32);
+  }
   if (s.cfg.grad_dtype == "compute") {
     if (s.dp->size() > 1 || s.dp->zero())
       throw ConfigError(

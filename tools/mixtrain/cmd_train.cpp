@@ -46,6 +46,9 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
                 "fp32 | bf16-sr | bf16-kahan | split16 (master-weight mode)")
       ->check(CLI::IsMember({"fp32", "bf16-sr", "bf16-kahan", "split16"}))
       ->capture_default_str();
+  c->add_option("--fp32-modules", cfg.fp32_modules,
+                "sub-modules kept in fp32 whatever the precision (dotted names, e.g. fc2 or head)")
+      ->delimiter(',');
   c->add_option("--grad-dtype", cfg.grad_dtype,
                 "fp32 | compute: dtype parameter gradients accumulate in (compute saves 2 B/param)")
       ->capture_default_str();
@@ -112,8 +115,9 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
                 "seconds a collective may wait for the other ranks before aborting the job")
       ->capture_default_str();
   c->add_flag("--overlap-allreduce", cfg.overlap_allreduce,
-             "start each gradient bucket's reduction during backward (off: after it)");
-  c->add_option("--bucket-kib", cfg.bucket_kib, "gradient reduction bucket size in KiB (wire bytes)")
+              "start each gradient bucket's reduction during backward (off: after it)");
+  c->add_option("--bucket-kib", cfg.bucket_kib,
+                "gradient reduction bucket size in KiB (wire bytes)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   c->add_option("--stop-after", cfg.stop_after, "testing aid: exit with status 3 after N steps")

@@ -36,6 +36,10 @@ class Module {
   /// weights are kept in `dt` and its ops compute in `dt`. std::nullopt clears it.
   void set_compute_override(std::optional<DType> dt);
   std::optional<DType> compute_override() const { return override_; }
+  /// The sub-module at a dotted path ("fc2", "blocks.0.attn"); nullptr when there is none.
+  Module* find(const std::string& path);
+  /// The dotted names of every sub-module, depth first (for error messages).
+  std::vector<std::string> module_names() const;
 
   /// Activation checkpointing for this module (off by default): its forward keeps only its
   /// input, and the backward pass re-runs it (same policy, same RNG state) before its

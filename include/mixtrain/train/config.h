@@ -16,6 +16,7 @@ struct TrainConfig {
   std::string loss_scale = "default";    ///< default (from the policy) | dynamic | static:S | none
   std::string optimizer = "adamw";       ///< adamw | adam | sgd | rmsprop
   std::string master = "fp32";           ///< fp32 | bf16-sr | bf16-kahan | split16
+  std::vector<std::string> fp32_modules;  ///< sub-modules kept in fp32 (e.g. the head "fc2")
   std::string grad_dtype = "fp32";       ///< fp32 | compute: dtype parameter gradients accumulate in
   // how long
   int64_t epochs = 3;  ///< used when steps == 0
