@@ -201,7 +201,7 @@ def main():
                        "read ratios measured in the same run rather than absolute speeds.")
         results.append("")
     results.append(compare_table("compare-mlp", "### Fashion-MNIST MLP 784-512-512-10, same seed and data order",
-                                 "mixtrain compare --model mlp --epochs 10 --precisions fp32,bf16,fp16,fp16:none --fp32-modules fc2 --seed 1 (the 10-way head kept in fp32)"))
+                                 "mixtrain compare --model mlp --epochs 10 --precisions fp32,bf16,fp16,fp16:none --fp32-modules fc2 --seed 1   # the 10-way head kept in fp32"))
     results.append("")
     results.append(compare_table("compare-gpt", "### Byte-level GPT (6 layers, width 384, 6 heads, context 256) on the Jargon File",
                                  "mixtrain compare --model gpt --steps %d --batch 8 --lr 1e-3 --schedule cosine --warmup 20 --eval-batches 16 "
