@@ -23,18 +23,14 @@
 
 #include "mixtrain/io/safetensors.h"
 #include "train/checkpoint.h"
+#include "train_fixtures.h"
 
 namespace fs = std::filesystem;
 using namespace mixtrain;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  const fs::path p =
-      fs::temp_directory_path() / ("mixtrain_kill_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  return p;
-}
+fs::path fresh_dir(const std::string& name) { return test::fresh_run_dir("kill", name); }
 
 constexpr int kSteps = 30;
 constexpr const char* kSlowWriteUs = "1500";  // per 64 KiB piece: ~10 ms per checkpoint
@@ -133,17 +129,7 @@ int64_t newest_step(const fs::path& out) {
 }
 
 std::map<std::string, std::vector<uint8_t>> tensors_of_newest(const fs::path& out) {
-  const auto files = train::list_checkpoints(out);
-  EXPECT_FALSE(files.empty()) << out;
-  std::map<std::string, std::vector<uint8_t>> w;
-  if (files.empty()) return w;
-  SafetensorsFile f = load_safetensors(files.front().string());
-  for (const auto& n : f.names()) {
-    const Tensor& t = f.get(n);
-    const auto* p = static_cast<const uint8_t*>(t.raw_data());
-    w[n] = std::vector<uint8_t>(p, p + t.nbytes());
-  }
-  return w;
+  return test::newest_checkpoint_tensors(out);
 }
 
 std::string read_file(const fs::path& p) {

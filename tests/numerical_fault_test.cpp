@@ -13,6 +13,7 @@
 
 #include "mixtrain/train/trainer.h"
 #include "train/task.h"
+#include "train_fixtures.h"
 
 using namespace mixtrain;
 using namespace mixtrain::train;
@@ -20,12 +21,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path p =
-      fs::temp_directory_path() / ("mixtrain_fault_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  return p;
-}
+fs::path fresh_dir(const std::string& name) { return test::fresh_run_dir("fault", name); }
 
 TrainConfig tiny_fp16(const fs::path& out) {
   TrainConfig c;

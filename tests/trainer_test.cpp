@@ -9,6 +9,7 @@
 #include "mixtrain/io/safetensors.h"
 #include "mixtrain/train/trainer.h"
 #include "train/checkpoint.h"
+#include "train_fixtures.h"
 
 using namespace mixtrain;
 using namespace mixtrain::train;
@@ -16,12 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path p =
-      fs::temp_directory_path() / ("mixtrain_trainer_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  return p;
-}
+fs::path fresh_dir(const std::string& name) { return test::fresh_run_dir("trainer", name); }
 
 TrainConfig tiny_gpt(const fs::path& out) {
   TrainConfig c;
@@ -41,18 +37,9 @@ TrainConfig tiny_gpt(const fs::path& out) {
   return c;
 }
 
-// Every master weight of the newest checkpoint, by name.
+// Every tensor of the newest checkpoint (master weights, moments, scaler), by name.
 std::map<std::string, std::vector<uint8_t>> final_weights(const fs::path& out) {
-  auto files = list_checkpoints(out);
-  EXPECT_FALSE(files.empty());
-  SafetensorsFile f = load_safetensors(files.front().string());
-  std::map<std::string, std::vector<uint8_t>> w;
-  for (const auto& n : f.names()) {
-    const Tensor& t = f.get(n);
-    const auto* p = static_cast<const uint8_t*>(t.raw_data());
-    w[n] = std::vector<uint8_t>(p, p + t.nbytes());
-  }
-  return w;
+  return test::newest_checkpoint_tensors(out);
 }
 
 }  // namespace

@@ -33,6 +33,7 @@ void reset() {
 }
 
 void mark() {
+  if (!enabled()) return;
   std::lock_guard<std::mutex> lock(g_mu);
   g_mark = Clock::now();
 }

@@ -1,7 +1,6 @@
 // Elementwise ops, forward and backward side by side: cast, broadcasting add/sub/mul/div,
 // scalar forms, bias_add, relu/gelu/tanh/exp/log, dropout. Every kernel reads its inputs as
 // fp32, computes in fp32 and rounds once into the output dtype (map_kernel).
-#include <bit>
 #include <cmath>
 
 #include "cpu/simd/vmath.h"
