@@ -194,6 +194,37 @@ TEST(OpsElementwise, ActivationsMatchReference) {
       2e-6f, 1e-7f);
 }
 
+TEST(OpsElementwise, ReluGradientIsASelectOnEveryCode) {
+  // relu's backward passes g where y > 0 and gives 0 elsewhere, for every bf16 and fp16 code of
+  // x (NaN and -0 included), and a non-finite g where y <= 0 becomes 0 (torch's
+  // threshold_backward), not Inf * 0 = NaN.
+  for (DType dt : {DType::bf16, DType::f16}) {
+    Tensor x = Tensor::empty({65536}, dt);
+    auto* codes = static_cast<uint16_t*>(x.raw_data());
+    for (int i = 0; i < 65536; ++i) codes[i] = static_cast<uint16_t>(i);
+    Variable xv(x, true);
+    Variable y = relu(xv);
+    y.backward(Tensor::full({65536}, std::numeric_limits<float>::infinity(), dt));
+    const Tensor gx = xv.grad().to(DType::f32);
+    const Tensor xf = x.to(DType::f32);
+    int64_t passed = 0;
+    for (int i = 0; i < 65536; ++i) {
+      const float xi = xf.data<float>()[i], gi = gx.data<float>()[i];
+      if (xi > 0.0f) {
+        ASSERT_TRUE(std::isinf(gi) && gi > 0) << dtype_name(dt) << " code " << i;
+        ++passed;
+      } else {
+        ASSERT_EQ(gi, 0.0f) << dtype_name(dt) << " code " << i;
+      }
+    }
+    EXPECT_EQ(passed, dt == DType::bf16 ? 0x7f80 : 0x7c00);  // every positive code, +Inf too
+  }
+  Variable xf(Tensor::from_vector({-1.0f, -0.0f, 0.0f, 1e-30f, 2.0f, NAN}, {6}), true);
+  relu(xf).backward(Tensor::full({6}, 3.0f, DType::f32));
+  const float* g = xf.grad().data<float>();
+  EXPECT_EQ(std::vector<float>(g, g + 6), (std::vector<float>{0, 0, 0, 3, 3, 0}));
+}
+
 TEST(OpsElementwise, GeluMatchesTorchTanhFormula) {
   // Values of torch.nn.functional.gelu(x, approximate='tanh') at a few points.
   const Tensor x = Tensor::from_vector({-3.0f, -1.0f, -0.5f, 0.0f, 0.5f, 1.0f, 3.0f}, {7});

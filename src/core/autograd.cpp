@@ -3,8 +3,8 @@
 // in the leaf's grad dtype.
 #include "mixtrain/autograd.h"
 
-#include <chrono>
 #include <fmt/format.h>
+#include <chrono>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -32,6 +32,12 @@ void accumulate_into(Tensor& dst, const Tensor& src) {
       for (int64_t i = 0; i < n; ++i) d[i] = from_f32<D>(to_f32(d[i]) + to_f32(p[i]));
     });
   });
+}
+// Whether t is the only view of its whole storage, so a leaf may keep it as its gradient and
+// later add into it in place without touching anything else.
+bool sole_owner(const Tensor& t) {
+  return t.storage() && t.storage().use_count() == 1 && t.is_contiguous() && t.offset() == 0 &&
+         t.storage()->nbytes() == static_cast<size_t>(t.numel()) * t.element_size();
 }
 }  // namespace
 
@@ -100,7 +106,12 @@ void Variable::backward(const Tensor& seed) const {
     grads.erase(g);
     if (!v->grad_fn) {  // leaf: accumulate
       if (!v->grad.defined()) {
-        v->grad = grad.dtype() == v->grad_dtype ? grad.contiguous().clone() : grad.to(v->grad_dtype);
+        if (grad.dtype() != v->grad_dtype)
+          v->grad = grad.to(v->grad_dtype);
+        else if (sole_owner(grad))
+          v->grad = std::move(grad);  // a fresh product nobody else sees: no copy
+        else
+          v->grad = grad.contiguous().clone();  // may alias another gradient or a saved tensor
       } else {
         accumulate_into(v->grad, grad);
       }
@@ -122,8 +133,8 @@ void Variable::backward(const Tensor& seed) const {
       VariableImpl* in = node.inputs[i].impl();
       if (!in->requires_grad || !in_grads[i].defined()) continue;
       if (in_grads[i].shape() != in->data.shape())
-        throw ShapeError(fmt::format("backward of {}: gradient {} for input {} of shape {}", node.op,
-                                     in_grads[i].str(), i, shape_str(in->data.shape())));
+        throw ShapeError(fmt::format("backward of {}: gradient {} for input {} of shape {}",
+                                     node.op, in_grads[i].str(), i, shape_str(in->data.shape())));
       auto [slot, inserted] = grads.try_emplace(in, in_grads[i]);
       if (!inserted) {
         // A backward may hand the same tensor to several inputs (add): copy before adding.

@@ -197,11 +197,55 @@ Variable unary(const Variable& x, const char* op, amp::OpCategory cat, bool use_
 
 }  // namespace
 
+namespace {
+
+// dx = y > 0 ? g : 0 for contiguous g and y of one dtype: a select, exact in every dtype (as
+// torch's threshold_backward: an Inf or NaN gradient where y <= 0 gives 0, not NaN). 16-bit
+// codes are compared as integers, so nothing is widened.
+Tensor relu_grad_select(const Tensor& g, const Tensor& y) {
+  Tensor out = Tensor::empty(g.shape(), g.dtype());
+  const int64_t n = g.numel();
+  if (g.dtype() == DType::f32) {
+    const float* __restrict gp = g.data<float>();
+    const float* __restrict yp = y.data<float>();
+    float* __restrict o = out.data<float>();
+#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
+    for (int64_t i = 0; i < n; ++i) {
+      const float gv = gp[i];  // loaded unconditionally, so the select vectorises
+      o[i] = yp[i] > 0.0f ? gv : 0.0f;
+    }
+    return out;
+  }
+  // Read as int16: positive codes are 1 .. +Inf's code, NaNs lie above it, negatives below 0
+  // (signed 16-bit compares, which every x86-64 vectorises).
+  const int16_t inf = g.dtype() == DType::bf16 ? 0x7f80 : 0x7c00;
+  const int16_t* __restrict gp = static_cast<const int16_t*>(g.raw_data());
+  const int16_t* __restrict yp = static_cast<const int16_t*>(y.raw_data());
+  int16_t* __restrict o = static_cast<int16_t*>(out.raw_data());
+#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
+  for (int64_t i = 0; i < n; ++i) {
+    const int16_t keep = -static_cast<int16_t>((yp[i] > 0) & (yp[i] <= inf));  // all ones or 0
+    o[i] = static_cast<int16_t>(gp[i] & keep);
+  }
+  return out;
+}
+
+}  // namespace
+
 Variable relu(const Variable& x) {
+  check_compute_dtype(x.data(), "relu", "x");
+  const DType dt = amp::op_dtype("relu", amp::OpCategory::same, {x.dtype()});
+  const Variable xc = cast(x, dt);
+  Tensor y = map_kernel<1>("relu", {xc.data()}, xc.shape(), dt,
+                           [](float v, float, float) { return v > 0.0f ? v : 0.0f; });
   // The derivative from the output: y > 0 exactly where x > 0 (0 at x = 0, as torch).
-  return unary(
-      x, "relu", amp::OpCategory::same, true, [](float v) { return v > 0.0f ? v : 0.0f; },
-      [](float y) { return y > 0.0f ? 1.0f : 0.0f; });
+  return make_op_result(y, {xc}, "relu", [y](const Tensor& g) {
+    if (g.dtype() == y.dtype() && g.is_contiguous() && y.is_contiguous())
+      return std::vector<Tensor>{relu_grad_select(g, y)};
+    return std::vector<Tensor>{
+        map_kernel<2>("relu", {g, y}, y.shape(), y.dtype(),
+                      [](float gv, float yv, float) { return yv > 0.0f ? gv : 0.0f; })};
+  });
 }
 
 namespace {
