@@ -217,8 +217,9 @@ struct AttnCase {
 
 TEST_P(NnDTypeTest, AttentionMatchesReference) {
   const DType dt = GetParam();
-  for (const AttnCase& c : {AttnCase{2, 3, 40, 40, 16, true}, AttnCase{1, 2, 7, 11, 5, false},
-                            AttnCase{1, 1, 1, 1, 3, true}}) {
+  // 150 causal rows: two full 64-row blocks and a ragged one (query_blocks); 40 rows: one.
+  for (const AttnCase& c : {AttnCase{2, 3, 40, 40, 16, true}, AttnCase{1, 2, 150, 150, 16, true},
+                            AttnCase{1, 2, 7, 11, 5, false}, AttnCase{1, 1, 1, 1, 3, true}}) {
     const std::string name = fmt::format("attention B{} H{} Tq{} Tk{} D{} {}", c.B, c.H, c.Tq, c.Tk,
                                          c.D, c.causal ? "causal" : "full");
     const Tensor q = random_tensor({c.B, c.H, c.Tq, c.D}, 12, -2.0f, 2.0f);
