@@ -11,6 +11,7 @@
 #include "cpu/reference/nn_ref.h"
 #include "gradcheck.h"
 #include "mixtrain/amp/policy.h"
+#include "mixtrain/ops.h"
 #include "mixtrain/ops_nn.h"
 
 namespace mixtrain {
@@ -337,6 +338,63 @@ TEST(NnOps, CrossEntropyAcceptsLeadingDims) {
   const float b =
       cross_entropy(Variable(x.reshape({6, 5})), Variable(ids_tensor(t, {6}))).data().item();
   EXPECT_EQ(a, b);
+}
+
+TEST(NnOps, AttentionQkvMatchesSplitHeadsAttention) {
+  // attention_qkv reads the heads inside the packed [B, T, 3C] rows and writes [B, T, C] and the
+  // [B, T, 3C] gradient in place; it must agree with splitting q, k, v out, transposing to
+  // head-major and calling scaled_dot_product_attention. The kernels are the same; only GEMM
+  // operand strides (so possibly summation order) differ, so the tolerance is a few units in
+  // the last place of each dtype: fp32 1e-5, fp16 2^-9, bf16 2^-6 (8 significant bits; outputs
+  // and dP/dS operands are rounded once each on both sides), relative to the largest value.
+  struct Case {
+    int64_t B, T, H, D;
+    bool causal;
+  };
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+    const float tol = dt == DType::f32 ? 1e-5f : dt == DType::f16 ? 1.0f / 512 : 1.0f / 64;
+    // 150 causal rows: GEMM path, three query blocks; 5 rows: the per-head loops.
+    for (const Case& c :
+         {Case{2, 150, 2, 16, true}, Case{2, 70, 3, 8, false}, Case{1, 5, 2, 3, true}}) {
+      const int64_t C = c.H * c.D;
+      const Tensor data = random_tensor({c.B, c.T, 3 * C}, 40).to(dt);
+      const Tensor g = random_tensor({c.B, c.T, C}, 41).to(dt);
+      Variable a(data.clone(), true), b(data.clone(), true);
+      Variable ya = attention_qkv(a, c.H, c.causal);
+      ya.backward(g);
+      Variable b5 = reshape(b, {c.B, c.T, 3, c.H, c.D});
+      auto head_major = [&](int64_t i) {
+        return transpose(reshape(slice(b5, 2, i, i + 1), {c.B, c.T, c.H, c.D}), 1, 2);
+      };
+      Variable yb = reshape(transpose(scaled_dot_product_attention(head_major(0), head_major(1),
+                                                                   head_major(2), c.causal),
+                                      1, 2),
+                            {c.B, c.T, C});
+      yb.backward(g);
+      const std::string name =
+          fmt::format("{} B{} T{} H{} D{}", dtype_name(dt), c.B, c.T, c.H, c.D);
+      ASSERT_EQ(ya.shape(), (Shape{c.B, c.T, C})) << name;
+      for (auto [x, y, what] :
+           {std::tuple{ya.data(), yb.data(), "output"}, std::tuple{a.grad(), b.grad(), "dqkv"}}) {
+        const std::vector<float> u = x.to_vector(), v = y.to_vector();
+        ASSERT_EQ(u.size(), v.size());
+        float peak = 0, diff = 0;
+        for (size_t i = 0; i < u.size(); ++i) {
+          peak = std::max(peak, std::fabs(v[i]));
+          diff = std::max(diff, std::fabs(u[i] - v[i]));
+        }
+        EXPECT_GT(peak, 0.0f) << name << " " << what;
+        EXPECT_LE(diff, tol * peak) << name << " " << what;
+      }
+    }
+  }
+  try {
+    attention_qkv(Variable(Tensor::zeros({1, 4, 10}, DType::f32)), 2);
+    ADD_FAILURE() << "a width that is not 3·heads·D was accepted";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("attention_qkv"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[1, 4, 10]"), std::string::npos) << e.what();
+  }
 }
 
 TEST(NnOps, CausalAttentionIgnoresTheFuture) {

@@ -95,3 +95,17 @@ TEST(Tensor, StridedCopiesMatchElementwiseReference) {
   const Tensor back = bt.transpose(1, 2).contiguous().to(DType::f32);
   EXPECT_EQ(back.to_vector(), big.to_vector());
 }
+
+TEST(Tensor, AsStridedViewsInPlaceAndChecksBounds) {
+  // A [2, 3] view of every other element of a 12-element buffer, starting at element 1.
+  Tensor t = Tensor::from_vector({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {12});
+  Tensor v = t.as_strided({2, 3}, {6, 2}, 1);
+  EXPECT_EQ(v.to_vector(), (std::vector<float>{1, 3, 5, 7, 9, 11}));
+  v.fill(-1.0f);  // writes through to t
+  EXPECT_EQ(t.to_vector()[11], -1.0f);
+  EXPECT_EQ(t.to_vector()[10], 10.0f);
+  EXPECT_THROW(t.as_strided({2, 3}, {6, 2}, 2), ShapeError);  // would reach element 12
+  EXPECT_THROW(t.as_strided({2}, {-1}, 0), ShapeError);       // would reach element -1
+  EXPECT_THROW(t.as_strided({2, 3}, {6}, 0), ShapeError);     // rank mismatch
+  EXPECT_EQ(t.as_strided({0, 3}, {100, 100}, 0).numel(), 0);  // empty views touch nothing
+}

@@ -48,4 +48,11 @@ Variable scaled_dot_product_attention(const Variable& q, const Variable& k, cons
                                       bool causal = true,
                                       std::optional<float> scale = std::nullopt);
 
+/// Causal (or not) self-attention straight from a packed projection: qkv [B, T, 3·C] holding
+/// q | k | v, each C = heads·D with heads contiguous (nanoGPT's c_attn layout) -> [B, T, C]
+/// with the heads merged. The same kernels as scaled_dot_product_attention read the heads where
+/// they lie and write the output and the [B, T, 3·C] gradient in place: no head-major copies,
+/// no split or merge on the tape. scale = 1/sqrt(D).
+Variable attention_qkv(const Variable& qkv, int64_t heads, bool causal = true);
+
 }  // namespace mixtrain

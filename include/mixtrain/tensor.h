@@ -66,7 +66,7 @@ class Tensor {
   Device device() const { return device_; }
   const Shape& shape() const { return shape_; }
   const Shape& strides() const { return strides_; }  ///< in elements
-  int64_t offset() const { return offset_; }          ///< in elements
+  int64_t offset() const { return offset_; }         ///< in elements
   int64_t dim() const { return static_cast<int64_t>(shape_.size()); }
   /// Extent of dimension d; negative d counts from the end.
   int64_t size(int64_t d) const;
@@ -92,6 +92,9 @@ class Tensor {
   Tensor transpose(int64_t d0, int64_t d1) const;
   /// Rows [start, end) along dim (negative indices count from the end).
   Tensor slice(int64_t dim, int64_t start, int64_t end) const;
+  /// A view of the same storage with the given shape, element strides and element offset
+  /// (relative to this view's offset); throws ShapeError if it reaches outside the storage.
+  Tensor as_strided(const Shape& shape, const Shape& strides, int64_t offset = 0) const;
   /// Same data, contiguous (returns *this when already contiguous).
   Tensor contiguous() const;
   /// A contiguous copy.

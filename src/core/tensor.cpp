@@ -242,6 +242,29 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end) const {
   return t;
 }
 
+Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offset) const {
+  if (shape.size() != strides.size())
+    throw ShapeError(fmt::format("as_strided: shape {} and strides {} differ in rank",
+                                 shape_str(shape), shape_str(strides)));
+  Tensor t = *this;
+  t.shape_ = shape;
+  t.strides_ = strides;
+  t.offset_ = offset_ + offset;
+  // The lowest and highest elements the view touches must lie inside the storage (borrowed
+  // memory, Tensor::wrap, has no recorded size and is the caller's to keep in range).
+  int64_t lo = t.offset_, hi = t.offset_;
+  const bool empty = shape_numel(shape) == 0;
+  for (size_t i = 0; i < shape.size() && !empty; ++i) {
+    const int64_t reach = (shape[i] - 1) * strides[i];
+    (reach < 0 ? lo : hi) += reach;
+  }
+  const int64_t cap = static_cast<int64_t>(storage_->nbytes() / element_size());
+  if (!empty && (lo < 0 || (storage_->nbytes() > 0 && hi >= cap)))
+    throw ShapeError(fmt::format("as_strided: shape {} strides {} offset {} reaches outside {}",
+                                 shape_str(shape), shape_str(strides), offset, str()));
+  return t;
+}
+
 namespace {
 // Visits every element of a strided view in row-major order: f(linear_index, element_offset).
 template <class F>

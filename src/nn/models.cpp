@@ -1,8 +1,8 @@
 // MLP and GPT forward passes.
 #include "mixtrain/nn/models.h"
 
-#include <cmath>
 #include <fmt/format.h>
+#include <cmath>
 
 #include "mixtrain/nn/checkpoint.h"
 #include "mixtrain/ops.h"
@@ -33,13 +33,7 @@ CausalSelfAttention::CausalSelfAttention(const GPTConfig& cfg, Rng& rng)
 
 Variable CausalSelfAttention::forward(const Variable& x) const {
   PrecisionScope scope(*this);
-  const int64_t B = x.size(0), T = x.size(1), C = x.size(2), H = heads, D = C / H;
-  Variable qkv5 = reshape(qkv.forward(x), {B, T, 3, H, D});
-  auto head_major = [&](int64_t i) {  // [B, T, 1, H, D] -> [B, H, T, D]
-    return transpose(reshape(slice(qkv5, 2, i, i + 1), {B, T, H, D}), 1, 2);
-  };
-  Variable y = scaled_dot_product_attention(head_major(0), head_major(1), head_major(2), true);
-  return proj.forward(reshape(transpose(y, 1, 2), {B, T, C}));
+  return proj.forward(attention_qkv(qkv.forward(x), heads, true));
 }
 
 Block::Block(const GPTConfig& cfg, Rng& rng)
@@ -47,7 +41,8 @@ Block::Block(const GPTConfig& cfg, Rng& rng)
       attn(register_module("attn", std::make_unique<CausalSelfAttention>(cfg, rng))),
       ln2(register_module("ln2", std::make_unique<LayerNorm>(cfg.width))),
       fc(register_module("fc", std::make_unique<Linear>(cfg.width, 4 * cfg.width, true, rng))),
-      fc_proj(register_module("fc_proj", std::make_unique<Linear>(4 * cfg.width, cfg.width, true, rng))),
+      fc_proj(register_module("fc_proj",
+                              std::make_unique<Linear>(4 * cfg.width, cfg.width, true, rng))),
       dropout(cfg.dropout) {}
 
 Variable Block::forward(const Variable& x, Rng& drng) const {
@@ -71,7 +66,8 @@ GPT::GPT(const GPTConfig& c, Rng& rng)
   if (c.width % c.heads != 0)
     throw ConfigError(fmt::format("GPT: width {} is not a multiple of heads {}", c.width, c.heads));
   for (int64_t l = 0; l < c.layers; ++l)
-    blocks.push_back(&register_module(fmt::format("blocks.{}", l), std::make_unique<Block>(c, rng)));
+    blocks.push_back(
+        &register_module(fmt::format("blocks.{}", l), std::make_unique<Block>(c, rng)));
   // GPT-2 init: normal(0, 0.02) everywhere, residual projections 0.02/sqrt(2L).
   const float resid_std = 0.02f / std::sqrt(2.0f * static_cast<float>(c.layers));
   for (Block* b : blocks) {

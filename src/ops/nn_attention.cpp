@@ -12,6 +12,7 @@
 #include "mixtrain/gemm.h"
 
 #include "mixtrain/amp/policy.h"
+#include "mixtrain/ops.h"
 #include "mixtrain/ops_nn.h"
 #include "ops/nn_common.h"
 
@@ -225,12 +226,21 @@ int64_t chunk_heads(const Dims& dm) {
       1, std::min<int64_t>(dm.BH, kScoreFloats / std::max<int64_t>(1, dm.Tq * dm.Tk)));
 }
 
-// n·rows·D elements at p as an fp32 [n, rows, D] tensor: f32 data in place, else widened
-// into buf.
-Tensor f32_heads(const void* p, DType dt, int64_t n, int64_t rows, int64_t D, Tensor& buf) {
-  if (dt == DType::f32) return Tensor::wrap(const_cast<void*>(p), {n, rows, D}, DType::f32);
-  convert(p, dt, buf.raw_data(), DType::f32, static_cast<size_t>(n * rows * D));
-  return Tensor::wrap(buf.raw_data(), {n, rows, D}, DType::f32);
+// Heads [h0, h0 + n) of batch b of a 4-d [B, H, T, D] view (any strides, D unit-stride) as a
+// 3-d [n, T, D] view: the GEMMs read and write attention's operands where they lie, e.g. inside
+// a packed [B, T, 3·C] qkv (attention_qkv) without a head-major copy.
+Tensor heads(const Tensor& t4, int64_t b, int64_t h0, int64_t n) {
+  const Shape& st = t4.strides();
+  return t4.as_strided({n, t4.size(2), t4.size(3)}, {st[1], st[2], st[3]}, b * st[0] + h0 * st[1]);
+}
+
+// A GEMM operand: bf16 and f32 views as they are; fp16 widened into buf as contiguous fp32
+// (this CPU has no fp16 arithmetic).
+Tensor operand(const Tensor& view, bool widen, Tensor& buf) {
+  if (!widen) return view;
+  Tensor w = Tensor::wrap(buf.raw_data(), view.shape(), DType::f32);
+  w.copy_from(view);
+  return w;
 }
 
 // Row r of the [n·Tq, Tk] scores: masked keys are j >= jn.
@@ -258,14 +268,14 @@ std::vector<QBlock> query_blocks(const Dims& dm) {
 // Rows [r0, r0 + rn) of a [n, rows, cols] tensor (a strided view; gemm takes it as is).
 inline Tensor rows(const Tensor& t, int64_t r0, int64_t rn) { return t.slice(1, r0, r0 + rn); }
 
-template <class T>
-void attn_forward_gemm(const T* q, const T* k, const T* v, T* out, float* lse, const Dims& dm) {
-  const int64_t Tq = dm.Tq, Tk = dm.Tk, D = dm.D, hc = chunk_heads(dm);
-  const DType dt = dtype_of<T>();
+void attn_forward_gemm(const Tensor& q4, const Tensor& k4, const Tensor& v4, Tensor& o4, float* lse,
+                       const Dims& dm) {
+  const int64_t Tq = dm.Tq, Tk = dm.Tk, D = dm.D, B = q4.size(0), H = q4.size(1);
+  const int64_t hc = std::min(H, chunk_heads(dm));
+  const DType dt = q4.dtype();
   // bf16: Q·Kᵀ straight from the bf16 operands (products of bf16 values are exact in fp32, so
   // the scores equal the widened fp32 GEMM's up to summation order) and P rounded to bf16 for
-  // P·V (as FlashAttention does; O is rounded to bf16 anyway). fp16 and fp32 widen to fp32:
-  // this CPU has no fp16 arithmetic.
+  // P·V (as FlashAttention does; O is rounded to bf16 anyway). fp16 widens to fp32.
   const bool lowp = dt == DType::bf16;
   const bool wide = dt != DType::f32 && !lowp;
   Tensor qb = Tensor::empty({wide ? hc * Tq * D : 0}, DType::f32);
@@ -273,132 +283,163 @@ void attn_forward_gemm(const T* q, const T* k, const T* v, T* out, float* lse, c
   Tensor vb = Tensor::empty({wide ? hc * Tk * D : 0}, DType::f32);
   Tensor sb = Tensor::empty({hc * Tq * Tk}, DType::f32);
   Tensor pb = Tensor::empty({lowp ? hc * Tq * Tk : 0}, DType::bf16);
-  auto operand = [&](const T* p, int64_t n, int64_t rows, Tensor& buf) {
-    if (lowp) return Tensor::wrap(const_cast<T*>(p), {n, rows, D}, dt);
-    return f32_heads(p, dt, n, rows, D, buf);
-  };
-  for (int64_t h0 = 0; h0 < dm.BH; h0 += hc) {
-    const int64_t n = std::min(hc, dm.BH - h0);
-    const Tensor qf = operand(q + h0 * Tq * D, n, Tq, qb);
-    const Tensor kf = operand(k + h0 * Tk * D, n, Tk, kb);
-    const Tensor vf = operand(v + h0 * Tk * D, n, Tk, vb);
-    Tensor s = Tensor::wrap(sb.raw_data(), {n, Tq, Tk}, DType::f32);
-    for (const QBlock& b : query_blocks(dm)) {  // s = scale · Q·Kᵀ, the causal triangle only
-      Tensor sb_ = rows(s, b.r0, b.rn).slice(2, 0, b.keys);
-      gemm(rows(qf, b.r0, b.rn), false, rows(kf, 0, b.keys), true, sb_, dm.scale);
-    }
-    float* sp = s.data<float>();
-    float* lp = lse + h0 * Tq;
-    uint16_t* p16 = lowp ? static_cast<uint16_t*>(pb.raw_data()) : nullptr;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h0 = 0; h0 < H; h0 += hc) {
+      const int64_t n = std::min(hc, H - h0);
+      const Tensor qf = operand(heads(q4, b, h0, n), wide, qb);
+      const Tensor kf = operand(heads(k4, b, h0, n), wide, kb);
+      const Tensor vf = operand(heads(v4, b, h0, n), wide, vb);
+      Tensor s = Tensor::wrap(sb.raw_data(), {n, Tq, Tk}, DType::f32);
+      for (const QBlock& blk : query_blocks(dm)) {  // s = scale · Q·Kᵀ, the causal triangle
+        Tensor sv = rows(s, blk.r0, blk.rn).slice(2, 0, blk.keys);
+        gemm(rows(qf, blk.r0, blk.rn), false, rows(kf, 0, blk.keys), true, sv, dm.scale);
+      }
+      float* sp = s.data<float>();
+      float* lp = lse + (b * H + h0) * Tq;
+      uint16_t* p16 = lowp ? static_cast<uint16_t*>(pb.raw_data()) : nullptr;
 #pragma omp parallel for schedule(static) if (n * Tq * Tk > kParallelMin)
-    for (int64_t r = 0; r < n * Tq; ++r) {
-      float* row = sp + r * Tk;
-      const int64_t jn = row_keys(dm, r);
-      const float m = max_row(row, jn);
-      simd::exp_shift(row, jn, m);
-      const float l = sum_lanes(row, jn);
-      lp[r] = m + std::log(l);
-      const float inv = 1.0f / l;
-      for (int64_t j = 0; j < jn; ++j) row[j] *= inv;
-      std::fill(row + jn, row + Tk, 0.0f);
-      if (lowp) store_row(row, Tk, p16 + r * Tk, DType::bf16);
-    }
-    Tensor o = Tensor::wrap(out + h0 * Tq * D, {n, Tq, D}, dt);
-    // O = P·V (bf16: the rounded P; otherwise fp32 sums rounded once into T).
-    const Tensor pv = lowp ? Tensor::wrap(p16, {n, Tq, Tk}, DType::bf16) : s;
-    for (const QBlock& b : query_blocks(dm)) {
-      Tensor ob = rows(o, b.r0, b.rn);
-      gemm(rows(pv, b.r0, b.rn).slice(2, 0, b.keys), false, rows(vf, 0, b.keys), false, ob);
+      for (int64_t r = 0; r < n * Tq; ++r) {
+        float* row = sp + r * Tk;
+        const int64_t jn = row_keys(dm, r);
+        const float m = max_row(row, jn);
+        simd::exp_shift(row, jn, m);
+        const float l = sum_lanes(row, jn);
+        lp[r] = m + std::log(l);
+        const float inv = 1.0f / l;
+        for (int64_t j = 0; j < jn; ++j) row[j] *= inv;
+        std::fill(row + jn, row + Tk, 0.0f);
+        if (lowp) store_row(row, Tk, p16 + r * Tk, DType::bf16);
+      }
+      // O = P·V (bf16: the rounded P; otherwise fp32 sums rounded once into the output).
+      const Tensor pv = lowp ? Tensor::wrap(p16, {n, Tq, Tk}, DType::bf16) : s;
+      const Tensor o = heads(o4, b, h0, n);
+      for (const QBlock& blk : query_blocks(dm)) {
+        Tensor ov = rows(o, blk.r0, blk.rn);
+        gemm(rows(pv, blk.r0, blk.rn).slice(2, 0, blk.keys), false, rows(vf, 0, blk.keys), false,
+             ov);
+      }
     }
   }
 }
 
-template <class T>
-void attn_backward_gemm(const T* q, const T* k, const T* v, const Tensor& g, const float* lse,
-                        const Dims& dm, void* dq, DType dq_dt, void* dk, DType dk_dt, void* dv,
-                        DType dv_dt) {
-  const int64_t Tq = dm.Tq, Tk = dm.Tk, D = dm.D, hc = chunk_heads(dm);
-  const DType dt = dtype_of<T>(), gdt = g.dtype();
-  const char* gp = static_cast<const char*>(g.raw_data());
+// dq4, dk4, dv4: 4-d views (any strides, D unit-stride, any float dtype) the gradients are
+// written into; g4 the output gradient, a view of the same kind.
+void attn_backward_gemm(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
+                        const float* lse, const Dims& dm, const Tensor& dq4, const Tensor& dk4,
+                        const Tensor& dv4) {
+  const int64_t Tq = dm.Tq, Tk = dm.Tk, D = dm.D, B = q4.size(0), H = q4.size(1);
+  const int64_t hc = std::min(H, chunk_heads(dm));
+  const DType dt = q4.dtype(), gdt = g4.dtype();
   // bf16 (with a bf16 dO): the score and dP products read the bf16 operands directly (exact
   // products, fp32 sums); P and dS are rounded to bf16 for the three gradient products, as
-  // FlashAttention's backward does. Otherwise everything is widened to fp32.
+  // FlashAttention's backward does. fp16 operands are widened to fp32.
   const bool lowp = dt == DType::bf16 && gdt == DType::bf16;
   const bool wide = dt != DType::f32 && !lowp;
+  const bool gwide = gdt != DType::f32 && !lowp;
   Tensor qb = Tensor::empty({wide ? hc * Tq * D : 0}, DType::f32);
   Tensor kb = Tensor::empty({wide ? hc * Tk * D : 0}, DType::f32);
   Tensor vb = Tensor::empty({wide ? hc * Tk * D : 0}, DType::f32);
-  Tensor gb = Tensor::empty({gdt != DType::f32 && !lowp ? hc * Tq * D : 0}, DType::f32);
+  Tensor gb = Tensor::empty({gwide ? hc * Tq * D : 0}, DType::f32);
   Tensor pb = Tensor::empty({hc * Tq * Tk}, DType::f32);
   Tensor dpb = Tensor::empty({hc * Tq * Tk}, DType::f32);
   Tensor p16b = Tensor::empty({lowp ? hc * Tq * Tk : 0}, DType::bf16);
   Tensor ds16b = Tensor::empty({lowp ? hc * Tq * Tk : 0}, DType::bf16);
-  auto operand = [&](const void* p, DType pdt, int64_t n, int64_t rows, Tensor& buf) {
-    if (lowp) return Tensor::wrap(const_cast<void*>(p), {n, rows, D}, pdt);
-    return f32_heads(p, pdt, n, rows, D, buf);
-  };
-  for (int64_t h0 = 0; h0 < dm.BH; h0 += hc) {
-    const int64_t n = std::min(hc, dm.BH - h0);
-    const Tensor qf = operand(q + h0 * Tq * D, dt, n, Tq, qb);
-    const Tensor kf = operand(k + h0 * Tk * D, dt, n, Tk, kb);
-    const Tensor vf = operand(v + h0 * Tk * D, dt, n, Tk, vb);
-    const Tensor gf = operand(gp + h0 * Tq * D * dtype_size(gdt), gdt, n, Tq, gb);
-    Tensor p = Tensor::wrap(pb.raw_data(), {n, Tq, Tk}, DType::f32);
-    Tensor dp = Tensor::wrap(dpb.raw_data(), {n, Tq, Tk}, DType::f32);
-    for (const QBlock& b : query_blocks(dm)) {
-      Tensor pb_ = rows(p, b.r0, b.rn).slice(2, 0, b.keys);
-      Tensor dpb_ = rows(dp, b.r0, b.rn).slice(2, 0, b.keys);
-      gemm(rows(qf, b.r0, b.rn), false, rows(kf, 0, b.keys), true, pb_, dm.scale);  // scores again
-      gemm(rows(gf, b.r0, b.rn), false, rows(vf, 0, b.keys), true, dpb_);           // dP = dO·Vᵀ
-    }
-    float* pp = p.data<float>();
-    float* dpp = dp.data<float>();
-    const float* lp = lse + h0 * Tq;
-    uint16_t* p16 = lowp ? static_cast<uint16_t*>(p16b.raw_data()) : nullptr;
-    uint16_t* ds16 = lowp ? static_cast<uint16_t*>(ds16b.raw_data()) : nullptr;
-#pragma omp parallel for schedule(static) if (n * Tq * Tk > kParallelMin)
-    for (int64_t r = 0; r < n * Tq; ++r) {
-      float* pr = pp + r * Tk;
-      float* dr = dpp + r * Tk;
-      const int64_t jn = row_keys(dm, r);
-      const float l = lp[r];
-      simd::exp_shift(pr, jn, l);
-      std::fill(pr + jn, pr + Tk, 0.0f);
-      // dS = P ∘ (dP − Σₖ Pₖ dPₖ) · scale; masked keys have P = 0, so dS = 0 there.
-      const float di = dot_lanes(pr, dr, jn);
-      for (int64_t j = 0; j < jn; ++j) dr[j] = pr[j] * (dr[j] - di) * dm.scale;
-      std::fill(dr + jn, dr + Tk, 0.0f);
-      if (lowp) {
-        store_row(pr, Tk, p16 + r * Tk, DType::bf16);
-        store_row(dr, Tk, ds16 + r * Tk, DType::bf16);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t h0 = 0; h0 < H; h0 += hc) {
+      const int64_t n = std::min(hc, H - h0);
+      const Tensor qf = operand(heads(q4, b, h0, n), wide, qb);
+      const Tensor kf = operand(heads(k4, b, h0, n), wide, kb);
+      const Tensor vf = operand(heads(v4, b, h0, n), wide, vb);
+      const Tensor gf = operand(heads(g4, b, h0, n), gwide, gb);
+      Tensor p = Tensor::wrap(pb.raw_data(), {n, Tq, Tk}, DType::f32);
+      Tensor dp = Tensor::wrap(dpb.raw_data(), {n, Tq, Tk}, DType::f32);
+      for (const QBlock& blk : query_blocks(dm)) {
+        Tensor pv = rows(p, blk.r0, blk.rn).slice(2, 0, blk.keys);
+        Tensor dpv = rows(dp, blk.r0, blk.rn).slice(2, 0, blk.keys);
+        // The scores again (only lse was saved), and dP = dO·Vᵀ.
+        gemm(rows(qf, blk.r0, blk.rn), false, rows(kf, 0, blk.keys), true, pv, dm.scale);
+        gemm(rows(gf, blk.r0, blk.rn), false, rows(vf, 0, blk.keys), true, dpv);
       }
-    }
-    const Tensor pg = lowp ? Tensor::wrap(p16, {n, Tq, Tk}, DType::bf16) : p;
-    const Tensor dsg = lowp ? Tensor::wrap(ds16, {n, Tq, Tk}, DType::bf16) : dp;
-    Tensor dvt =
-        Tensor::wrap(static_cast<char*>(dv) + h0 * Tk * D * dtype_size(dv_dt), {n, Tk, D}, dv_dt);
-    Tensor dqt =
-        Tensor::wrap(static_cast<char*>(dq) + h0 * Tq * D * dtype_size(dq_dt), {n, Tq, D}, dq_dt);
-    Tensor dkt =
-        Tensor::wrap(static_cast<char*>(dk) + h0 * Tk * D * dtype_size(dk_dt), {n, Tk, D}, dk_dt);
-    for (const QBlock& b : query_blocks(dm)) {  // dQ = dS·K, by query block
-      Tensor dqb = rows(dqt, b.r0, b.rn);
-      gemm(rows(dsg, b.r0, b.rn).slice(2, 0, b.keys), false, rows(kf, 0, b.keys), false, dqb);
-    }
-    // dV = Pᵀ·dO and dK = dSᵀ·Q by key block: keys [c0, c0 + cn) are seen by queries c0..Tq-1
-    // only (causal), so each block is one product over those rows, written once.
-    for (const QBlock& c : query_blocks(dm)) {
-      const int64_t q0 = dm.causal ? c.r0 : 0, qn = Tq - q0;
-      Tensor dvb = rows(dvt, c.r0, c.rn);
-      Tensor dkb = rows(dkt, c.r0, c.rn);
-      gemm(rows(pg, q0, qn).slice(2, c.r0, c.r0 + c.rn), true, rows(gf, q0, qn), false, dvb);
-      gemm(rows(dsg, q0, qn).slice(2, c.r0, c.r0 + c.rn), true, rows(qf, q0, qn), false, dkb);
+      float* pp = p.data<float>();
+      float* dpp = dp.data<float>();
+      const float* lp = lse + (b * H + h0) * Tq;
+      uint16_t* p16 = lowp ? static_cast<uint16_t*>(p16b.raw_data()) : nullptr;
+      uint16_t* ds16 = lowp ? static_cast<uint16_t*>(ds16b.raw_data()) : nullptr;
+#pragma omp parallel for schedule(static) if (n * Tq * Tk > kParallelMin)
+      for (int64_t r = 0; r < n * Tq; ++r) {
+        float* pr = pp + r * Tk;
+        float* dr = dpp + r * Tk;
+        const int64_t jn = row_keys(dm, r);
+        simd::exp_shift(pr, jn, lp[r]);
+        std::fill(pr + jn, pr + Tk, 0.0f);
+        // dS = P ∘ (dP − Σₖ Pₖ dPₖ) · scale; masked keys have P = 0, so dS = 0 there.
+        const float di = dot_lanes(pr, dr, jn);
+        for (int64_t j = 0; j < jn; ++j) dr[j] = pr[j] * (dr[j] - di) * dm.scale;
+        std::fill(dr + jn, dr + Tk, 0.0f);
+        if (lowp) {
+          store_row(pr, Tk, p16 + r * Tk, DType::bf16);
+          store_row(dr, Tk, ds16 + r * Tk, DType::bf16);
+        }
+      }
+      const Tensor pg = lowp ? Tensor::wrap(p16, {n, Tq, Tk}, DType::bf16) : p;
+      const Tensor dsg = lowp ? Tensor::wrap(ds16, {n, Tq, Tk}, DType::bf16) : dp;
+      const Tensor dq = heads(dq4, b, h0, n), dk = heads(dk4, b, h0, n), dv = heads(dv4, b, h0, n);
+      for (const QBlock& blk : query_blocks(dm)) {  // dQ = dS·K, by query block
+        Tensor dqv = rows(dq, blk.r0, blk.rn);
+        gemm(rows(dsg, blk.r0, blk.rn).slice(2, 0, blk.keys), false, rows(kf, 0, blk.keys), false,
+             dqv);
+      }
+      // dV = Pᵀ·dO and dK = dSᵀ·Q by key block: keys [c0, c0 + cn) are seen by queries
+      // c0..Tq-1 only (causal), so each block is one product over those rows, written once.
+      for (const QBlock& c : query_blocks(dm)) {
+        const int64_t q0 = dm.causal ? c.r0 : 0, qn = Tq - q0;
+        Tensor dvv = rows(dv, c.r0, c.rn);
+        Tensor dkv = rows(dk, c.r0, c.rn);
+        gemm(rows(pg, q0, qn).slice(2, c.r0, c.r0 + c.rn), true, rows(gf, q0, qn), false, dvv);
+        gemm(rows(dsg, q0, qn).slice(2, c.r0, c.r0 + c.rn), true, rows(qf, q0, qn), false, dkv);
+      }
     }
   }
 }
 
 // Tiny heads (a few hundred multiply-adds) stay on the loops: a GEMM call costs more there.
 bool use_gemm(const Dims& dm) { return dm.Tq * dm.Tk * dm.D >= 4096; }
+
+// Forward on 4-d [B, H, T, D] views of one dtype (D unit-stride): the GEMM path reads and
+// writes them in place; the per-head loops take contiguous copies.
+void attention_forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, Tensor& o4,
+                       Tensor& lse, const Dims& dm) {
+  if (use_gemm(dm)) return attn_forward_gemm(q4, k4, v4, o4, lse.data<float>(), dm);
+  const Tensor qc = q4.contiguous(), kc = k4.contiguous(), vc = v4.contiguous();
+  Tensor oc = o4.is_contiguous() ? o4 : Tensor::empty(o4.shape(), o4.dtype());
+  dispatch_compute(q4.dtype(), kOp, [&](auto t0) {
+    using T = decltype(t0);
+    attn_forward<T>(qc.data<T>(), kc.data<T>(), vc.data<T>(), oc.data<T>(), lse.data<float>(), dm);
+  });
+  if (!o4.is_contiguous()) o4.copy_from(oc);
+}
+
+void attention_backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
+                        const Tensor& lse, const Dims& dm, Tensor dq4, Tensor dk4, Tensor dv4) {
+  if (use_gemm(dm)) return attn_backward_gemm(q4, k4, v4, g4, lse.data<float>(), dm, dq4, dk4, dv4);
+  const Tensor qc = q4.contiguous(), kc = k4.contiguous(), vc = v4.contiguous();
+  const Tensor gc = g4.contiguous();
+  auto out = [](const Tensor& t) {
+    return t.is_contiguous() ? t : Tensor::empty(t.shape(), t.dtype());
+  };
+  Tensor dq = out(dq4), dk = out(dk4), dv = out(dv4);
+  dispatch_compute(q4.dtype(), kOp, [&](auto t0) {
+    using T = decltype(t0);
+    attn_backward<T>(qc.data<T>(), kc.data<T>(), vc.data<T>(), gc, lse.data<float>(), dm,
+                     dq.raw_data(), dq.dtype(), dk.raw_data(), dk.dtype(), dv.raw_data(),
+                     dv.dtype());
+  });
+  for (auto [view, buf] : {std::pair{&dq4, &dq}, {&dk4, &dk}, {&dv4, &dv}})
+    if (!view->is_contiguous()) view->copy_from(*buf);
+}
+
+// A 4-d operand the kernels can read in place: D must be unit-stride.
+Tensor unit_d(const Tensor& t) { return t.strides().back() == 1 ? t : t.contiguous(); }
 
 }  // namespace
 
@@ -431,39 +472,53 @@ Variable scaled_dot_product_attention(const Variable& q, const Variable& k, cons
   if (!causal && dm.Tk == 0 && dm.Tq > 0)
     throw ShapeError(fmt::format("{}: no keys to attend to; got {}", kOp, shapes()));
   const DType dt = amp::op_dtype(kOp, amp::OpCategory::lower, {q.dtype(), k.dtype(), v.dtype()});
-  const Tensor qs = q.data().to(dt).contiguous();
-  const Tensor ks = k.data().to(dt).contiguous();
-  const Tensor vs = v.data().to(dt).contiguous();
+  // Strided views (e.g. heads transposed out of [B, T, H, D]) are read where they lie.
+  const Tensor qs = unit_d(q.data().to(dt)), ks = unit_d(k.data().to(dt)),
+               vs = unit_d(v.data().to(dt));
   Tensor out = Tensor::empty(qs.shape(), dt);
   Tensor lse = Tensor::empty({dm.BH, dm.Tq}, DType::f32);
-  dispatch_compute(dt, kOp, [&](auto t0) {
-    using T = decltype(t0);
-    if (use_gemm(dm))
-      attn_forward_gemm<T>(qs.data<T>(), ks.data<T>(), vs.data<T>(), out.data<T>(),
-                           lse.data<float>(), dm);
-    else
-      attn_forward<T>(qs.data<T>(), ks.data<T>(), vs.data<T>(), out.data<T>(), lse.data<float>(),
-                      dm);
-  });
+  attention_forward(qs, ks, vs, out, lse, dm);
   const DType q_dt = q.dtype(), k_dt = k.dtype(), v_dt = v.dtype();
-  return make_op_result(
-      out, {q, k, v}, kOp, [qs, ks, vs, lse, dm, dt, q_dt, k_dt, v_dt](const Tensor& g_in) {
-        const Tensor g = g_in.contiguous();
-        Tensor dq = Tensor::empty(qs.shape(), q_dt);
-        Tensor dk = Tensor::empty(ks.shape(), k_dt);
-        Tensor dv = Tensor::empty(vs.shape(), v_dt);
-        dispatch_compute(dt, kOp, [&](auto t0) {
-          using T = decltype(t0);
-          if (use_gemm(dm))
-            attn_backward_gemm<T>(qs.data<T>(), ks.data<T>(), vs.data<T>(), g, lse.data<float>(),
-                                  dm, dq.raw_data(), q_dt, dk.raw_data(), k_dt, dv.raw_data(),
-                                  v_dt);
-          else
-            attn_backward<T>(qs.data<T>(), ks.data<T>(), vs.data<T>(), g, lse.data<float>(), dm,
-                             dq.raw_data(), q_dt, dk.raw_data(), k_dt, dv.raw_data(), v_dt);
-        });
-        return std::vector<Tensor>{dq, dk, dv};
-      });
+  return make_op_result(out, {q, k, v}, kOp,
+                        [qs, ks, vs, lse, dm, q_dt, k_dt, v_dt](const Tensor& g_in) {
+                          Tensor dq = Tensor::empty(qs.shape(), q_dt);
+                          Tensor dk = Tensor::empty(ks.shape(), k_dt);
+                          Tensor dv = Tensor::empty(vs.shape(), v_dt);
+                          attention_backward(qs, ks, vs, unit_d(g_in), lse, dm, dq, dk, dv);
+                          return std::vector<Tensor>{dq, dk, dv};
+                        });
+}
+
+Variable attention_qkv(const Variable& qkv, int64_t heads, bool causal) {
+  constexpr const char* op = "attention_qkv";
+  check_defined(qkv, op, "qkv");
+  check_float(qkv.data(), op, "qkv");
+  if (qkv.dim() != 3 || heads <= 0 || qkv.size(2) % (3 * heads) != 0)
+    throw ShapeError(
+        fmt::format("{}: qkv must be [B, T, 3·C] with C a multiple of heads ({}); got {}", op,
+                    heads, qkv.data().str()));
+  const int64_t B = qkv.size(0), T = qkv.size(1), C = qkv.size(2) / 3, H = heads, D = C / H;
+  const Dims dm{B * H, T,      T,
+                D,     causal, 1.0f / std::sqrt(static_cast<float>(std::max<int64_t>(D, 1)))};
+  const DType dt = amp::op_dtype(kOp, amp::OpCategory::lower, {qkv.dtype()});
+  const Variable x = cast(qkv, dt);
+  const Tensor t = x.data().contiguous();
+  // q, k, v: [B, H, T, D] views of the packed rows (token stride 3·C, head stride D).
+  const Shape qkv_strides{T * 3 * C, D, 3 * C, 1}, out_strides{T * C, D, C, 1};
+  auto part = [=](const Tensor& base, int64_t i) {
+    return base.as_strided({B, H, T, D}, qkv_strides, i * C);
+  };
+  Tensor out = Tensor::empty({B, T, C}, dt);
+  Tensor o4 = out.as_strided({B, H, T, D}, out_strides);
+  Tensor lse = Tensor::empty({dm.BH, T}, DType::f32);
+  attention_forward(part(t, 0), part(t, 1), part(t, 2), o4, lse, dm);
+  return make_op_result(out, {x}, op, [=](const Tensor& g_in) {
+    const Tensor g = g_in.contiguous();
+    Tensor dqkv = Tensor::empty(t.shape(), dt);
+    attention_backward(part(t, 0), part(t, 1), part(t, 2), g.as_strided({B, H, T, D}, out_strides),
+                       lse, dm, part(dqkv, 0), part(dqkv, 1), part(dqkv, 2));
+    return std::vector<Tensor>{dqkv};
+  });
 }
 
 }  // namespace mixtrain
