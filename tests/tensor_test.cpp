@@ -109,3 +109,39 @@ TEST(Tensor, AsStridedViewsInPlaceAndChecksBounds) {
   EXPECT_THROW(t.as_strided({2, 3}, {6}, 0), ShapeError);     // rank mismatch
   EXPECT_EQ(t.as_strided({0, 3}, {100, 100}, 0).numel(), 0);  // empty views touch nothing
 }
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kAsan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool kAsan = true;
+#else
+constexpr bool kAsan = false;
+#endif
+#else
+constexpr bool kAsan = false;
+#endif
+
+TEST(Tensor, LargeBuffersAreKeptForReuseAndReleasable) {
+  release_cached_memory();
+  const int64_t two_mib = int64_t{2} << 20;
+  void* first = nullptr;
+  {
+    Tensor a = Tensor::empty({two_mib / 4}, DType::f32);
+    first = a.raw_data();
+  }
+  if (kAsan) {  // nothing is kept under AddressSanitizer, so it still sees a use after free
+    EXPECT_EQ(memory_stats().cached_bytes, 0);
+    return;
+  }
+  EXPECT_EQ(memory_stats().cached_bytes, two_mib);
+  Tensor b = Tensor::empty({two_mib / 2}, DType::bf16);  // same byte size: the same block
+  EXPECT_EQ(b.raw_data(), first);
+  EXPECT_EQ(memory_stats().cached_bytes, 0);
+  { Tensor small = Tensor::empty({1 << 18}, DType::bf16); }  // 512 KiB: left to malloc
+  EXPECT_EQ(memory_stats().cached_bytes, 0);
+  b = Tensor();
+  EXPECT_EQ(memory_stats().cached_bytes, two_mib);
+  release_cached_memory();
+  EXPECT_EQ(memory_stats().cached_bytes, 0);
+}

@@ -131,8 +131,12 @@ struct MemoryStats {
   int64_t peak_bytes = 0;
   int64_t current_by_dtype[9] = {};
   int64_t peak_by_dtype[9] = {};
+  /// Freed buffers of 1 MiB or more kept for reuse (not tensors; part of the process's RSS).
+  int64_t cached_bytes = 0;
 };
 MemoryStats memory_stats();
+/// Returns the kept buffers (MemoryStats::cached_bytes) to the system allocator.
+void release_cached_memory();
 /// Sets every peak to the current value (to measure the peak of one phase).
 void reset_peak_memory();
 
