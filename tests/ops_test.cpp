@@ -225,6 +225,37 @@ TEST(OpsElementwise, ReluGradientIsASelectOnEveryCode) {
   EXPECT_EQ(std::vector<float>(g, g + 6), (std::vector<float>{0, 0, 0, 3, 3, 0}));
 }
 
+TEST(Autograd, TapeKeepsOnlyWhatBackwardNeeds) {
+  // y = relu(a·w) + b: once the forward's handles are gone, the matmul's output (read by relu's
+  // backward only through relu's own saved output) and relu's output (an add input, which add's
+  // backward never reads) hold no data on the tape; the gradients are unchanged; under a
+  // KeepActivationsGuard every output keeps its data.
+  const Tensor at = random_tensor({4, 6}, 50), wt = random_tensor({6, 5}, 51);
+  const Tensor bt = random_tensor({4, 5}, 52), g = random_tensor({4, 5}, 53);
+  auto run = [&](bool keep, std::vector<Tensor>* grads) {
+    KeepActivationsGuard guard(keep);
+    Variable a(at, true), w(wt, true), b(bt, true);
+    Variable y = add(relu(matmul(a, w)), b);
+    const auto& add_in = y.grad_fn()->inputs[0];       // relu's output
+    const auto& relu_in = add_in->grad_fn->inputs[0];  // matmul's output
+    const bool released = !add_in->data.defined() && !relu_in->data.defined();
+    y.backward(g);
+    *grads = {a.grad(), w.grad(), b.grad()};
+    return released;
+  };
+  std::vector<Tensor> kept, released;
+  EXPECT_FALSE(run(true, &kept));
+  EXPECT_TRUE(run(false, &released));
+  for (size_t i = 0; i < kept.size(); ++i)
+    EXPECT_EQ(kept[i].to_vector(), released[i].to_vector()) << "gradient " << i;
+  // A handle the caller keeps keeps the data.
+  Variable a(at, true), w(wt, true);
+  Variable h = matmul(a, w);
+  Variable y = relu(h);
+  EXPECT_TRUE(h.data().defined());
+  EXPECT_EQ(h.data().to_vector(), matmul(Variable(at), Variable(wt)).data().to_vector());
+}
+
 TEST(OpsElementwise, GeluMatchesTorchTanhFormula) {
   // Values of torch.nn.functional.gelu(x, approximate='tanh') at a few points.
   const Tensor x = Tensor::from_vector({-3.0f, -1.0f, -0.5f, 0.0f, 0.5f, 1.0f, 3.0f}, {7});

@@ -15,6 +15,10 @@ namespace mixtrain {
 class Variable;
 struct Node;
 
+/// Gradient of the op's output -> gradients of its inputs (one per input, undefined where the
+/// input needs none).
+using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_out)>;
+
 struct VariableImpl {
   Tensor data;
   Tensor grad;  ///< leaves only; accumulated in grad_dtype
@@ -27,6 +31,9 @@ struct VariableImpl {
   /// Called after this leaf's gradient has been fully accumulated in a backward pass (used by
   /// data-parallel training to start a bucket's all-reduce while backward goes on).
   std::function<void(VariableImpl&)> grad_ready_hook;
+  /// An op output whose data was released (see make_op_result) keeps its shape here, for the
+  /// tape walker's gradient shape check.
+  Shape released_shape;
 };
 
 class Variable {
@@ -65,16 +72,18 @@ class Variable {
   const std::shared_ptr<VariableImpl>& impl_ptr() const { return impl_; }
 
  private:
+  friend Variable make_op_result(Tensor, std::vector<Variable>, const char*, BackwardFn);
   std::shared_ptr<VariableImpl> impl_;
+  /// Shared by every handle of a tape-made output: when the last one goes, the output's data is
+  /// released (make_op_result). Null for leaves and untaped results.
+  std::shared_ptr<void> hold_;
 };
 
-/// Gradient of the op's output -> gradients of its inputs (one per input, undefined where the
-/// input needs none).
-using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_out)>;
-
 struct Node {
-  std::string op;                ///< op name, for error messages and diagnostics
-  std::vector<Variable> inputs;  ///< edges to the producers of the inputs
+  std::string op;  ///< op name, for error messages and diagnostics
+  /// Edges to the inputs. They do not keep an op output's data alive (see make_op_result): a
+  /// backward keeps what it needs by capturing it.
+  std::vector<std::shared_ptr<VariableImpl>> inputs;
   BackwardFn backward;
   /// Activation checkpointing (nn/checkpoint.h): called by the tape walker just before
   /// `backward`, it re-runs a checkpointed block's forward with the tape on, so `backward` can
@@ -110,8 +119,24 @@ class GradModeGuard {
 };
 
 /// Builds an op's output: records a Node if grad is enabled and any input requires grad.
-/// `backward` receives the output gradient in the output's dtype.
+/// `backward` receives the output gradient in the output's dtype, and must capture (as Tensors
+/// or Variables) whatever it reads: when the last Variable handle of a taped output goes (the
+/// forward is done with it), its data is released even though the tape still links to it, so
+/// the tape keeps only what backwards need (an add's inputs, say, are not kept).
 Variable make_op_result(Tensor out, std::vector<Variable> inputs, const char* op,
                         BackwardFn backward);
+
+/// While one is alive on this thread, taped outputs keep their data after their last handle
+/// goes (the fp16 forward-overflow finder reads every activation on the tape).
+class KeepActivationsGuard {
+ public:
+  explicit KeepActivationsGuard(bool keep = true);
+  ~KeepActivationsGuard();
+  KeepActivationsGuard(const KeepActivationsGuard&) = delete;
+  KeepActivationsGuard& operator=(const KeepActivationsGuard&) = delete;
+
+ private:
+  bool prev_;
+};
 
 }  // namespace mixtrain

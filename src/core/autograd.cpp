@@ -15,6 +15,7 @@ namespace mixtrain {
 
 namespace {
 thread_local bool g_grad_enabled = true;
+thread_local bool g_keep_activations = false;
 
 // dst += src elementwise (same shape, any float dtypes), computed in fp32.
 void accumulate_into(Tensor& dst, const Tensor& src) {
@@ -46,6 +47,10 @@ NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
 GradModeGuard::GradModeGuard(bool enabled) : prev_(g_grad_enabled) { g_grad_enabled = enabled; }
 GradModeGuard::~GradModeGuard() { g_grad_enabled = prev_; }
+KeepActivationsGuard::KeepActivationsGuard(bool keep) : prev_(g_keep_activations) {
+  g_keep_activations = g_keep_activations || keep;
+}
+KeepActivationsGuard::~KeepActivationsGuard() { g_keep_activations = prev_; }
 
 Variable::Variable(Tensor data, bool requires_grad, std::string name)
     : impl_(std::make_shared<VariableImpl>()) {
@@ -64,9 +69,21 @@ Variable make_op_result(Tensor out, std::vector<Variable> inputs, const char* op
   if (needs) {
     auto node = std::make_shared<Node>();
     node->op = op;
-    node->inputs = std::move(inputs);
+    node->inputs.reserve(inputs.size());
+    for (const Variable& v : inputs) node->inputs.push_back(v.impl_ptr());
     node->backward = std::move(backward);
     result.impl()->grad_fn = std::move(node);
+    if (!g_keep_activations) {
+      // The handles share one token; its deleter runs when the last handle goes and drops the
+      // data (the storage lives on where a backward captured it).
+      std::weak_ptr<VariableImpl> w = result.impl_ptr();
+      result.hold_ = std::shared_ptr<void>(nullptr, [w](void*) {
+        if (auto p = w.lock()) {
+          p->released_shape = p->data.shape();
+          p->data = Tensor();
+        }
+      });
+    }
   }
   return result;
 }
@@ -88,7 +105,7 @@ void Variable::backward(const Tensor& seed) const {
   while (!stack.empty()) {
     auto& [v, next] = stack.back();
     if (v->grad_fn && next < v->grad_fn->inputs.size()) {
-      VariableImpl* in = v->grad_fn->inputs[next++].impl();
+      VariableImpl* in = v->grad_fn->inputs[next++].get();
       if (in->requires_grad && seen.insert(in).second) stack.push_back({in, 0});
     } else {
       order.push_back(v);
@@ -130,11 +147,12 @@ void Variable::backward(const Tensor& seed) const {
       throw Error(fmt::format("backward of {}: returned {} gradients for {} inputs", node.op,
                               in_grads.size(), node.inputs.size()));
     for (size_t i = 0; i < in_grads.size(); ++i) {
-      VariableImpl* in = node.inputs[i].impl();
+      VariableImpl* in = node.inputs[i].get();
       if (!in->requires_grad || !in_grads[i].defined()) continue;
-      if (in_grads[i].shape() != in->data.shape())
+      const Shape& in_shape = in->data.defined() ? in->data.shape() : in->released_shape;
+      if (in_grads[i].shape() != in_shape)
         throw ShapeError(fmt::format("backward of {}: gradient {} for input {} of shape {}",
-                                     node.op, in_grads[i].str(), i, shape_str(in->data.shape())));
+                                     node.op, in_grads[i].str(), i, shape_str(in_shape)));
       auto [slot, inserted] = grads.try_emplace(in, in_grads[i]);
       if (!inserted) {
         // A backward may hand the same tensor to several inputs (add): copy before adding.

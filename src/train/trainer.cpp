@@ -452,6 +452,9 @@ TrainSummary Trainer::run() {
       const MemoryStats before_forward = memory_stats();
       {
         amp::PolicyScope scope(s.policy);
+        // fp16: the tape keeps every activation, so a non-finite loss can be traced to the op
+        // whose output overflowed (check_forward_overflow); otherwise only what backward needs.
+        KeepActivationsGuard keep(s.policy.compute == DType::f16);
         loss = s.task->train_loss(micro);
       }
       // What the tape keeps for backward (the largest over the run's micro-batches).
