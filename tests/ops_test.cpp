@@ -256,6 +256,35 @@ TEST(Autograd, TapeKeepsOnlyWhatBackwardNeeds) {
   EXPECT_EQ(h.data().to_vector(), matmul(Variable(at), Variable(wt)).data().to_vector());
 }
 
+TEST(Autograd, BackwardFreesWhatEachOpSavedAsItGoes) {
+  // x -> probe -> six gelus. Each gelu saves its input; the five in the middle are held by
+  // nothing but the next gelu's backward. When the walk reaches the probe (last), those 5 MiB
+  // must already be gone: live bytes there are below the end-of-forward figure even though
+  // the seed and the gradient in flight (1 MiB each) are live. Kept until the walk's end, they
+  // would put the probe 2-3 MiB above it.
+  const int64_t n = 1 << 18;  // 1 MiB of fp32
+  Variable x(random_tensor({n}, 60), true);
+  int64_t at_probe = -1;
+  Variable y = make_op_result(x.data().clone(), {x}, "probe", [&](const Tensor& g) {
+    at_probe = memory_stats().current_bytes;
+    return std::vector<Tensor>{g};
+  });
+  for (int i = 0; i < 6; ++i) y = gelu(y);
+  const Tensor seed = Tensor::full({n}, 1.0f, DType::f32);
+  const int64_t after_forward = memory_stats().current_bytes;
+  y.backward(seed);
+  ASSERT_GE(at_probe, 0);
+  EXPECT_LT(at_probe, after_forward - n * 4);
+  ASSERT_TRUE(x.grad().defined());
+  // The walk released what the ops saved: walking the graph again is an error naming the op.
+  try {
+    y.backward(seed);
+    ADD_FAILURE() << "a second backward through the same graph did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("backward of gelu"), std::string::npos) << e.what();
+  }
+}
+
 TEST(OpsElementwise, GeluMatchesTorchTanhFormula) {
   // Values of torch.nn.functional.gelu(x, approximate='tanh') at a few points.
   const Tensor x = Tensor::from_vector({-3.0f, -1.0f, -0.5f, 0.0f, 0.5f, 1.0f, 3.0f}, {7});

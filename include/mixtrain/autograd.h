@@ -62,7 +62,9 @@ class Variable {
   const std::shared_ptr<Node>& grad_fn() const { return impl_->grad_fn; }
 
   /// Back-propagates from this variable. With no seed it must hold one element and the seed
-  /// is 1 (times `scale`: loss scaling multiplies the seed, never the loss tensor).
+  /// is 1 (times `scale`: loss scaling multiplies the seed, never the loss tensor). Each op's
+  /// saved tensors are freed as soon as its backward has run, so a graph is walked once; a
+  /// second walk throws (run the forward again).
   void backward(float scale = 1.0f) const;
   void backward(const Tensor& seed) const;
 

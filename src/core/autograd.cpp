@@ -136,10 +136,20 @@ void Variable::backward(const Tensor& seed) const {
       continue;
     }
     Node& node = *v->grad_fn;
+    if (!node.backward)
+      throw Error(fmt::format(
+          "backward of {}: this graph was already walked by an earlier backward, which released "
+          "what its ops saved; run the forward again",
+          node.op));
     if (node.recompute) node.recompute();
     const auto t_bwd = profile::enabled() ? std::chrono::steady_clock::now()
                                           : std::chrono::steady_clock::time_point{};
     std::vector<Tensor> in_grads = node.backward(grad);
+    // What the op saved for its backward (captured by the closure) is not needed again: free
+    // it now, so activations go as the walk passes them instead of all at its end (the peak
+    // is then the forward's activations, not activations plus every gradient).
+    node.backward = nullptr;
+    node.recompute = nullptr;
     if (profile::enabled())
       profile::add("bwd " + node.op,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t_bwd).count());
