@@ -131,25 +131,15 @@ inline void scores(const float* q, const float* kt, int64_t Tk, int64_t D, int64
       const float* lse, const Dims& dm, float* p, float* dp, float* dq, float* dk, float* dv) {    \
     head_backward_body(q, g, k, kt, vt, lse, dm, p, dp, dq, dk, dv);                               \
   }
-MIXTRAIN_ATTN_VARIANT(avx512,
-                      __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"), flatten)))
-MIXTRAIN_ATTN_VARIANT(avx2, __attribute__((target("avx2,fma"), flatten)))
-MIXTRAIN_ATTN_VARIANT(base, __attribute__((flatten)))
+MIXTRAIN_ATTN_VARIANT(avx512, MIXTRAIN_TARGET_AVX512)
+MIXTRAIN_ATTN_VARIANT(avx2, MIXTRAIN_TARGET_AVX2)
+MIXTRAIN_ATTN_VARIANT(base, MIXTRAIN_TARGET_BASE)
 #undef MIXTRAIN_ATTN_VARIANT
 
 using HeadForward = void (*)(const float*, const float*, const float*, const Dims&, float*, float*,
                              float*);
 using HeadBackward = void (*)(const float*, const float*, const float*, const float*, const float*,
                               const float*, const Dims&, float*, float*, float*, float*, float*);
-
-// The widest variant the bulk kernels use (simd_level honours the MIXTRAIN_ISA cap).
-int isa_index() {
-  static const int idx = [] {
-    const std::string lvl = simd_level();
-    return lvl.rfind("avx512", 0) == 0 ? 2 : lvl == "avx2" ? 1 : 0;
-  }();
-  return idx;
-}
 
 // Loads n contiguous elements of p as fp32 into dst.
 template <class T>
@@ -165,7 +155,7 @@ template <class T>
 void attn_forward(const T* q, const T* k, const T* v, T* out, float* lse, const Dims& dm) {
   const int64_t Tq = dm.Tq, Tk = dm.Tk, D = dm.D;
   const HeadForward fwd[3] = {head_forward_base, head_forward_avx2, head_forward_avx512};
-  const HeadForward f = fwd[isa_index()];
+  const HeadForward f = fwd[simd_variant()];
 #pragma omp parallel if (dm.BH * Tq * Tk * D > kParallelMin)
   {
     std::vector<float> qb(Tq * D), kr(Tk * D), kt(Tk * D), vr(Tk * D), vt(Tk * D), o(Tq * D), s(Tk);
@@ -190,7 +180,7 @@ void attn_backward(const T* q, const T* k, const T* v, const Tensor& g, const fl
   const char* gp = static_cast<const char*>(g.raw_data());
   const size_t qes = dtype_size(dq_dt), kes = dtype_size(dk_dt), ves = dtype_size(dv_dt);
   const HeadBackward bwd[3] = {head_backward_base, head_backward_avx2, head_backward_avx512};
-  const HeadBackward f = bwd[isa_index()];
+  const HeadBackward f = bwd[simd_variant()];
 #pragma omp parallel if (dm.BH * Tq * Tk * D > kParallelMin)
   {
     std::vector<float> qb(Tq * D), gb(Tq * D), dqb(Tq * D), kr(Tk * D), kt(Tk * D), vr(Tk * D),

@@ -11,6 +11,7 @@
 
 #include "core/dispatch.h"
 #include "mixtrain/autograd.h"
+#include "mixtrain/cpu.h"
 #include "mixtrain/tensor.h"
 
 namespace mixtrain::nn_detail {
@@ -65,6 +66,24 @@ inline float max_row(const float* p, int64_t n) {
   for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j]);
   return m;
 }
+
+/// Which build of a row kernel compiled three ways (AVX-512, AVX2+FMA, baseline x86-64; the
+/// library itself targets the baseline) runs: 2, 1 or 0, the widest the CPU has and
+/// MIXTRAIN_ISA allows (simd_level). Kernels pick their variant from an array with it.
+inline int simd_variant() {
+  static const int idx = [] {
+    const std::string lvl = simd_level();
+    return lvl.rfind("avx512", 0) == 0 ? 2 : lvl == "avx2" ? 1 : 0;
+  }();
+  return idx;
+}
+
+/// The attributes of the three builds: flatten inlines the row helpers above into each, so
+/// they are compiled for that ISA too.
+#define MIXTRAIN_TARGET_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"), flatten))
+#define MIXTRAIN_TARGET_AVX2 __attribute__((target("avx2,fma"), flatten))
+#define MIXTRAIN_TARGET_BASE __attribute__((flatten))
 
 /// Normalises a possibly negative axis; throws ShapeError naming the op.
 inline int64_t wrap_axis(int64_t axis, int64_t ndim, const char* op, const Tensor& x) {
