@@ -96,6 +96,34 @@ TEST(Tensor, StridedCopiesMatchElementwiseReference) {
   EXPECT_EQ(back.to_vector(), big.to_vector());
 }
 
+TEST(Tensor, TransposedCopiesByTilesMatchIndexReference) {
+  // Copies whose last two dims are transposed go by 32×32 tiles through a buffer: ragged edge
+  // tiles (45 and 70 are not multiples of 32), a batch dim, a sliced source (row stride 72, not
+  // the extent), both directions (a contiguous copy of a transposed view; copy_from into a
+  // transposed destination), for 2-, 4- and 8-byte elements. Reference: index arithmetic.
+  const int64_t B = 3, R = 45, C = 70, W = 72;  // source [B, R, W], sliced to [B, R, C]
+  std::vector<float> v(B * R * W);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 251);  // exact in bf16
+  for (DType dt : {DType::bf16, DType::f32, DType::f64}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Tensor src = Tensor::from_vector(v, {B, R, W}).to(dt).slice(2, 1, C + 1);
+    std::vector<float> want;  // [B, C, R]: want[b][c][r] = src[b][r][c]
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t r = 0; r < R; ++r) want.push_back(v[(b * R + r) * W + c + 1]);
+    const Tensor t = src.transpose(1, 2).contiguous();  // reads columns, writes rows
+    ASSERT_TRUE(t.is_contiguous());
+    EXPECT_EQ(t.to(DType::f32).to_vector(), want);
+    Tensor back = Tensor::zeros({B, R, C}, dt);
+    back.transpose(1, 2).copy_from(t);  // reads rows, writes columns
+    std::vector<float> orig;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t c = 0; c < C; ++c) orig.push_back(v[(b * R + r) * W + c + 1]);
+    EXPECT_EQ(back.to(DType::f32).to_vector(), orig);
+  }
+}
+
 TEST(Tensor, AsStridedViewsInPlaceAndChecksBounds) {
   // A [2, 3] view of every other element of a 12-element buffer, starting at element 1.
   Tensor t = Tensor::from_vector({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {12});

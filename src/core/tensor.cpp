@@ -414,13 +414,71 @@ void copy_run(char* d, int64_t ds, const char* s, int64_t ss, int64_t n) {
   for (int64_t j = 0; j < n; ++j) dp[j * ds] = sp[j * ss];
 }
 
+// The last two dims of a copy where one side runs along dim -1 and the other along dim -2 (a
+// transpose().contiguous(), say), by 32×32 tiles through an L1 buffer: the tile is read as 32
+// contiguous runs of the source and written as 32 contiguous runs of the destination, where
+// element by element every access of the strided side touched a new cache line (and strides of
+// 4 KiB alias one L1 set): a bf16 2048×2048 transpose took 11 ms. Outer dims are batches.
+template <class E>
+void tiled_transpose_copy(char* dst, const Shape& ds, const char* src, const Shape& ss,
+                          const Shape& shape) {
+  constexpr int64_t kT = 32;
+  const size_t nd = shape.size();
+  const int64_t R = shape[nd - 2], C = shape[nd - 1];
+  const int64_t dr = ds[nd - 2], dc = ds[nd - 1], sr = ss[nd - 2], sc = ss[nd - 1];
+  const bool src_rows = sc == 1;  // the source runs along c (so the destination along r)
+  const int64_t batches = shape_numel(shape) / (R * C);
+  const int64_t tr = (R + kT - 1) / kT, tc = (C + kT - 1) / kT;
+#pragma omp parallel for schedule(static) if (R * C * batches * int64_t{sizeof(E)} > \
+                                              (int64_t{1} << 18))
+  for (int64_t t = 0; t < batches * tr * tc; ++t) {
+    int64_t rem = t / (tr * tc), doff = 0, soff = 0;
+    for (size_t k = nd - 2; k-- > 0;) {
+      const int64_t i = rem % shape[k];
+      rem /= shape[k];
+      doff += i * ds[k];
+      soff += i * ss[k];
+    }
+    const int64_t r0 = (t / tc) % tr * kT, c0 = t % tc * kT;
+    const int64_t rn = std::min(kT, R - r0), cn = std::min(kT, C - c0);
+    E* d = reinterpret_cast<E*>(dst) + doff + r0 * dr + c0 * dc;
+    const E* sp = reinterpret_cast<const E*>(src) + soff + r0 * sr + c0 * sc;
+    E buf[kT][kT];   // buf[r][c]
+    if (src_rows) {  // read rows of the source, write columns (runs along r) of the destination
+      for (int64_t r = 0; r < rn; ++r)
+        for (int64_t c = 0; c < cn; ++c) buf[r][c] = sp[r * sr + c];
+      for (int64_t c = 0; c < cn; ++c)
+        for (int64_t r = 0; r < rn; ++r) d[r + c * dc] = buf[r][c];
+    } else {  // read columns of the source, write rows of the destination
+      for (int64_t c = 0; c < cn; ++c)
+        for (int64_t r = 0; r < rn; ++r) buf[r][c] = sp[r + c * sc];
+      for (int64_t r = 0; r < rn; ++r)
+        for (int64_t c = 0; c < cn; ++c) d[r * dr + c] = buf[r][c];
+    }
+  }
+}
+
 // dst[view] = src[view] for two same-shape strided views of one element size: the innermost
 // dim is a memcpy when unit-stride on both sides, else a typed loop; the outer rows are split
-// over threads when there is enough to move.
+// over threads when there is enough to move. Transposed last dims go by tiles.
 void strided_copy(char* dst, Shape dst_strides, const char* src, Shape src_strides, Shape shape,
                   size_t es) {
   collapse_dims(shape, dst_strides, src_strides);
   const size_t nd = shape.size();
+  if (nd >= 2 && shape[nd - 1] >= 16 && shape[nd - 2] >= 16 &&
+      ((dst_strides[nd - 1] == 1 && src_strides[nd - 2] == 1) ||
+       (src_strides[nd - 1] == 1 && dst_strides[nd - 2] == 1))) {
+    switch (es) {
+      case 2:
+        return tiled_transpose_copy<uint16_t>(dst, dst_strides, src, src_strides, shape);
+      case 4:
+        return tiled_transpose_copy<uint32_t>(dst, dst_strides, src, src_strides, shape);
+      case 8:
+        return tiled_transpose_copy<uint64_t>(dst, dst_strides, src, src_strides, shape);
+      default:
+        break;
+    }
+  }
   const int64_t inner = shape[nd - 1], di = dst_strides[nd - 1], si = src_strides[nd - 1];
   const int64_t rows = shape_numel(shape) / std::max<int64_t>(inner, 1);
   const int64_t esz = static_cast<int64_t>(es);
