@@ -224,7 +224,9 @@ TEST_P(NnDTypeTest, AttentionMatchesReference) {
   for (const AttnCase& c :
        {AttnCase{2, 3, 40, 40, 16, true}, AttnCase{1, 2, 150, 150, 16, true},
         AttnCase{1, 2, 7, 11, 5, false}, AttnCase{1, 1, 1, 1, 3, true},
-        AttnCase{2, 3, 600, 600, 8, true}}) {
+        AttnCase{2, 3, 600, 600, 8, true},
+        // GEMM path with 37 queries against 45 keys, not causal: every key's dK and dV row.
+        AttnCase{2, 3, 70, 70, 64, true}, AttnCase{1, 2, 37, 45, 32, false}}) {
     const std::string name = fmt::format("attention B{} H{} Tq{} Tk{} D{} {}", c.B, c.H, c.Tq, c.Tk,
                                          c.D, c.causal ? "causal" : "full");
     const Tensor q = random_tensor({c.B, c.H, c.Tq, c.D}, 12, -2.0f, 2.0f);
@@ -358,8 +360,8 @@ TEST(NnOps, AttentionQkvMatchesSplitHeadsAttention) {
   for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     const float tol = dt == DType::f32 ? 1e-5f : dt == DType::f16 ? 1.0f / 512 : 1.0f / 64;
     // 150 causal rows: GEMM path, three query blocks; 5 rows: the per-head loops.
-    for (const Case& c :
-         {Case{2, 150, 2, 16, true}, Case{2, 70, 3, 8, false}, Case{1, 5, 2, 3, true}}) {
+    for (const Case& c : {Case{2, 150, 2, 16, true}, Case{2, 70, 3, 8, false},
+                          Case{1, 5, 2, 3, true}, Case{2, 45, 3, 32, true}}) {
       const int64_t C = c.H * c.D;
       const Tensor data = random_tensor({c.B, c.T, 3 * C}, 40).to(dt);
       const Tensor g = random_tensor({c.B, c.T, C}, 41).to(dt);

@@ -381,7 +381,10 @@ void attn_backward_gemm(const Tensor& q4, const Tensor& k4, const Tensor& v4, co
       }
       // dV = Pᵀ·dO and dK = dSᵀ·Q by key block: keys [c0, c0 + cn) are seen by queries
       // c0..Tq-1 only (causal), so each block is one product over those rows, written once.
-      for (const QBlock& c : query_blocks(dm)) {
+      // Without the mask it is one block of all Tk keys over all Tq queries.
+      const std::vector<QBlock> key_blocks =
+          dm.causal ? query_blocks(dm) : std::vector<QBlock>{{0, Tk, Tq}};
+      for (const QBlock& c : key_blocks) {
         const int64_t q0 = dm.causal ? c.r0 : 0, qn = Tq - q0;
         Tensor dvv = rows(dv, c.r0, c.rn);
         Tensor dkv = rows(dk, c.r0, c.rn);
