@@ -2,8 +2,9 @@
 // (scores never exceed one chunk), and flash-attention-style per-head loops for tiny heads.
 // One (batch, head) per task; one query row of fp32 scores at a time; only the per-row
 // logsumexp is saved, and backward recomputes the probabilities from it. The per-head loops
-// are built for AVX-512, AVX2 and baseline x86-64 and chosen at run time. bf16 on AVX512-BF16
-// CPUs runs fused kernels instead (nn_attention_bf16.cpp) where D is a multiple of 32.
+// are built for AVX-512, AVX2 and baseline x86-64 and chosen at run time. Where D is a multiple
+// of 32, AVX-512 CPUs run fused kernels instead (nn_attention_fused.cpp: bf16 on AVX512-BF16,
+// fp32 and fp16 in fp32).
 #include <cmath>
 #include <string>
 #include <vector>
@@ -15,7 +16,7 @@
 #include "mixtrain/amp/policy.h"
 #include "mixtrain/ops.h"
 #include "mixtrain/ops_nn.h"
-#include "ops/nn_attention_bf16.h"
+#include "ops/nn_attention_fused.h"
 #include "ops/nn_common.h"
 
 namespace mixtrain {
@@ -404,8 +405,9 @@ bool use_gemm(const Dims& dm) { return dm.Tq * dm.Tk * dm.D >= 4096; }
 // writes them in place; the per-head loops take contiguous copies.
 void attention_forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, Tensor& o4,
                        Tensor& lse, const Dims& dm) {
-  if (use_gemm(dm) && attention_bf16_fused_ok(q4.dtype(), q4.dtype(), dm.Tq, dm.Tk, dm.D))
-    return attention_forward_bf16_fused(q4, k4, v4, o4, lse.data<float>(), dm.causal, dm.scale);
+  if (const auto kind = attention_fused_kind(q4.dtype(), q4.dtype(), dm.Tq, dm.Tk, dm.D);
+      use_gemm(dm) && kind != FusedAttention::none)
+    return attention_forward_fused(kind, q4, k4, v4, o4, lse.data<float>(), dm.causal, dm.scale);
   if (use_gemm(dm)) return attn_forward_gemm(q4, k4, v4, o4, lse.data<float>(), dm);
   const Tensor qc = q4.contiguous(), kc = k4.contiguous(), vc = v4.contiguous();
   Tensor oc = o4.is_contiguous() ? o4 : Tensor::empty(o4.shape(), o4.dtype());
@@ -418,9 +420,10 @@ void attention_forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, Ten
 
 void attention_backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
                         const Tensor& lse, const Dims& dm, Tensor dq4, Tensor dk4, Tensor dv4) {
-  if (use_gemm(dm) && attention_bf16_fused_ok(q4.dtype(), g4.dtype(), dm.Tq, dm.Tk, dm.D))
-    return attention_backward_bf16_fused(q4, k4, v4, g4, lse.data<float>(), dm.causal, dm.scale,
-                                         dq4, dk4, dv4);
+  if (const auto kind = attention_fused_kind(q4.dtype(), g4.dtype(), dm.Tq, dm.Tk, dm.D);
+      use_gemm(dm) && kind != FusedAttention::none)
+    return attention_backward_fused(kind, q4, k4, v4, g4, lse.data<float>(), dm.causal, dm.scale,
+                                    dq4, dk4, dv4);
   if (use_gemm(dm)) return attn_backward_gemm(q4, k4, v4, g4, lse.data<float>(), dm, dq4, dk4, dv4);
   const Tensor qc = q4.contiguous(), kc = k4.contiguous(), vc = v4.contiguous();
   const Tensor gc = g4.contiguous();

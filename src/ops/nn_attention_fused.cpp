@@ -1,0 +1,458 @@
+// Fused attention for AVX-512 CPUs: one (batch, head) per task; every product runs in a small
+// register-tiled kernel on operands packed once into L2-sized per-thread buffers, so a step
+// makes no GEMM calls for attention, writes no score tensors and reads each head's Q, K, V
+// once. Two element kinds share one driver (the Kind template):
+//   Bf16Kind (AVX512-BF16): bf16 operands as pairs, vdpbf16ps (pairs multiplied exactly and
+//            summed into fp32); P and dS rounded to bf16 for the products that use them
+//            (FlashAttention's choice, as the GEMM path's bf16).
+//   F32Kind  (AVX-512F): fp32 operands (fp16 widened when packed: no fp16 arithmetic on these
+//            CPUs), fp32 FMAs; P and dS stay fp32 (as the GEMM path's fp32).
+// Scores are scaled once and the softmax runs in fp32 from the logsumexp the forward saves;
+// only summation order differs from the GEMM path. Causal rows skip the tiles above the
+// diagonal.
+#include "ops/nn_attention_fused.h"
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu/simd/vmath.h"
+#include "ops/nn_common.h"
+
+namespace mixtrain::nn_detail {
+
+namespace {
+
+#define MT_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+#define MT_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
+
+constexpr int64_t kMR = 8;   // rows per kernel call
+constexpr int64_t kNR = 32;  // columns per register tile (two vectors of 16 fp32)
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// n fp32 values rounded (RNE) into bf16 codes, then zeros up to n_zero.
+MT_BF16 void to_bf16_row(const float* src, int64_t n, uint16_t* dst, int64_t n_zero) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j),
+                        (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(src + j)));
+  if (j < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - j)) - 1);
+    _mm256_mask_storeu_epi16(dst + j, m,
+                             (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, src + j)));
+  }
+  std::memset(dst + n, 0, (n_zero - n) * 2);
+}
+
+// Row t of a [T, D] view with row stride ld (elements) of dtype dt.
+inline const char* row_of(const char* base, DType dt, int64_t ld, int64_t t) {
+  return base + t * ld * static_cast<int64_t>(dtype_size(dt));
+}
+
+// ---- bf16: a uint32 unit is a pair of bf16 codes along the reduction dim ----
+struct Bf16Kind {
+  using U = uint32_t;  // operand unit
+  using P = uint16_t;  // storage of P and dS
+  static constexpr int64_t kPer = 2;
+
+  // C[r][c] = Σ_{k < K} A[r·lda + k] ⊙ B[k·ldb + c] for r < 8, c < n (a multiple of 32), ⊙ a
+  // pair's dot product in fp32. 16 accumulators stay in registers over the K loop.
+  MT_BF16 static void kernel(const U* A, int64_t lda, const U* B, int64_t ldb, int64_t K, int64_t n,
+                             float* C, int64_t ldc) {
+    for (int64_t c0 = 0; c0 < n; c0 += kNR) {
+      __m512 acc[kMR][2];
+      for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      const U* b = B + c0;
+      for (int64_t k = 0; k < K; ++k) {
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + k * ldb);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + k * ldb + 16);
+        for (int r = 0; r < kMR; ++r) {
+          const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(A[r * lda + k]));
+          acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
+          acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+        }
+      }
+      for (int r = 0; r < kMR; ++r) {
+        _mm512_storeu_ps(C + r * ldc + c0, acc[r][0]);
+        _mm512_storeu_ps(C + r * ldc + c0 + 16, acc[r][1]);
+      }
+    }
+  }
+
+  // The same with A read transposed from row-major P or dS: A[r][k] = (M[2k][r], M[2k+1][r])
+  // (ldm in elements): each step interleaves two 8-element rows into 8 pairs.
+  MT_BF16 static void kernel_ta(const P* M, int64_t ldm, const U* B, int64_t ldb, int64_t K,
+                                int64_t n, float* C, int64_t ldc) {
+    for (int64_t c0 = 0; c0 < n; c0 += kNR) {
+      __m512 acc[kMR][2];
+      for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      const U* b = B + c0;
+      alignas(32) uint32_t a8[kMR];
+      for (int64_t k = 0; k < K; ++k) {
+        const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(M + 2 * k * ldm));
+        const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(M + (2 * k + 1) * ldm));
+        _mm256_store_si256(
+            reinterpret_cast<__m256i*>(a8),
+            _mm256_set_m128i(_mm_unpackhi_epi16(lo, hi), _mm_unpacklo_epi16(lo, hi)));
+        const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + k * ldb);
+        const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + k * ldb + 16);
+        for (int r = 0; r < kMR; ++r) {
+          const __m512bh a = (__m512bh)_mm512_set1_epi32(static_cast<int>(a8[r]));
+          acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, b0);
+          acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
+        }
+      }
+      for (int r = 0; r < kMR; ++r) {
+        _mm512_storeu_ps(C + r * ldc + c0, acc[r][0]);
+        _mm512_storeu_ps(C + r * ldc + c0 + 16, acc[r][1]);
+      }
+    }
+  }
+
+  // [T][D] rows -> [Tp][D] bf16 codes (read as [Tp][D/2] pairs), rows >= T zero.
+  static void pack_rows(const char* src, DType, int64_t ld, int64_t T, int64_t D, int64_t Tp,
+                        U* dst) {
+    auto* d = reinterpret_cast<uint16_t*>(dst);
+    for (int64_t t = 0; t < T; ++t) std::memcpy(d + t * D, row_of(src, DType::bf16, ld, t), D * 2);
+    std::memset(d + T * D, 0, (Tp - T) * D * 2);
+  }
+
+  // [T][D] -> [D/2][Tp]: dst[d2][t] = (src[t][2·d2], src[t][2·d2 + 1]); t >= T zero. The B
+  // operand of a product over d (Q·Kᵀ, dO·Vᵀ).
+  static void pack_by_col(const char* src, DType, int64_t ld, int64_t T, int64_t D, int64_t Tp,
+                          U* dst) {
+    const int64_t D2 = D / 2;
+    for (int64_t d2 = 0; d2 < D2; ++d2) std::memset(dst + d2 * Tp + T, 0, (Tp - T) * 4);
+    for (int64_t t = 0; t < T; ++t) {
+      uint32_t row[512];
+      std::memcpy(row, row_of(src, DType::bf16, ld, t), D * 2);
+      for (int64_t d2 = 0; d2 < D2; ++d2) dst[d2 * Tp + t] = row[d2];
+    }
+  }
+
+  // [T][D] -> [Tp/2][D]: dst[t2][d] = (src[2·t2][d], src[2·t2 + 1][d]); rows >= T zero. The B
+  // operand of a product over t (P·V, dS·K, Pᵀ·dO, dSᵀ·Q).
+  MT_BF16 static void pack_by_row(const char* src, DType, int64_t ld, int64_t T, int64_t D,
+                                  int64_t Tp, U* dst) {
+    for (int64_t t2 = 0; t2 < Tp / 2; ++t2) {
+      const int64_t t0 = 2 * t2, t1 = 2 * t2 + 1;
+      U* o = dst + t2 * D;
+      if (t0 >= T) {
+        std::memset(o, 0, D * 4);
+        continue;
+      }
+      const auto* r0 = reinterpret_cast<const uint16_t*>(row_of(src, DType::bf16, ld, t0));
+      const auto* r1 =
+          t1 < T ? reinterpret_cast<const uint16_t*>(row_of(src, DType::bf16, ld, t1)) : nullptr;
+      // (maskz forms with a full mask: g++ 12 warns about the plain forms' undefined source.)
+      for (int64_t d = 0; d < D; d += 16) {  // D is a multiple of 32
+        const __m512i lo = _mm512_maskz_cvtepu16_epi32(
+            0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + d)));
+        const __m512i hi =
+            r1 ? _mm512_maskz_cvtepu16_epi32(
+                     0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + d)))
+               : _mm512_setzero_si512();
+        _mm512_storeu_si512(o + d, _mm512_or_si512(lo, _mm512_maskz_slli_epi32(0xffff, hi, 16)));
+      }
+    }
+  }
+
+  // A row of P or dS: n values rounded to bf16, zeros up to n_zero.
+  static void store_p(const float* src, int64_t n, P* dst, int64_t n_zero) {
+    to_bf16_row(src, n, dst, n_zero);
+  }
+
+  static bool usable(const std::string& level, DType qkv_dt, DType g_dt) {
+    return level == "avx512bf16" && qkv_dt == DType::bf16 && g_dt == DType::bf16;
+  }
+};
+
+// ---- fp32 (and fp16, widened): a unit is one fp32 value ----
+struct F32Kind {
+  using U = float;
+  using P = float;
+  static constexpr int64_t kPer = 1;
+
+  MT_512 static void kernel(const U* A, int64_t lda, const U* B, int64_t ldb, int64_t K, int64_t n,
+                            float* C, int64_t ldc) {
+    for (int64_t c0 = 0; c0 < n; c0 += kNR) {
+      __m512 acc[kMR][2];
+      for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      const U* b = B + c0;
+      for (int64_t k = 0; k < K; ++k) {
+        const __m512 b0 = _mm512_loadu_ps(b + k * ldb), b1 = _mm512_loadu_ps(b + k * ldb + 16);
+        for (int r = 0; r < kMR; ++r) {
+          const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+          acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+        }
+      }
+      for (int r = 0; r < kMR; ++r) {
+        _mm512_storeu_ps(C + r * ldc + c0, acc[r][0]);
+        _mm512_storeu_ps(C + r * ldc + c0 + 16, acc[r][1]);
+      }
+    }
+  }
+
+  // A[r][k] = M[k][r]: 8 consecutive values of row k broadcast one by one.
+  MT_512 static void kernel_ta(const P* M, int64_t ldm, const U* B, int64_t ldb, int64_t K,
+                               int64_t n, float* C, int64_t ldc) {
+    for (int64_t c0 = 0; c0 < n; c0 += kNR) {
+      __m512 acc[kMR][2];
+      for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      const U* b = B + c0;
+      for (int64_t k = 0; k < K; ++k) {
+        const __m512 b0 = _mm512_loadu_ps(b + k * ldb), b1 = _mm512_loadu_ps(b + k * ldb + 16);
+        for (int r = 0; r < kMR; ++r) {
+          const __m512 a = _mm512_set1_ps(M[k * ldm + r]);
+          acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
+        }
+      }
+      for (int r = 0; r < kMR; ++r) {
+        _mm512_storeu_ps(C + r * ldc + c0, acc[r][0]);
+        _mm512_storeu_ps(C + r * ldc + c0 + 16, acc[r][1]);
+      }
+    }
+  }
+
+  // [T][D] rows of dtype dt -> [Tp][D] fp32, rows >= T zero.
+  static void pack_rows(const char* src, DType dt, int64_t ld, int64_t T, int64_t D, int64_t Tp,
+                        U* dst) {
+    for (int64_t t = 0; t < T; ++t) convert(row_of(src, dt, ld, t), dt, dst + t * D, DType::f32, D);
+    std::memset(dst + T * D, 0, (Tp - T) * D * 4);
+  }
+
+  // [T][D] -> [D][Tp] fp32 (the transpose), t >= T zero.
+  static void pack_by_col(const char* src, DType dt, int64_t ld, int64_t T, int64_t D, int64_t Tp,
+                          U* dst) {
+    for (int64_t d = 0; d < D; ++d) std::memset(dst + d * Tp + T, 0, (Tp - T) * 4);
+    for (int64_t t = 0; t < T; ++t) {
+      float row[1024];
+      convert(row_of(src, dt, ld, t), dt, row, DType::f32, D);
+      for (int64_t d = 0; d < D; ++d) dst[d * Tp + t] = row[d];
+    }
+  }
+
+  // [T][D] -> [Tp][D] fp32: the rows as they are (padded).
+  static void pack_by_row(const char* src, DType dt, int64_t ld, int64_t T, int64_t D, int64_t Tp,
+                          U* dst) {
+    pack_rows(src, dt, ld, T, D, Tp, dst);
+  }
+
+  static void store_p(const float* src, int64_t n, P* dst, int64_t n_zero) {
+    std::memcpy(dst, src, n * 4);
+    std::memset(dst + n, 0, (n_zero - n) * 4);
+  }
+
+  static bool usable(const std::string& level, DType qkv_dt, DType g_dt) {
+    const bool wide_ok = qkv_dt == DType::f32 || qkv_dt == DType::f16;
+    return level.rfind("avx512", 0) == 0 && wide_ok && (g_dt == DType::f32 || g_dt == DType::f16);
+  }
+};
+
+const char* base_of(const Tensor& t4, int64_t b, int64_t h) {
+  const Shape& st = t4.strides();
+  return static_cast<const char*>(t4.raw_data()) +
+         (b * st[0] + h * st[1]) * static_cast<int64_t>(t4.element_size());
+}
+
+char* out_ptr(const Tensor& t4, int64_t b, int64_t h) {
+  return const_cast<char*>(base_of(t4, b, h));
+}
+
+// An fp32 row of D values into a row of any float dtype (bf16 inline, others via convert).
+void store_out(const float* src, int64_t D, char* dst, DType dt, bool bf16_isa) {
+  if (dt == DType::bf16 && bf16_isa)
+    to_bf16_row(src, D, reinterpret_cast<uint16_t*>(dst), D);
+  else
+    store_row(src, D, dst, dt);
+}
+
+struct Sizes {
+  int64_t Tq, Tk, D, Tqp, Tkp;
+  bool causal;
+  float scale;
+};
+
+Sizes sizes(const Tensor& q4, const Tensor& k4, bool causal, float scale) {
+  const int64_t Tq = q4.size(2), Tk = k4.size(2), D = q4.size(3);
+  return {Tq, Tk, D, round_up(Tq, kMR), round_up(Tk, kNR), causal, scale};
+}
+
+// Keys row block i0 sees: [0, keys) (padded to a tile: the kernel's columns).
+int64_t block_keys(const Sizes& z, int64_t i0) {
+  return z.causal ? std::min(z.Tk, i0 + kMR) : z.Tk;
+}
+
+template <class K>
+void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& o4, float* lse,
+             bool causal, float scale) {
+  using U = typename K::U;
+  using P = typename K::P;
+  constexpr int64_t kPer = K::kPer;
+  const int64_t B = q4.size(0), H = q4.size(1);
+  const Sizes z = sizes(q4, k4, causal, scale);
+  const int64_t D = z.D, Du = D / kPer;
+  const bool bf16_isa = std::string(simd_level()) == "avx512bf16";
+  const int64_t o_rs = o4.strides()[2] * static_cast<int64_t>(o4.element_size());
+#pragma omp parallel
+  {
+    std::vector<U> qa(z.Tqp * Du), kp(Du * z.Tkp), vq(z.Tkp / kPer * D);
+    std::vector<P> p(kMR * z.Tkp);
+    std::vector<float> s(kMR * z.Tkp), o(kMR * D);
+#pragma omp for schedule(dynamic)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      K::pack_rows(base_of(q4, b, h), q4.dtype(), q4.strides()[2], z.Tq, D, z.Tqp, qa.data());
+      K::pack_by_col(base_of(k4, b, h), k4.dtype(), k4.strides()[2], z.Tk, D, z.Tkp, kp.data());
+      K::pack_by_row(base_of(v4, b, h), v4.dtype(), v4.strides()[2], z.Tk, D, z.Tkp, vq.data());
+      float* lh = lse + bh * z.Tq;
+      char* ob = out_ptr(o4, b, h);
+      for (int64_t i0 = 0; i0 < z.Tq; i0 += kMR) {
+        const int64_t nkp = round_up(block_keys(z, i0), kNR);
+        K::kernel(qa.data() + i0 * Du, Du, kp.data(), z.Tkp, Du, nkp, s.data(), z.Tkp);
+        for (int64_t r = 0; r < kMR; ++r) {
+          const int64_t i = i0 + r;
+          P* pr = p.data() + r * z.Tkp;
+          if (i >= z.Tq) {
+            std::memset(pr, 0, nkp * sizeof(P));
+            continue;
+          }
+          float* row = s.data() + r * z.Tkp;
+          const int64_t jn = z.causal ? i + 1 : z.Tk;
+          for (int64_t j = 0; j < jn; ++j) row[j] *= z.scale;
+          const float m = max_row(row, jn);
+          simd::exp_shift(row, jn, m);
+          const float l = sum_lanes(row, jn);
+          lh[i] = m + std::log(l);
+          const float inv = 1.0f / l;
+          for (int64_t j = 0; j < jn; ++j) row[j] *= inv;
+          K::store_p(row, jn, pr, nkp);
+        }
+        // O = P·V over the block's keys.
+        K::kernel(reinterpret_cast<const U*>(p.data()), z.Tkp / kPer, vq.data(), D, nkp / kPer, D,
+                  o.data(), D);
+        for (int64_t r = 0; r < kMR && i0 + r < z.Tq; ++r)
+          store_out(o.data() + r * D, D, ob + (i0 + r) * o_rs, o4.dtype(), bf16_isa);
+      }
+    }
+  }
+}
+
+template <class K>
+void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
+              const float* lse, bool causal, float scale, const Tensor& dq4, const Tensor& dk4,
+              const Tensor& dv4) {
+  using U = typename K::U;
+  using P = typename K::P;
+  constexpr int64_t kPer = K::kPer;
+  const int64_t B = q4.size(0), H = q4.size(1);
+  const Sizes z = sizes(q4, k4, causal, scale);
+  const int64_t D = z.D, Du = D / kPer, Tqu = z.Tqp / kPer;
+  const bool bf16_isa = std::string(simd_level()) == "avx512bf16";
+  auto row_bytes = [](const Tensor& t) {
+    return t.strides()[2] * static_cast<int64_t>(t.element_size());
+  };
+  const int64_t dq_rs = row_bytes(dq4), dk_rs = row_bytes(dk4), dv_rs = row_bytes(dv4);
+#pragma omp parallel
+  {
+    std::vector<U> qa(z.Tqp * Du), ga(z.Tqp * Du), kp(Du * z.Tkp), vp(Du * z.Tkp),
+        kq(z.Tkp / kPer * D), qq(Tqu * D), gq(Tqu * D);
+    std::vector<P> pf(z.Tqp * z.Tkp), dsf(z.Tqp * z.Tkp);
+    std::vector<float> s(kMR * z.Tkp), dp(kMR * z.Tkp), acc(kMR * D);
+#pragma omp for schedule(dynamic)
+    for (int64_t bh = 0; bh < B * H; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      const char *q = base_of(q4, b, h), *k = base_of(k4, b, h), *v = base_of(v4, b, h),
+                 *g = base_of(g4, b, h);
+      const int64_t qs = q4.strides()[2], ks = k4.strides()[2], vs = v4.strides()[2],
+                    gs = g4.strides()[2];
+      K::pack_rows(q, q4.dtype(), qs, z.Tq, D, z.Tqp, qa.data());
+      K::pack_rows(g, g4.dtype(), gs, z.Tq, D, z.Tqp, ga.data());
+      K::pack_by_col(k, k4.dtype(), ks, z.Tk, D, z.Tkp, kp.data());
+      K::pack_by_col(v, v4.dtype(), vs, z.Tk, D, z.Tkp, vp.data());
+      K::pack_by_row(k, k4.dtype(), ks, z.Tk, D, z.Tkp, kq.data());
+      K::pack_by_row(q, q4.dtype(), qs, z.Tq, D, z.Tqp, qq.data());
+      K::pack_by_row(g, g4.dtype(), gs, z.Tq, D, z.Tqp, gq.data());
+      // Rows past Tq stay zero (the dK, dV products read them); each row below is written to
+      // the end (zeros past its keys: the products read whole tiles).
+      std::memset(pf.data() + z.Tq * z.Tkp, 0, (z.Tqp - z.Tq) * z.Tkp * sizeof(P));
+      std::memset(dsf.data() + z.Tq * z.Tkp, 0, (z.Tqp - z.Tq) * z.Tkp * sizeof(P));
+      const float* lh = lse + bh * z.Tq;
+      char* dqb = out_ptr(dq4, b, h);
+      // By query block: P and dS (recomputed from lse), then dQ = dS·K.
+      for (int64_t i0 = 0; i0 < z.Tq; i0 += kMR) {
+        const int64_t nkp = round_up(block_keys(z, i0), kNR);
+        K::kernel(qa.data() + i0 * Du, Du, kp.data(), z.Tkp, Du, nkp, s.data(), z.Tkp);
+        K::kernel(ga.data() + i0 * Du, Du, vp.data(), z.Tkp, Du, nkp, dp.data(), z.Tkp);
+        for (int64_t r = 0; r < kMR && i0 + r < z.Tq; ++r) {
+          const int64_t i = i0 + r;
+          float* pr = s.data() + r * z.Tkp;
+          float* dr = dp.data() + r * z.Tkp;
+          const int64_t jn = z.causal ? i + 1 : z.Tk;
+          for (int64_t j = 0; j < jn; ++j) pr[j] *= z.scale;
+          simd::exp_shift(pr, jn, lh[i]);
+          // dS = P ∘ (dP − Σₖ Pₖ dPₖ) · scale.
+          const float di = dot_lanes(pr, dr, jn);
+          for (int64_t j = 0; j < jn; ++j) dr[j] = pr[j] * (dr[j] - di) * z.scale;
+          K::store_p(pr, jn, pf.data() + i * z.Tkp, z.Tkp);
+          K::store_p(dr, jn, dsf.data() + i * z.Tkp, z.Tkp);
+        }
+        K::kernel(reinterpret_cast<const U*>(dsf.data() + i0 * z.Tkp), z.Tkp / kPer, kq.data(), D,
+                  nkp / kPer, D, acc.data(), D);
+        for (int64_t r = 0; r < kMR && i0 + r < z.Tq; ++r)
+          store_out(acc.data() + r * D, D, dqb + (i0 + r) * dq_rs, dq4.dtype(), bf16_isa);
+      }
+      // By key block: dV = Pᵀ·dO and dK = dSᵀ·Q over the query rows that see the block (causal:
+      // rows from the block's first key on; P and dS are zero above the diagonal), reading P
+      // and dS transposed.
+      char* dkb = out_ptr(dk4, b, h);
+      char* dvb = out_ptr(dv4, b, h);
+      for (int64_t j0 = 0; j0 < z.Tk; j0 += kMR) {
+        const int64_t k0 = z.causal ? std::min(j0, z.Tqp) / kPer : 0;  // first query unit
+        const P* pj = pf.data() + kPer * k0 * z.Tkp + j0;
+        const P* dsj = dsf.data() + kPer * k0 * z.Tkp + j0;
+        K::kernel_ta(pj, z.Tkp, gq.data() + k0 * D, D, Tqu - k0, D, acc.data(), D);
+        for (int64_t r = 0; r < kMR && j0 + r < z.Tk; ++r)
+          store_out(acc.data() + r * D, D, dvb + (j0 + r) * dv_rs, dv4.dtype(), bf16_isa);
+        K::kernel_ta(dsj, z.Tkp, qq.data() + k0 * D, D, Tqu - k0, D, acc.data(), D);
+        for (int64_t r = 0; r < kMR && j0 + r < z.Tk; ++r)
+          store_out(acc.data() + r * D, D, dkb + (j0 + r) * dk_rs, dk4.dtype(), bf16_isa);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+FusedAttention attention_fused_kind(DType qkv_dt, DType g_dt, int64_t Tq, int64_t Tk, int64_t D) {
+  static const std::string level = simd_level();
+  if (D % kNR != 0 || D > 1024 || Tq <= 0 || Tk <= 0 || Tq > 8192 || Tk > 8192)
+    return FusedAttention::none;
+  if (Bf16Kind::usable(level, qkv_dt, g_dt)) return FusedAttention::bf16;
+  if (F32Kind::usable(level, qkv_dt, g_dt)) return FusedAttention::f32;
+  return FusedAttention::none;
+}
+
+void attention_forward_fused(FusedAttention kind, const Tensor& q4, const Tensor& k4,
+                             const Tensor& v4, const Tensor& o4, float* lse, bool causal,
+                             float scale) {
+  if (kind == FusedAttention::bf16) return forward<Bf16Kind>(q4, k4, v4, o4, lse, causal, scale);
+  forward<F32Kind>(q4, k4, v4, o4, lse, causal, scale);
+}
+
+void attention_backward_fused(FusedAttention kind, const Tensor& q4, const Tensor& k4,
+                              const Tensor& v4, const Tensor& g4, const float* lse, bool causal,
+                              float scale, const Tensor& dq4, const Tensor& dk4,
+                              const Tensor& dv4) {
+  if (kind == FusedAttention::bf16)
+    return backward<Bf16Kind>(q4, k4, v4, g4, lse, causal, scale, dq4, dk4, dv4);
+  backward<F32Kind>(q4, k4, v4, g4, lse, causal, scale, dq4, dk4, dv4);
+}
+
+}  // namespace mixtrain::nn_detail
