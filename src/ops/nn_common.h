@@ -61,9 +61,13 @@ inline float dot_lanes(const float* a, const float* b, int64_t n) {
   return acc[0];
 }
 
+/// Largest of n fp32 values (-inf for none). A simd max reduction, so it vectorises (exact:
+/// the order of a max changes nothing; with a NaN among them the result may be NaN or not,
+/// and a NaN score turns its softmax row into NaN either way).
 inline float max_row(const float* p, int64_t n) {
   float m = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) m = std::max(m, p[j]);
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < n; ++j) m = p[j] > m ? p[j] : m;  // (std::max's form does not vectorise)
   return m;
 }
 
