@@ -289,8 +289,10 @@ int64_t block_keys(const Sizes& z, int64_t i0) {
   return z.causal ? std::min(z.Tk, i0 + kMR) : z.Tk;
 }
 
+// The drivers run only on AVX-512 CPUs: built for it, their row loops (scale, softmax sums, dS)
+// and the inlined row helpers use 16 lanes.
 template <class K>
-void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& o4, float* lse,
+MT_512 void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& o4, float* lse,
              bool causal, float scale) {
   using U = typename K::U;
   using P = typename K::P;
@@ -345,7 +347,7 @@ void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor&
 }
 
 template <class K>
-void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
+MT_512 void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
               const float* lse, bool causal, float scale, const Tensor& dq4, const Tensor& dk4,
               const Tensor& dv4) {
   using U = typename K::U;
