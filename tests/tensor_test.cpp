@@ -1,6 +1,7 @@
 // Tensor views, copies, dtype conversion and the memory tracker.
 #include <gtest/gtest.h>
 
+#include "core/sanitizers.h"
 #include "mixtrain/tensor.h"
 
 using namespace mixtrain;
@@ -138,17 +139,7 @@ TEST(Tensor, AsStridedViewsInPlaceAndChecksBounds) {
   EXPECT_EQ(t.as_strided({0, 3}, {100, 100}, 0).numel(), 0);  // empty views touch nothing
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kAsan = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kAsan = true;
-#else
-constexpr bool kAsan = false;
-#endif
-#else
-constexpr bool kAsan = false;
-#endif
+constexpr bool kAsan = kAddressSanitizer;
 
 TEST(Tensor, LargeBuffersAreKeptForReuseAndReleasable) {
   release_cached_memory();

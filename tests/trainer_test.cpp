@@ -5,7 +5,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <vector>
 
+#include "core/sanitizers.h"
 #include "mixtrain/io/safetensors.h"
 #include "mixtrain/train/trainer.h"
 #include "train/checkpoint.h"
@@ -234,4 +236,18 @@ TEST(Trainer, Fp32ModulesKeepNamedSubModulesInFp32) {
   fs::remove_all(a);
   fs::remove_all(b);
   fs::remove_all(bad.out);
+}
+
+TEST(PeakRss, ResetStartsANewWindow) {
+  // `compare` runs several trainings in one process; each reports the peak since its own start.
+  if (!std::ofstream("/proc/self/clear_refs")) GTEST_SKIP() << "no /proc/self/clear_refs";
+  if (kAddressSanitizer) GTEST_SKIP() << "ASan's quarantine keeps freed memory resident";
+  {
+    std::vector<char> big(size_t{96} << 20);  // mapped by malloc, returned when freed
+    for (size_t i = 0; i < big.size(); i += 4096) big[i] = 1;
+    EXPECT_GE(train::peak_rss_bytes(), int64_t{96} << 20);
+  }
+  const int64_t high = train::peak_rss_bytes();
+  train::reset_peak_rss();
+  EXPECT_LT(train::peak_rss_bytes(), high - (int64_t{64} << 20));
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/dispatch.h"
+#include "core/sanitizers.h"
 
 namespace mixtrain {
 
@@ -51,17 +52,7 @@ void track(DType dt, int64_t delta) {
 // manage, and a steady loop reuses every block. At most as many bytes as the peak of live
 // tensors are kept; release_cached_memory() frees them. Under AddressSanitizer nothing is
 // kept, so a use after free is still caught.
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kCacheBlocks = false;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kCacheBlocks = false;
-#else
-constexpr bool kCacheBlocks = true;
-#endif
-#else
-constexpr bool kCacheBlocks = true;
-#endif
+constexpr bool kCacheBlocks = !kAddressSanitizer;
 constexpr size_t kCacheMin = size_t{1} << 20, kCacheRound = size_t{1} << 16;
 
 struct BlockCache {

@@ -42,10 +42,16 @@ using json = nlohmann::json;
 namespace mixtrain::train {
 
 int64_t peak_rss_bytes() {
+  // VmHWM follows reset_peak_rss(); ru_maxrss (the fallback) is the whole process's peak.
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;  // kB
   struct rusage ru {};
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<int64_t>(ru.ru_maxrss) * 1024;  // Linux reports KiB
 }
+
+void reset_peak_rss() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
 std::string TrainSummary::to_json() const {
   json j = {{"precision", precision_name},
@@ -409,7 +415,12 @@ std::string Trainer::policy_description() const {
 TrainSummary Trainer::run() {
   Impl& s = *impl_;
   const auto t_start = Clock::now();
+  // Each run measures its own memory: buffers an earlier run in this process left in the
+  // storage cache go back (they would fill the cache's budget with sizes this run never asks
+  // for, so its own buffers could not be kept), and the peaks start again.
+  release_cached_memory();
   reset_peak_memory();
+  reset_peak_rss();
 
   CheckpointState ck{s.task.get(), s.opt.get(), &s.scaler, s.schedule.get(), s.dp.get()};
   if (s.cfg.resume) {

@@ -69,7 +69,12 @@ class Trainer {
 int64_t export_weights(const std::string& run_dir, const std::string& dtype,
                        const std::string& out_path);
 
-/// Peak resident set size of this process, in bytes.
+/// Peak resident set size of this process since the last reset_peak_rss() (or its start), in
+/// bytes: Linux's VmHWM.
 int64_t peak_rss_bytes();
+/// Starts a new peak RSS window (Linux: writes 5 to /proc/self/clear_refs; elsewhere a no-op,
+/// and the peak stays the process's). Trainer::run calls it, so each run of `compare` reports
+/// its own peak, not the largest of the runs before it.
+void reset_peak_rss();
 
 }  // namespace mixtrain::train
