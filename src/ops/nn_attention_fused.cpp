@@ -292,8 +292,8 @@ int64_t block_keys(const Sizes& z, int64_t i0) {
 // The drivers run only on AVX-512 CPUs: built for it, their row loops (scale, softmax sums, dS)
 // and the inlined row helpers use 16 lanes.
 template <class K>
-MT_512 void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& o4, float* lse,
-             bool causal, float scale) {
+MT_512 void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& o4,
+                    float* lse, bool causal, float scale) {
   using U = typename K::U;
   using P = typename K::P;
   constexpr int64_t kPer = K::kPer;
@@ -348,8 +348,8 @@ MT_512 void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const 
 
 template <class K>
 MT_512 void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
-              const float* lse, bool causal, float scale, const Tensor& dq4, const Tensor& dk4,
-              const Tensor& dv4) {
+                     const float* lse, bool causal, float scale, const Tensor& dq4,
+                     const Tensor& dk4, const Tensor& dv4) {
   using U = typename K::U;
   using P = typename K::P;
   constexpr int64_t kPer = K::kPer;
@@ -434,7 +434,11 @@ MT_512 void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
 
 FusedAttention attention_fused_kind(DType qkv_dt, DType g_dt, int64_t Tq, int64_t Tk, int64_t D) {
   static const std::string level = simd_level();
-  if (D % kNR != 0 || D > 1024 || Tq <= 0 || Tk <= 0 || Tq > 8192 || Tk > 8192)
+  // A head's P and dS live whole in each thread's buffers (dV and dK read them by key
+  // block): up to 2^20 scores each (4 MiB in fp32); longer sequences take the GEMM path, whose
+  // scores go by chunks.
+  if (D % kNR != 0 || D > 1024 || Tq <= 0 || Tk <= 0 || Tq > (1 << 20) || Tk > (1 << 20) ||
+      round_up(Tq, kMR) * round_up(Tk, kNR) > (int64_t{1} << 20))
     return FusedAttention::none;
   if (Bf16Kind::usable(level, qkv_dt, g_dt)) return FusedAttention::bf16;
   if (F32Kind::usable(level, qkv_dt, g_dt)) return FusedAttention::f32;

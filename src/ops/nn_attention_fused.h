@@ -16,7 +16,7 @@ enum class FusedAttention {
 };
 
 /// Which fused kernels take this problem on this CPU (MIXTRAIN_ISA caps the choice): D must be
-/// a multiple of 32 and the sequences at most 8192.
+/// a multiple of 32 (at most 1024) and one head's scores at most 2^20 (T = 1024 causal).
 FusedAttention attention_fused_kind(DType qkv_dt, DType g_dt, int64_t Tq, int64_t Tk, int64_t D);
 
 /// o4 (any float dtype) and lse [B·H, Tq] from q4, k4, v4.
