@@ -294,12 +294,7 @@ void attn_forward_gemm(const Tensor& q4, const Tensor& k4, const Tensor& v4, Ten
       for (int64_t r = 0; r < n * Tq; ++r) {
         float* row = sp + r * Tk;
         const int64_t jn = row_keys(dm, r);
-        const float m = max_row(row, jn);
-        simd::exp_shift(row, jn, m);
-        const float l = sum_lanes(row, jn);
-        lp[r] = m + std::log(l);
-        const float inv = 1.0f / l;
-        for (int64_t j = 0; j < jn; ++j) row[j] *= inv;
+        lp[r] = softmax_row_lse(row, jn);
         std::fill(row + jn, row + Tk, 0.0f);
         if (lowp) store_row(row, Tk, p16 + r * Tk, DType::bf16);
       }

@@ -48,6 +48,18 @@ MT_BF16 void to_bf16_row(const float* src, int64_t n, uint16_t* dst, int64_t n_z
   std::memset(dst + n, 0, (n_zero - n) * 2);
 }
 
+// The 8×32 fp32 accumulator tile every kernel below keeps in registers.
+using Tile = __m512[kMR][2];
+MT_512 inline void zero_tile(Tile& acc) {
+  for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+}
+MT_512 inline void store_tile(const Tile& acc, float* C, int64_t ldc) {
+  for (int r = 0; r < kMR; ++r) {
+    _mm512_storeu_ps(C + r * ldc, acc[r][0]);
+    _mm512_storeu_ps(C + r * ldc + 16, acc[r][1]);
+  }
+}
+
 // Row t of a [T, D] view with row stride ld (elements) of dtype dt.
 inline const char* row_of(const char* base, DType dt, int64_t ld, int64_t t) {
   return base + t * ld * static_cast<int64_t>(dtype_size(dt));
@@ -64,8 +76,8 @@ struct Bf16Kind {
   MT_BF16 static void kernel(const U* A, int64_t lda, const U* B, int64_t ldb, int64_t K, int64_t n,
                              float* C, int64_t ldc) {
     for (int64_t c0 = 0; c0 < n; c0 += kNR) {
-      __m512 acc[kMR][2];
-      for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      Tile acc;
+      zero_tile(acc);
       const U* b = B + c0;
       for (int64_t k = 0; k < K; ++k) {
         const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + k * ldb);
@@ -76,10 +88,7 @@ struct Bf16Kind {
           acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
         }
       }
-      for (int r = 0; r < kMR; ++r) {
-        _mm512_storeu_ps(C + r * ldc + c0, acc[r][0]);
-        _mm512_storeu_ps(C + r * ldc + c0 + 16, acc[r][1]);
-      }
+      store_tile(acc, C + c0, ldc);
     }
   }
 
@@ -88,8 +97,8 @@ struct Bf16Kind {
   MT_BF16 static void kernel_ta(const P* M, int64_t ldm, const U* B, int64_t ldb, int64_t K,
                                 int64_t n, float* C, int64_t ldc) {
     for (int64_t c0 = 0; c0 < n; c0 += kNR) {
-      __m512 acc[kMR][2];
-      for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      Tile acc;
+      zero_tile(acc);
       const U* b = B + c0;
       alignas(32) uint32_t a8[kMR];
       for (int64_t k = 0; k < K; ++k) {
@@ -106,10 +115,7 @@ struct Bf16Kind {
           acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, b1);
         }
       }
-      for (int r = 0; r < kMR; ++r) {
-        _mm512_storeu_ps(C + r * ldc + c0, acc[r][0]);
-        _mm512_storeu_ps(C + r * ldc + c0 + 16, acc[r][1]);
-      }
+      store_tile(acc, C + c0, ldc);
     }
   }
 
@@ -177,47 +183,33 @@ struct F32Kind {
   using P = float;
   static constexpr int64_t kPer = 1;
 
-  MT_512 static void kernel(const U* A, int64_t lda, const U* B, int64_t ldb, int64_t K, int64_t n,
-                            float* C, int64_t ldc) {
+  // C[r][c] = Σ_k A(r, k)·B[k·ldb + c] with A(r, k) at A[r·a_rs + k·a_ks]: rows of Q or dO
+  // (a_ks = 1), or P and dS read transposed (a_rs = 1).
+  MT_512 static void tile_kernel(const float* A, int64_t a_rs, int64_t a_ks, const U* B,
+                                 int64_t ldb, int64_t K, int64_t n, float* C, int64_t ldc) {
     for (int64_t c0 = 0; c0 < n; c0 += kNR) {
-      __m512 acc[kMR][2];
-      for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      Tile acc;
+      zero_tile(acc);
       const U* b = B + c0;
       for (int64_t k = 0; k < K; ++k) {
         const __m512 b0 = _mm512_loadu_ps(b + k * ldb), b1 = _mm512_loadu_ps(b + k * ldb + 16);
         for (int r = 0; r < kMR; ++r) {
-          const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+          const __m512 a = _mm512_set1_ps(A[r * a_rs + k * a_ks]);
           acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
           acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
         }
       }
-      for (int r = 0; r < kMR; ++r) {
-        _mm512_storeu_ps(C + r * ldc + c0, acc[r][0]);
-        _mm512_storeu_ps(C + r * ldc + c0 + 16, acc[r][1]);
-      }
+      store_tile(acc, C + c0, ldc);
     }
   }
-
-  // A[r][k] = M[k][r]: 8 consecutive values of row k broadcast one by one.
-  MT_512 static void kernel_ta(const P* M, int64_t ldm, const U* B, int64_t ldb, int64_t K,
-                               int64_t n, float* C, int64_t ldc) {
-    for (int64_t c0 = 0; c0 < n; c0 += kNR) {
-      __m512 acc[kMR][2];
-      for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-      const U* b = B + c0;
-      for (int64_t k = 0; k < K; ++k) {
-        const __m512 b0 = _mm512_loadu_ps(b + k * ldb), b1 = _mm512_loadu_ps(b + k * ldb + 16);
-        for (int r = 0; r < kMR; ++r) {
-          const __m512 a = _mm512_set1_ps(M[k * ldm + r]);
-          acc[r][0] = _mm512_fmadd_ps(a, b0, acc[r][0]);
-          acc[r][1] = _mm512_fmadd_ps(a, b1, acc[r][1]);
-        }
-      }
-      for (int r = 0; r < kMR; ++r) {
-        _mm512_storeu_ps(C + r * ldc + c0, acc[r][0]);
-        _mm512_storeu_ps(C + r * ldc + c0 + 16, acc[r][1]);
-      }
-    }
+  static void kernel(const U* A, int64_t lda, const U* B, int64_t ldb, int64_t K, int64_t n,
+                     float* C, int64_t ldc) {
+    tile_kernel(A, lda, 1, B, ldb, K, n, C, ldc);
+  }
+  // A[r][k] = M[k][r].
+  static void kernel_ta(const P* M, int64_t ldm, const U* B, int64_t ldb, int64_t K, int64_t n,
+                        float* C, int64_t ldc) {
+    tile_kernel(M, 1, ldm, B, ldb, K, n, C, ldc);
   }
 
   // [T][D] rows of dtype dt -> [Tp][D] fp32, rows >= T zero.
@@ -328,12 +320,7 @@ MT_512 void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const 
           float* row = s.data() + r * z.Tkp;
           const int64_t jn = z.causal ? i + 1 : z.Tk;
           for (int64_t j = 0; j < jn; ++j) row[j] *= z.scale;
-          const float m = max_row(row, jn);
-          simd::exp_shift(row, jn, m);
-          const float l = sum_lanes(row, jn);
-          lh[i] = m + std::log(l);
-          const float inv = 1.0f / l;
-          for (int64_t j = 0; j < jn; ++j) row[j] *= inv;
+          lh[i] = softmax_row_lse(row, jn);
           K::store_p(row, jn, pr, nkp);
         }
         // O = P·V over the block's keys.

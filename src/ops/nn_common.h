@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "core/dispatch.h"
+#include "cpu/simd/vmath.h"
 #include "mixtrain/autograd.h"
 #include "mixtrain/cpu.h"
 #include "mixtrain/tensor.h"
@@ -69,6 +70,17 @@ inline float max_row(const float* p, int64_t n) {
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < n; ++j) m = p[j] > m ? p[j] : m;  // (std::max's form does not vectorise)
   return m;
+}
+
+/// row[0, n) = softmax(row[0, n)) in place (fp32, shifted by the row's max); returns the
+/// row's logsumexp, which attention saves so its backward can recompute the row.
+inline float softmax_row_lse(float* row, int64_t n) {
+  const float m = max_row(row, n);
+  simd::exp_shift(row, n, m);
+  const float l = sum_lanes(row, n);
+  const float inv = 1.0f / l;
+  for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+  return m + std::log(l);
 }
 
 /// Which build of a row kernel compiled three ways (AVX-512, AVX2+FMA, baseline x86-64; the
