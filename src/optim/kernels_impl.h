@@ -25,10 +25,15 @@
 #include "mixtrain/random.h"
 #include "optim/kernels_isa.h"
 
+#if defined(__clang__)
+// clang has no optimize attribute; its own pragma turns contraction off for the whole file.
+#pragma clang fp contract(off)
+#else
 #pragma GCC optimize("fp-contract=off")
 // GCC 12 reports its own _mm512_undefined_*() placeholders inside the sqrt intrinsic as "may
 // be used uninitialized" once inlined (a known false positive; convert_avx512.cpp says the same).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 #if !defined(MT_ISA_LEVEL) || !defined(MT_ISA_ENTRY)
 #error "define MT_ISA_LEVEL and MT_ISA_ENTRY before including optim/kernels_impl.h"
@@ -36,15 +41,19 @@
 
 // The pragma above is not inherited by functions with a target attribute (GCC resets their
 // optimisation options), so every kernel function repeats it, with this file's ISA.
+#if defined(__clang__)
+#define MT_NO_CONTRACT  // the file-wide pragma above
+#else
+#define MT_NO_CONTRACT optimize("fp-contract=off"),
+#endif
 #if MT_ISA_LEVEL == 2
 // AVX-512DQ gives the 64-bit multiplies of random_bits() in-lane; every AVX-512 CPU that has
 // BW and VL (Skylake-SP onwards, Zen 4) has DQ too, and kernels.cpp checks it at run time.
-#define MT_FLAGS \
-  optimize("fp-contract=off"), target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#define MT_FLAGS MT_NO_CONTRACT target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 #elif MT_ISA_LEVEL == 1
-#define MT_FLAGS optimize("fp-contract=off"), target("avx2,fma,f16c")
+#define MT_FLAGS MT_NO_CONTRACT target("avx2,fma,f16c")
 #else
-#define MT_FLAGS optimize("fp-contract=off")
+#define MT_FLAGS MT_NO_CONTRACT
 #endif
 #define MT_INLINE __attribute__((always_inline, MT_FLAGS)) inline
 

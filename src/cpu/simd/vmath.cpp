@@ -13,7 +13,9 @@
 // GCC 12 reports its own _mm512_undefined_*() placeholders inside the min/max/convert
 // intrinsics as "may be used uninitialized" once inlined (a known false positive; the optimizer
 // kernels and convert_avx512.cpp say the same).
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 namespace mixtrain::simd {
 
