@@ -258,11 +258,11 @@ char* out_ptr(const Tensor& t4, int64_t b, int64_t h) {
 }
 
 // An fp32 row of D values into a row of any float dtype (bf16 inline, others via convert).
-void store_out(const float* src, int64_t D, char* dst, DType dt, bool bf16_isa) {
-  if (dt == DType::bf16 && bf16_isa)
-    to_bf16_row(src, D, reinterpret_cast<uint16_t*>(dst), D);
-  else
-    store_row(src, D, dst, dt);
+template <class K>
+void store_out(const float* src, int64_t D, char* dst, DType dt) {
+  if constexpr (std::is_same_v<K, Bf16Kind>)  // the bf16 kernels imply the ISA
+    if (dt == DType::bf16) return to_bf16_row(src, D, reinterpret_cast<uint16_t*>(dst), D);
+  store_row(src, D, dst, dt);
 }
 
 struct Sizes {
@@ -292,7 +292,6 @@ MT_512 void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const 
   const int64_t B = q4.size(0), H = q4.size(1);
   const Sizes z = sizes(q4, k4, causal, scale);
   const int64_t D = z.D, Du = D / kPer;
-  const bool bf16_isa = std::string(simd_level()) == "avx512bf16";
   const int64_t o_rs = o4.strides()[2] * static_cast<int64_t>(o4.element_size());
 #pragma omp parallel
   {
@@ -327,7 +326,7 @@ MT_512 void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const 
         K::kernel(reinterpret_cast<const U*>(p.data()), z.Tkp / kPer, vq.data(), D, nkp / kPer, D,
                   o.data(), D);
         for (int64_t r = 0; r < kMR && i0 + r < z.Tq; ++r)
-          store_out(o.data() + r * D, D, ob + (i0 + r) * o_rs, o4.dtype(), bf16_isa);
+          store_out<K>(o.data() + r * D, D, ob + (i0 + r) * o_rs, o4.dtype());
       }
     }
   }
@@ -343,7 +342,6 @@ MT_512 void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
   const int64_t B = q4.size(0), H = q4.size(1);
   const Sizes z = sizes(q4, k4, causal, scale);
   const int64_t D = z.D, Du = D / kPer, Tqu = z.Tqp / kPer;
-  const bool bf16_isa = std::string(simd_level()) == "avx512bf16";
   auto row_bytes = [](const Tensor& t) {
     return t.strides()[2] * static_cast<int64_t>(t.element_size());
   };
@@ -395,7 +393,7 @@ MT_512 void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
         K::kernel(reinterpret_cast<const U*>(dsf.data() + i0 * z.Tkp), z.Tkp / kPer, kq.data(), D,
                   nkp / kPer, D, acc.data(), D);
         for (int64_t r = 0; r < kMR && i0 + r < z.Tq; ++r)
-          store_out(acc.data() + r * D, D, dqb + (i0 + r) * dq_rs, dq4.dtype(), bf16_isa);
+          store_out<K>(acc.data() + r * D, D, dqb + (i0 + r) * dq_rs, dq4.dtype());
       }
       // By key block: dV = Pᵀ·dO and dK = dSᵀ·Q over the query rows that see the block (causal:
       // rows from the block's first key on; P and dS are zero above the diagonal), reading P
@@ -408,10 +406,10 @@ MT_512 void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
         const P* dsj = dsf.data() + kPer * k0 * z.Tkp + j0;
         K::kernel_ta(pj, z.Tkp, gq.data() + k0 * D, D, Tqu - k0, D, acc.data(), D);
         for (int64_t r = 0; r < kMR && j0 + r < z.Tk; ++r)
-          store_out(acc.data() + r * D, D, dvb + (j0 + r) * dv_rs, dv4.dtype(), bf16_isa);
+          store_out<K>(acc.data() + r * D, D, dvb + (j0 + r) * dv_rs, dv4.dtype());
         K::kernel_ta(dsj, z.Tkp, qq.data() + k0 * D, D, Tqu - k0, D, acc.data(), D);
         for (int64_t r = 0; r < kMR && j0 + r < z.Tk; ++r)
-          store_out(acc.data() + r * D, D, dkb + (j0 + r) * dk_rs, dk4.dtype(), bf16_isa);
+          store_out<K>(acc.data() + r * D, D, dkb + (j0 + r) * dk_rs, dk4.dtype());
       }
     }
   }
