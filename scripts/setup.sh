@@ -8,7 +8,7 @@
 set -euo pipefail
 
 PKGS=(build-essential cmake libgtest-dev libgmock-dev libbenchmark-dev
-      libdnnl-dev libcli11-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
+      libdnnl-dev ocl-icd-opencl-dev libcli11-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
       libopenmpi-dev openmpi-bin dataset-fashion-mnist
       jargon-text python3-numpy python3-matplotlib python3-pip python3-torch
       clang libclang-rt-14-dev libomp-dev llvm)
