@@ -225,8 +225,8 @@ TEST_P(NnDTypeTest, AttentionMatchesReference) {
        {AttnCase{2, 3, 40, 40, 16, true}, AttnCase{1, 2, 150, 150, 16, true},
         AttnCase{1, 2, 7, 11, 5, false}, AttnCase{1, 1, 1, 1, 3, true},
         AttnCase{2, 3, 600, 600, 8, true},
-        // D a multiple of 32: bf16 takes the fused kernels on AVX512-BF16 CPUs (8-row blocks,
-        // 32-key tiles: 70 and 45 leave ragged ones); 37 queries against 45 keys, not causal,
+        // D a multiple of 32: the fused kernels on AVX-512 and AVX2 CPUs (8-row blocks, 32-key
+        // tiles: 70 and 45 leave ragged ones; MIXTRAIN_ISA=scalar runs the GEMM path); 37 queries against 45 keys, not causal,
         // checks every key's dK and dV row on both paths.
         AttnCase{2, 3, 70, 70, 64, true}, AttnCase{1, 2, 37, 45, 32, false}}) {
     const std::string name = fmt::format("attention B{} H{} Tq{} Tk{} D{} {}", c.B, c.H, c.Tq, c.Tk,

@@ -168,7 +168,7 @@ TEST(Threads, NnOpsForwardAndBackward) {
 TEST(Threads, AttentionForwardAndBackward) {
   for (DType dt : {DType::f32, DType::bf16}) {
     // [B, H, T, D] = [4, 8, 8, 16]: T·T·D < 4096, the per-head loops; [2, 8, 64, 16]: the GEMMs;
-    // [2, 4, 40, 32]: D a multiple of 32, the fused kernels in bf16 on AVX512-BF16 CPUs.
+    // [2, 4, 40, 32]: D a multiple of 32, the fused kernels on AVX-512 and AVX2 CPUs.
     for (const Shape& shape : {Shape{4, 8, 8, 16}, Shape{2, 8, 64, 16}, Shape{2, 4, 40, 32}}) {
       for (bool causal : {true, false}) {
         expect_same_on_any_team("scaled_dot_product_attention", [&] {

@@ -3,8 +3,8 @@
 // One (batch, head) per task; one query row of fp32 scores at a time; only the per-row
 // logsumexp is saved, and backward recomputes the probabilities from it. The per-head loops
 // are built for AVX-512, AVX2 and baseline x86-64 and chosen at run time. Where D is a multiple
-// of 32, AVX-512 CPUs run fused kernels instead (nn_attention_fused.cpp: bf16 on AVX512-BF16,
-// fp32 and fp16 in fp32).
+// of 32, AVX-512 and AVX2 CPUs run fused kernels instead (nn_attention_fused_impl.h: bf16 pairs
+// on AVX512-BF16, fp32 FMA tiles for every dtype elsewhere).
 #include <cmath>
 #include <string>
 #include <vector>

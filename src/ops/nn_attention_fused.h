@@ -1,6 +1,6 @@
-// Fused attention kernels for AVX-512 CPUs (nn_attention_fused.cpp); the GEMM path in
-// nn_attention.cpp runs everything else. Operands are 4-d [B, H, T, D] views (any strides, D
-// unit-stride), read and written where they lie.
+// Fused attention kernels for AVX-512 and AVX2 CPUs (nn_attention_fused_impl.h, built once per
+// ISA); the GEMM path in nn_attention.cpp runs everything else. Operands are 4-d [B, H, T, D]
+// views (any strides, D unit-stride), read and written where they lie.
 #pragma once
 
 #include <cstdint>
@@ -9,10 +9,16 @@
 
 namespace mixtrain::nn_detail {
 
+/// The kernels' granularity: query rows per block, and the width of a register tile (keys of
+/// a score tile, columns of an output one; D must be a multiple of it).
+constexpr int64_t kAttnRows = 8;
+constexpr int64_t kAttnCols = 32;
+
 enum class FusedAttention {
-  none,  ///< the GEMM path
-  bf16,  ///< bf16 q, k, v and output gradient on an AVX512-BF16 CPU
-  f32,   ///< fp32 or fp16 (widened) q, k, v and output gradient on an AVX-512 CPU
+  none,      ///< the GEMM path
+  bf16,      ///< bf16 q, k, v and output gradient on an AVX512-BF16 CPU: vdpbf16ps tiles
+  f32,       ///< any float dtypes (16-bit widened) on an AVX-512 CPU: fp32 FMA tiles
+  f32_avx2,  ///< the same on an AVX2 + FMA CPU
 };
 
 /// Which fused kernels take this problem on this CPU (MIXTRAIN_ISA caps the choice): D must be
@@ -28,5 +34,18 @@ void attention_forward_fused(FusedAttention kind, const Tensor& q4, const Tensor
 void attention_backward_fused(FusedAttention kind, const Tensor& q4, const Tensor& k4,
                               const Tensor& v4, const Tensor& g4, const float* lse, bool causal,
                               float scale, const Tensor& dq4, const Tensor& dk4, const Tensor& dv4);
+
+// The per-ISA builds behind the two calls above (nn_attention_fused_avx512.cpp, _avx2.cpp).
+#define MT_ATT_DECLARE(isa)                                                                        \
+  void attention_forward_##isa(FusedAttention kind, const Tensor& q4, const Tensor& k4,            \
+                               const Tensor& v4, const Tensor& o4, float* lse, bool causal,        \
+                               float scale);                                                       \
+  void attention_backward_##isa(FusedAttention kind, const Tensor& q4, const Tensor& k4,           \
+                                const Tensor& v4, const Tensor& g4, const float* lse, bool causal, \
+                                float scale, const Tensor& dq4, const Tensor& dk4,                 \
+                                const Tensor& dv4);
+MT_ATT_DECLARE(avx512)
+MT_ATT_DECLARE(avx2)
+#undef MT_ATT_DECLARE
 
 }  // namespace mixtrain::nn_detail
