@@ -168,8 +168,9 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   r.gemm_peak_gflops = NAN;
   if (o.peak_seconds > 0) {
     r.gemm_peak_gflops = onednn_gemm_gflops(peak_dt, 2048, o.peak_seconds);
-    if (!std::isfinite(r.gemm_peak_gflops) && peak_dt == DType::f16) {
-      // No fp16 arithmetic on this CPU: mixtrain's fp16 GEMMs run in fp32, so that is the peak.
+    if (!std::isfinite(r.gemm_peak_gflops) && peak_dt != DType::f32) {
+      // No 16-bit matmul on this CPU (fp16 without AVX512-FP16, bf16 on AVX2): mixtrain's
+      // 16-bit GEMMs widen into fp32 ones, so the fp32 peak is the one they can reach.
       peak_dt = DType::f32;
       r.gemm_peak_gflops = onednn_gemm_gflops(peak_dt, 2048, o.peak_seconds);
     }
