@@ -8,11 +8,11 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <mutex>
-#include <chrono>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <unordered_map>
 #include <vector>
@@ -302,6 +302,9 @@ void gemm_k0(Tensor& c, float beta, const Tensor* bias, Epilogue epi) {
   c.copy_from(Tensor::from_vector(v, c.shape(), DType::f32));
 }
 
+void gemm_widened(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
+                  float alpha, float beta, const Tensor* bias, Epilogue epi);
+
 void gemm_run(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
               float alpha, float beta, const Tensor* bias, Epilogue epi) {
   // --- validation: every message names the op, the shapes (with ᵀ for a transposed
@@ -415,15 +418,59 @@ void gemm_run(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb
         fmt::format("{}: A {} · B {} -> C {}: oneDNN cannot create an fp32 matmul "
                     "(epilogue {})",
                     op, operand_str(a, ta), operand_str(b, tb), c.str(), epilogue_name(epi)));
-  const Tensor a32 = a.to(DType::f32), b32 = b.to(DType::f32);
+  gemm_widened(op, a, ta, b, tb, c, alpha, beta, bias, epi);
+}
+
+// The widening fallback. Whole fp32 copies of a training step's activations are tens of MiB
+// (GPT batch 32: 48 MiB for one [8192, 1536] operand) and they came on top of the peak, so 2-d
+// products go by pieces of about 2^20 elements:
+//  - a 16-bit C by blocks of its rows: those rows of op(A) and of C widened, B once;
+//  - an fp32 C (the weight gradients, no bias or epilogue) by blocks of the reduction: the
+//    two operands' slices widened and summed into C in fp32.
+// Batched products, and anything small, widen whole.
+void gemm_widened(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
+                  float alpha, float beta, const Tensor* bias, Epilogue epi) {
+  constexpr int64_t kPiece = int64_t{1} << 20;
+  auto block = [&](int64_t per_row, int64_t extent) {
+    const int64_t n = std::max<int64_t>(64, kPiece / std::max<int64_t>(per_row, 1) / 64 * 64);
+    return std::min(n, extent);
+  };
   Tensor bias32;
   if (bias) bias32 = bias->to(DType::f32);
+  const Tensor* bias_p = bias ? &bias32 : nullptr;
+  const bool two_d = a.dim() == 2 && b.dim() == 2 && c.dim() == 2;
+  const int64_t M = c.size(-2), N = c.size(-1), K = ta ? a.size(-2) : a.size(-1);
+  if (two_d && c.dtype() != DType::f32 && M > block(std::max(K, N), M)) {
+    const Tensor b32 = b.to(DType::f32);
+    const int64_t rows = block(std::max(K, N), M);
+    for (int64_t m0 = 0; m0 < M; m0 += rows) {
+      const int64_t m1 = std::min(M, m0 + rows);
+      const Tensor a32 = (ta ? a.slice(1, m0, m1) : a.slice(0, m0, m1)).to(DType::f32);
+      Tensor cp = c.slice(0, m0, m1);
+      Tensor c32 = beta != 0.0f ? cp.to(DType::f32) : Tensor::empty({m1 - m0, N}, DType::f32);
+      gemm_run(op, a32, ta, b32, tb, c32, alpha, beta, bias_p, epi);
+      cp.copy_from(c32);
+    }
+    return;
+  }
+  if (two_d && c.dtype() == DType::f32 && !bias && epi == Epilogue::none &&
+      K > block(std::max(M, N), K)) {
+    const int64_t depth = block(std::max(M, N), K);
+    for (int64_t k0 = 0; k0 < K; k0 += depth) {
+      const int64_t k1 = std::min(K, k0 + depth);
+      const Tensor a32 = (ta ? a.slice(0, k0, k1) : a.slice(1, k0, k1)).to(DType::f32);
+      const Tensor b32 = (tb ? b.slice(1, k0, k1) : b.slice(0, k0, k1)).to(DType::f32);
+      gemm_run(op, a32, ta, b32, tb, c, alpha, k0 == 0 ? beta : 1.0f, nullptr, epi);
+    }
+    return;
+  }
+  const Tensor a32 = a.to(DType::f32), b32 = b.to(DType::f32);
   if (c.dtype() == DType::f32) {
-    gemm_run(op, a32, ta, b32, tb, c, alpha, beta, bias ? &bias32 : nullptr, epi);
+    gemm_run(op, a32, ta, b32, tb, c, alpha, beta, bias_p, epi);
     return;
   }
   Tensor c32 = beta != 0.0f ? c.to(DType::f32) : Tensor::empty(c.shape(), DType::f32);
-  gemm_run(op, a32, ta, b32, tb, c32, alpha, beta, bias ? &bias32 : nullptr, epi);
+  gemm_run(op, a32, ta, b32, tb, c32, alpha, beta, bias_p, epi);
   c.copy_from(c32);
 }
 
@@ -480,9 +527,10 @@ void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool t
   gemm_run(op, a, ta, b, tb, c, alpha, beta, bias, epi);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t M = c.size(-2), N = c.size(-1), K = ta ? a.size(-2) : a.size(-1);
-  profile::add(fmt::format("gemm {}{}->{} {}{}x{}x{}{}", dtype_name(a.dtype()), ta || tb ? fmt::format(" {}{}", ta ? "T" : "N", tb ? "T" : "N") : "",
-                           dtype_name(c.dtype()), c.dim() == 3 ? fmt::format("{}*", c.size(0)) : "", M, N, K,
-                           epi != Epilogue::none || bias ? " +epi" : ""),
+  profile::add(fmt::format("gemm {}{}->{} {}{}x{}x{}{}", dtype_name(a.dtype()),
+                           ta || tb ? fmt::format(" {}{}", ta ? "T" : "N", tb ? "T" : "N") : "",
+                           dtype_name(c.dtype()), c.dim() == 3 ? fmt::format("{}*", c.size(0)) : "",
+                           M, N, K, epi != Epilogue::none || bias ? " +epi" : ""),
                s);
 }
 
