@@ -364,6 +364,20 @@ TEST(OpsReduce, LongSumStaysAccurate) {
   expect_close(cols, want, 2e-6f, 0, "column sums");
 }
 
+TEST(OpsReduce, ColumnSumsByRowChunksEveryDtype) {
+  // [2, 1500, 700] summed over the rows: three row chunks (512, 512, 476: the parallel tasks,
+  // added pairwise after), two column tiles (512 and a ragged 188, whose last 4 fp16 columns
+  // miss the 8-wide F16C loop). Positive values, so Σ|x| is the sum itself: 64-row blocks
+  // summed in order, then pairwise, keep |error| <= (64 + log2(1500/64) + 1)·2^-24·sum.
+  const Tensor x = random_tensor({2, 1500, 700}, 16, 0.05f, 0.15f);
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
+    const Tensor xd = x.to(dt);
+    const Tensor got = sum(Variable(xd), {1}).data();
+    const Tensor want = ref::sum(xd, {1}, false);
+    expect_close(got, want, 70.0f / (1 << 24), 0, std::string("column sums ") + dtype_name(dt));
+  }
+}
+
 // ---- shape ----
 
 TEST(OpsShape, ReshapeTransposeSliceConcatMatchReference) {

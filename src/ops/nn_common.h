@@ -95,10 +95,10 @@ inline int simd_variant() {
 }
 
 /// The attributes of the three builds: flatten inlines the row helpers above into each, so
-/// they are compiled for that ISA too.
+/// they are compiled for that ISA too. (F16C: simd_level requires it for "avx2" and up.)
 #define MIXTRAIN_TARGET_AVX512 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma"), flatten))
-#define MIXTRAIN_TARGET_AVX2 __attribute__((target("avx2,fma"), flatten))
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c"), flatten))
+#define MIXTRAIN_TARGET_AVX2 __attribute__((target("avx2,fma,f16c"), flatten))
 #define MIXTRAIN_TARGET_BASE __attribute__((flatten))
 
 /// Normalises a possibly negative axis; throws ShapeError naming the op.

@@ -1,5 +1,8 @@
 // Reductions: sum and mean over axes (forward and backward), and the fp32 blocked/pairwise
 // summation kernel the elementwise backwards use to undo broadcasting.
+#include <immintrin.h>
+
+#include <bit>
 #include <cmath>
 #include <numeric>
 
@@ -19,6 +22,8 @@ namespace {
 constexpr int64_t kRowBlock = 1 << 15;
 // Rows summed directly before the column kernel splits pairwise.
 constexpr int64_t kColBlock = 64;
+// Rows per parallel task of a column sum (a power-of-two multiple of kColBlock).
+constexpr int64_t kChunkRows = 512;
 
 // Sum of n <= kTile fp32 values: the 16-lane sum shared with the NN ops.
 using nn_detail::sum_lanes;
@@ -44,16 +49,69 @@ double pairwise(const float* p, int64_t n) {
   return pairwise(p, n / 2) + pairwise(p + n / 2, n - n / 2);
 }
 
+// acc[0, n) = sum over rows [r0, r1) of row r's n values at x + r·ld, row by row, 16-bit
+// codes widened in-lane (bf16: a shift; fp16: F16C in the vector builds, the bulk converter per
+// row in the baseline). Built for AVX-512, AVX2 and the baseline (simd_variant).
+// The fp16 rows' first n / 8 · 8 columns by F16C (the vector builds only); returns how many.
+__attribute__((target("avx2,f16c"))) inline int64_t add_rows_f16c(const uint16_t* x, int64_t ld,
+                                                                  int64_t n, int64_t r0, int64_t r1,
+                                                                  float* acc) {
+  const int64_t n8 = n / 8 * 8;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* v = x + r * ld;
+    for (int64_t j = 0; j < n8; j += 8) {
+      const __m256 w = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v + j)));
+      _mm256_storeu_ps(acc + j, _mm256_add_ps(_mm256_loadu_ps(acc + j), w));
+    }
+  }
+  return n8;
+}
+
+template <bool kF16c>
+[[gnu::always_inline]] inline void add_rows_body(const void* x, DType dt, int64_t ld, int64_t n,
+                                                 int64_t r0, int64_t r1, float* __restrict acc) {
+  if (dt == DType::f32) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* __restrict v = static_cast<const float*>(x) + r * ld;
+      for (int64_t j = 0; j < n; ++j) acc[j] += v[j];
+    }
+    return;
+  }
+  if (dt == DType::bf16) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const uint16_t* __restrict v = static_cast<const uint16_t*>(x) + r * ld;
+      for (int64_t j = 0; j < n; ++j)
+        acc[j] += std::bit_cast<float>(static_cast<uint32_t>(v[j]) << 16);
+    }
+    return;
+  }
+  int64_t j0 = 0;
+  if constexpr (kF16c) j0 = add_rows_f16c(static_cast<const uint16_t*>(x), ld, n, r0, r1, acc);
+  if (j0 == n) return;
+  alignas(64) float buf[kTile];
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* __restrict v = load_f32(at(x, dt, r * ld + j0), dt, n - j0, buf);
+    for (int64_t j = j0; j < n; ++j) acc[j] += v[j - j0];
+  }
+}
+#define MIXTRAIN_ADD_ROWS_VARIANT(suffix, attr, f16c)                                     \
+  attr void add_rows_##suffix(const void* x, DType dt, int64_t ld, int64_t n, int64_t r0, \
+                              int64_t r1, float* acc) {                                   \
+    add_rows_body<f16c>(x, dt, ld, n, r0, r1, acc);                                       \
+  }
+MIXTRAIN_ADD_ROWS_VARIANT(avx512, MIXTRAIN_TARGET_AVX512, true)
+MIXTRAIN_ADD_ROWS_VARIANT(avx2, MIXTRAIN_TARGET_AVX2, true)
+MIXTRAIN_ADD_ROWS_VARIANT(base, MIXTRAIN_TARGET_BASE, false)
+#undef MIXTRAIN_ADD_ROWS_VARIANT
+
 // acc[0, n) = sum over rows r in [r0, r1) of x[r*ld + i0 + j], the rows split pairwise.
 void sum_cols(const void* x, DType dt, int64_t ld, int64_t i0, int64_t n, int64_t r0, int64_t r1,
               float* acc) {
   std::fill(acc, acc + n, 0.0f);
   if (r1 - r0 <= kColBlock) {
-    alignas(64) float buf[kTile];
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* v = load_f32(at(x, dt, r * ld + i0), dt, n, buf);
-      for (int64_t j = 0; j < n; ++j) acc[j] += v[j];
-    }
+    using AddRows = void (*)(const void*, DType, int64_t, int64_t, int64_t, int64_t, float*);
+    static const AddRows add[] = {add_rows_base, add_rows_avx2, add_rows_avx512};
+    add[nn_detail::simd_variant()](at(x, dt, i0), dt, ld, n, r0, r1, acc);
     return;
   }
   const int64_t mid = r0 + (r1 - r0) / 2;
@@ -61,6 +119,18 @@ void sum_cols(const void* x, DType dt, int64_t ld, int64_t i0, int64_t n, int64_
   sum_cols(x, dt, ld, i0, n, r0, mid, acc);
   sum_cols(x, dt, ld, i0, n, mid, r1, right);
   for (int64_t j = 0; j < n; ++j) acc[j] += right[j];
+}
+
+// out[0, n) = pairwise sum of the m arrays p, p + ld, ... (chunk partials of a column sum).
+void add_pairwise(const float* p, int64_t ld, int64_t m, int64_t n, float* out) {
+  if (m == 1) {
+    std::copy(p, p + n, out);
+    return;
+  }
+  std::vector<float> right(static_cast<size_t>(n));
+  add_pairwise(p, ld, m / 2, n, out);
+  add_pairwise(p + (m / 2) * ld, ld, m - m / 2, n, right.data());
+  for (int64_t j = 0; j < n; ++j) out[j] += right[j];
 }
 
 // x contiguous, viewed as [O, R, I]; out fp32 [O, I].
@@ -81,12 +151,30 @@ void sum_ori(const Tensor& x, int64_t O, int64_t R, int64_t I, float* out) {
       out[o] = nb == 1 ? part[o] : static_cast<float>(pairwise(part.data() + o * nb, nb));
     return;
   }
+  // Tasks are (column tile, chunk of kChunkRows rows): a bias gradient [2048, 384] is one tile,
+  // which alone left a core idle. Chunk partials are then added pairwise; the chunking is
+  // fixed, so the bits do not depend on the thread count.
   const int64_t tiles = (I + kTile - 1) / kTile;
+  const int64_t chunks = (R + kChunkRows - 1) / kChunkRows;
+  if (chunks <= 1) {
 #pragma omp parallel for schedule(static) if (big)
-  for (int64_t t = 0; t < O * tiles; ++t) {
-    const int64_t o = t / tiles, i0 = (t % tiles) * kTile, n = std::min(kTile, I - i0);
-    sum_cols(at(base, dt, o * R * I), dt, I, i0, n, 0, R, out + o * I + i0);
+    for (int64_t t = 0; t < O * tiles; ++t) {
+      const int64_t o = t / tiles, i0 = (t % tiles) * kTile, n = std::min(kTile, I - i0);
+      sum_cols(at(base, dt, o * R * I), dt, I, i0, n, 0, R, out + o * I + i0);
+    }
+    return;
   }
+  std::vector<float> part(static_cast<size_t>(O * chunks * I));
+#pragma omp parallel for schedule(static) if (big)
+  for (int64_t t = 0; t < O * tiles * chunks; ++t) {
+    const int64_t o = t / (tiles * chunks), tile = t / chunks % tiles, c = t % chunks;
+    const int64_t i0 = tile * kTile, n = std::min(kTile, I - i0);
+    const int64_t r0 = c * kChunkRows, r1 = std::min(R, r0 + kChunkRows);
+    sum_cols(at(base, dt, o * R * I), dt, I, i0, n, r0, r1,
+             part.data() + (o * chunks + c) * I + i0);
+  }
+  for (int64_t o = 0; o < O; ++o)
+    add_pairwise(part.data() + o * chunks * I, I, chunks, I, out + o * I);
 }
 
 }  // namespace
