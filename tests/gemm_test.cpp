@@ -139,9 +139,9 @@ TEST(Gemm, LargerBlockedShapesBf16) {
 
 TEST(Gemm, WidenedFallbackGoesByPieces) {
   // Where oneDNN has no matmul for a 16-bit dtype (fp16 without AVX512-FP16, bf16 on AVX2)
-  // the product runs widened to fp32 by pieces of about 2^20 elements: a 16-bit C by blocks of
-  // its rows (2100 rows of 520: 1984 + 116), an fp32 C by blocks of the reduction (K 3000
-  // against 600 columns: 1728 + 1272, summed into C). Both transposes, accumulation, and the
+  // the product runs widened to fp32 by pieces of about 2^21 elements: a 16-bit C by blocks of
+  // its rows (4200 rows of 520: 4032 + 168), an fp32 C by blocks of the reduction (K 5000
+  // against 600 columns: 3456 + 1544, summed into C). Both transposes, accumulation, and the
   // row blocks with bias and GELU. On CPUs with the native matmul this checks that instead.
   for (DType dt : {DType::bf16, DType::f16}) {
     for (int t = 0; t < 4; ++t) {
@@ -149,25 +149,25 @@ TEST(Gemm, WidenedFallbackGoesByPieces) {
       for (float beta : {0.0f, 1.0f}) {
         SCOPED_TRACE(::testing::Message()
                      << dtype_name(dt) << " ta " << ta << " tb " << tb << " beta " << beta);
-        const Tensor a = random_tensor(stored_shape(0, 2100, 40, ta), dt, 91);
-        const Tensor b = random_tensor(stored_shape(0, 40, 520, tb), dt, 92);
-        const Tensor c0 = random_tensor({2100, 520}, dt, 93);
+        const Tensor a = random_tensor(stored_shape(0, 4200, 16, ta), dt, 91);
+        const Tensor b = random_tensor(stored_shape(0, 16, 520, tb), dt, 92);
+        const Tensor c0 = random_tensor({4200, 520}, dt, 93);
         Tensor c = c0.clone();
         gemm(a, ta, b, tb, c, 0.5f, beta);
         expect_close(a, ta, b, tb, c0, c, 0.5f, beta);
 
-        const Tensor ak = random_tensor(stored_shape(0, 8, 3000, ta), dt, 94);
-        const Tensor bk = random_tensor(stored_shape(0, 3000, 600, tb), dt, 95);
+        const Tensor ak = random_tensor(stored_shape(0, 8, 5000, ta), dt, 94);
+        const Tensor bk = random_tensor(stored_shape(0, 5000, 600, tb), dt, 95);
         const Tensor ck0 = random_tensor({8, 600}, DType::f32, 96);
         Tensor ck = ck0.clone();
         gemm(ak, ta, bk, tb, ck, 0.5f, beta);
         expect_close(ak, ta, bk, tb, ck0, ck, 0.5f, beta);
       }
     }
-    const Tensor a = random_tensor({2100, 40}, dt, 97);
-    const Tensor w = random_tensor({520, 40}, dt, 98);
+    const Tensor a = random_tensor({4200, 16}, dt, 97);
+    const Tensor w = random_tensor({520, 16}, dt, 98);
     const Tensor bias = random_tensor({520}, DType::f32, 99);
-    const Tensor c0 = Tensor::zeros({2100, 520}, dt);
+    const Tensor c0 = Tensor::zeros({4200, 520}, dt);
     Tensor c = c0.clone();
     gemm_ex(a, false, w, true, c, 1.0f, 0.0f, &bias, Epilogue::gelu);
     expect_close(a, false, w, true, c0, c, 1.0f, 0.0f, &bias, Epilogue::gelu);
