@@ -36,8 +36,16 @@ if [[ $what == all || $what == gpt ]]; then
     --eval-batches 16 --precisions fp32,bf16,fp16 --seed 1 --quiet --out results/compare-gpt
 fi
 if [[ $what == all || $what == step ]] && [[ -f scripts/bench_compare.sh ]]; then
-  echo "== training-step speed against PyTorch"
-  bash scripts/bench_compare.sh build results/step.json
+  # The issue-5 figures are for AVX512-BF16 CPUs (results/step.json); any other CPU writes its
+  # own file (results/step-avx2.json, ...) beside it, so a run on one never replaces the other.
+  level=$($BIN info --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["simd_level"])')
+  out=results/step.json
+  if [[ $level != avx512bf16 ]]; then
+    out=results/step-$level.json
+    export PEER_GPT=${PEER_GPT:-0}  # Debian's torch takes minutes per GPT step without bf16 kernels
+  fi
+  echo "== training-step speed against PyTorch ($level: $out)"
+  bash scripts/bench_compare.sh "$(dirname "$BIN")" "$out"
 fi
 if [[ $what == all || $what == ckpt ]]; then
   # GPT 6x384, T 256, batch 32: fp32 and bf16, with and without block checkpointing. Each

@@ -76,13 +76,27 @@ def compare_table(name, title, cmd):
     return "\n".join(out)
 
 
-def step_table():
-    d = load("step.json")
+def machine_str(m):
+    if not m:
+        return None
+    return "%s, SIMD level %s, oneDNN %s ISA %s, %s threads" % (
+        m.get("cpu", "?"), m.get("simd_level", "?"), m.get("gemm", {}).get("version", "?"),
+        m.get("gemm", {}).get("isa", "?"), m.get("threads", "?"))
+
+
+def step_table(name="step.json"):
+    d = load(name)
     if not d:
         return ""
-    out = ["`bash scripts/bench_compare.sh build results/step.json` (mixtrain `bench step` and "
-           "`bench/peer_torch.py`, PyTorch 1.13 autocast bf16 + AdamW, 2 threads, alternating):", "",
-           "| configuration | ms/step | throughput | MFU | peak RSS |", "| --- | --- | --- | --- | --- |"]
+    cmd = "scripts/bench_compare.sh build results/%s" % name
+    peer_gpt = any(k.startswith("torch/gpt") for k in d["configurations"])
+    out = []
+    m = machine_str(d.get("machine"))
+    if m:
+        out += ["Measured on: %s." % m, ""]
+    out += ["`bash %s`%s (mixtrain `bench step` and `bench/peer_torch.py`, PyTorch 1.13 autocast bf16 + "
+            "AdamW, 2 threads, alternating):" % (cmd, "" if peer_gpt else " with `PEER_GPT=0`"), "",
+            "| configuration | ms/step | throughput | MFU | peak RSS |", "| --- | --- | --- | --- | --- |"]
     for k, c in d["configurations"].items():
         impl = "mixtrain" if k.startswith("mix/") else "PyTorch"
         mfu = "%.2f" % c["mfu"] if c.get("mfu") is not None else "-"
@@ -93,7 +107,8 @@ def step_table():
     for r in d["ratios"]:
         v = "-" if r["value"] is None else "%.3f" % r["value"]
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
-        out.append("| %s | %s | %s %s | %s |" % (r["ratio"], v, r["op"], r["target"], met))
+        target = "-" if r["op"] is None else "%s %s" % (r["op"], r["target"])
+        out.append("| %s | %s | %s | %s |" % (r["ratio"], v, target, met))
     return "\n".join(out)
 
 
@@ -195,8 +210,8 @@ def main():
             return 300
     results = []
     if info:
-        results.append("Measured on: %s, %s threads (`results/info.json`)." % (
-            info.get("cpu", "?"), info.get("threads", "?")))
+        results.append("Measured on: %s (`results/info.json`; the AVX2 table below says its own)." %
+                       machine_str(info))
         results.append("Each table comes from one run of its command; the machine (2 cores) may be shared, so "
                        "read ratios measured in the same run rather than absolute speeds.")
         results.append("")
@@ -209,6 +224,15 @@ def main():
     st = step_table()
     if st:
         results += ["", "### Training-step speed against PyTorch", "", st]
+    st = step_table("step-avx2.json")
+    if st:
+        results += ["", "### Training-step speed on an AVX2 CPU (no 16-bit arithmetic)", "",
+                    "Without AVX512-BF16 or AVX512-FP16 the GEMMs of every precision run in fp32 "
+                    "(16-bit operands widened by pieces), so a 16-bit step can at best match the fp32 "
+                    "one in speed; what it keeps is the memory. The targets above are for "
+                    "AVX512-BF16 CPUs and are shown here for comparison only. Debian's torch has "
+                    "no bf16 kernels and no fp32 BLAS on this CPU (its MLP step takes seconds), so "
+                    "its GPT runs are left out.", "", st]
     ck = ckpt_table()
     if ck:
         results += ["", "### Activation checkpointing", "", ck]
