@@ -82,6 +82,9 @@ void setup_bench_step(CLI::App& root) {
       ->capture_default_str();
   step->add_option("--seed", s->o.seed, "Seed of the weights and the synthetic batch")
       ->capture_default_str();
+  step->add_option("--mlp-hidden", s->o.mlp_hidden, "mlp hidden sizes")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   step->add_option("--gpt-layers", s->o.gpt_layers)
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
