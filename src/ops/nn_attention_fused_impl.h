@@ -88,6 +88,7 @@ struct Bf16Kind {
   using U = uint32_t;  // operand unit
   using P = uint16_t;  // storage of P and dS
   static constexpr int64_t kPer = 2;
+  static constexpr bool kInPlace = false;  // scores are fp32, P and dS bf16: stored rounded
 
   // C[r][c] = Σ_{k < K} A[r·lda + k] ⊙ B[k·ldb + c] for r < 8, c < n (a multiple of 32), ⊙ a
   // pair's dot product in fp32. 16 accumulators stay in registers over the K loop.
@@ -198,6 +199,8 @@ struct F32Kind {
   using U = float;
   using P = float;
   static constexpr int64_t kPer = 1;
+  // Scores become P and dS where the kernels write them (no copy rows).
+  static constexpr bool kInPlace = true;
 
   // C[r][c] = Σ_k A(r, k)·B[k·ldb + c] for r < 8, c < n (a multiple of 32), with A(r, k) at
   // A[r·a_rs + k·a_ks]: rows of Q or dO (a_ks = 1), or P and dS read transposed (a_rs = 1).
@@ -370,10 +373,9 @@ MT_VEC void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const 
   using U = typename K::U;
   using P = typename K::P;
   constexpr int64_t kPer = K::kPer;
-  constexpr bool kInPlace = std::is_same_v<P, float>;
-  const int64_t B = q4.size(0), H = q4.size(1);
+  constexpr bool kInPlace = K::kInPlace;
   const Sizes z = sizes(q4, k4, causal, scale);
-  const int64_t D = z.D, Du = D / kPer;
+  const int64_t B = q4.size(0), H = q4.size(1), D = z.D, Du = D / kPer;
   const int64_t o_rs = o4.strides()[2] * static_cast<int64_t>(o4.element_size());
 #pragma omp parallel
   {
@@ -426,9 +428,9 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
   using U = typename K::U;
   using P = typename K::P;
   constexpr int64_t kPer = K::kPer;
-  // fp32 units: P and dS are computed where the products read them, and the row layout the
-  // products over t want is the plain one already packed for Q and dO.
-  constexpr bool kInPlace = std::is_same_v<P, float>;
+  // In place: the row layout the products over t want is the plain one already packed for Q
+  // and dO.
+  constexpr bool kInPlace = K::kInPlace;
   const int64_t B = q4.size(0), H = q4.size(1);
   const Sizes z = sizes(q4, k4, causal, scale);
   const int64_t D = z.D, Du = D / kPer, Tqu = z.Tqp / kPer;
