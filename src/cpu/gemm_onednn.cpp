@@ -423,8 +423,8 @@ void gemm_run(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb
 
 // The widening fallback. Whole fp32 copies of a training step's activations are tens of MiB
 // (GPT batch 32: 48 MiB for one [8192, 1536] operand) and they came on top of the peak, so 2-d
-// products go by pieces of about 2^21 elements (8 MiB widened; at 2^20 the extra
-// calls cost a measurable 2-3% on GPT batch 8's [2048, 1536]·[1536, 384]):
+// products go by pieces of about 2^21 elements (8 MiB widened; at 2^20 the extra calls cost a
+// measurable 2-3% on GPT batch 8's [2048, 1536]·[1536, 384]):
 //  - a 16-bit C by blocks of its rows: those rows of op(A) and of C widened, B once;
 //  - an fp32 C (the weight gradients, no bias or epilogue) by blocks of the reduction: the
 //    two operands' slices widened and summed into C in fp32.

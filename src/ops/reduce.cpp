@@ -49,9 +49,6 @@ double pairwise(const float* p, int64_t n) {
   return pairwise(p, n / 2) + pairwise(p + n / 2, n - n / 2);
 }
 
-// acc[0, n) = sum over rows [r0, r1) of row r's n values at x + r·ld, row by row, 16-bit
-// codes widened in-lane (bf16: a shift; fp16: F16C in the vector builds, the bulk converter per
-// row in the baseline). Built for AVX-512, AVX2 and the baseline (simd_variant).
 // The fp16 rows' first n / 8 · 8 columns by F16C (the vector builds only); returns how many.
 __attribute__((target("avx2,f16c"))) inline int64_t add_rows_f16c(const uint16_t* x, int64_t ld,
                                                                   int64_t n, int64_t r0, int64_t r1,
@@ -67,6 +64,9 @@ __attribute__((target("avx2,f16c"))) inline int64_t add_rows_f16c(const uint16_t
   return n8;
 }
 
+// acc[0, n) = sum over rows [r0, r1) of row r's n values at x + r·ld, row by row, 16-bit
+// codes widened in-lane (bf16: a shift; fp16: F16C in the vector builds, the bulk converter per
+// row in the baseline). Built for AVX-512, AVX2 and the baseline (simd_variant).
 template <bool kF16c>
 [[gnu::always_inline]] inline void add_rows_body(const void* x, DType dt, int64_t ld, int64_t n,
                                                  int64_t r0, int64_t r1, float* __restrict acc) {
