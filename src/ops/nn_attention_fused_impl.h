@@ -360,6 +360,10 @@ Sizes sizes(const Tensor& q4, const Tensor& k4, bool causal, float scale) {
   return {Tq, Tk, D, round_up(Tq, kMR), round_up(Tk, kNR), causal, scale};
 }
 
+// The column step of a score product: AVX2's tiles go 16 columns at a time, so a causal block's
+// keys round up to 16 there (less of the diagonal's last tile computed), 32 on AVX-512.
+constexpr int64_t kColStep = MT_ATT_LEVEL == 2 ? kNR : 16;
+
 // Keys row block i0 sees: [0, keys) (padded to a tile: the kernel's columns).
 int64_t block_keys(const Sizes& z, int64_t i0) {
   return z.causal ? std::min(z.Tk, i0 + kMR) : z.Tk;
@@ -391,7 +395,7 @@ MT_VEC void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const 
       float* lh = lse + bh * z.Tq;
       char* ob = out_ptr(o4, b, h);
       for (int64_t i0 = 0; i0 < z.Tq; i0 += kMR) {
-        const int64_t nkp = round_up(block_keys(z, i0), kNR);
+        const int64_t nkp = round_up(block_keys(z, i0), kColStep);
         // fp32 units: the scores become P where they are written.
         float* sc = kInPlace ? reinterpret_cast<float*>(p.data()) : s.data();
         K::kernel(qa.data() + i0 * Du, Du, kp.data(), z.Tkp, Du, nkp, sc, z.Tkp);
@@ -471,7 +475,7 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
       char* dqb = out_ptr(dq4, b, h);
       // By query block: P and dS (recomputed from lse), then dQ = dS·K.
       for (int64_t i0 = 0; i0 < z.Tq; i0 += kMR) {
-        const int64_t nkp = round_up(block_keys(z, i0), kNR);
+        const int64_t nkp = round_up(block_keys(z, i0), kColStep);
         // (Rows past Tq come out zero: their Q and dO rows are.)
         float* sc = kInPlace ? reinterpret_cast<float*>(pf.data() + i0 * z.Tkp) : s.data();
         float* dc = kInPlace ? reinterpret_cast<float*>(dsf.data() + i0 * z.Tkp) : dp.data();
