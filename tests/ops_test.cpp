@@ -376,6 +376,9 @@ TEST(OpsReduce, ColumnSumsByRowChunksEveryDtype) {
     const Tensor want = ref::sum(xd, {1}, false);
     expect_close(got, want, 70.0f / (1 << 24), 0, std::string("column sums ") + dtype_name(dt));
   }
+  // No rows at all: one (empty) chunk, zeros.
+  const auto empty = sum(Variable(Tensor::zeros({0, 5}, DType::bf16)), {0}).data().to_vector();
+  EXPECT_EQ(empty, std::vector<float>(5, 0.0f));
 }
 
 // ---- shape ----

@@ -322,11 +322,6 @@ struct F32Kind {
                           U* dst) {
     pack_rows(src, dt, ld, T, D, Tp, dst);
   }
-
-  static void store_p(const float* src, int64_t n, P* dst, int64_t n_zero) {
-    std::memcpy(dst, src, n * 4);
-    std::memset(dst + n, 0, (n_zero - n) * 4);
-  }
 };
 
 const char* base_of(const Tensor& t4, int64_t b, int64_t h) {

@@ -155,15 +155,7 @@ void sum_ori(const Tensor& x, int64_t O, int64_t R, int64_t I, float* out) {
   // which alone left a core idle. Chunk partials are then added pairwise; the chunking is
   // fixed, so the bits do not depend on the thread count.
   const int64_t tiles = (I + kTile - 1) / kTile;
-  const int64_t chunks = (R + kChunkRows - 1) / kChunkRows;
-  if (chunks <= 1) {
-#pragma omp parallel for schedule(static) if (big)
-    for (int64_t t = 0; t < O * tiles; ++t) {
-      const int64_t o = t / tiles, i0 = (t % tiles) * kTile, n = std::min(kTile, I - i0);
-      sum_cols(at(base, dt, o * R * I), dt, I, i0, n, 0, R, out + o * I + i0);
-    }
-    return;
-  }
+  const int64_t chunks = std::max<int64_t>(1, (R + kChunkRows - 1) / kChunkRows);  // R may be 0
   std::vector<float> part(static_cast<size_t>(O * chunks * I));
 #pragma omp parallel for schedule(static) if (big)
   for (int64_t t = 0; t < O * tiles * chunks; ++t) {
