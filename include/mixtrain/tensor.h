@@ -133,10 +133,32 @@ struct MemoryStats {
   int64_t peak_by_dtype[9] = {};
   /// Freed buffers of 1 MiB or more kept for reuse (not tensors; part of the process's RSS).
   int64_t cached_bytes = 0;
+  /// Mapped for step plans (StepMemoryScope); the part no tensor uses is not in the RSS until
+  /// touched, and after one step it has been.
+  int64_t arena_bytes = 0;
+  /// Bytes the last planned step asked for that its plan did not serve.
+  int64_t step_missed_bytes = 0;
 };
 MemoryStats memory_stats();
-/// Returns the kept buffers (MemoryStats::cached_bytes) to the system allocator.
+/// Returns the kept buffers (MemoryStats::cached_bytes) to the system and drops the step plan
+/// (the next StepMemoryScope records again; its arena goes when no tensor uses it).
 void release_cached_memory();
+/// The scope of one training step (forward, backward, update) on the calling thread. A
+/// training loop allocates the same buffers in the same order every step, so the first scoped
+/// step records its buffers of 1 MiB or more with their lifetimes, and later steps take them
+/// from one arena laid out for that sequence: as large as the step's peak of live buffers,
+/// where reusing freed buffers by size holds the sum of each size's own peak. A buffer the
+/// plan cannot serve (another shape, one still held from an earlier step) comes from the
+/// ordinary cache, so a step that differs is only less frugal; if it misses much, the next
+/// step records again. Nested scopes count as one.
+class StepMemoryScope {
+ public:
+  StepMemoryScope();
+  ~StepMemoryScope();
+  StepMemoryScope(const StepMemoryScope&) = delete;
+  StepMemoryScope& operator=(const StepMemoryScope&) = delete;
+};
+
 /// Sets every peak to the current value (to measure the peak of one phase).
 void reset_peak_memory();
 

@@ -1,102 +1,18 @@
-// Tensor views and storage, and the memory tracker that counts every live storage byte.
+// Tensor views and storage (whose bytes come from core/memory.cpp).
 #include "mixtrain/tensor.h"
 
 #include <fmt/format.h>
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
-#include <unordered_map>
 #include <vector>
 
 #include "core/dispatch.h"
-#include "core/sanitizers.h"
+#include "core/memory.h"
 
 namespace mixtrain {
 
 namespace {
-
-constexpr int kNumDTypes = 9;
-
-struct Tracker {
-  std::atomic<int64_t> current{0}, peak{0};
-  std::atomic<int64_t> current_dt[kNumDTypes] = {}, peak_dt[kNumDTypes] = {};
-};
-Tracker& tracker() {
-  static Tracker t;
-  return t;
-}
-
-void atomic_max(std::atomic<int64_t>& a, int64_t v) {
-  int64_t prev = a.load(std::memory_order_relaxed);
-  while (prev < v && !a.compare_exchange_weak(prev, v, std::memory_order_relaxed)) {
-  }
-}
-
-void track(DType dt, int64_t delta) {
-  auto& t = tracker();
-  const int i = static_cast<int>(dt);
-  const int64_t now = t.current.fetch_add(delta, std::memory_order_relaxed) + delta;
-  const int64_t now_dt = t.current_dt[i].fetch_add(delta, std::memory_order_relaxed) + delta;
-  if (delta > 0) {
-    atomic_max(t.peak, now);
-    atomic_max(t.peak_dt[i], now_dt);
-  }
-}
-
-// Large buffers are kept for reuse when their storage dies instead of going back to the OS: a
-// training step allocates the same sizes every step, and fresh pages cost a fault and a kernel
-// zeroing per 4 KiB (measured: GPT batch 32 bf16 step 2392 -> 1958 ms with glibc kept from
-// returning memory). Exact sizes only (rounded up to 64 KiB): no splitting or coalescing to
-// manage, and a steady loop reuses every block. At most as many bytes as the peak of live
-// tensors are kept; release_cached_memory() frees them. Under AddressSanitizer nothing is
-// kept, so a use after free is still caught.
-constexpr bool kCacheBlocks = !kAddressSanitizer;
-constexpr size_t kCacheMin = size_t{1} << 20, kCacheRound = size_t{1} << 16;
-
-struct BlockCache {
-  std::mutex mu;
-  std::unordered_map<size_t, std::vector<void*>> free;
-  size_t bytes = 0;
-};
-BlockCache& block_cache() {
-  static auto* c = new BlockCache;  // never destroyed: storages may die during static teardown
-  return *c;
-}
-
-size_t block_size(size_t nbytes) {
-  if (nbytes < kCacheMin) return ((nbytes + 63) / 64) * 64;
-  return ((nbytes + kCacheRound - 1) / kCacheRound) * kCacheRound;
-}
-
-void* alloc_block(size_t size) {
-  if (kCacheBlocks && size >= kCacheMin) {
-    auto& c = block_cache();
-    std::lock_guard<std::mutex> lock(c.mu);
-    auto it = c.free.find(size);
-    if (it != c.free.end() && !it->second.empty()) {
-      void* p = it->second.back();
-      it->second.pop_back();
-      c.bytes -= size;
-      return p;
-    }
-  }
-  return std::aligned_alloc(64, size == 0 ? 64 : size);
-}
-
-void free_block(void* p, size_t size) {
-  if (kCacheBlocks && p && size >= kCacheMin) {
-    auto& c = block_cache();
-    std::lock_guard<std::mutex> lock(c.mu);
-    if (c.bytes + size <= static_cast<size_t>(tracker().peak.load(std::memory_order_relaxed))) {
-      c.free[size].push_back(p);
-      c.bytes += size;
-      return;
-    }
-  }
-  std::free(p);
-}
 
 int64_t wrap_dim(int64_t d, int64_t ndim, const char* op) {
   if (d < -ndim || d >= ndim)
@@ -135,47 +51,10 @@ Storage::Storage(size_t nbytes, DType dtype, Device device)
     : nbytes_(nbytes), dtype_(dtype), device_(device) {
   if (device != Device::cpu)
     throw BackendError("this build of mixtrain has no CUDA backend (configure with MIXTRAIN_CUDA)");
-  data_ = alloc_block(block_size(nbytes));
-  if (!data_) throw Error(fmt::format("out of memory allocating {} bytes", nbytes));
-  track(dtype_, static_cast<int64_t>(nbytes_));
+  data_ = memory::allocate(nbytes, dtype);
 }
 
-Storage::~Storage() {
-  free_block(data_, block_size(nbytes_));
-  track(dtype_, -static_cast<int64_t>(nbytes_));
-}
-
-void release_cached_memory() {
-  auto& c = block_cache();
-  std::lock_guard<std::mutex> lock(c.mu);
-  for (auto& [size, blocks] : c.free)
-    for (void* p : blocks) std::free(p);
-  c.free.clear();
-  c.bytes = 0;
-}
-
-MemoryStats memory_stats() {
-  auto& t = tracker();
-  MemoryStats s;
-  {
-    auto& c = block_cache();
-    std::lock_guard<std::mutex> lock(c.mu);
-    s.cached_bytes = static_cast<int64_t>(c.bytes);
-  }
-  s.current_bytes = t.current.load();
-  s.peak_bytes = t.peak.load();
-  for (int i = 0; i < kNumDTypes; ++i) {
-    s.current_by_dtype[i] = t.current_dt[i].load();
-    s.peak_by_dtype[i] = t.peak_dt[i].load();
-  }
-  return s;
-}
-
-void reset_peak_memory() {
-  auto& t = tracker();
-  t.peak.store(t.current.load());
-  for (int i = 0; i < kNumDTypes; ++i) t.peak_dt[i].store(t.current_dt[i].load());
-}
+Storage::~Storage() { memory::deallocate(data_, nbytes_, dtype_); }
 
 // ---- Tensor ----
 

@@ -4,6 +4,8 @@
 // does not depend on data loading.
 #include "mixtrain/train/bench_step.h"
 
+#include "core/memory.h"
+
 #include "mixtrain/profile.h"
 
 #include <algorithm>
@@ -125,6 +127,8 @@ std::string BenchStepResult::to_json() const {
                       {"loss", num(loss)},
                       {"peak_rss_bytes", peak_rss_bytes},
                       {"peak_tensor_bytes", peak_tensor_bytes},
+                      {"arena_bytes", arena_bytes},
+                      {"step_missed_bytes", step_missed_bytes},
                       {"checkpoint_activations", checkpoint_activations},
                       {"activation_bytes", activation_bytes},
                       {"optimizer_alone_ms", num(optimizer_alone_ms)},
@@ -162,6 +166,7 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   r.warmup = o.warmup;
   r.repeats = o.repeats;
   r.threads = gemm_backend_info().threads;
+  memory::set_step_plans_enabled(o.step_plan);  // also starts from an empty cache and no plan
 
   // The GEMM peak first: its buffers (3 · 2048² elements) are freed before the model exists.
   DType peak_dt = policy.compute;
@@ -227,6 +232,7 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   auto step = [&](bool timed) {
     const auto t0 = Clock::now();
     profile::mark();
+    StepMemoryScope step_memory;
     Variable loss;
     const MemoryStats before_forward = memory_stats();
     {
@@ -244,7 +250,8 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     scaler.update();
     opt->zero_grad();
     const auto t3 = Clock::now();
-    profile::add("loss scaler + optimizer + zero_grad", std::chrono::duration<double>(t3 - t2).count());
+    profile::add("loss scaler + optimizer + zero_grad",
+                 std::chrono::duration<double>(t3 - t2).count());
     if (timed) {
       using ms = std::chrono::duration<double, std::milli>;
       fwd.push_back(ms(t1 - t0).count());
@@ -264,7 +271,10 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     r.profile = profile::report(o.repeats);
     profile::enable(false);
   }
-  r.peak_tensor_bytes = memory_stats().peak_bytes;
+  const MemoryStats ms = memory_stats();
+  r.peak_tensor_bytes = ms.peak_bytes;
+  r.arena_bytes = ms.arena_bytes;
+  r.step_missed_bytes = ms.step_missed_bytes;
   r.peak_rss_bytes = peak_rss_bytes();
   r.ms_per_step = median(total);
   r.ms_min = *std::min_element(total.begin(), total.end());

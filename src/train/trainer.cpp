@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "dist/data_parallel.h"
 #include "mixtrain/amp/diagnostics.h"
@@ -455,6 +456,9 @@ TrainSummary Trainer::run() {
   while (s.step < s.total_steps) {
     const auto t0 = Clock::now();
     const int64_t bytes0 = dist::bytes_sent();
+    // Forward, backward and update: the same buffers every step (evaluation and checkpoints,
+    // after it, are not part of the plan).
+    std::optional<StepMemoryScope> step_memory(std::in_place);
     // ---- forward/backward over the micro-batches; the scale stays fixed inside the window.
     const float scale = s.scaler.scale();
     double step_loss = 0.0;
@@ -500,6 +504,7 @@ TrainSummary Trainer::run() {
     s.scaler.update();
     s.opt->zero_grad();
     if (s.dp->zero()) s.dp->zero_grad();
+    step_memory.reset();
     const int64_t step_bytes = dist::bytes_sent() - bytes0;
     last_step_bytes = step_bytes;
     if (!r.applied) ++s.skipped;

@@ -77,6 +77,9 @@ void setup_bench_step(CLI::App& root) {
   step->add_flag(
       "--no-optimizer-bandwidth", [s](int64_t) { s->o.optimizer_bandwidth = false; },
       "Skip timing the optimizer step alone");
+  step->add_flag(
+      "--no-step-plan", [s](int64_t) { s->o.step_plan = false; },
+      "Buffers from the cache alone, not the step plan's arena (to compare)");
   step->add_option("--checkpoint-activations", s->o.checkpoint_activations,
                    "gpt: none | blocks | every:N: recompute blocks in backward (less memory)")
       ->capture_default_str();
@@ -98,8 +101,9 @@ void setup_bench_step(CLI::App& root) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   step->add_flag("--json", s->json, "Print one JSON object");
-  step->add_flag("--profile", s->o.profile,
-                 "Print a per-op time table of the timed steps (forward, backward, GEMM shapes) to stderr");
+  step->add_flag(
+      "--profile", s->o.profile,
+      "Print a per-op time table of the timed steps (forward, backward, GEMM shapes) to stderr");
   on_run(step, [s] { return run_bench_step(*s); });
 }
 

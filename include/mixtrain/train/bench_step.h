@@ -28,6 +28,8 @@ struct BenchStepOptions {
   /// Time the optimizer step alone (bandwidth against memcpy); adds a few untimed-in-step
   /// optimizer steps after the step timing.
   bool optimizer_bandwidth = true;
+  /// Each step in a StepMemoryScope, as the trainer runs it; false: the cache alone (A/B).
+  bool step_plan = true;
   uint64_t seed = 0;
   /// gpt: none | blocks | every:N (nn::parse_checkpoint_every): blocks recomputed in backward.
   std::string checkpoint_activations = "none";
@@ -57,9 +59,11 @@ struct BenchStepResult {
   double gemm_peak_gflops = 0;  ///< NaN when not measured
   double mfu = 0;               ///< model_gflops_per_s / gemm_peak_gflops; NaN when unmeasured
   double loss = 0;              ///< loss of the last timed step (sanity: finite)
-  std::string profile;  ///< per-op table, per step (empty unless asked for)
+  std::string profile;          ///< per-op table, per step (empty unless asked for)
   int64_t peak_rss_bytes = 0;
   int64_t peak_tensor_bytes = 0;  ///< tensor storage high-water mark during the timed steps
+  int64_t arena_bytes = 0;        ///< the step plan's arena (StepMemoryScope); 0 without one
+  int64_t step_missed_bytes = 0;  ///< what the last step's plan did not serve
   std::string checkpoint_activations = "none";  ///< as asked
   /// Tensor bytes the tape keeps at the end of the forward, per dtype ({"bf16": n, ...}).
   std::map<std::string, int64_t> activation_bytes;

@@ -1,0 +1,422 @@
+// Storage memory: the tracker that counts every live storage byte, and where a storage's bytes
+// come from. Under 1 MiB: malloc. From 1 MiB: the step plan's arena inside a StepMemoryScope
+// that replays a recorded step, else the cache of freed buffers, else fresh pages.
+#include "core/memory.h"
+
+#include <fmt/format.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include "core/sanitizers.h"
+#include "mixtrain/tensor.h"
+
+#if defined(MIXTRAIN_ASAN)
+#include <sanitizer/asan_interface.h>
+#define MT_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define MT_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define MT_POISON(p, n) ((void)(p), (void)(n))
+#define MT_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+namespace mixtrain {
+
+namespace {
+
+constexpr int kNumDTypes = sizeof(MemoryStats::current_by_dtype) / sizeof(int64_t);
+
+struct Tracker {
+  std::atomic<int64_t> current{0}, peak{0};
+  std::atomic<int64_t> current_dt[kNumDTypes] = {}, peak_dt[kNumDTypes] = {};
+};
+Tracker& tracker() {
+  static Tracker t;
+  return t;
+}
+
+void atomic_max(std::atomic<int64_t>& a, int64_t v) {
+  int64_t prev = a.load(std::memory_order_relaxed);
+  while (prev < v && !a.compare_exchange_weak(prev, v, std::memory_order_relaxed)) {
+  }
+}
+
+void track(DType dt, int64_t delta) {
+  auto& t = tracker();
+  const int i = static_cast<int>(dt);
+  const int64_t now = t.current.fetch_add(delta, std::memory_order_relaxed) + delta;
+  const int64_t now_dt = t.current_dt[i].fetch_add(delta, std::memory_order_relaxed) + delta;
+  if (delta > 0) {
+    atomic_max(t.peak, now);
+    atomic_max(t.peak_dt[i], now_dt);
+  }
+}
+
+// Buffers from 1 MiB are whole pages of their own (mmap), so one given back leaves the RSS at
+// once; smaller ones are malloc's. Under AddressSanitizer they stay malloc's, which it checks.
+constexpr size_t kBigMin = size_t{1} << 20, kBigRound = size_t{1} << 16;
+constexpr bool kMapPages = !kAddressSanitizer;
+
+size_t block_size(size_t nbytes) {
+  if (nbytes < kBigMin) return nbytes == 0 ? 64 : ((nbytes + 63) / 64) * 64;
+  return ((nbytes + kBigRound - 1) / kBigRound) * kBigRound;
+}
+
+void* fresh_block(size_t size) {
+  if (!kMapPages || size < kBigMin) return std::aligned_alloc(64, size);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+void release_block(void* p, size_t size) {
+  if (!kMapPages || size < kBigMin)
+    std::free(p);
+  else
+    munmap(p, size);
+}
+
+// One mapping that a step plan lays its buffers out in; `busy` holds the live ones (offset ->
+// size), so a buffer is only handed out where nothing live lies, whatever the step does.
+struct Arena {
+  char* base = nullptr;
+  size_t size = 0;
+  std::map<size_t, size_t> busy;
+
+  explicit Arena(size_t n) : size(n) {
+    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw Error(fmt::format("out of memory mapping a {}-byte arena", n));
+    base = static_cast<char*>(p);
+    MT_POISON(base, size);
+  }
+  ~Arena() {
+    MT_UNPOISON(base, size);
+    munmap(base, size);
+  }
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+
+  bool holds(const void* p) const {
+    const char* c = static_cast<const char*>(p);
+    return c >= base && c < base + size;
+  }
+  bool is_free(size_t off, size_t n) const {
+    auto it = busy.lower_bound(off);
+    if (it != busy.end() && it->first < off + n) return false;
+    return it == busy.begin() || std::prev(it)->first + std::prev(it)->second <= off;
+  }
+  void* take(size_t off, size_t n) {
+    busy.emplace(off, n);
+    MT_UNPOISON(base + off, n);
+    return base + off;
+  }
+  void give_back(const void* p) {
+    const size_t off = static_cast<size_t>(static_cast<const char*>(p) - base);
+    auto it = busy.find(off);
+    if (it == busy.end()) {  // two storages were given the same bytes: memory.cpp is broken
+      std::fprintf(stderr, "mixtrain: arena buffer at offset %zu freed twice\n", off);
+      std::abort();
+    }
+    MT_POISON(base + off, it->second);
+    busy.erase(it);
+  }
+};
+
+// A recorded buffer's place in the step's sequence of big allocations: where the plan puts it,
+// or kOutlived for one that was still alive when the recorded step ended (optimizer state made
+// on the first update, a kept output): those come from the cache.
+constexpr size_t kOutlived = ~size_t{0};
+struct Slot {
+  size_t size = 0;
+  size_t offset = kOutlived;
+};
+
+// How far a replayed step's allocation may be from its recorded place in the sequence (an
+// extra buffer, say the diagnostics of every Nth step, or one missing).
+constexpr size_t kLookahead = 16;
+// A plan that leaves more than 1/kMissFraction of its arena's bytes to the cache in a step no
+// longer fits the loop: the next step records again, at most kMaxRecordings times per release.
+constexpr size_t kMissFraction = 8;
+constexpr int kMaxRecordings = 3;
+
+struct Allocator {
+  std::mutex mu;
+
+  // Freed buffers by exact size: a loop outside any plan (evaluation, a custom loop) asks for
+  // the same sizes again, and fresh pages cost a fault and a kernel zeroing per 4 KiB.
+  std::unordered_map<size_t, std::vector<void*>> cache;
+  size_t cached = 0;
+
+  bool plans_enabled = true;
+  int depth = 0;  // nested scopes count once
+  std::thread::id owner;
+  enum class State { unplanned, recording, planned, off } state = State::unplanned;
+  int recordings = 0;
+
+  // recording
+  std::vector<memory::Interval> recorded;
+  std::unordered_map<void*, size_t> open;  // a recorded buffer still alive -> its index
+  int64_t clock = 0;
+
+  // replaying
+  std::unique_ptr<Arena> arena;
+  std::vector<std::unique_ptr<Arena>> retired;  // a dropped plan's, while buffers live in it
+  std::vector<Slot> slots;
+  size_t cursor = 0;
+  size_t missed = 0, last_missed = 0;
+
+  bool in_owned_step() const { return depth > 0 && std::this_thread::get_id() == owner; }
+
+  size_t cache_budget() const {
+    // What the cache may keep: the live peak less the arena, so arena plus cache stay within
+    // the bytes the loop has needed at once.
+    const int64_t peak = tracker().peak.load(std::memory_order_relaxed);
+    const int64_t a = arena ? static_cast<int64_t>(arena->size) : 0;
+    return peak > a ? static_cast<size_t>(peak - a) : 0;
+  }
+
+  void drop_cache() {
+    for (auto& [size, blocks] : cache)
+      for (void* p : blocks) release_block(p, size);
+    cache.clear();
+    cached = 0;
+  }
+
+  void retire_arena() {
+    if (arena && !arena->busy.empty()) retired.push_back(std::move(arena));
+    arena.reset();
+    slots.clear();
+  }
+
+  void reset_plan() {
+    retire_arena();
+    state = State::unplanned;
+    recordings = 0;
+  }
+
+  void* take_from_plan(size_t size) {
+    const size_t end = std::min(slots.size(), cursor + kLookahead);
+    for (size_t j = cursor; j < end; ++j) {
+      const Slot& s = slots[j];
+      if (s.size != size) continue;
+      if (s.offset == kOutlived) {  // it outlived the recorded step: the cache's, as then
+        cursor = j + 1;
+        return nullptr;
+      }
+      if (!arena->is_free(s.offset, size)) continue;
+      cursor = j + 1;
+      return arena->take(s.offset, size);
+    }
+    missed += size;
+    return nullptr;
+  }
+
+  void finish_recording() {
+    std::vector<memory::Interval> planned;
+    std::vector<size_t> index;
+    for (size_t i = 0; i < recorded.size(); ++i)
+      if (recorded[i].end >= 0) {
+        planned.push_back(recorded[i]);
+        index.push_back(i);
+      }
+    std::vector<size_t> offsets;
+    const size_t need = memory::place_intervals(planned, offsets);
+    slots.assign(recorded.size(), Slot{});
+    for (size_t i = 0; i < recorded.size(); ++i) slots[i].size = recorded[i].size;
+    for (size_t k = 0; k < planned.size(); ++k) slots[index[k]].offset = offsets[k];
+    if (need > 0) arena = std::make_unique<Arena>(need);
+    recorded.clear();
+    open.clear();
+    state = State::planned;
+  }
+
+  void end_replay() {
+    last_missed = missed;
+    if (arena && missed * kMissFraction > arena->size) {
+      retire_arena();
+      state = recordings >= kMaxRecordings ? State::off : State::unplanned;
+    }
+  }
+};
+
+Allocator& allocator() {
+  static auto* a = new Allocator;  // never destroyed: storages may die during static teardown
+  return *a;
+}
+
+}  // namespace
+
+namespace memory {
+
+void* allocate(size_t nbytes, DType dtype) {
+  const size_t size = block_size(nbytes);
+  void* p = nullptr;
+  if (size >= kBigMin) {
+    auto& a = allocator();
+    std::lock_guard<std::mutex> lock(a.mu);
+    const bool owned = a.in_owned_step();
+    if (owned && a.state == Allocator::State::planned && a.arena) p = a.take_from_plan(size);
+    if (!p && a.state != Allocator::State::recording) {
+      auto it = a.cache.find(size);
+      if (it != a.cache.end() && !it->second.empty()) {
+        p = it->second.back();
+        it->second.pop_back();
+        a.cached -= size;
+      }
+    }
+    if (!p) p = fresh_block(size);
+    if (p && owned && a.state == Allocator::State::recording) {
+      a.open.emplace(p, a.recorded.size());
+      a.recorded.push_back({a.clock++, -1, size});
+    }
+  } else {
+    p = fresh_block(size);
+  }
+  if (!p) throw Error(fmt::format("out of memory allocating {} bytes", nbytes));
+  track(dtype, static_cast<int64_t>(nbytes));
+  return p;
+}
+
+void deallocate(void* p, size_t nbytes, DType dtype) {
+  track(dtype, -static_cast<int64_t>(nbytes));
+  if (!p) return;
+  const size_t size = block_size(nbytes);
+  if (size < kBigMin) return release_block(p, size);
+  auto& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  if (a.arena && a.arena->holds(p)) return a.arena->give_back(p);
+  for (auto it = a.retired.begin(); it != a.retired.end(); ++it)
+    if ((*it)->holds(p)) {
+      (*it)->give_back(p);
+      if ((*it)->busy.empty()) a.retired.erase(it);
+      return;
+    }
+  if (a.state == Allocator::State::recording) {
+    // The recorded step keeps nothing: its peak RSS is its live bytes, not the cache's.
+    if (auto it = a.open.find(p); it != a.open.end()) {
+      a.recorded[it->second].end = a.clock++;
+      a.open.erase(it);
+    }
+    return release_block(p, size);
+  }
+  if (!kAddressSanitizer && a.cached + size <= a.cache_budget()) {
+    a.cache[size].push_back(p);
+    a.cached += size;
+    return;
+  }
+  release_block(p, size);
+}
+
+size_t place_intervals(const std::vector<Interval>& intervals, std::vector<size_t>& offsets) {
+  const size_t n = intervals.size();
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t x, size_t y) {
+    return intervals[x].size != intervals[y].size ? intervals[x].size > intervals[y].size
+                                                  : intervals[x].start < intervals[y].start;
+  });
+  offsets.assign(n, 0);
+  std::vector<size_t> placed;
+  std::vector<std::pair<size_t, size_t>> taken;  // [offset, end) of placed ones met in time
+  size_t arena = 0;
+  for (size_t i : order) {
+    const Interval& v = intervals[i];
+    taken.clear();
+    for (size_t j : placed) {
+      const Interval& w = intervals[j];
+      if (w.start < v.end && v.start < w.end) taken.emplace_back(offsets[j], offsets[j] + w.size);
+    }
+    std::sort(taken.begin(), taken.end());
+    size_t at = 0, best = kOutlived, best_gap = kOutlived;
+    for (const auto& [lo, hi] : taken) {
+      if (lo > at && lo - at >= v.size && lo - at < best_gap) {
+        best = at;
+        best_gap = lo - at;
+      }
+      at = std::max(at, hi);
+    }
+    offsets[i] = best != kOutlived ? best : at;
+    arena = std::max(arena, offsets[i] + v.size);
+    placed.push_back(i);
+  }
+  return arena;
+}
+
+void set_step_plans_enabled(bool on) {
+  auto& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.reset_plan();
+  a.drop_cache();
+  a.plans_enabled = on;
+}
+
+}  // namespace memory
+
+StepMemoryScope::StepMemoryScope() {
+  auto& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  if (a.depth++ > 0) return;
+  a.owner = std::this_thread::get_id();
+  if (!a.plans_enabled) return;
+  if (a.state == Allocator::State::unplanned) {
+    a.drop_cache();  // its buffers would stay in the RSS while the recorded step makes its own
+    a.state = Allocator::State::recording;
+    a.clock = 0;
+    ++a.recordings;
+  } else if (a.state == Allocator::State::planned) {
+    a.cursor = 0;
+    a.missed = 0;
+  }
+}
+
+StepMemoryScope::~StepMemoryScope() {
+  auto& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  if (--a.depth > 0) return;
+  if (a.state == Allocator::State::recording)
+    a.finish_recording();
+  else if (a.state == Allocator::State::planned)
+    a.end_replay();
+}
+
+void release_cached_memory() {
+  auto& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  a.drop_cache();
+  if (a.depth == 0) a.reset_plan();
+}
+
+MemoryStats memory_stats() {
+  auto& t = tracker();
+  MemoryStats s;
+  {
+    auto& a = allocator();
+    std::lock_guard<std::mutex> lock(a.mu);
+    s.cached_bytes = static_cast<int64_t>(a.cached);
+    s.arena_bytes = a.arena ? static_cast<int64_t>(a.arena->size) : 0;
+    for (const auto& r : a.retired) s.arena_bytes += static_cast<int64_t>(r->size);
+    s.step_missed_bytes = static_cast<int64_t>(a.last_missed);
+  }
+  s.current_bytes = t.current.load();
+  s.peak_bytes = t.peak.load();
+  for (int i = 0; i < kNumDTypes; ++i) {
+    s.current_by_dtype[i] = t.current_dt[i].load();
+    s.peak_by_dtype[i] = t.peak_dt[i].load();
+  }
+  return s;
+}
+
+void reset_peak_memory() {
+  auto& t = tracker();
+  t.peak.store(t.current.load());
+  for (int i = 0; i < kNumDTypes; ++i) t.peak_dt[i].store(t.current_dt[i].load());
+}
+
+}  // namespace mixtrain
