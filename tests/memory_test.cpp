@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <future>
 #include <random>
 #include <thread>
 #include <vector>
@@ -218,6 +219,28 @@ TEST(StepMemoryScope, OtherThreadsDoNotTakeTheStepsBuffers) {
   }
   EXPECT_EQ(memory_stats().step_missed_bytes, 0);
   EXPECT_GT(memory_stats().arena_bytes, 0);
+}
+
+TEST(StepMemoryScope, AScopeOnAnotherThreadDoesNotJoinTheStep) {
+  PlansOn on;
+  std::promise<void> opened, mine_closed;
+  std::thread other;
+  {
+    StepMemoryScope mine;
+    other = std::thread([&] {
+      StepMemoryScope theirs;  // mine is open: this one does nothing
+      opened.set_value();
+      mine_closed.get_future().wait();
+      Tensor t = Tensor::empty({kMiB}, DType::f32);
+      stamp(t, 3);
+    });
+    opened.get_future().wait();
+    Tensor x = Tensor::empty({kMiB}, DType::f32);
+    stamp(x, 4);
+  }
+  EXPECT_GT(memory_stats().arena_bytes, 0);  // my step's end laid out the plan
+  mine_closed.set_value();
+  other.join();
 }
 
 TEST(StepMemoryScope, AReleasedPlansArenaLivesUntilItsLastTensor) {

@@ -150,13 +150,17 @@ void release_cached_memory();
 /// where reusing freed buffers by size holds the sum of each size's own peak. A buffer the
 /// plan cannot serve (another shape, one still held from an earlier step) comes from the
 /// ordinary cache, so a step that differs is only less frugal; if it misses much, the next
-/// step records again. Nested scopes count as one.
+/// step records again. Nested scopes count as one; one opened on another thread while a scope
+/// is open does nothing (one loop per process plans).
 class StepMemoryScope {
  public:
   StepMemoryScope();
   ~StepMemoryScope();
   StepMemoryScope(const StepMemoryScope&) = delete;
   StepMemoryScope& operator=(const StepMemoryScope&) = delete;
+
+ private:
+  bool active_ = false;
 };
 
 /// Sets every peak to the current value (to measure the peak of one phase).

@@ -239,7 +239,7 @@ struct Allocator {
 
   void end_replay() {
     last_missed = missed;
-    if (arena && missed * kMissFraction > arena->size) {
+    if (missed > 0 && (!arena || missed * kMissFraction > arena->size)) {
       retire_arena();
       state = recordings >= kMaxRecordings ? State::off : State::unplanned;
     }
@@ -362,6 +362,10 @@ void set_step_plans_enabled(bool on) {
 StepMemoryScope::StepMemoryScope() {
   auto& a = allocator();
   std::lock_guard<std::mutex> lock(a.mu);
+  // One loop plans: a scope on another thread while one is open is inert (its buffers come
+  // from the cache), nested ones on the same thread count once.
+  if (a.depth > 0 && a.owner != std::this_thread::get_id()) return;
+  active_ = true;
   if (a.depth++ > 0) return;
   a.owner = std::this_thread::get_id();
   if (!a.plans_enabled) return;
@@ -377,6 +381,7 @@ StepMemoryScope::StepMemoryScope() {
 }
 
 StepMemoryScope::~StepMemoryScope() {
+  if (!active_) return;
   auto& a = allocator();
   std::lock_guard<std::mutex> lock(a.mu);
   if (--a.depth > 0) return;
