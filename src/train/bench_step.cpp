@@ -107,6 +107,7 @@ std::string BenchStepResult::to_json() const {
   nlohmann::json j = {{"impl", "mixtrain"},
                       {"model", model},
                       {"precision", precision},
+                      {"master", master},
                       {"policy", policy},
                       {"batch", batch},
                       {"parameters", parameters},
@@ -161,6 +162,7 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   r.checkpoint_activations = o.checkpoint_activations;
   r.model = o.model;
   r.precision = o.precision;
+  r.master = o.master;
   r.policy = policy.str();
   r.batch = o.batch > 0 ? o.batch : (o.model == "mlp" ? 256 : 8);
   r.warmup = o.warmup;
@@ -219,7 +221,7 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   }
 
   optim::CommonOptions common;
-  common.master = optim::MasterMode::fp32;
+  common.master = optim::parse_master_mode(o.master.c_str());
   common.seed = o.seed;
   // AdamW as torch's defaults for lr and decay: the update's cost does not depend on them.
   std::unique_ptr<optim::Optimizer> opt =
@@ -293,7 +295,8 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   if (o.optimizer_bandwidth) {
     // One backward leaves gradients in place; step() then re-reads them each call (values
     // drift, cost does not). Bytes: gradient read; master, m, v read and written; the compute
-    // copy written unless it is the master itself.
+    // copy written unless it is the master itself (master-free modes: the bf16 weight and its
+    // low bits or compensation are the master, read and written).
     {
       Variable loss;
       {
@@ -306,8 +309,14 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     for (nn::Parameter* p : model.parameters()) {
       const double n = static_cast<double>(p->numel());
       bytes += n * static_cast<double>(dtype_size(p->grad().dtype()));
-      bytes += n * 3.0 * 2.0 * 4.0;
-      if (!p->shares_master()) bytes += n * static_cast<double>(dtype_size(p->compute_dtype()));
+      bytes += n * 2.0 * 2.0 * 4.0;  // m, v
+      if (common.master == optim::MasterMode::fp32) {
+        bytes += n * 2.0 * 4.0;
+        if (!p->shares_master()) bytes += n * static_cast<double>(dtype_size(p->compute_dtype()));
+      } else {
+        const optim::BytesPerParam b = optim::bytes_per_parameter(common.master);
+        bytes += n * 2.0 * (b.weight + b.master);
+      }
     }
     std::vector<double> t;
     opt->step();  // warm

@@ -83,6 +83,11 @@ void setup_bench_step(CLI::App& root) {
   step->add_option("--checkpoint-activations", s->o.checkpoint_activations,
                    "gpt: none | blocks | every:N: recompute blocks in backward (less memory)")
       ->capture_default_str();
+  step->add_option(
+          "--master", s->o.master,
+          "fp32 | split16 | bf16-sr | bf16-kahan (master-weight mode; not fp32: bf16 only)")
+      ->check(CLI::IsMember({"fp32", "bf16-sr", "bf16-kahan", "split16"}))
+      ->capture_default_str();
   step->add_option("--seed", s->o.seed, "Seed of the weights and the synthetic batch")
       ->capture_default_str();
   step->add_option("--mlp-hidden", s->o.mlp_hidden, "mlp hidden sizes")
