@@ -35,22 +35,28 @@ TEST(BenchStep, ReportsTheStepAndItsOptimizerBytes) {
   for (const char* k : {"model", "precision", "master", "batch", "ms_per_step", "throughput",
                         "model_gflops_per_s", "mfu", "gemm_peak_gflops", "peak_rss_bytes"})
     EXPECT_TRUE(j.contains(k)) << k;
-  EXPECT_EQ(j["master"], "fp32");
   EXPECT_GT(r.ms_per_step, 0);
   EXPECT_TRUE(std::isfinite(r.loss));
-  // fp32 master in a bf16 run: fp32 gradient read, master, m and v read and written, the bf16
-  // copy written: 4 + 24 + 2 bytes per parameter.
-  EXPECT_DOUBLE_EQ(r.optimizer_bytes, 30.0 * static_cast<double>(r.parameters));
+  // The trainer's default master in bf16, split16: fp32 gradient read; the bf16 weight and the
+  // master's low bits, m and v read and written: 4 + 4 + 8 + 8 + 4 bytes per parameter.
+  EXPECT_EQ(j["master"], "split16");
+  EXPECT_DOUBLE_EQ(r.optimizer_bytes, 28.0 * static_cast<double>(r.parameters));
+  // fp32: the weight is the master (no copy): 4 + 8 + 8 + 8.
+  const train::BenchStepResult f = train::bench_step(small_gpt("fp32"));
+  EXPECT_EQ(f.master, "fp32");
+  EXPECT_DOUBLE_EQ(f.optimizer_bytes, 28.0 * static_cast<double>(f.parameters));
 }
 
-TEST(BenchStep, Split16KeepsTheFp32MasterInTheBf16WeightsBytes) {
+TEST(BenchStep, Split16KeepsTheFp32MastersBitsInLessSpace) {
   train::BenchStepOptions o = small_gpt("bf16");
+  o.master = "fp32";
   const train::BenchStepResult fp32_master = train::bench_step(o);
   o.master = "split16";
   const train::BenchStepResult split = train::bench_step(o);
+  EXPECT_EQ(fp32_master.master, "fp32");
   EXPECT_EQ(split.master, "split16");
-  // bf16 weight and low bits read and written instead of the master plus a written copy.
-  EXPECT_DOUBLE_EQ(split.optimizer_bytes, 28.0 * static_cast<double>(split.parameters));
+  // fp32 master: the master, m and v read and written, the bf16 copy written: 4 + 24 + 2.
+  EXPECT_DOUBLE_EQ(fp32_master.optimizer_bytes, 30.0 * static_cast<double>(split.parameters));
   // The same fp32 master bits; the bf16 weights differ from the fp32 mode's copy only where
   // the master lies exactly halfway between two bf16 values (split16 rounds those away from
   // zero, the copy to even): a few weights by one bf16 ulp, far below this bound.

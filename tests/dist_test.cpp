@@ -68,6 +68,7 @@ TrainConfig tiny_gpt(const json& j) {
   c.quiet = true;
   c.precision = j.value("precision", "fp32");
   c.zero = j.value("zero", 0);
+  c.master = j.value("master", c.master);
   c.allreduce = j.value("allreduce", "fp32");
   c.steps = j.value("steps", c.steps);
   c.clip_grad = j.value("clip_grad", 0.0);
@@ -164,7 +165,8 @@ TEST(DistWorker, Train) {
 // ordinary optimizer bit for bit (same kernels, same multiplier), and hold the same state.
 TEST(Dist, ZeroOnOneRankIsBitIdenticalToPlain) {
   const fs::path a = fresh_dir("plain1"), b = fresh_dir("zero1");
-  run_local({{"out", a.string()}, {"precision", "bf16"}});
+  // ZeRO-1 shards an fp32 master (--master auto takes fp32 with it): the plain run names it.
+  run_local({{"out", a.string()}, {"precision", "bf16"}, {"master", "fp32"}});
   run_local({{"out", b.string()}, {"precision", "bf16"}, {"zero", 1}});
   SafetensorsFile fa = load_safetensors(list_checkpoints(a).front().string());
   SafetensorsFile fb = load_safetensors(list_checkpoints(b).front().string());
@@ -234,10 +236,16 @@ TEST(Dist, TwoRanksMatchOneRankBf16) {
   SKIP_WITHOUT_MPIRUN();
   const fs::path ref = fresh_dir("ref16"), dp = fresh_dir("dp16"), z = fresh_dir("zero16"),
                  d32 = fresh_dir("dp16w32");
-  run_local({{"out", ref.string()}, {"precision", "bf16"}});
-  run_ranks(2, {{"out", dp.string()}, {"precision", "bf16"}, {"allreduce", "compute"}});
+  // fp32 master where ZeRO-1's state is compared with the plain run's (ZeRO-1 shards an fp32
+  // master); the default (split16 in bf16) is checked against the same reference below.
+  run_local({{"out", ref.string()}, {"precision", "bf16"}, {"master", "fp32"}});
+  run_ranks(
+      2,
+      {{"out", dp.string()}, {"precision", "bf16"}, {"allreduce", "compute"}, {"master", "fp32"}});
   run_ranks(2, {{"out", z.string()}, {"precision", "bf16"}, {"allreduce", "compute"}, {"zero", 1}});
   run_ranks(2, {{"out", d32.string()}, {"precision", "bf16"}, {"allreduce", "fp32"}});
+  const fs::path s16 = fresh_dir("dp16split");
+  run_ranks(2, {{"out", s16.string()}, {"precision", "bf16"}, {"allreduce", "compute"}});
   const fs::path zo = fresh_dir("zero16ov");
   run_ranks(2, {{"out", zo.string()},
                 {"precision", "bf16"},
@@ -249,6 +257,10 @@ TEST(Dist, TwoRanksMatchOneRankBf16) {
   expect_close(losses(z), losses(ref), 2e-3, "2 ranks bf16, ZeRO-1");
   EXPECT_EQ(losses(zo), losses(z)) << "ZeRO-1 overlapped in 8 KiB buckets";
   expect_close(losses(d32), losses(ref), 2e-3, "2 ranks bf16, fp32 all-reduce");
+  // The default master in bf16 is split16: the fp32 master's bits, so the same losses as the
+  // fp32-master run up to the bf16 weights' rounding at exact ties.
+  expect_close(losses(s16), losses(dp), 1e-4, "2 ranks bf16, split16 master");
+  EXPECT_EQ(json::parse(slurp(s16 / "config.json")).at("master"), "split16");
   // bf16 on the wire halves the bytes of the fp32 all-reduce.
   const double b16 = metrics(dp).back().at("comm_bytes_per_step").get<double>();
   const double b32 = metrics(d32).back().at("comm_bytes_per_step").get<double>();
@@ -264,6 +276,9 @@ TEST(Dist, TwoRanksMatchOneRankBf16) {
   EXPECT_NEAR(s_z.at("master_bytes_per_rank").get<double>(), 2.0 * params, 4);
   EXPECT_LE(s_z.at("peak_tensor_bytes").get<int64_t>(),
             s_dp.at("peak_tensor_bytes").get<int64_t>() - 3 * params);
+  // split16: the master's 2 low bytes beside the bf16 weight, and the moments.
+  EXPECT_EQ(json::parse(slurp(s16 / "summary.json")).at("optimizer_state_bytes_per_rank"),
+            10 * params);
 }
 
 // fp16 with a loss scale far too high: the early steps overflow. The found-Inf verdict comes

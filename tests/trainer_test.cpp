@@ -119,6 +119,44 @@ TEST(Trainer, ResumeIsBitIdenticalToAnUninterruptedRun) {
   }
 }
 
+TEST(Trainer, AutoMasterIsSplit16WhereEveryWeightIsBf16AndAResumeKeepsItsOwn) {
+  auto master_of = [](const fs::path& out) {
+    return nlohmann::json::parse(std::ifstream(out / "config.json"))
+        .at("master")
+        .get<std::string>();
+  };
+  struct Case {
+    const char* precision;
+    std::vector<std::string> fp32_modules;
+    const char* want;
+  };
+  for (const Case& k : {Case{"bf16", {}, "split16"}, Case{"fp32", {}, "fp32"},
+                        Case{"fp16", {}, "fp32"}, Case{"bf16", {"head"}, "fp32"}}) {
+    const fs::path out = fresh_dir(std::string("auto_") + k.precision);
+    TrainConfig c = tiny_gpt(out);
+    c.precision = k.precision;
+    c.fp32_modules = k.fp32_modules;
+    c.steps = 2;
+    Trainer(c).run();
+    EXPECT_EQ(master_of(out), k.want) << k.precision << " " << k.fp32_modules.size();
+    fs::remove_all(out);
+  }
+  // A run begun with the fp32 master resumes under the default as it began (auto resolving to
+  // split16 again would be refused as a different run).
+  const fs::path out = fresh_dir("auto_resume");
+  TrainConfig c = tiny_gpt(out);
+  c.precision = "bf16";
+  c.master = "fp32";
+  c.steps = 4;
+  Trainer(c).run();
+  c.master = "auto";
+  c.resume = true;
+  c.steps = 6;
+  EXPECT_EQ(Trainer(c).run().steps, 6);
+  EXPECT_EQ(master_of(out), "fp32");
+  fs::remove_all(out);
+}
+
 TEST(Trainer, RefusesBadConfigsWithTheFlagNamed) {
   const fs::path out = fresh_dir("bad");
   auto expect_error = [&](auto mutate, const std::string& needle) {

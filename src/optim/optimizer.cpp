@@ -152,6 +152,12 @@ MasterMode parse_master_mode(const char* name) {
       fmt::format("master mode '{}': expected fp32, bf16-sr, bf16-kahan or split16", s));
 }
 
+MasterMode auto_master_mode(DType param, DType compute, bool every_weight_computes_in_compute) {
+  return param == DType::f32 && compute == DType::bf16 && every_weight_computes_in_compute
+             ? MasterMode::split16
+             : MasterMode::fp32;
+}
+
 std::string StepResult::str() const {
   if (applied) {
     std::string s = grad_norm >= 0 ? fmt::format("applied (grad norm {:.4g}", grad_norm)

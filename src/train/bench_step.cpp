@@ -162,7 +162,6 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   r.checkpoint_activations = o.checkpoint_activations;
   r.model = o.model;
   r.precision = o.precision;
-  r.master = o.master;
   r.policy = policy.str();
   r.batch = o.batch > 0 ? o.batch : (o.model == "mlp" ? 256 : 8);
   r.warmup = o.warmup;
@@ -221,7 +220,9 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   }
 
   optim::CommonOptions common;
-  common.master = optim::parse_master_mode(o.master.c_str());
+  common.master = o.master == "auto" ? optim::auto_master_mode(policy.param, policy.compute, true)
+                                     : optim::parse_master_mode(o.master.c_str());
+  r.master = optim::master_mode_name(common.master);
   common.seed = o.seed;
   // AdamW as torch's defaults for lr and decay: the update's cost does not depend on them.
   std::unique_ptr<optim::Optimizer> opt =

@@ -216,7 +216,28 @@ json config_to_json(const TrainConfig& c) {
 void validate_config(const TrainConfig& c) {
   check_config(c);
   amp::Policy::parse(c.precision);
-  optim::parse_master_mode(c.master.c_str());
+  if (c.master != "auto") optim::parse_master_mode(c.master.c_str());
+}
+
+// --master auto: optim::auto_master_mode, with ZeRO-1 (which shards an fp32 master) and
+// --fp32-modules (fp32 weights) taking fp32. A resumed run keeps the mode its config.json
+// names, so runs begun before auto was the default resume as they started.
+std::string resolve_master(const TrainConfig& c, const amp::Policy& policy) {
+  if (c.master != "auto") return c.master;
+  if (c.resume && !c.out.empty()) {
+    try {
+      std::ifstream in(fs::path(c.out) / "config.json");
+      if (in) {
+        const json old = json::parse(in);
+        if (old.contains("master") && old["master"].is_string() && old["master"] != "auto")
+          return old["master"].get<std::string>();
+      }
+    } catch (const json::exception&) {  // unreadable: prepare_run_dir reports it
+    }
+  }
+  const bool all_compute = c.fp32_modules.empty() && c.zero == 0;
+  return optim::master_mode_name(
+      optim::auto_master_mode(policy.param, policy.compute, all_compute));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,6 +379,7 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
       s.cfg.steps > 0 ? s.cfg.steps : s.cfg.epochs * s.task->steps_per_epoch(s.cfg.batch);
 
   optim::CommonOptions common;
+  s.cfg.master = resolve_master(s.cfg, s.policy);  // config.json records the mode used
   common.master = optim::parse_master_mode(s.cfg.master.c_str());
   common.seed = s.cfg.seed;
   // Data parallel: every rank trains its slice of each global batch; with ZeRO-1 the real

@@ -85,8 +85,9 @@ void setup_bench_step(CLI::App& root) {
       ->capture_default_str();
   step->add_option(
           "--master", s->o.master,
-          "fp32 | split16 | bf16-sr | bf16-kahan (master-weight mode; not fp32: bf16 only)")
-      ->check(CLI::IsMember({"fp32", "bf16-sr", "bf16-kahan", "split16"}))
+          "auto | fp32 | split16 | bf16-sr | bf16-kahan (master-weight mode, as train's; auto: "
+          "split16 in bf16, else fp32)")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16-sr", "bf16-kahan", "split16"}))
       ->capture_default_str();
   step->add_option("--seed", s->o.seed, "Seed of the weights and the synthetic batch")
       ->capture_default_str();

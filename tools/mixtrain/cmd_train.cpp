@@ -43,8 +43,9 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
       ->check(CLI::IsMember({"adamw", "adam", "sgd", "rmsprop"}))
       ->capture_default_str();
   c->add_option("--master", cfg.master,
-                "fp32 | bf16-sr | bf16-kahan | split16 (master-weight mode)")
-      ->check(CLI::IsMember({"fp32", "bf16-sr", "bf16-kahan", "split16"}))
+                "auto | fp32 | bf16-sr | bf16-kahan | split16 (master-weight mode; auto: split16 "
+                "when every weight is bf16, else fp32)")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16-sr", "bf16-kahan", "split16"}))
       ->capture_default_str();
   c->add_option("--fp32-modules", cfg.fp32_modules,
                 "sub-modules kept in fp32 whatever the precision (dotted names, e.g. fc2 or head)")

@@ -30,9 +30,10 @@ struct BenchStepOptions {
   bool optimizer_bandwidth = true;
   /// Each step in a StepMemoryScope, as the trainer runs it; false: the cache alone (A/B).
   bool step_plan = true;
-  /// Master-weight mode (optim::parse_master_mode names): fp32, or a bf16 run's split16 (the
-  /// same fp32 bits stored as the bf16 weight plus 16 low bits), bf16-sr, bf16-kahan.
-  std::string master = "fp32";
+  /// Master-weight mode: auto (the trainer's default: split16 in bf16, the fp32 master's bits
+  /// stored as the bf16 weight plus 16 low bits; fp32 otherwise), fp32, split16, bf16-sr,
+  /// bf16-kahan.
+  std::string master = "auto";
   uint64_t seed = 0;
   /// gpt: none | blocks | every:N (nn::parse_checkpoint_every): blocks recomputed in backward.
   std::string checkpoint_activations = "none";
@@ -46,7 +47,7 @@ struct BenchStepOptions {
 
 struct BenchStepResult {
   std::string model, precision;  ///< as asked ("mlp", "bf16")
-  std::string master;            ///< master-weight mode, as asked ("fp32", "split16")
+  std::string master;            ///< master-weight mode used ("fp32", "split16")
   std::string policy;            ///< the policy in words
   int64_t batch = 0;
   int64_t parameters = 0;

@@ -10,14 +10,16 @@ namespace mixtrain::train {
 
 struct TrainConfig {
   // what
-  std::string model = "mlp";             ///< mlp | gpt
-  std::string data = "fashion-mnist";    ///< fashion-mnist | text:PATH
-  std::string precision = "auto";        ///< fp32 | bf16 | fp16 | auto | p=..,c=..,o=..
-  std::string loss_scale = "default";    ///< default (from the policy) | dynamic | static:S | none
-  std::string optimizer = "adamw";       ///< adamw | adam | sgd | rmsprop
-  std::string master = "fp32";           ///< fp32 | bf16-sr | bf16-kahan | split16
+  std::string model = "mlp";           ///< mlp | gpt
+  std::string data = "fashion-mnist";  ///< fashion-mnist | text:PATH
+  std::string precision = "auto";      ///< fp32 | bf16 | fp16 | auto | p=..,c=..,o=..
+  std::string loss_scale = "default";  ///< default (from the policy) | dynamic | static:S | none
+  std::string optimizer = "adamw";     ///< adamw | adam | sgd | rmsprop
+  /// auto | fp32 | bf16-sr | bf16-kahan | split16. auto: split16 when every weight computes
+  /// in bf16 and ZeRO is off (optim::auto_master_mode), else fp32; a resumed run keeps its own.
+  std::string master = "auto";
   std::vector<std::string> fp32_modules;  ///< sub-modules kept in fp32 (e.g. the head "fc2")
-  std::string grad_dtype = "fp32";       ///< fp32 | compute: dtype parameter gradients accumulate in
+  std::string grad_dtype = "fp32";  ///< fp32 | compute: dtype parameter gradients accumulate in
   // how long
   int64_t epochs = 3;  ///< used when steps == 0
   int64_t steps = 0;   ///< optimizer steps; overrides epochs when > 0
@@ -26,7 +28,7 @@ struct TrainConfig {
   // optimizer
   double lr = 1e-3;
   double weight_decay = 0.0;
-  double momentum = 0.9;   ///< sgd
+  double momentum = 0.9;              ///< sgd
   std::string schedule = "constant";  ///< constant | cosine (linear warm-up then cosine)
   int64_t warmup = 0;
   double clip_grad = 0.0;  ///< global-norm clipping, 0 = off
@@ -34,7 +36,7 @@ struct TrainConfig {
   double scale_init = 65536.0;
   int64_t scale_growth_interval = 2000;
   // model shapes
-  std::vector<int64_t> hidden = {512, 512};  ///< mlp
+  std::vector<int64_t> hidden = {512, 512};                   ///< mlp
   int64_t layers = 6, width = 384, heads = 6, context = 256;  ///< gpt
   double dropout = 0.0;
   /// gpt: none | blocks | every:N: transformer blocks recomputed in backward (every block, or
@@ -42,15 +44,15 @@ struct TrainConfig {
   std::string checkpoint_activations = "none";
   // run control
   uint64_t seed = 0;
-  std::string out;          ///< run folder ("" = runs/<model>-<precision>-<time>)
-  bool resume = false;      ///< continue the run in `out`
-  bool force = false;       ///< reuse an `out` that holds a different run
+  std::string out;      ///< run folder ("" = runs/<model>-<precision>-<time>)
+  bool resume = false;  ///< continue the run in `out`
+  bool force = false;   ///< reuse an `out` that holds a different run
   int64_t log_every = 50;
   int64_t eval_every = 0;        ///< 0 = only at the end (and each epoch for mlp)
   int64_t eval_batches = 50;     ///< gpt validation windows per evaluation (batches of `batch`)
   int64_t checkpoint_every = 0;  ///< 0 = only at the end
   int64_t keep_checkpoints = 2;
-  int64_t diagnose_every = 0;    ///< gradient precision diagnostics every N steps (0 = off)
+  int64_t diagnose_every = 0;       ///< gradient precision diagnostics every N steps (0 = off)
   int64_t nonfinite_patience = 20;  ///< abort after this many consecutive non-finite losses
   bool progress = true;             ///< progress bar when stderr is a terminal
   bool quiet = false;
