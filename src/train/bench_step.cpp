@@ -172,13 +172,22 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   // The GEMM peak first: its buffers (3 · 2048² elements) are freed before the model exists.
   DType peak_dt = policy.compute;
   r.gemm_peak_gflops = NAN;
+  // The best of three medians (each over peak_seconds / 3): a peak is what the machine can do,
+  // and on a shared machine a slow stretch only lowers a measurement (one median over 0.5 s,
+  // ~5 calls on an AVX2 CPU, once came out at 128 GFLOP/s beside 160-176 in the other runs).
+  auto peak = [&](DType dt) {
+    double best = onednn_gemm_gflops(dt, 2048, o.peak_seconds / 3);
+    for (int i = 1; i < 3 && std::isfinite(best); ++i)
+      best = std::max(best, onednn_gemm_gflops(dt, 2048, o.peak_seconds / 3));
+    return best;
+  };
   if (o.peak_seconds > 0) {
-    r.gemm_peak_gflops = onednn_gemm_gflops(peak_dt, 2048, o.peak_seconds);
+    r.gemm_peak_gflops = peak(peak_dt);
     if (!std::isfinite(r.gemm_peak_gflops) && peak_dt != DType::f32) {
       // No 16-bit matmul on this CPU (fp16 without AVX512-FP16, bf16 on AVX2): mixtrain's
       // 16-bit GEMMs widen into fp32 ones, so the fp32 peak is the one they can reach.
       peak_dt = DType::f32;
-      r.gemm_peak_gflops = onednn_gemm_gflops(peak_dt, 2048, o.peak_seconds);
+      r.gemm_peak_gflops = peak(peak_dt);
     }
   }
   r.gemm_peak_dtype = report_name(peak_dt);

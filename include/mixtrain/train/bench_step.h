@@ -22,8 +22,9 @@ struct BenchStepOptions {
   int64_t batch = 0;               ///< 0: the workload's default (mlp 256, gpt 8)
   int warmup = 2;                  ///< untimed steps first (primitive creation, page faults)
   int repeats = 7;                 ///< timed steps; the median is reported
-  /// Seconds spent measuring the GEMM peak (n = 2048, oneDNN called directly); 0 skips it
-  /// (mfu is then null). Measured before the model exists, so it does not raise peak RSS.
+  /// Seconds spent measuring the GEMM peak (n = 2048, oneDNN called directly; the best of three
+  /// medians); 0 skips it (mfu is then null). Measured before the model exists, so it does not
+  /// raise peak RSS.
   double peak_seconds = 0.5;
   /// Time the optimizer step alone (bandwidth against memcpy); adds a few untimed-in-step
   /// optimizer steps after the step timing.
