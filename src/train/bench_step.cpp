@@ -169,29 +169,6 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   r.threads = gemm_backend_info().threads;
   memory::set_step_plans_enabled(o.step_plan);  // also starts from an empty cache and no plan
 
-  // The GEMM peak first: its buffers (3 · 2048² elements) are freed before the model exists.
-  DType peak_dt = policy.compute;
-  r.gemm_peak_gflops = NAN;
-  // The best of three medians (each over peak_seconds / 3): a peak is what the machine can do,
-  // and on a shared machine a slow stretch only lowers a measurement (one median over 0.5 s,
-  // ~5 calls on an AVX2 CPU, once came out at 128 GFLOP/s beside 160-176 in the other runs).
-  auto peak = [&](DType dt) {
-    double best = onednn_gemm_gflops(dt, 2048, o.peak_seconds / 3);
-    for (int i = 1; i < 3 && std::isfinite(best); ++i)
-      best = std::max(best, onednn_gemm_gflops(dt, 2048, o.peak_seconds / 3));
-    return best;
-  };
-  if (o.peak_seconds > 0) {
-    r.gemm_peak_gflops = peak(peak_dt);
-    if (!std::isfinite(r.gemm_peak_gflops) && peak_dt != DType::f32) {
-      // No 16-bit matmul on this CPU (fp16 without AVX512-FP16, bf16 on AVX2): mixtrain's
-      // 16-bit GEMMs widen into fp32 ones, so the fp32 peak is the one they can reach.
-      peak_dt = DType::f32;
-      r.gemm_peak_gflops = peak(peak_dt);
-    }
-  }
-  r.gemm_peak_dtype = report_name(peak_dt);
-
   std::unique_ptr<Workload> w;
   if (o.model == "mlp") {
     std::vector<int64_t> sizes{784};
@@ -296,7 +273,6 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   r.optimizer_ms = median(upd);
   r.throughput = static_cast<double>(r.items_per_step) / (r.ms_per_step * 1e-3);
   r.model_gflops_per_s = r.flops_per_step / (r.ms_per_step * 1e-3) / 1e9;
-  r.mfu = r.model_gflops_per_s / r.gemm_peak_gflops;
 
   r.optimizer_alone_ms = NAN;
   r.optimizer_gbps = NAN;
@@ -342,6 +318,31 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     r.memcpy_gbps = memcpy_gbps(size_t{64} << 20, 0.3);
     r.optimizer_bandwidth_ratio = r.optimizer_gbps / r.memcpy_gbps;
   }
+  // The GEMM peak last, after the step's peak RSS is read: oneDNN keeps packing buffers of an
+  // n = 2048 product in its heap (measured: 65 MiB resident after one measurement, 100 MiB
+  // after three), more than the MLP's whole step holds. The best of three medians (each over
+  // peak_seconds / 3): a peak is what the machine can do, and on a shared machine a slow
+  // stretch only lowers a measurement (one median over 0.5 s, ~5 calls on an AVX2 CPU, once
+  // came out at 128 GFLOP/s beside 160-176 in the other runs, and an mfu above 1).
+  DType peak_dt = policy.compute;
+  r.gemm_peak_gflops = NAN;
+  auto peak = [&](DType dt) {
+    double best = onednn_gemm_gflops(dt, 2048, o.peak_seconds / 3);
+    for (int i = 1; i < 3 && std::isfinite(best); ++i)
+      best = std::max(best, onednn_gemm_gflops(dt, 2048, o.peak_seconds / 3));
+    return best;
+  };
+  if (o.peak_seconds > 0) {
+    r.gemm_peak_gflops = peak(peak_dt);
+    if (!std::isfinite(r.gemm_peak_gflops) && peak_dt != DType::f32) {
+      // No 16-bit matmul on this CPU (fp16 without AVX512-FP16, bf16 on AVX2): mixtrain's
+      // 16-bit GEMMs widen into fp32 ones, so the fp32 peak is the one they can reach.
+      peak_dt = DType::f32;
+      r.gemm_peak_gflops = peak(peak_dt);
+    }
+  }
+  r.gemm_peak_dtype = report_name(peak_dt);
+  r.mfu = r.model_gflops_per_s / r.gemm_peak_gflops;
   return r;
 }
 

@@ -23,8 +23,8 @@ struct BenchStepOptions {
   int warmup = 2;                  ///< untimed steps first (primitive creation, page faults)
   int repeats = 7;                 ///< timed steps; the median is reported
   /// Seconds spent measuring the GEMM peak (n = 2048, oneDNN called directly; the best of three
-  /// medians); 0 skips it (mfu is then null). Measured before the model exists, so it does not
-  /// raise peak RSS.
+  /// medians); 0 skips it (mfu is then null). Measured after the peak RSS is read: oneDNN
+  /// keeps the product's packing buffers resident.
   double peak_seconds = 0.5;
   /// Time the optimizer step alone (bandwidth against memcpy); adds a few untimed-in-step
   /// optimizer steps after the step timing.
