@@ -4,8 +4,10 @@
 # TSan sees fails its test (TSan exits 66), so the script exits non-zero.
 # Usage: scripts/tsan.sh            the whole suite (everything built)
 #        scripts/tsan.sh --kernels  the threaded kernels only: tests/threads_test.cpp, which runs
-#                                   every OpenMP region of src/ on a team of 4 threads (only the
-#                                   library, the CLI and that test are built; what .ci/run runs)
+#                                   every OpenMP region of src/ on a team of 4 threads, and the
+#                                   storage allocator's tests (tests/memory_test.cpp: step plans
+#                                   with other threads allocating); only the library, the CLI
+#                                   and those tests are built (what .ci/run runs)
 #
 # OpenMP under TSan: libomp's barriers and task handoffs are invisible to TSan (libomp is not
 # instrumented), so the archer tool (libomp-dev: libarcher.so, loaded through OMP_TOOL_LIBRARIES)
@@ -26,8 +28,8 @@ cmake -S . -B "$BUILD_DIR" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWi
   -DMIXTRAIN_BUILD_BENCH=OFF >/dev/null
 JOBS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # nproc honours both
 if [[ "${1:-}" == --kernels ]]; then
-  cmake --build "$BUILD_DIR" -j"$JOBS" --target threads_test
-  FILTER=(-R '^Threads\.')
+  cmake --build "$BUILD_DIR" -j"$JOBS" --target threads_test memory_test
+  FILTER=(-R '^(Threads|MemoryPlan|StepMemoryScope)\.')
 else
   cmake --build "$BUILD_DIR" -j"$JOBS"
   FILTER=()
