@@ -295,14 +295,9 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     for (nn::Parameter* p : model.parameters()) {
       const double n = static_cast<double>(p->numel());
       bytes += n * static_cast<double>(dtype_size(p->grad().dtype()));
-      bytes += n * 2.0 * 2.0 * 4.0;  // m, v
-      if (common.master == optim::MasterMode::fp32) {
-        bytes += n * 2.0 * 4.0;
-        if (!p->shares_master()) bytes += n * static_cast<double>(dtype_size(p->compute_dtype()));
-      } else {
-        const optim::BytesPerParam b = optim::bytes_per_parameter(common.master);
-        bytes += n * 2.0 * (b.weight + b.master);
-      }
+      const optim::BytesPerParam b = optim::bytes_per_parameter(common.master, p->compute_dtype());
+      const double weight_passes = common.master == optim::MasterMode::fp32 ? 1.0 : 2.0;
+      bytes += n * (2.0 * (b.state + b.master) + weight_passes * b.weight);
     }
     std::vector<double> t;
     opt->step();  // warm
