@@ -179,6 +179,34 @@ TEST(Gemm, WidenedFallbackGoesByPieces) {
   expect_close(a, false, w, true, c0, c, 1.0f, 0.0f, &bias, Epilogue::gelu);
 }
 
+TEST(Gemm, PlainBWithPowerOfTwoRowsIsCopiedPadded) {
+  // Without AVX-512, a short product (M 128 against N 256) with a plain B whose rows lie a
+  // multiple of 256 floats apart runs on a padded copy of B (gemm_onednn.cpp: oneDNN's no-copy
+  // kernel is half speed there); with AVX-512 it runs as given. Either way the result is the
+  // reference's. B contiguous (rows 256 apart) and a column slice of a wider tensor (rows 512
+  // apart: the copy must follow the source's row stride), fp32 and bf16 (on AVX2 bf16 is
+  // widened straight into the padded rows), with alpha, beta and a fused bias + GELU.
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const Tensor a = random_tensor({128, 96}, dt, 61);
+    const Tensor bbase = random_tensor({96, 512}, dt, 62);
+    for (const Tensor& b : {random_tensor({96, 256}, dt, 63), bbase.slice(1, 0, 256)}) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(dt) << " B strides " << b.strides()[0]);
+      const std::vector<float> b_before = b.to_vector();
+      const Tensor c0 = random_tensor({128, 256}, dt, 64);
+      Tensor c = c0.clone();
+      gemm(a, false, b, false, c, 0.5f, 1.0f);
+      expect_close(a, false, b, false, c0, c, 0.5f, 1.0f);
+      EXPECT_EQ(b.to_vector(), b_before);
+
+      const Tensor bias = random_tensor({256}, DType::f32, 65);
+      Tensor ce = Tensor::zeros({128, 256}, dt);
+      gemm_ex(a, false, b, false, ce, 1.0f, 0.0f, &bias, Epilogue::gelu);
+      expect_close(a, false, b, false, Tensor::zeros({128, 256}, dt), ce, 1.0f, 0.0f, &bias,
+                   Epilogue::gelu);
+    }
+  }
+}
+
 TEST(Gemm, StridedViewsWithoutCopies) {
   for (DType dt : {DType::f32, DType::bf16, DType::f16}) {
     SCOPED_TRACE(dtype_name(dt));

@@ -305,6 +305,40 @@ void gemm_k0(Tensor& c, float beta, const Tensor* bias, Epilogue epi) {
 void gemm_widened(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
                   float alpha, float beta, const Tensor* bias, Epilogue epi);
 
+// oneDNN 2.6's sgemm without AVX-512 sends a product with a short side (1/M + 1/N >= 0.0038,
+// e.g. an MLP's batch of 256 against width 2048) to its no-copy kernel, which reads B in
+// place. When B's rows lie a multiple of 256 floats apart (1 KiB: every power-of-two width
+// from 256) they fall into the same cache sets and a plain-B product runs at about half speed:
+// MLP dX [256, 2048]·[2048, 2048] 24 ms, 11 ms with B's rows 2064 floats apart (this AVX2
+// machine, 2 threads; its AVX-512 checker sends such "bad" leading dimensions to the copy
+// kernels instead). So B is copied with padded rows first. The copy costs a pass over B, so
+// only products with M >= 128 rows take it (at M = 64 the gain and the copy are about even).
+bool sgemm_ld_aliases(int64_t M, int64_t N, int64_t ldb) {
+  static const bool avx512 = [] {
+    using I = dnnl::cpu_isa;
+    const I isa = dnnl::get_effective_cpu_isa();
+    return isa == I::avx512_core || isa == I::avx512_core_vnni || isa == I::avx512_core_bf16 ||
+           isa == I::avx512_core_amx;
+  }();
+  return !avx512 && M >= 128 && ldb % 256 == 0 && 1.0 / M + 1.0 / N >= 0.0038;
+}
+constexpr int64_t kRowPad = 16;  // floats: rows 64 bytes apart from the aliasing stride
+
+// An fp32 copy of the 2-d `b` [K, N] (any dtype, unit column stride) whose rows are N + 16
+// floats apart: a view [K, N] of a [K, N + 16] storage.
+Tensor padded_f32(const Tensor& b) {
+  const int64_t K = b.size(0), N = b.size(1);
+  Tensor p = Tensor::empty({K, N + kRowPad}, DType::f32).slice(1, 0, N);
+  const char* src = static_cast<const char*>(b.raw_data());
+  const int64_t src_row = b.strides()[0] * static_cast<int64_t>(b.element_size());
+  float* dst = p.data<float>();
+  const DType dt = b.dtype();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < K; ++r)
+    convert(src + r * src_row, dt, dst + r * (N + kRowPad), DType::f32, static_cast<size_t>(N));
+  return p;
+}
+
 void gemm_run(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
               float alpha, float beta, const Tensor* bias, Epilogue epi) {
   // --- validation: every message names the op, the shapes (with ᵀ for a transposed
@@ -353,6 +387,8 @@ void gemm_run(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb
   Mat A = logical(a, ta), B = logical(b, tb);
   if (!unit_stride(A)) return gemm_run(op, a.contiguous(), ta, b, tb, c, alpha, beta, bias, epi);
   if (!unit_stride(B)) return gemm_run(op, a, ta, b.contiguous(), tb, c, alpha, beta, bias, epi);
+  if (b.dtype() == DType::f32 && !batched && !tb && B.s[2] == 1 && sgemm_ld_aliases(M, N, B.s[1]))
+    return gemm_run(op, a, ta, padded_f32(b), tb, c, alpha, beta, bias, epi);
   Mat C = logical(c, false);
   if (C.s[2] != 1) {
     if (C.s[1] == 1 && !bias) {
@@ -441,8 +477,10 @@ void gemm_widened(const char* op, const Tensor& a, bool ta, const Tensor& b, boo
   const Tensor* bias_p = bias ? &bias32 : nullptr;
   const bool two_d = a.dim() == 2 && b.dim() == 2 && c.dim() == 2;
   const int64_t M = c.size(-2), N = c.size(-1), K = ta ? a.size(-2) : a.size(-1);
+  // Widened straight into padded rows where the fp32 product would copy B again for them.
+  const bool pad_b = two_d && !tb && b.strides()[1] == 1 && sgemm_ld_aliases(M, N, b.strides()[0]);
   if (two_d && c.dtype() != DType::f32 && M > block(std::max(K, N), M)) {
-    const Tensor b32 = b.to(DType::f32);
+    const Tensor b32 = pad_b ? padded_f32(b) : b.to(DType::f32);
     const int64_t rows = block(std::max(K, N), M);
     for (int64_t m0 = 0; m0 < M; m0 += rows) {
       const int64_t m1 = std::min(M, m0 + rows);
@@ -465,7 +503,7 @@ void gemm_widened(const char* op, const Tensor& a, bool ta, const Tensor& b, boo
     }
     return;
   }
-  const Tensor a32 = a.to(DType::f32), b32 = b.to(DType::f32);
+  const Tensor a32 = a.to(DType::f32), b32 = pad_b ? padded_f32(b) : b.to(DType::f32);
   if (c.dtype() == DType::f32) {
     gemm_run(op, a32, ta, b32, tb, c, alpha, beta, bias_p, epi);
     return;
