@@ -412,6 +412,36 @@ TEST(Simd, EveryPathMatchesScalar) {
   }
 }
 
+// The row converter (attention's packing) is the active level's kernel: the bits of convert()
+// for every pair and length, writing nothing past n; equal dtypes copy; other pairs are refused.
+TEST(Simd, RowConverterMatchesConvert) {
+  std::vector<uint16_t> all16(65536);
+  for (uint32_t i = 0; i < 65536; ++i) all16[i] = static_cast<uint16_t>(i);
+  const std::vector<float> in = test_inputs();
+  for (DType h : {DType::bf16, DType::f16}) {
+    const simd::RowConverter down(DType::f32, h), up(h, DType::f32);
+    for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{64}, size_t{70}, in.size()}) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(h) << " n " << n);
+      std::vector<uint16_t> d(n + 4, 0xdead), d_ref(n);
+      down(in.data(), d.data(), n);
+      convert(in.data(), DType::f32, d_ref.data(), h, n);
+      EXPECT_TRUE(std::equal(d_ref.begin(), d_ref.end(), d.begin()));
+      for (size_t k = n; k < d.size(); ++k) ASSERT_EQ(d[k], 0xdead);
+      const size_t m = std::min<size_t>(n, 65536);
+      std::vector<float> f(m + 4, 7.0f), f_ref(m);
+      up(all16.data(), f.data(), m);
+      convert(all16.data(), h, f_ref.data(), DType::f32, m);
+      EXPECT_EQ(std::memcmp(f.data(), f_ref.data(), m * 4), 0);
+      for (size_t k = m; k < f.size(); ++k) ASSERT_EQ(f[k], 7.0f);
+    }
+  }
+  std::vector<float> copy(5, 0.0f);
+  simd::RowConverter(DType::f32, DType::f32)(in.data(), copy.data(), 5);
+  EXPECT_TRUE(std::equal(copy.begin(), copy.end(), in.begin()));
+  EXPECT_THROW(simd::RowConverter(DType::f32, DType::i64), DTypeError);
+  EXPECT_THROW(simd::RowConverter(DType::bf16, DType::f16), DTypeError);
+}
+
 // The rounding is decided by the code or the instruction's immediate, never by MXCSR: the
 // same bits come out under flush-to-zero, denormals-are-zero and round-toward-zero.
 TEST(Simd, IndependentOfMxcsr) {

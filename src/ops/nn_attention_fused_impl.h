@@ -27,6 +27,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu/simd/convert.h"
 #include "cpu/simd/vmath.h"
 #include "ops/nn_attention_fused.h"
 #include "ops/nn_common.h"
@@ -262,7 +263,8 @@ struct F32Kind {
   // [T][D] rows of dtype dt -> [Tp][D] fp32, rows >= T zero.
   static void pack_rows(const char* src, DType dt, int64_t ld, int64_t T, int64_t D, int64_t Tp,
                         U* dst) {
-    for (int64_t t = 0; t < T; ++t) convert(row_of(src, dt, ld, t), dt, dst + t * D, DType::f32, D);
+    const simd::RowConverter widen(dt, DType::f32);
+    for (int64_t t = 0; t < T; ++t) widen(row_of(src, dt, ld, t), dst + t * D, D);
     std::memset(dst + T * D, 0, (Tp - T) * D * 4);
   }
 
@@ -273,6 +275,7 @@ struct F32Kind {
                                  int64_t Tp, U* dst) {
     for (int64_t d = 0; d < D; ++d) std::memset(dst + d * Tp + T, 0, (Tp - T) * 4);
     std::vector<float> wide(dt == DType::f32 ? 0 : 8 * D);
+    const simd::RowConverter widen(dt, DType::f32);
     int64_t t0 = 0;
     for (; t0 + 8 <= T; t0 += 8) {
       const float* r[8];
@@ -280,7 +283,7 @@ struct F32Kind {
         if (dt == DType::f32) {
           r[i] = reinterpret_cast<const float*>(row_of(src, dt, ld, t0 + i));
         } else {
-          convert(row_of(src, dt, ld, t0 + i), dt, wide.data() + i * D, DType::f32, D);
+          widen(row_of(src, dt, ld, t0 + i), wide.data() + i * D, D);
           r[i] = wide.data() + i * D;
         }
       }
@@ -293,7 +296,7 @@ struct F32Kind {
     }
     for (int64_t t = t0; t < T; ++t) {
       float row[1024];
-      convert(row_of(src, dt, ld, t), dt, row, DType::f32, D);
+      widen(row_of(src, dt, ld, t), row, D);
       for (int64_t d = 0; d < D; ++d) dst[d * Tp + t] = row[d];
     }
   }
@@ -334,14 +337,15 @@ char* out_ptr(const Tensor& t4, int64_t b, int64_t h) {
   return const_cast<char*>(base_of(t4, b, h));
 }
 
-// An fp32 row of D values into a row of any float dtype (bf16 inline, others via convert).
+// An fp32 row of D values into a row of dtype dt (bf16 inline on AVX512-BF16, others by
+// `narrow`, the fp32 -> dt row kernel).
 template <class K>
-void store_out(const float* src, int64_t D, char* dst, DType dt) {
+void store_out(const float* src, int64_t D, char* dst, DType dt, const simd::RowConverter& narrow) {
 #if MT_ATT_LEVEL == 2
   if constexpr (std::is_same_v<K, Bf16Kind>)  // the bf16 kernels imply the ISA
     if (dt == DType::bf16) return to_bf16_row(src, D, reinterpret_cast<uint16_t*>(dst), D);
 #endif
-  store_row(src, D, dst, dt);
+  narrow(src, dst, D);
 }
 
 struct Sizes {
@@ -374,6 +378,7 @@ MT_VEC void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const 
   constexpr int64_t kPer = K::kPer;
   constexpr bool kInPlace = K::kInPlace;
   const Sizes z = sizes(q4, k4, causal, scale);
+  const simd::RowConverter to_o(DType::f32, o4.dtype());
   const int64_t B = q4.size(0), H = q4.size(1), D = z.D, Du = D / kPer;
   const int64_t o_rs = o4.strides()[2] * static_cast<int64_t>(o4.element_size());
 #pragma omp parallel
@@ -414,7 +419,7 @@ MT_VEC void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const 
         K::kernel(reinterpret_cast<const U*>(p.data()), z.Tkp / kPer, vq.data(), D, nkp / kPer, D,
                   o.data(), D);
         for (int64_t r = 0; r < kMR && i0 + r < z.Tq; ++r)
-          store_out<K>(o.data() + r * D, D, ob + (i0 + r) * o_rs, o4.dtype());
+          store_out<K>(o.data() + r * D, D, ob + (i0 + r) * o_rs, o4.dtype(), to_o);
       }
     }
   }
@@ -432,6 +437,8 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
   constexpr bool kInPlace = K::kInPlace;
   const int64_t B = q4.size(0), H = q4.size(1);
   const Sizes z = sizes(q4, k4, causal, scale);
+  const simd::RowConverter to_dq(DType::f32, dq4.dtype()), to_dk(DType::f32, dk4.dtype()),
+      to_dv(DType::f32, dv4.dtype());
   const int64_t D = z.D, Du = D / kPer, Tqu = z.Tqp / kPer;
   auto row_bytes = [](const Tensor& t) {
     return t.strides()[2] * static_cast<int64_t>(t.element_size());
@@ -454,9 +461,13 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
                     gs = g4.strides()[2];
       K::pack_rows(q, q4.dtype(), qs, z.Tq, D, z.Tqp, qa.data());
       K::pack_rows(g, g4.dtype(), gs, z.Tq, D, z.Tqp, ga.data());
-      K::pack_by_col(k, k4.dtype(), ks, z.Tk, D, z.Tkp, kp.data());
       K::pack_by_col(v, v4.dtype(), vs, z.Tk, D, z.Tkp, vp.data());
       K::pack_by_row(k, k4.dtype(), ks, z.Tk, D, z.Tkp, kq.data());
+      if constexpr (kInPlace)  // fp32 units: K's rows were just widened, transpose those
+        K::pack_by_col(reinterpret_cast<const char*>(kq.data()), DType::f32, D, z.Tk, D, z.Tkp,
+                       kp.data());
+      else
+        K::pack_by_col(k, k4.dtype(), ks, z.Tk, D, z.Tkp, kp.data());
       if constexpr (!kInPlace) {
         K::pack_by_row(q, q4.dtype(), qs, z.Tq, D, z.Tqp, qq.data());
         K::pack_by_row(g, g4.dtype(), gs, z.Tq, D, z.Tqp, gq.data());
@@ -497,7 +508,7 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
         K::kernel(reinterpret_cast<const U*>(dsf.data() + i0 * z.Tkp), z.Tkp / kPer, kq.data(), D,
                   nkp / kPer, D, acc.data(), D);
         for (int64_t r = 0; r < kMR && i0 + r < z.Tq; ++r)
-          store_out<K>(acc.data() + r * D, D, dqb + (i0 + r) * dq_rs, dq4.dtype());
+          store_out<K>(acc.data() + r * D, D, dqb + (i0 + r) * dq_rs, dq4.dtype(), to_dq);
       }
       // By key block: dV = Pᵀ·dO and dK = dSᵀ·Q over the query rows that see the block (causal:
       // rows from the block's first key on; P and dS are zero above the diagonal), reading P
@@ -510,10 +521,10 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
         const P* dsj = dsf.data() + kPer * k0 * z.Tkp + j0;
         K::kernel_ta(pj, z.Tkp, grows + k0 * D, D, Tqu - k0, D, acc.data(), D);
         for (int64_t r = 0; r < kMR && j0 + r < z.Tk; ++r)
-          store_out<K>(acc.data() + r * D, D, dvb + (j0 + r) * dv_rs, dv4.dtype());
+          store_out<K>(acc.data() + r * D, D, dvb + (j0 + r) * dv_rs, dv4.dtype(), to_dv);
         K::kernel_ta(dsj, z.Tkp, qrows + k0 * D, D, Tqu - k0, D, acc.data(), D);
         for (int64_t r = 0; r < kMR && j0 + r < z.Tk; ++r)
-          store_out<K>(acc.data() + r * D, D, dkb + (j0 + r) * dk_rs, dk4.dtype());
+          store_out<K>(acc.data() + r * D, D, dkb + (j0 + r) * dk_rs, dk4.dtype(), to_dk);
       }
     }
   }

@@ -139,13 +139,15 @@ Level active_level() {
   return active;
 }
 
+constexpr size_t kMinParallel = size_t{1} << 18;
+
 void parallel_ranges(size_t n, void (*fn)(size_t, size_t, void*), void* ctx) {
   // Below 256 Ki elements the fork/join (a few microseconds) costs more than one core's
   // conversion time; above it the work goes out in chunks of 64 Ki elements (256 KiB of fp32,
   // L2-sized) handed out dynamically, so a thread the OS has descheduled (the cores are
   // shared) does not hold the others up: whoever runs takes the next chunk. Chunks are
   // multiples of 64 elements, so each starts on a cache-line boundary when the array does.
-  constexpr size_t kMinParallel = size_t{1} << 18, kChunk = size_t{1} << 16;
+  constexpr size_t kChunk = size_t{1} << 16;
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (n < kMinParallel || threads <= 1) {
     fn(0, n, ctx);
@@ -157,6 +159,21 @@ void parallel_ranges(size_t n, void (*fn)(size_t, size_t, void*), void* ctx) {
     const size_t b = static_cast<size_t>(c) * kChunk;
     fn(b, std::min(n, b + kChunk), ctx);
   }
+}
+
+RowConverter::RowConverter(DType src, DType dst) {
+  if (src == dst) {
+    copy_size_ = dtype_size(src);
+    return;
+  }
+  if (!is_fast_pair(src, dst))
+    throw DTypeError(fmt::format("RowConverter: {} -> {} (fp32 <-> bf16/fp16 or equal dtypes)",
+                                 dtype_name(src), dtype_name(dst)));
+  const Kernels& k = kernels_of(active_level());
+  if (src == DType::f32)
+    narrow_ = dst == DType::bf16 ? k.f32_to_bf16 : k.f32_to_f16;
+  else
+    widen_ = src == DType::bf16 ? k.bf16_to_f32 : k.f16_to_f32;
 }
 
 bool convert_with(Level level, const void* src, DType sd, void* dst, DType dd, size_t n) {
@@ -184,6 +201,10 @@ bool convert_fast(const void* src, DType sd, void* dst, DType dd, size_t n) {
         &kernels_of(active_level()),
         sd,
         dd};
+  if (n < kMinParallel) {  // one thread: skip the OpenMP queries (rows of 64 go 22 -> ~9 ns)
+    run_range(j, 0, n);
+    return true;
+  }
   parallel_ranges(
       n, [](size_t b, size_t e, void* c) { run_range(*static_cast<const Job*>(c), b, e); }, &j);
   return true;

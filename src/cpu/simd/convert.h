@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 
 #include "mixtrain/dtype.h"
 
@@ -28,6 +30,28 @@ bool level_supported(Level level);
 /// (doing nothing) for other pairs. Bit-identical to the scalar conversions. Large n is split
 /// over OpenMP threads (element-wise, so the bits do not depend on the split).
 bool convert_fast(const void* src, DType src_dtype, void* dst, DType dst_dtype, size_t n);
+
+/// One dtype pair's kernel at the active level, called directly on the calling thread: for
+/// loops over many short rows (attention packs rows of 64 values), where convert()'s dispatch
+/// per call costs more than converting the row. fp32 <-> bf16/fp16, or a copy when the dtypes
+/// are equal; other pairs throw DTypeError. Bit-identical to convert().
+class RowConverter {
+ public:
+  RowConverter(DType src, DType dst);
+  void operator()(const void* src, void* dst, size_t n) const {
+    if (narrow_)
+      narrow_(static_cast<const float*>(src), static_cast<uint16_t*>(dst), n);
+    else if (widen_)
+      widen_(static_cast<const uint16_t*>(src), static_cast<float*>(dst), n);
+    else
+      std::memcpy(dst, src, n * copy_size_);
+  }
+
+ private:
+  void (*narrow_)(const float*, uint16_t*, size_t) = nullptr;
+  void (*widen_)(const uint16_t*, float*, size_t) = nullptr;
+  size_t copy_size_ = 0;
+};
 
 /// For tests and benchmarks: converts with exactly `level`'s kernel on the calling thread.
 /// Returns false for pairs other than fp32<->bf16/fp16; throws BackendError if this CPU
