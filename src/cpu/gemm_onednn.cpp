@@ -309,10 +309,10 @@ void gemm_widened(const char* op, const Tensor& a, bool ta, const Tensor& b, boo
 // e.g. an MLP's batch of 256 against width 2048) to its no-copy kernel, which reads B in
 // place. When B's rows lie a multiple of 256 floats apart (1 KiB: every power-of-two width
 // from 256) they fall into the same cache sets and a plain-B product runs at about half speed:
-// MLP dX [256, 2048]·[2048, 2048] 24 ms, 11 ms with B's rows 2064 floats apart (this AVX2
-// machine, 2 threads; its AVX-512 checker sends such "bad" leading dimensions to the copy
-// kernels instead). So B is copied with padded rows first. The copy costs a pass over B, so
-// only products with M >= 128 rows take it (at M = 64 the gain and the copy are about even).
+// MLP dX [256, 2048]·[2048, 2048] 24 ms, 11 ms with B's rows 2064 floats apart (an AVX2 EPYC,
+// 2 threads). So B is copied with padded rows first. The copy costs a pass over B, so only
+// products with M >= 128 rows take it (at M = 64 the gain and the copy are about even). AVX-512
+// CPUs run other kernels under other rules; not measured there, so left as they are.
 bool sgemm_ld_aliases(int64_t M, int64_t N, int64_t ldb) {
   static const bool avx512 = [] {
     using I = dnnl::cpu_isa;
