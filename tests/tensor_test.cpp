@@ -157,7 +157,7 @@ TEST(Tensor, LargeBuffersAreKeptForReuseAndReleasable) {
   Tensor b = Tensor::empty({two_mib / 2}, DType::bf16);  // same byte size: the same block
   EXPECT_EQ(b.raw_data(), first);
   EXPECT_EQ(memory_stats().cached_bytes, 0);
-  { Tensor small = Tensor::empty({1 << 18}, DType::bf16); }  // 512 KiB: left to malloc
+  { Tensor small = Tensor::empty({1 << 14}, DType::bf16); }  // 32 KiB: left to malloc
   EXPECT_EQ(memory_stats().cached_bytes, 0);
   b = Tensor();
   EXPECT_EQ(memory_stats().cached_bytes, two_mib);

@@ -131,7 +131,7 @@ struct MemoryStats {
   int64_t peak_bytes = 0;
   int64_t current_by_dtype[9] = {};
   int64_t peak_by_dtype[9] = {};
-  /// Freed buffers of 1 MiB or more kept for reuse (not tensors; part of the process's RSS).
+  /// Freed buffers of 64 KiB or more kept for reuse (not tensors; part of the process's RSS).
   int64_t cached_bytes = 0;
   /// Mapped for step plans (StepMemoryScope); the part no tensor uses is not in the RSS until
   /// touched, and after one step it has been.
@@ -145,7 +145,7 @@ MemoryStats memory_stats();
 void release_cached_memory();
 /// The scope of one training step (forward, backward, update) on the calling thread. A
 /// training loop allocates the same buffers in the same order every step, so the first scoped
-/// step records its buffers of 1 MiB or more with their lifetimes, and later steps take them
+/// step records its buffers of 64 KiB or more with their lifetimes, and later steps take them
 /// from one arena laid out for that sequence: as large as the step's peak of live buffers,
 /// where reusing freed buffers by size holds the sum of each size's own peak. A buffer the
 /// plan cannot serve (another shape, one still held from an earlier step) comes from the
