@@ -63,6 +63,7 @@ struct RunOptions {
   const char* precision = "fp32";
   float dropout = 0.0f;
   int64_t checkpoint_every = 0;
+  bool recompute_gelu = false;
   float scale = 1.0f;
   int micro_batches = 1;
   bool compute_grads = false;  // parameter gradients in the compute dtype
@@ -75,6 +76,7 @@ GptRun run_gpt(const RunOptions& o) {
   nn::GPT model(small_gpt(o.dropout), init);
   model.set_compute_dtype(policy.compute);
   model.set_checkpoint_every(o.checkpoint_every);
+  model.set_recompute_gelu(o.recompute_gelu);
   if (o.compute_grads)
     for (nn::Parameter* p : model.parameters()) p->set_grad_dtype(policy.compute);
   Rng drng(99);
@@ -316,11 +318,42 @@ TEST(Checkpoint, FreeFunctionAndInference) {
 }
 
 TEST(Checkpoint, ParseSpec) {
-  EXPECT_EQ(nn::parse_checkpoint_every("none"), 0);
-  EXPECT_EQ(nn::parse_checkpoint_every("blocks"), 1);
-  EXPECT_EQ(nn::parse_checkpoint_every("every:3"), 3);
-  for (const char* bad : {"", "every:", "every:0", "every:-1", "every:2x", "all", "Blocks"})
-    EXPECT_THROW(nn::parse_checkpoint_every(bad), ConfigError) << bad;
+  auto parsed = [](const char* s) {
+    const nn::ActivationCheckpointing a = nn::parse_activation_checkpointing(s);
+    return std::pair{a.every, a.gelu};
+  };
+  EXPECT_EQ(parsed("none"), std::pair(int64_t{0}, false));
+  EXPECT_EQ(parsed("gelu"), std::pair(int64_t{0}, true));
+  EXPECT_EQ(parsed("blocks"), std::pair(int64_t{1}, false));
+  EXPECT_EQ(parsed("every:3"), std::pair(int64_t{3}, false));
+  EXPECT_FALSE(nn::parse_activation_checkpointing("none").any());
+  EXPECT_TRUE(nn::parse_activation_checkpointing("gelu").any());
+  for (const char* bad :
+       {"", "every:", "every:0", "every:-1", "every:2x", "all", "Blocks", "GELU", "gelu:2"})
+    EXPECT_THROW(nn::parse_activation_checkpointing(bad), ConfigError) << bad;
+}
+
+// The MLP's GELU computed again in backward (gelu_linear): the same bits as keeping it, in
+// every precision, with dropout, accumulation over micro-batches and under block
+// checkpointing; and the tape holds exactly one [B, T, 4C] activation less per block.
+TEST(Checkpoint, RecomputedGeluIsExactAndKeepsOneActivationLessPerBlock) {
+  for (const char* prec : {"fp32", "bf16", "fp16"}) {
+    RunOptions o;
+    o.precision = prec;
+    o.dropout = 0.1f;
+    o.micro_batches = 2;
+    o.scale = std::string(prec) == "fp16" ? 1024.0f : 1.0f;
+    const GptRun plain = run_gpt(o);
+    o.recompute_gelu = true;
+    const GptRun gelu = run_gpt(o);
+    expect_identical(plain, gelu, std::string(prec) + " gelu recomputed");
+    const nn::GPTConfig c = small_gpt(0.1f);
+    const DType dt = amp::Policy::parse(prec).compute;
+    const int64_t per_block = 3 * 16 * 4 * c.width * static_cast<int64_t>(dtype_size(dt));
+    EXPECT_EQ(total(plain.kept) - total(gelu.kept), c.layers * per_block) << prec;
+    o.checkpoint_every = 2;
+    expect_identical(plain, run_gpt(o), std::string(prec) + " gelu and every:2");
+  }
 }
 
 }  // namespace

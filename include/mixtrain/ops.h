@@ -33,6 +33,9 @@ Variable matmul(const Variable& a, const Variable& b);
 /// y = x·wᵀ + b: x [..., in], w [out, in] (torch layout), bias [out] (optional: pass an
 /// undefined Variable) -> [..., out].
 Variable linear(const Variable& x, const Variable& w, const Variable& bias = Variable());
+/// linear(gelu(x), w, bias) that keeps x, not gelu(x), for backward and computes GELU again
+/// there (same bits as the two ops): a transformer MLP's largest activation not held.
+Variable gelu_linear(const Variable& x, const Variable& w, const Variable& bias = Variable());
 
 // ---- elementwise (binary ops: numpy broadcasting, category promote) ----
 

@@ -86,17 +86,20 @@ Variable checkpoint(const Module& m, const Variable& x, Rng& rng, const Checkpoi
   return checkpoint(fn, x, rng, m.parameter_variables());
 }
 
-int64_t parse_checkpoint_every(std::string_view spec) {
-  if (spec == "none") return 0;
-  if (spec == "blocks") return 1;
+ActivationCheckpointing parse_activation_checkpointing(std::string_view spec) {
+  if (spec == "none") return {};
+  if (spec == "gelu") return {.gelu = true};
+  if (spec == "blocks") return {.every = 1};
   if (spec.substr(0, 6) == "every:") {
     const std::string_view num = spec.substr(6);
     int64_t n = 0;
     const auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), n);
-    if (ec == std::errc() && end == num.data() + num.size() && n >= 1) return n;
+    if (ec == std::errc() && end == num.data() + num.size() && n >= 1) return {.every = n};
   }
-  throw ConfigError(fmt::format(
-      "--checkpoint-activations: unknown value '{}' (none, blocks or every:N with N >= 1)", spec));
+  throw ConfigError(
+      fmt::format("--checkpoint-activations: unknown value '{}' (none, gelu, blocks or every:N "
+                  "with N >= 1)",
+                  spec));
 }
 
 }  // namespace mixtrain::nn

@@ -22,7 +22,8 @@ Tensor uniform_tensor(const Shape& shape, float bound, Rng& rng) {
 }
 
 Linear::Linear(int64_t in, int64_t out, bool with_bias, Rng& rng)
-    : weight(register_parameter("weight", uniform_tensor({out, in}, 1.0f / std::sqrt(float(in)), rng))) {
+    : weight(register_parameter("weight",
+                                uniform_tensor({out, in}, 1.0f / std::sqrt(float(in)), rng))) {
   if (with_bias)
     bias = &register_parameter("bias", uniform_tensor({out}, 1.0f / std::sqrt(float(in)), rng));
 }
@@ -39,6 +40,11 @@ void Linear::init_normal(float std, Rng& rng) {
 Variable Linear::forward(const Variable& x) const {
   PrecisionScope scope(*this);
   return linear(x, weight.weight, bias ? bias->weight : Variable());
+}
+
+Variable Linear::forward_gelu(const Variable& x) const {
+  PrecisionScope scope(*this);
+  return gelu_linear(x, weight.weight, bias ? bias->weight : Variable());
 }
 
 Embedding::Embedding(int64_t num, int64_t dim, float std, Rng& rng)

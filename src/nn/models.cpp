@@ -53,7 +53,8 @@ Variable Block::forward(const Variable& x, Rng& drng) const {
 Variable Block::forward_body(const Variable& x, Rng& drng) const {
   PrecisionScope scope(*this);
   Variable h = add(x, mixtrain::dropout(attn.forward(ln1.forward(x)), dropout, training(), drng));
-  Variable m = fc_proj.forward(gelu(fc.forward(ln2.forward(h))));
+  const Variable u = fc.forward(ln2.forward(h));
+  Variable m = recompute_gelu ? fc_proj.forward_gelu(u) : fc_proj.forward(gelu(u));
   return add(h, mixtrain::dropout(m, dropout, training(), drng));
 }
 
@@ -84,6 +85,10 @@ void GPT::set_checkpoint_every(int64_t every) {
     throw ConfigError(fmt::format("GPT: checkpoint every {} blocks (must be >= 0)", every));
   for (size_t l = 0; l < blocks.size(); ++l)
     blocks[l]->set_checkpoint(every > 0 && static_cast<int64_t>(l) % every == 0);
+}
+
+void GPT::set_recompute_gelu(bool on) {
+  for (Block* b : blocks) b->recompute_gelu = on;
 }
 
 Variable GPT::forward(const Variable& ids, Rng& drng) const {

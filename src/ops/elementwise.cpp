@@ -279,22 +279,27 @@ Tensor block_map(const Tensor& a, const Tensor* b, DType out_dt, F f) {
 
 }  // namespace
 
+// The vectorised kernels (simd::gelu, same x·σ(2u) form as gelu_f) over contiguous blocks;
+// the backward recomputes σ from the saved input.
+Tensor ops_detail::gelu_forward(const Tensor& x, DType dt) {
+  return block_map(x, nullptr, dt,
+                   [](const float* a, const float*, float* o, int64_t n) { simd::gelu(a, o, n); });
+}
+
+Tensor ops_detail::gelu_backward(const Tensor& x, const Tensor& g, DType dt) {
+  const Tensor gc = g.contiguous();
+  return block_map(x, &gc, dt, [](const float* a, const float* gb, float* o, int64_t n) {
+    simd::gelu_grad(a, gb, o, n);
+  });
+}
+
 Variable gelu(const Variable& x) {
-  // The vectorised kernel (simd::gelu, same x·σ(2u) form as gelu_f) over contiguous blocks;
-  // the backward recomputes σ from the saved input.
   check_compute_dtype(x.data(), "gelu", "x");
   const DType dt = amp::op_dtype("gelu", amp::OpCategory::same, {x.dtype()});
   const Variable xc = cast(x, dt);
   const Tensor saved = xc.data().contiguous();
-  Tensor out = block_map(saved, nullptr, dt, [](const float* a, const float*, float* o, int64_t n) {
-    simd::gelu(a, o, n);
-  });
-  return make_op_result(out, {xc}, "gelu", [saved, dt](const Tensor& g) {
-    const Tensor gc = g.contiguous();
-    return std::vector<Tensor>{
-        block_map(saved, &gc, dt, [](const float* a, const float* gb, float* o, int64_t n) {
-          simd::gelu_grad(a, gb, o, n);
-        })};
+  return make_op_result(gelu_forward(saved, dt), {xc}, "gelu", [saved, dt](const Tensor& g) {
+    return std::vector<Tensor>{gelu_backward(saved, g, dt)};
   });
 }
 

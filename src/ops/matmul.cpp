@@ -79,21 +79,32 @@ Variable matmul(const Variable& a_in, const Variable& b_in) {
   });
 }
 
-Variable linear(const Variable& x_in, const Variable& w_in, const Variable& bias_in) {
+namespace {
+
+// y = op(x)·wᵀ + b with op the identity (linear) or GELU (gelu_linear). GELU's output is the
+// product's input, the largest activation of a GPT block's MLP; gelu_linear keeps x instead
+// and computes GELU again in backward (the same kernel: the same bits as gelu then linear).
+Variable linear_impl(const char* op, const Variable& x_in, const Variable& w_in,
+                     const Variable& bias_in, bool gelu_in) {
   const bool has_bias = bias_in.defined();
   if (x_in.dim() < 1 || w_in.dim() != 2 || x_in.size(-1) != w_in.size(1) ||
       (has_bias && (bias_in.dim() != 1 || bias_in.size(0) != w_in.size(0))))
     throw ShapeError(fmt::format(
-        "linear: x {} and w {}{}: need x [..., in], w [out, in], bias [out]", vstr(x_in),
+        "{}: x {} and w {}{}: need x [..., in], w [out, in], bias [out]", op, vstr(x_in),
         vstr(w_in), has_bias ? fmt::format(" and bias {}", vstr(bias_in)) : std::string()));
-  check_compute_dtype(x_in.data(), "linear", "x");
-  check_compute_dtype(w_in.data(), "linear", "w");
-  if (has_bias) check_compute_dtype(bias_in.data(), "linear", "bias");
+  check_compute_dtype(x_in.data(), op, "x");
+  check_compute_dtype(w_in.data(), op, "w");
+  if (has_bias) check_compute_dtype(bias_in.data(), op, "bias");
   const DType dt = amp::op_dtype("linear", amp::OpCategory::lower, {x_in.dtype(), w_in.dtype()});
+  // GELU computes in x's dtype (category same); where the product's dtype differs, the two
+  // ops as they are (a cast between them) are the reference, so run them.
+  if (gelu_in && amp::op_dtype("gelu", amp::OpCategory::same, {x_in.dtype()}) != dt)
+    return linear(gelu(x_in), w_in, bias_in);
   const Variable x = cast(x_in, dt), w = cast(w_in, dt);
   const Variable bias = has_bias ? cast(bias_in, dt) : Variable();
   const int64_t in = w.size(1), outf = w.size(0);
-  const Tensor x2 = x.data().reshape({-1, in});
+  const Tensor xs = gelu_in ? x.data().contiguous() : Tensor();  // kept: GELU's input
+  const Tensor x2 = (gelu_in ? gelu_forward(xs, dt) : x.data()).reshape({-1, in});
   const int64_t N = x2.size(0);
   const Tensor tw = w.data();
   Tensor y;
@@ -114,19 +125,37 @@ Variable linear(const Variable& x_in, const Variable& w_in, const Variable& bias
   y = y.view(oshape);
   const bool need_x = x.requires_grad(), need_w = w.requires_grad();
   const bool need_b = has_bias && bias.requires_grad();
-  const DType gx_dt = grad_out_dtype(x, dt), gw_dt = grad_out_dtype(w, dt);
+  const DType gx_dt = gelu_in ? dt : grad_out_dtype(x, dt), gw_dt = grad_out_dtype(w, dt);
   const DType gb_dt = has_bias ? grad_out_dtype(bias, dt) : dt;
   const Shape x_shape = x.shape();
   std::vector<Variable> ins{x, w};
   if (has_bias) ins.push_back(bias);
-  return make_op_result(y, ins, "linear", [=](const Tensor& g_in) {
+  // With GELU the closure holds x, not the product's input (x2 is dropped with this frame).
+  const Tensor keep = gelu_in ? xs : x2;
+  return make_op_result(y, ins, op, [=](const Tensor& g_in) {
     const Tensor g = g_in.to(dt).reshape({N, outf});
     std::vector<Tensor> gr(has_bias ? 3 : 2);
-    if (need_x) gr[0] = mm(g, false, tw, false, gx_dt).view(x_shape);  // dX = dY · W
-    if (need_w) gr[1] = mm(g, true, x2, false, gw_dt);                 // dW = dYᵀ · X
-    if (need_b) gr[2] = sum_f32(g, {0}, "linear").view({outf}).to(gb_dt);
+    if (need_w) {  // dW = dYᵀ · op(x), op(x) recomputed for GELU and gone after this product
+      const Tensor a = gelu_in ? gelu_forward(keep, dt).reshape({N, in}) : keep;
+      gr[1] = mm(g, true, a, false, gw_dt);
+    }
+    if (need_x) {  // dX = dY · W, then through GELU's derivative
+      gr[0] = mm(g, false, tw, false, gx_dt).view(x_shape);
+      if (gelu_in) gr[0] = gelu_backward(keep, gr[0], dt).view(x_shape);
+    }
+    if (need_b) gr[2] = sum_f32(g, {0}, op).view({outf}).to(gb_dt);
     return gr;
   });
+}
+
+}  // namespace
+
+Variable linear(const Variable& x, const Variable& w, const Variable& bias) {
+  return linear_impl("linear", x, w, bias, false);
+}
+
+Variable gelu_linear(const Variable& x, const Variable& w, const Variable& bias) {
+  return linear_impl("gelu_linear", x, w, bias, true);
 }
 
 }  // namespace mixtrain

@@ -47,7 +47,8 @@ Shape broadcast_shapes(const Tensor& a, const Tensor& b, const char* op);
 /// master never sees a bf16-rounded gradient; a leaf that accumulates in its compute dtype
 /// gets the product in that dtype directly (no fp32 temporary).
 inline bool f32_grad_ok(const Variable& v) {
-  return (v.is_leaf() && v.grad_dtype() == DType::f32) || (v.grad_fn() && v.grad_fn()->op == "cast");
+  return (v.is_leaf() && v.grad_dtype() == DType::f32) ||
+         (v.grad_fn() && v.grad_fn()->op == "cast");
 }
 
 /// Reads `n` elements of a contiguous run as fp32: f32 data is used in place, 16-bit data is
@@ -58,6 +59,11 @@ inline const float* load_f32(const void* p, DType dt, int64_t n, float* buf) {
   convert(p, dt, buf, DType::f32, static_cast<size_t>(n));
   return buf;
 }
+
+/// GELU of a contiguous x and its backward (dx = g·gelu'(x)), written in dt: the kernels of
+/// gelu(), shared with gelu_linear(), which recomputes gelu(x) in its backward (same bits).
+Tensor gelu_forward(const Tensor& x, DType dt);
+Tensor gelu_backward(const Tensor& x, const Tensor& g, DType dt);
 
 /// Element offset helper for a byte pointer.
 inline const void* at(const void* base, DType dt, int64_t off) {

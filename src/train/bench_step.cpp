@@ -153,8 +153,9 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   if (o.repeats < 1 || o.warmup < 0)
     throw ConfigError(
         fmt::format("bench step: repeats {} must be >= 1 and warmup {} >= 0", o.repeats, o.warmup));
-  const int64_t checkpoint_every = nn::parse_checkpoint_every(o.checkpoint_activations);
-  if (checkpoint_every > 0 && o.model != "gpt")
+  const nn::ActivationCheckpointing ac =
+      nn::parse_activation_checkpointing(o.checkpoint_activations);
+  if (ac.any() && o.model != "gpt")
     throw ConfigError(
         "bench step: --checkpoint-activations needs --model gpt (the mlp has no blocks)");
   const amp::Policy policy = amp::Policy::parse(o.precision);
@@ -182,7 +183,8 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     cfg.heads = o.gpt_heads;
     cfg.context = o.gpt_context;
     auto gpt = std::make_unique<GptWorkload>(cfg, r.batch, o.seed);
-    gpt->model.set_checkpoint_every(checkpoint_every);
+    gpt->model.set_checkpoint_every(ac.every);
+    gpt->model.set_recompute_gelu(ac.gelu);
     w = std::move(gpt);
   }
   nn::Module& model = w->module();

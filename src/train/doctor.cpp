@@ -1,8 +1,8 @@
 // The doctor: fp32 steps, merged gradient histograms, a recommendation.
 #include "mixtrain/train/doctor.h"
 
-#include <cmath>
 #include <fmt/format.h>
+#include <cmath>
 #include <nlohmann/json.hpp>
 
 #include "mixtrain/amp/policy.h"
@@ -64,15 +64,17 @@ std::string DoctorResult::str() const {
             ? fmt::format("; for fp16, start the loss scale at {:g}", report.recommended_scale)
             : "");
   else
-    s += fmt::format("this CPU has no native bf16: fp16 with --scale-init {:g} is the fast choice\n",
-                     report.recommended_scale);
+    s +=
+        fmt::format("this CPU has no native bf16: fp16 with --scale-init {:g} is the fast choice\n",
+                    report.recommended_scale);
   if (activation_max_abs > 65504.0)
     s += fmt::format(
         "\nwarning: activations reach {:.3g}, above fp16's maximum 65504: fp16 compute would "
         "overflow in the forward pass whatever the loss scale; use bf16\n",
         activation_max_abs);
   else
-    s += fmt::format("\nlargest output activation seen: {:.3g} (fp16 max 65504)\n", activation_max_abs);
+    s += fmt::format("\nlargest output activation seen: {:.3g} (fp16 max 65504)\n",
+                     activation_max_abs);
   return s;
 }
 
@@ -100,12 +102,13 @@ std::string DoctorResult::to_json() const {
             {"first_nonfinite", report.first_nonfinite},
             {"activation_max_abs", activation_max_abs},
             {"total", hist(report.total)},
-            {"histogram", {{"min_exp", amp::GradHistogram::kMinExp},
-                           {"max_exp", amp::GradHistogram::kMaxExp},
-                           {"below", report.total.below},
-                           {"above", report.total.above},
-                           {"zero", report.total.zero},
-                           {"bins", bins}}},
+            {"histogram",
+             {{"min_exp", amp::GradHistogram::kMinExp},
+              {"max_exp", amp::GradHistogram::kMaxExp},
+              {"below", report.total.below},
+              {"above", report.total.above},
+              {"zero", report.total.zero},
+              {"bins", bins}}},
             {"tensors", tensors}};
   return j.dump(2);
 }

@@ -1,8 +1,8 @@
 // The two tasks: an MLP on Fashion-MNIST and a byte-level GPT on a text file.
 #include "train/task.h"
 
-#include <cmath>
 #include <fmt/format.h>
+#include <cmath>
 
 #include "mixtrain/data/classification.h"
 #include "mixtrain/data/fashion_mnist.h"
@@ -63,7 +63,8 @@ class MlpTask : public Task {
       const int64_t e = std::min(n, i + chunk);
       ClassificationData part = test.slice(i, e);
       Variable logits = model_.forward(Variable(part.features));
-      loss_sum += static_cast<double>(cross_entropy(logits, Variable(part.labels)).data().item()) * (e - i);
+      loss_sum +=
+          static_cast<double>(cross_entropy(logits, Variable(part.labels)).data().item()) * (e - i);
       const std::vector<float> l = logits.data().to_vector();
       const int64_t* y = part.labels.data<int64_t>();
       const int64_t k = logits.size(1);
@@ -103,7 +104,10 @@ class GptTask : public Task {
         data_rng_(cfg.seed ^ kDataStream),
         dropout_rng_(cfg.seed ^ kDropoutStream) {
     model_.set_compute_dtype(policy.compute);
-    model_.set_checkpoint_every(nn::parse_checkpoint_every(cfg.checkpoint_activations));
+    const nn::ActivationCheckpointing ac =
+        nn::parse_activation_checkpointing(cfg.checkpoint_activations);
+    model_.set_checkpoint_every(ac.every);
+    model_.set_recompute_gelu(ac.gelu);
   }
   // Checked before the model is built: its position table has `context` rows, so a context
   // the text cannot fill would otherwise first cost that memory (or the OOM killer's visit).
@@ -138,14 +142,16 @@ class GptTask : public Task {
     const int64_t windows = std::min<int64_t>(data_.num_windows(TextSplit::validation, context_),
                                               cfg.eval_batches * cfg.batch);
     if (windows <= 0)
-      throw ConfigError(fmt::format("{}: the validation split is shorter than one window of {} bytes",
-                                    data_.name(), context_ + 1));
+      throw ConfigError(
+          fmt::format("{}: the validation split is shorter than one window of {} bytes",
+                      data_.name(), context_ + 1));
     double loss_sum = 0;
     for (int64_t i = 0; i < windows; i += cfg.batch) {
       const int64_t count = std::min(cfg.batch, windows - i);
       TextBatch b = data_.windows(TextSplit::validation, i, count, context_);
       Variable logits = model_.forward(Variable(b.inputs), dropout_rng_);
-      loss_sum += static_cast<double>(cross_entropy(logits, Variable(b.targets)).data().item()) * count;
+      loss_sum +=
+          static_cast<double>(cross_entropy(logits, Variable(b.targets)).data().item()) * count;
     }
     model_.train();
     return {loss_sum / windows, -1.0};
@@ -175,7 +181,8 @@ class GptTask : public Task {
 
 void Task::observe_output(const Variable& out) {
   if (!track_output_max) return;
-  for (float v : out.data().to_vector()) output_max_abs_ = std::max<double>(output_max_abs_, std::fabs(v));
+  for (float v : out.data().to_vector())
+    output_max_abs_ = std::max<double>(output_max_abs_, std::fabs(v));
 }
 
 Tensor Task::shard_rows(const Tensor& t) const {

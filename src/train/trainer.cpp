@@ -147,7 +147,7 @@ void check_config(const TrainConfig& c) {
       bad("heads", fmt::format("width {} is not a multiple of heads {}", c.width, c.heads));
   }
   if (c.dropout < 0 || c.dropout >= 1) bad("dropout", "must be in [0, 1)");
-  if (nn::parse_checkpoint_every(c.checkpoint_activations) > 0 && c.model != "gpt")
+  if (nn::parse_activation_checkpointing(c.checkpoint_activations).any() && c.model != "gpt")
     bad("checkpoint-activations", "only the gpt model has blocks to checkpoint");
   if (c.grad_dtype != "fp32" && c.grad_dtype != "compute")
     bad("grad-dtype", fmt::format("unknown '{}' (fp32 or compute)", c.grad_dtype));

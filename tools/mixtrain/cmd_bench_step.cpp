@@ -81,7 +81,8 @@ void setup_bench_step(CLI::App& root) {
       "--no-step-plan", [s](int64_t) { s->o.step_plan = false; },
       "Buffers from the cache alone, not the step plan's arena (to compare)");
   step->add_option("--checkpoint-activations", s->o.checkpoint_activations,
-                   "gpt: none | blocks | every:N: recompute blocks in backward (less memory)")
+                   "gpt: none | gelu | blocks | every:N: recompute each MLP's GELU, or blocks, "
+                   "in backward (less memory)")
       ->capture_default_str();
   step->add_option(
           "--master", s->o.master,

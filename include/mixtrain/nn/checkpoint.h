@@ -42,9 +42,16 @@ Variable checkpoint(const std::function<Variable(const Variable&)>& fn, const Va
 /// m.checkpointed(), otherwise fn(x, rng) itself.
 Variable checkpoint(const Module& m, const Variable& x, Rng& rng, const CheckpointFn& fn);
 
-/// Parses a --checkpoint-activations value: "none" -> 0, "blocks" -> 1, "every:N" -> N (N >= 1:
-/// blocks 0, N, 2N, ... are checkpointed, the others keep their activations). Throws
-/// ConfigError naming the value.
-int64_t parse_checkpoint_every(std::string_view spec);
+/// A --checkpoint-activations value: what a GPT computes again in backward instead of keeping.
+struct ActivationCheckpointing {
+  /// Whole blocks: 0 none; N: blocks 0, N, 2N, ... (GPT::set_checkpoint_every).
+  int64_t every = 0;
+  /// Only each block's GELU output, its MLP's largest activation (GPT::set_recompute_gelu).
+  bool gelu = false;
+  bool any() const { return every > 0 || gelu; }
+};
+/// Parses "none", "gelu", "blocks" (every block) or "every:N" (N >= 1). Throws ConfigError
+/// naming the value.
+ActivationCheckpointing parse_activation_checkpointing(std::string_view spec);
 
 }  // namespace mixtrain::nn

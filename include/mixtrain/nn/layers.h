@@ -13,6 +13,8 @@ class Linear : public Module {
   Linear(int64_t in, int64_t out, bool bias, Rng& rng);
   std::string type() const override { return "Linear"; }
   Variable forward(const Variable& x) const;
+  /// forward(gelu(x)) keeping x, not gelu(x), for backward (ops.h gelu_linear).
+  Variable forward_gelu(const Variable& x) const;
   /// Re-initialises the weight from normal(0, std) and zeroes the bias (GPT-2 init).
   void init_normal(float std, Rng& rng);
   Parameter& weight;

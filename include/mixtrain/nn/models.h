@@ -22,8 +22,8 @@ class MLP : public Module {
 struct GPTConfig {
   int64_t vocab = 256;  ///< byte-level
   int64_t layers = 6;
-  int64_t width = 384;  ///< C
-  int64_t heads = 6;    ///< H; head size D = C / H
+  int64_t width = 384;    ///< C
+  int64_t heads = 6;      ///< H; head size D = C / H
   int64_t context = 256;  ///< T max
   float dropout = 0.0f;
 };
@@ -53,6 +53,9 @@ class Block : public Module {
   Linear& fc;
   Linear& fc_proj;
   float dropout;
+  /// The MLP's GELU output (4C, its largest activation) is not kept but computed again in
+  /// backward (Linear::forward_gelu): one GELU more per step for 4C·T·B values less held.
+  bool recompute_gelu = false;
 
  private:
   Variable forward_body(const Variable& x, Rng& dropout_rng) const;
@@ -67,8 +70,11 @@ class GPT : public Module {
   /// ids [B, T] (i64) -> logits [B, T, V]
   Variable forward(const Variable& ids, Rng& dropout_rng) const;
   /// Activation checkpointing of the blocks: every = 0 none, 1 every block, N blocks 0, N,
-  /// 2N, ... (nn::parse_checkpoint_every reads the CLI's none|blocks|every:N).
+  /// 2N, ... (nn::parse_activation_checkpointing reads the CLI's none|gelu|blocks|every:N).
   void set_checkpoint_every(int64_t every);
+  /// Every block's MLP computes its GELU again in backward instead of keeping it
+  /// (Block::recompute_gelu; the CLI's --checkpoint-activations gelu).
+  void set_recompute_gelu(bool on);
   GPTConfig cfg;
   Embedding& tok;
   Embedding& pos;

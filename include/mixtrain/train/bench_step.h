@@ -36,7 +36,8 @@ struct BenchStepOptions {
   /// bf16-kahan.
   std::string master = "auto";
   uint64_t seed = 0;
-  /// gpt: none | blocks | every:N (nn::parse_checkpoint_every): blocks recomputed in backward.
+  /// gpt: none | gelu | blocks | every:N (nn::parse_activation_checkpointing): what is
+  /// recomputed in backward.
   std::string checkpoint_activations = "none";
   /// Per-op profile of the timed steps (profile.h) into BenchStepResult::profile.
   bool profile = false;

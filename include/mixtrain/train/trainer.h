@@ -12,7 +12,7 @@ namespace mixtrain::train {
 
 /// What a finished run reports (also written as OUT/summary.json).
 struct TrainSummary {
-  std::string precision;  ///< the policy, e.g. "bf16 (p=f32,c=bf16,o=f32, no loss scaling)"
+  std::string precision;       ///< the policy, e.g. "bf16 (p=f32,c=bf16,o=f32, no loss scaling)"
   std::string precision_name;  ///< fp32 | bf16 | fp16 | custom (after auto is resolved)
   std::string model;
   std::string data;
@@ -26,8 +26,8 @@ struct TrainSummary {
   double wall_s = 0.0;
   double throughput = 0.0;  ///< samples/s (mlp) or tokens/s (gpt), training steps only
   std::string throughput_unit;
-  double train_s = 0.0;           ///< seconds inside training steps (throughput's denominator)
-  double diagnose_s = 0.0;        ///< of train_s: the --diagnose-every passes
+  double train_s = 0.0;     ///< seconds inside training steps (throughput's denominator)
+  double diagnose_s = 0.0;  ///< of train_s: the --diagnose-every passes
   int64_t peak_tensor_bytes = 0;
   int64_t peak_rss_bytes = 0;
   /// Tensor bytes the tape keeps for backward at the end of a forward pass, per dtype
@@ -38,7 +38,7 @@ struct TrainSummary {
   // data parallel (reported when ranks > 1 or zero): rank 0's figures
   int64_t ranks = 1;
   bool zero = false;
-  int64_t comm_bytes_per_step = 0;  ///< payload bytes this rank sent in the last step
+  int64_t comm_bytes_per_step = 0;             ///< payload bytes this rank sent in the last step
   int64_t optimizer_state_bytes_per_rank = 0;  ///< fp32 master + moments this rank holds
   int64_t master_bytes_per_rank = 0;           ///< of which fp32 master
   /// The summary as a JSON object (the contents of summary.json).
