@@ -81,7 +81,7 @@ void add_train_flags(CLI::App* c, TrainConfig& cfg, bool with_precision = true) 
   c->add_option("--dropout", cfg.dropout, "dropout probability")->capture_default_str();
   c->add_option("--checkpoint-activations", cfg.checkpoint_activations,
                 "gpt: none | gelu | blocks | every:N: recompute in backward each MLP's GELU "
-                "(its 4C output not kept; ~1% time), or whole blocks (all, or 0, N, 2N..) "
+                "(its 4C output not kept; ~2% time), or whole blocks (all, or 0, N, 2N..) "
                 "keeping only their inputs (~1 more forward); same gradients, less memory")
       ->capture_default_str();
   c->add_option("--seed", cfg.seed, "random seed (init, data order, dropout)")
