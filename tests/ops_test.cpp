@@ -460,6 +460,43 @@ TEST(OpsMatmul, LinearMatchesReference) {
       [](auto& t) { return ref::linear(t[0], t[1], Tensor()); }, false, 1e-6f, 1e-5f);
 }
 
+// gelu_linear is linear(gelu(x)) keeping x, not gelu(x): the same bits forward and backward
+// (the same kernels run again in backward), in each dtype, with and without bias, and its
+// errors name it.
+TEST(OpsMatmul, GeluLinearIsLinearOfGeluBitForBit) {
+  for (DType dt : kDTypes) {
+    for (bool with_bias : {true, false}) {
+      SCOPED_TRACE(::testing::Message() << dtype_name(dt) << " bias " << with_bias);
+      const Tensor xt = random_tensor({2, 5, 48}, 41).to(dt),
+                   wt = random_tensor({24, 48}, 42).to(dt);
+      const Tensor bt = random_tensor({24}, 43).to(dt), gy = random_tensor({2, 5, 24}, 44).to(dt);
+      auto run = [&](bool fused) {
+        Variable x(xt, true), w(wt, true), b(bt, true);
+        const Variable bias = with_bias ? b : Variable();
+        Variable y = fused ? gelu_linear(x, w, bias) : linear(gelu(x), w, bias);
+        y.backward(gy);
+        std::vector<Tensor> out{y.data(), x.grad(), w.grad()};
+        if (with_bias) out.push_back(b.grad());
+        return out;
+      };
+      const std::vector<Tensor> plain = run(false), fused = run(true);
+      ASSERT_EQ(plain.size(), fused.size());
+      for (size_t i = 0; i < plain.size(); ++i) {
+        EXPECT_EQ(plain[i].dtype(), fused[i].dtype()) << i;
+        EXPECT_EQ(plain[i].to_vector(), fused[i].to_vector()) << "output/gradient " << i;
+      }
+    }
+  }
+  try {
+    gelu_linear(Variable(random_tensor({4, 8}, 45)), Variable(random_tensor({3, 7}, 46)));
+    ADD_FAILURE() << "no error";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("gelu_linear: x Tensor[4, 8] f32 and w Tensor[3, 7]"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(OpsPolicy, CategoriesPickDTypes) {
   amp::PolicyScope scope(amp::Policy::bf16());
   Variable x(random_tensor({4, 8}, 30)), w(random_tensor({3, 8}, 31), true);
