@@ -48,27 +48,32 @@ if [[ $what == all || $what == step ]] && [[ -f scripts/bench_compare.sh ]]; the
   bash scripts/bench_compare.sh "$(dirname "$BIN")" "$out"
 fi
 if [[ $what == all || $what == ckpt ]]; then
-  # GPT 6x384, T 256, batch 32: fp32 and bf16, with and without block checkpointing. Each
-  # configuration runs CKPT_RUNS times (each run: the median of 2 timed steps); the object kept
-  # is the run at the (lower) median step time, with every run's step time, their median and
-  # the load average at each start beside it.
-  echo "== activation checkpointing: GPT batch 32, fp32/bf16, none/blocks"
+  # GPT 6x384, T 256, batch 32: fp32 and bf16, without checkpointing, recomputing only the
+  # MLPs' GELU, and recomputing whole blocks. Each configuration runs CKPT_RUNS times (each run:
+  # the median of 2 timed steps); the object kept is the run at the (lower) median step time,
+  # with every run's step time, their median and the load average at each start beside it.
+  # Like the step table, a CPU without AVX512-BF16 writes its own file.
+  level=$($BIN info --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["simd_level"])')
+  ckpt_out=results/checkpointing.json
+  [[ $level == avx512bf16 ]] || ckpt_out=results/checkpointing-$level.json
+  echo "== activation checkpointing: GPT batch 32, fp32/bf16, none/gelu/blocks ($ckpt_out)"
   tmp=$(mktemp -d)
+  $BIN info --json > "$tmp/info.json"
   # Round-robin over the configurations, so a change of load on the shared machine falls on all.
   for ((i = 0; i < ${CKPT_RUNS:-3}; i++)); do
     for prec in fp32 bf16; do
-      for ck in none blocks; do
+      for ck in none gelu blocks; do
         cut -d' ' -f1 /proc/loadavg > "$tmp/$prec-$ck-$i.load"
         $BIN bench step --model gpt --batch 32 --precision $prec --checkpoint-activations $ck \
           --warmup 1 --repeats 2 --peak-time 0 --no-optimizer-bandwidth --json > "$tmp/$prec-$ck-$i.json"
       done
     done
   done
-  /usr/bin/python3 - "$tmp" > results/checkpointing.json <<'PY'
+  /usr/bin/python3 - "$tmp" > "$ckpt_out" <<'PY'
 import glob, json, os, statistics, sys
 d, out = sys.argv[1], []
 for prec in ("fp32", "bf16"):
-    for ck in ("none", "blocks"):
+    for ck in ("none", "gelu", "blocks"):
         runs = []
         for f in sorted(glob.glob(os.path.join(d, "%s-%s-*.json" % (prec, ck)))):
             j = json.load(open(f))
@@ -80,7 +85,7 @@ for prec in ("fp32", "bf16"):
         best["median_ms_per_step"] = statistics.median(best["runs_ms_per_step"])
         best["runs_load_avg_1min"] = [j["load_avg_1min"] for j in runs]
         out.append(best)
-print(json.dumps(out, indent=2))
+print(json.dumps({"machine": json.load(open(os.path.join(d, "info.json"))), "runs": out}, indent=2))
 PY
   rm -rf "$tmp"
 fi

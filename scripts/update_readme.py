@@ -112,11 +112,17 @@ def step_table(name="step.json"):
     return "\n".join(out)
 
 
-def ckpt_table():
-    d = load("checkpointing.json")
+def ckpt_table(name="checkpointing.json"):
+    d = load(name)
     if not d:
         return ""
-    out = ["`bash scripts/results.sh ckpt`: `mixtrain bench step --model gpt --batch 32 --precision P "
+    out = []
+    if isinstance(d, dict):  # {"machine", "runs"}; the first files were the runs alone
+        m = machine_str(d.get("machine"))
+        if m:
+            out += ["Measured on: %s." % m, ""]
+        d = d["runs"]
+    out += ["`bash scripts/results.sh ckpt`: `mixtrain bench step --model gpt --batch 32 --precision P "
            "--checkpoint-activations C` (GPT 6 layers, width 384, 6 heads, context 256; each run "
            "the median of 2 timed steps; each configuration run %d times, round-robin: the median of "
            "the runs, and the 1-minute load average at the start of each). Activations kept = tensor bytes the tape "
@@ -236,6 +242,11 @@ def main():
     ck = ckpt_table()
     if ck:
         results += ["", "### Activation checkpointing", "", ck]
+    ck = ckpt_table("checkpointing-avx2.json")
+    if ck:
+        results += ["", "### Activation checkpointing on an AVX2 CPU", "",
+                    "`gelu` recomputes only each MLP's GELU in backward (its [B, T, 4C] output is "
+                    "not kept); `blocks` recomputes whole blocks.", "", ck]
     dt = dist_table()
     if dt:
         results += ["", "### Data parallel (2 ranks on 2 cores)", "", dt]
