@@ -43,7 +43,7 @@ class RowConverter {
       narrow_(static_cast<const float*>(src), static_cast<uint16_t*>(dst), n);
     else if (widen_)
       widen_(static_cast<const uint16_t*>(src), static_cast<float*>(dst), n);
-    else
+    else if (n > 0)  // memcpy's pointers must not be null even for no bytes
       std::memcpy(dst, src, n * copy_size_);
   }
 
