@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 what=${1:-all}
 [[ -n ${SKIP_BUILD:-} ]] || bash scripts/build.sh >/dev/null
 BIN=${BIN:-./build/mixtrain}
+# The issue-5 figures are for AVX512-BF16 CPUs; the step and checkpointing tables of any other
+# CPU go to files named by its SIMD level beside them (results/step-avx2.json, ...).
+level_of() { $BIN info --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["simd_level"])'; }
 mkdir -p results
 MLP_EPOCHS=${MLP_EPOCHS:-10}
 GPT_STEPS=${GPT_STEPS:-300}
@@ -36,9 +39,7 @@ if [[ $what == all || $what == gpt ]]; then
     --eval-batches 16 --precisions fp32,bf16,fp16 --seed 1 --quiet --out results/compare-gpt
 fi
 if [[ $what == all || $what == step ]] && [[ -f scripts/bench_compare.sh ]]; then
-  # The issue-5 figures are for AVX512-BF16 CPUs (results/step.json); any other CPU writes its
-  # own file (results/step-avx2.json, ...) beside it, so a run on one never replaces the other.
-  level=$($BIN info --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["simd_level"])')
+  level=$(level_of)
   out=results/step.json
   if [[ $level != avx512bf16 ]]; then
     out=results/step-$level.json
@@ -52,8 +53,7 @@ if [[ $what == all || $what == ckpt ]]; then
   # MLPs' GELU, and recomputing whole blocks. Each configuration runs CKPT_RUNS times (each run:
   # the median of 2 timed steps); the object kept is the run at the (lower) median step time,
   # with every run's step time, their median and the load average at each start beside it.
-  # Like the step table, a CPU without AVX512-BF16 writes its own file.
-  level=$($BIN info --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["simd_level"])')
+  level=$(level_of)
   ckpt_out=results/checkpointing.json
   [[ $level == avx512bf16 ]] || ckpt_out=results/checkpointing-$level.json
   echo "== activation checkpointing: GPT batch 32, fp32/bf16, none/gelu/blocks ($ckpt_out)"
