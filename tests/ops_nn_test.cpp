@@ -225,10 +225,12 @@ TEST_P(NnDTypeTest, AttentionMatchesReference) {
        {AttnCase{2, 3, 40, 40, 16, true}, AttnCase{1, 2, 150, 150, 16, true},
         AttnCase{1, 2, 7, 11, 5, false}, AttnCase{1, 1, 1, 1, 3, true},
         AttnCase{2, 3, 600, 600, 8, true},
-        // D a multiple of 32: the fused kernels on AVX-512 and AVX2 CPUs (8-row blocks, 32-key
-        // tiles: 70 and 45 leave ragged ones; MIXTRAIN_ISA=scalar runs the GEMM path); 37 queries against 45 keys, not causal,
-        // checks every key's dK and dV row on both paths.
-        AttnCase{2, 3, 70, 70, 64, true}, AttnCase{1, 2, 37, 45, 32, false}}) {
+        // D a multiple of 32: the fused kernels on AVX-512 and AVX2 CPUs (8- or 6-row blocks,
+        // 32-key tiles: 70 and 45 leave ragged ones; MIXTRAIN_ISA=scalar runs the GEMM path);
+        // 37 queries against 45 keys, not causal, checks every key's dK and dV row on both
+        // paths. 64 keys in 6-row blocks end in a block past the last 32-key tile (66 > 64).
+        AttnCase{2, 3, 70, 70, 64, true}, AttnCase{1, 2, 37, 45, 32, false},
+        AttnCase{1, 2, 64, 64, 32, true}, AttnCase{1, 1, 64, 64, 32, false}}) {
     const std::string name = fmt::format("attention B{} H{} Tq{} Tk{} D{} {}", c.B, c.H, c.Tq, c.Tk,
                                          c.D, c.causal ? "causal" : "full");
     const Tensor q = random_tensor({c.B, c.H, c.Tq, c.D}, 12, -2.0f, 2.0f);

@@ -10,11 +10,10 @@ namespace mixtrain::nn_detail {
 FusedAttention attention_fused_kind(DType qkv_dt, DType g_dt, int64_t Tq, int64_t Tk, int64_t D) {
   static const std::string level = simd_level();
   // A head's P and dS live whole in each thread's buffers (dV and dK read them by key block): up to
-  // 2^20 scores each (4 MiB in fp32); longer sequences take the GEMM path, whose scores go by
-  // chunks.
-  auto round_up = [](int64_t x, int64_t m) { return (x + m - 1) / m * m; };
+  // 2^20 scores each (4 MiB in fp32, a little more with the tiles' padding); longer sequences
+  // take the GEMM path, whose scores go by chunks.
   if (D % kAttnCols != 0 || D > 1024 || Tq <= 0 || Tk <= 0 || Tq > (1 << 20) || Tk > (1 << 20) ||
-      round_up(Tq, kAttnRows) * round_up(Tk, kAttnCols) > (int64_t{1} << 20))
+      Tq * Tk > (int64_t{1} << 20))
     return FusedAttention::none;
   auto is_float = [](DType d) { return d == DType::f32 || d == DType::bf16 || d == DType::f16; };
   if (!is_float(qkv_dt) || !is_float(g_dt)) return FusedAttention::none;

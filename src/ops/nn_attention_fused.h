@@ -9,9 +9,9 @@
 
 namespace mixtrain::nn_detail {
 
-/// The kernels' granularity: query rows per block, and the width of a register tile (keys of
-/// a score tile, columns of an output one; D must be a multiple of it).
-constexpr int64_t kAttnRows = 8;
+/// The kernels' granularity: query rows per block (AVX-512, AVX2), and the width of a register
+/// tile (keys of a score tile, columns of an output one; D must be a multiple of it).
+constexpr int64_t kAttnRows = 8, kAttnRowsAvx2 = 6;
 constexpr int64_t kAttnCols = 32;
 
 enum class FusedAttention {

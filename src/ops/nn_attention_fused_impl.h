@@ -14,7 +14,7 @@
 //            them (FlashAttention's choice, as the GEMM path's bf16).
 //   F32Kind  (both levels): operands widened to fp32 when packed (fp16 and bf16: exact), fp32
 //            FMAs, P and dS kept fp32. Level 2 tiles are 8×32 in 16 zmm accumulators; level 1
-//            runs each 8×32 tile as four 4×16 ones (8 ymm accumulators: AVX2 has 16
+//            blocks are 6 rows, run as 6×16 tiles (12 ymm accumulators: AVX2 has 16
 //            registers).
 // Scores are scaled once and the softmax runs in fp32 from the logsumexp the forward saves;
 // only summation order (and, for bf16 on F32Kind, P and dS not being rounded) differs from
@@ -23,6 +23,7 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -47,7 +48,10 @@ namespace mixtrain::nn_detail {
 
 namespace {
 
-constexpr int64_t kMR = kAttnRows;  // rows per kernel call
+// Rows per kernel call: 8 on AVX-512 (8×32 tiles in 16 of 32 zmm); 6 on AVX2, whose 6×16 tiles
+// keep 12 accumulators in its 16 registers (12 independent FMA chains; a 4×16 tile's 8 just
+// cover two pipes' latency and measured 20-30% slower: 56-67 against 72-85 GFLOP/s a thread).
+constexpr int64_t kMR = MT_ATT_LEVEL == 2 ? kAttnRows : kAttnRowsAvx2;
 constexpr int64_t kNR = kAttnCols;  // columns per tile (two zmm of 16 fp32, four ymm of 8)
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -55,6 +59,25 @@ int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 // Row t of a [T, D] view with row stride ld (elements) of dtype dt.
 inline const char* row_of(const char* base, DType dt, int64_t ld, int64_t t) {
   return base + t * ld * static_cast<int64_t>(dtype_size(dt));
+}
+
+// A head's rows lie a whole packed projection apart ([B, T, 3C]: 2304 bytes in bf16 at C = 384),
+// a new page every row or two, where the hardware prefetchers stop: without a software prefetch
+// each row was a demand miss (the widening took 16% of bf16 attention on AVX2, waiting on its
+// loads). The packs ask for the row kAhead ahead.
+constexpr int64_t kAhead = 16;
+inline void prefetch_row(const char* base, DType dt, int64_t ld, int64_t t, int64_t T, int64_t D) {
+  if (t >= T) return;
+  const char* p = row_of(base, dt, ld, t);
+  const int64_t bytes = D * static_cast<int64_t>(dtype_size(dt));
+  for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
+// The same for the output rows [t0, t0 + n) (row stride rs bytes, T rows of `bytes`), asked
+// for one block before they are written.
+inline void prefetch_out(const char* base, int64_t rs, int64_t t0, int64_t n, int64_t T,
+                         int64_t bytes) {
+  for (int64_t t = t0; t < std::min(T, t0 + n); ++t)
+    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(base + t * rs + o, _MM_HINT_T0);
 }
 
 #if MT_ATT_LEVEL == 2
@@ -224,30 +247,26 @@ struct F32Kind {
     }
   }
 #else
-  // 4 rows × 16 columns at a time: 8 accumulators, two B vectors and a broadcast fit AVX2's 16
-  // registers with room to spare, and 8 independent FMA chains cover two pipes' latency.
+  // kMR (6) rows × 16 columns at a time: 12 accumulators, two B vectors and a broadcast.
   MT_VEC static void tile_kernel(const float* A, int64_t a_rs, int64_t a_ks, const U* B,
                                  int64_t ldb, int64_t K, int64_t n, float* C, int64_t ldc) {
-    constexpr int kR = 4;
-    for (int64_t c0 = 0; c0 < n; c0 += 16)
-      for (int64_t r0 = 0; r0 < kMR; r0 += kR) {
-        __m256 acc[kR][2];
-        for (int r = 0; r < kR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-        const U* b = B + c0;
-        const float* a = A + r0 * a_rs;
-        for (int64_t k = 0; k < K; ++k) {
-          const __m256 b0 = _mm256_loadu_ps(b + k * ldb), b1 = _mm256_loadu_ps(b + k * ldb + 8);
-          for (int r = 0; r < kR; ++r) {
-            const __m256 av = _mm256_broadcast_ss(a + r * a_rs + k * a_ks);
-            acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
-          }
-        }
-        for (int r = 0; r < kR; ++r) {
-          _mm256_storeu_ps(C + (r0 + r) * ldc + c0, acc[r][0]);
-          _mm256_storeu_ps(C + (r0 + r) * ldc + c0 + 8, acc[r][1]);
+    for (int64_t c0 = 0; c0 < n; c0 += 16) {
+      __m256 acc[kMR][2];
+      for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+      const U* b = B + c0;
+      for (int64_t k = 0; k < K; ++k) {
+        const __m256 b0 = _mm256_loadu_ps(b + k * ldb), b1 = _mm256_loadu_ps(b + k * ldb + 8);
+        for (int r = 0; r < kMR; ++r) {
+          const __m256 av = _mm256_broadcast_ss(A + r * a_rs + k * a_ks);
+          acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+          acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
         }
       }
+      for (int r = 0; r < kMR; ++r) {
+        _mm256_storeu_ps(C + r * ldc + c0, acc[r][0]);
+        _mm256_storeu_ps(C + r * ldc + c0 + 8, acc[r][1]);
+      }
+    }
   }
 #endif
   static void kernel(const U* A, int64_t lda, const U* B, int64_t ldb, int64_t K, int64_t n,
@@ -264,7 +283,11 @@ struct F32Kind {
   static void pack_rows(const char* src, DType dt, int64_t ld, int64_t T, int64_t D, int64_t Tp,
                         U* dst) {
     const simd::RowConverter widen(dt, DType::f32);
-    for (int64_t t = 0; t < T; ++t) widen(row_of(src, dt, ld, t), dst + t * D, D);
+    for (int64_t t = 0; t < kAhead; ++t) prefetch_row(src, dt, ld, t, T, D);
+    for (int64_t t = 0; t < T; ++t) {
+      prefetch_row(src, dt, ld, t + kAhead, T, D);
+      widen(row_of(src, dt, ld, t), dst + t * D, D);
+    }
     std::memset(dst + T * D, 0, (Tp - T) * D * 4);
   }
 
@@ -277,7 +300,9 @@ struct F32Kind {
     std::vector<float> wide(dt == DType::f32 ? 0 : 8 * D);
     const simd::RowConverter widen(dt, DType::f32);
     int64_t t0 = 0;
+    for (int64_t t = 0; t < kAhead; ++t) prefetch_row(src, dt, ld, t, T, D);
     for (; t0 + 8 <= T; t0 += 8) {
+      for (int64_t t = t0 + kAhead; t < t0 + kAhead + 8; ++t) prefetch_row(src, dt, ld, t, T, D);
       const float* r[8];
       for (int i = 0; i < 8; ++i) {
         if (dt == DType::f32) {
@@ -356,7 +381,9 @@ struct Sizes {
 
 Sizes sizes(const Tensor& q4, const Tensor& k4, bool causal, float scale) {
   const int64_t Tq = q4.size(2), Tk = k4.size(2), D = q4.size(3);
-  return {Tq, Tk, D, round_up(Tq, kMR), round_up(Tk, kNR), causal, scale};
+  // Keys padded to whole tiles, and to whole row blocks too: backward reads P and dS by key
+  // block (kMR columns at a time), which must stay inside a row.
+  return {Tq, Tk, D, round_up(Tq, kMR), round_up(round_up(Tk, kMR), kNR), causal, scale};
 }
 
 // The column step of a score product: AVX2's tiles go 16 columns at a time, so a causal block's
@@ -394,7 +421,9 @@ MT_VEC void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const 
       K::pack_by_row(base_of(v4, b, h), v4.dtype(), v4.strides()[2], z.Tk, D, z.Tkp, vq.data());
       float* lh = lse + bh * z.Tq;
       char* ob = out_ptr(o4, b, h);
+      const int64_t o_bytes = D * static_cast<int64_t>(o4.element_size());
       for (int64_t i0 = 0; i0 < z.Tq; i0 += kMR) {
+        prefetch_out(ob, o_rs, i0 + kMR, kMR, z.Tq, o_bytes);
         const int64_t nkp = round_up(block_keys(z, i0), kColStep);
         // fp32 units: the scores become P where they are written.
         float* sc = kInPlace ? reinterpret_cast<float*>(p.data()) : s.data();
@@ -444,6 +473,9 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
     return t.strides()[2] * static_cast<int64_t>(t.element_size());
   };
   const int64_t dq_rs = row_bytes(dq4), dk_rs = row_bytes(dk4), dv_rs = row_bytes(dv4);
+  const int64_t dq_bytes = D * static_cast<int64_t>(dq4.element_size()),
+                dk_bytes = D * static_cast<int64_t>(dk4.element_size()),
+                dv_bytes = D * static_cast<int64_t>(dv4.element_size());
 #pragma omp parallel
   {
     std::vector<U> qa(z.Tqp * Du), ga(z.Tqp * Du), kp(Du * z.Tkp), vp(Du * z.Tkp),
@@ -481,6 +513,7 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
       char* dqb = out_ptr(dq4, b, h);
       // By query block: P and dS (recomputed from lse), then dQ = dS·K.
       for (int64_t i0 = 0; i0 < z.Tq; i0 += kMR) {
+        prefetch_out(dqb, dq_rs, i0 + kMR, kMR, z.Tq, dq_bytes);
         const int64_t nkp = round_up(block_keys(z, i0), kColStep);
         // (Rows past Tq come out zero: their Q and dO rows are.)
         float* sc = kInPlace ? reinterpret_cast<float*>(pf.data() + i0 * z.Tkp) : s.data();
@@ -516,6 +549,8 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
       char* dkb = out_ptr(dk4, b, h);
       char* dvb = out_ptr(dv4, b, h);
       for (int64_t j0 = 0; j0 < z.Tk; j0 += kMR) {
+        prefetch_out(dvb, dv_rs, j0 + kMR, kMR, z.Tk, dv_bytes);
+        prefetch_out(dkb, dk_rs, j0 + kMR, kMR, z.Tk, dk_bytes);
         const int64_t k0 = z.causal ? std::min(j0, z.Tqp) / kPer : 0;  // first query unit
         const P* pj = pf.data() + kPer * k0 * z.Tkp + j0;
         const P* dsj = dsf.data() + kPer * k0 * z.Tkp + j0;
