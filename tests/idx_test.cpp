@@ -92,8 +92,10 @@ TEST(Idx, RealFashionMnistFiles) {
   ASSERT_EQ(d.train.size(), 55000);
   ASSERT_EQ(d.validation.size(), 5000);
   ASSERT_EQ(d.test.size(), 10000);
+  // The pixels are kept as u8 (55 MB for the 70000 images, not 220 MB in fp32).
   EXPECT_EQ(d.train.features.shape(), (Shape{55000, 784}));
-  EXPECT_EQ(d.train.features.dtype(), DType::f32);
+  EXPECT_EQ(d.train.features.dtype(), DType::u8);
+  EXPECT_FALSE(d.train.standardize.has_value());
   EXPECT_EQ(d.train.labels.dtype(), DType::i64);
   const int64_t first_train[] = {9, 0, 0, 3, 0, 2, 7, 2, 5, 5};
   for (int i = 0; i < 10; ++i) EXPECT_EQ(d.train.labels.data<int64_t>()[i], first_train[i]) << i;
@@ -101,18 +103,34 @@ TEST(Idx, RealFashionMnistFiles) {
   const int64_t first_val[] = {0, 8, 0, 6, 5};
   for (int i = 0; i < 5; ++i) EXPECT_EQ(d.validation.labels.data<int64_t>()[i], first_val[i]) << i;
   EXPECT_EQ(d.test.labels.data<int64_t>()[0], 9);
-  // Pixels in [0, 1], both ends reached; the first image's pixel sum (299.0078 from numpy).
-  const float* px = d.train.features.data<float>();
+  // Decoded pixels in [0, 1], both ends reached; the first image's pixel sum (299.0078 from
+  // numpy); each the u8 value divided by 255 in fp32, as ToTensor().
+  const Tensor all = d.train.rows(0, d.train.size());
+  ASSERT_EQ(all.dtype(), DType::f32);
+  ASSERT_EQ(all.shape(), (Shape{55000, 784}));
+  const float* px = all.data<float>();
+  const uint8_t* raw = d.train.features.data<uint8_t>();
   float lo = 1, hi = 0;
   double first = 0;
-  for (int64_t i = 0; i < d.train.features.numel(); ++i) {
+  for (int64_t i = 0; i < all.numel(); ++i) {
     lo = std::min(lo, px[i]);
     hi = std::max(hi, px[i]);
     if (i < 784) first += px[i];
+    ASSERT_EQ(px[i], static_cast<float>(raw[i]) / 255.0f) << i;
   }
   EXPECT_EQ(lo, 0.0f);
   EXPECT_EQ(hi, 1.0f);
   EXPECT_NEAR(first, 299.0078431, 1e-3);
+  // By index (as the batch iterator takes them): rows 7 and 3, in that order.
+  const int64_t pick[] = {7, 3};
+  const Tensor two = d.train.gather(pick, 2);
+  for (int64_t j = 0; j < 784; ++j) {
+    ASSERT_EQ(two.data<float>()[j], px[7 * 784 + j]);
+    ASSERT_EQ(two.data<float>()[784 + j], px[3 * 784 + j]);
+  }
+  const int64_t bad[] = {55000};
+  EXPECT_THROW(d.train.gather(bad, 1), ShapeError);
+  EXPECT_THROW(d.train.rows(10, 5), ShapeError);
   // Statistics of the 55000 training images, from numpy in float64: mean 0.285817, std 0.352937.
   EXPECT_NEAR(d.mean, 0.285817, 1e-5);
   EXPECT_NEAR(d.std, 0.352937, 1e-5);
@@ -130,18 +148,24 @@ TEST(Idx, NormalizedFashionMnist) {
   EXPECT_EQ(d.train.size(), 60000);
   EXPECT_EQ(d.validation.size(), 0);
   double sum = 0, sq = 0;
-  const float* p = d.train.features.data<float>();
-  const int64_t n = d.train.features.numel();
+  ASSERT_TRUE(d.train.standardize.has_value());
+  const Tensor all = d.train.rows(0, d.train.size());
+  const float* p = all.data<float>();
+  const uint8_t* raw = d.train.features.data<uint8_t>();
+  const float inv = 1.0f / d.std;
+  const int64_t n = all.numel();
   for (int64_t i = 0; i < n; ++i) {
     sum += p[i];
     sq += static_cast<double>(p[i]) * p[i];
+    // Decoded as the fp32 features once stored were: divided, then standardised.
+    ASSERT_EQ(p[i], (static_cast<float>(raw[i]) / 255.0f - d.mean) * inv) << i;
   }
   // Standardised with its own statistics: mean 0, std 1 up to fp32 rounding of 47M values.
   EXPECT_NEAR(sum / n, 0.0, 1e-5);
   EXPECT_NEAR(std::sqrt(sq / n), 1.0, 1e-5);
   EXPECT_NEAR(d.mean, 0.2860406, 1e-5);
   // A black test pixel maps to -mean/std.
-  EXPECT_NEAR(d.test.features.data<float>()[0], -d.mean / d.std, 1e-6);
+  EXPECT_NEAR(d.test.rows(0, 1).data<float>()[0], -d.mean / d.std, 1e-6);
 }
 
 TEST(Idx, ValidSamplesGzippedAndPlain) {

@@ -286,3 +286,46 @@ TEST(BatchIterator, DropLastAndNoShuffle) {
   EXPECT_THROW(BatchIterator(d, 11, 1, {.shuffle = true, .drop_last = true}), ConfigError);
   EXPECT_THROW(BatchIterator(ClassificationData{}, 4, 1), ConfigError);
 }
+
+TEST(BatchIterator, DecodesU8AndFloatFeaturesToFp32) {
+  // u8 pixels come out as v / 255 in fp32, then standardised when asked; bf16 features widened.
+  const int64_t n = 6, f = 4;
+  ClassificationData d{Tensor::empty({n, f}, DType::u8), Tensor::empty({n}, DType::i64)};
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < f; ++j) d.features.data<uint8_t>()[i * f + j] = (i * 51 + j) % 256;
+    d.labels.data<int64_t>()[i] = i;
+  }
+  auto expect_rows = [&](const Tensor& rows, const std::vector<int64_t>& which, bool standard) {
+    ASSERT_EQ(rows.dtype(), DType::f32);
+    ASSERT_EQ(rows.shape(), (Shape{static_cast<int64_t>(which.size()), f}));
+    for (size_t r = 0; r < which.size(); ++r)
+      for (int64_t j = 0; j < f; ++j) {
+        float want = static_cast<float>(d.features.data<uint8_t>()[which[r] * f + j]) / 255.0f;
+        if (standard) want = (want - 0.25f) * 2.0f;
+        EXPECT_EQ(rows.data<float>()[r * f + j], want) << r << "," << j;
+      }
+  };
+  BatchIterator it(d, 4, 1, {.shuffle = false, .drop_last = false});
+  Batch b = it.next();
+  expect_rows(b.features, {0, 1, 2, 3}, false);
+  expect_rows(d.rows(5, 6), {5}, false);  // 255: exactly 1
+  EXPECT_EQ(d.rows(5, 6).data<float>()[0], 1.0f);
+
+  d.standardize = ClassificationData::Standardize{0.25f, 2.0f};
+  const ClassificationData tail = d.slice(4, 6);  // keeps u8 storage and the standardisation
+  EXPECT_EQ(tail.features.dtype(), DType::u8);
+  expect_rows(tail.rows(0, 2), {4, 5}, true);
+  const int64_t pick[] = {3, 0};
+  expect_rows(d.gather(pick, 2), {3, 0}, true);
+
+  ClassificationData half{d.features.to(DType::f32).to(DType::bf16), d.labels, std::nullopt};
+  EXPECT_EQ(half.rows(0, 1).data<float>()[1], half.features.to(DType::f32).data<float>()[1]);
+
+  ClassificationData ints{Tensor::zeros({2, 3}, DType::i64), Tensor::zeros({2}, DType::i64), {}};
+  try {
+    ints.rows(0, 2);
+    FAIL() << "i64 features must be refused";
+  } catch (const DTypeError& e) {
+    EXPECT_NE(std::string(e.what()).find("i64"), std::string::npos) << e.what();
+  }
+}

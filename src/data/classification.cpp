@@ -2,7 +2,9 @@
 #include "mixtrain/data/classification.h"
 
 #include <fmt/format.h>
-#include <cstring>
+
+#include <array>
+#include <vector>
 
 #include "mixtrain/error.h"
 
@@ -12,7 +14,54 @@ ClassificationData ClassificationData::slice(int64_t start, int64_t end) const {
   if (start < 0 || end < start || end > size())
     throw ShapeError(fmt::format("ClassificationData::slice: [{}, {}) out of range for {} examples",
                                  start, end, size()));
-  return {features.slice(0, start, end).clone(), labels.slice(0, start, end).clone()};
+  return {features.slice(0, start, end).clone(), labels.slice(0, start, end).clone(), standardize};
+}
+
+Tensor ClassificationData::rows(int64_t start, int64_t end) const {
+  if (start < 0 || end < start || end > size())
+    throw ShapeError(fmt::format("ClassificationData::rows: [{}, {}) out of range for {} examples",
+                                 start, end, size()));
+  std::vector<int64_t> idx(static_cast<size_t>(end - start));
+  for (int64_t i = start; i < end; ++i) idx[i - start] = i;
+  return gather(idx.data(), end - start);
+}
+
+Tensor ClassificationData::gather(const int64_t* idx, int64_t n) const {
+  const DType dt = features.dtype();
+  if (dt != DType::u8 && dt != DType::f32 && dt != DType::bf16 && dt != DType::f16)
+    throw DTypeError(fmt::format(
+        "ClassificationData: features {} must be u8 (decoded as v / 255) or f32, bf16, f16",
+        features.str()));
+  const Tensor src = features.contiguous();
+  const int64_t f = num_features();
+  Tensor out = Tensor::empty({n, f}, DType::f32);
+  float* o = out.data<float>();
+  const char* base = static_cast<const char*>(src.raw_data());
+  const size_t row_bytes = static_cast<size_t>(f) * src.element_size();
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = idx[i];
+    if (k < 0 || k >= size())
+      throw ShapeError(
+          fmt::format("ClassificationData::gather: example {} out of range for {}", k, size()));
+    float* r = o + i * f;
+    const char* in = base + k * static_cast<int64_t>(row_bytes);
+    if (dt == DType::u8) {
+      static const auto kU8 = [] {  // v / 255 for every v, computed once
+        std::array<float, 256> t{};
+        for (int v = 0; v < 256; ++v) t[v] = static_cast<float>(v) / 255.0f;
+        return t;
+      }();
+      const auto* px = reinterpret_cast<const uint8_t*>(in);
+      for (int64_t j = 0; j < f; ++j) r[j] = kU8[px[j]];
+    } else {
+      convert(in, dt, r, DType::f32, static_cast<size_t>(f));
+    }
+    if (standardize) {
+      const float mean = standardize->mean, inv = standardize->inv_std;
+      for (int64_t j = 0; j < f; ++j) r[j] = (r[j] - mean) * inv;
+    }
+  }
+  return out;
 }
 
 std::vector<int64_t> shuffled_indices(int64_t n, Rng& rng) {
@@ -75,22 +124,14 @@ Batch BatchIterator::next() {
     start_epoch();
   }
   const int64_t b = std::min(batch_size_, n - state_.position);
-  const Tensor src = data_.features.contiguous();
-  const int64_t f = data_.num_features();
-  const size_t row_bytes = static_cast<size_t>(f) * src.element_size();
+  const int64_t* picked = order_.data() + state_.position;
   Batch out;
-  out.features = Tensor::empty({b, f}, src.dtype());
+  out.features = data_.gather(picked, b);
   out.labels = Tensor::empty({b}, DType::i64);
-  const char* in = static_cast<const char*>(src.raw_data());
-  char* dst = static_cast<char*>(out.features.raw_data());
   const Tensor labels = data_.labels.contiguous();
   const int64_t* lab = labels.data<int64_t>();
   int64_t* olab = out.labels.data<int64_t>();
-  for (int64_t i = 0; i < b; ++i) {
-    const int64_t k = order_[static_cast<size_t>(state_.position + i)];
-    std::memcpy(dst + i * row_bytes, in + k * row_bytes, row_bytes);
-    olab[i] = lab[k];
-  }
+  for (int64_t i = 0; i < b; ++i) olab[i] = lab[picked[i]];
   out.epoch = state_.epoch;
   out.index = state_.position / batch_size_;
   state_.position += b;

@@ -1,5 +1,6 @@
-// Fashion-MNIST loader: four IDX files -> f32 [N, 784] in [0, 1] (optionally standardised) and
-// i64 labels, with an optional validation split from the end of the training files.
+// Fashion-MNIST loader: four IDX files -> u8 pixels [N, 784] (fp32 in [0, 1] per batch, optionally
+// standardised) and i64 labels, with an optional validation split from the end of the training
+// files.
 #include "mixtrain/data/fashion_mnist.h"
 
 #include <fmt/format.h>
@@ -19,13 +20,9 @@ ClassificationData images_to_classification(const Tensor& images, const Tensor& 
   const int64_t n = images.size(0);
   const int64_t f = n ? images.numel() / n : 0;
   ClassificationData d;
-  d.features = Tensor::empty({n, f}, DType::f32);
+  d.features = images.contiguous().reshape({n, f});  // the pixels as they are: decoded per batch
   d.labels = Tensor::empty({n}, DType::i64);
-  const Tensor img = images.contiguous(), lab = labels.contiguous();  // keep storage alive
-  const uint8_t* px = img.data<uint8_t>();
-  float* out = d.features.data<float>();
-  // x / 255 exactly as the usual ToTensor() does, so results match the PyTorch peer.
-  for (int64_t i = 0; i < n * f; ++i) out[i] = static_cast<float>(px[i]) / 255.0f;
+  const Tensor lab = labels.contiguous();
   const uint8_t* lb = lab.data<uint8_t>();
   int64_t* ol = d.labels.data<int64_t>();
   for (int64_t i = 0; i < n; ++i) ol[i] = lb[i];
@@ -56,13 +53,6 @@ ClassificationData load_pair(const std::string& dir, const std::string& stem, in
   return images_to_classification(images, labels);
 }
 
-void standardize(ClassificationData& d, float mean, float std) {
-  if (!d.features.defined()) return;
-  float* p = d.features.data<float>();
-  const float inv = 1.0f / std;
-  for (int64_t i = 0, n = d.features.numel(); i < n; ++i) p[i] = (p[i] - mean) * inv;
-}
-
 }  // namespace
 
 FashionMnist load_fashion_mnist(const FashionMnistOptions& opt) {
@@ -79,22 +69,26 @@ FashionMnist load_fashion_mnist(const FashionMnistOptions& opt) {
   } else {
     out.train = std::move(all);
   }
-  // Statistics in double: 47M pixel sums in fp32 would lose several digits.
+  // Statistics of the decoded pixels (v / 255 in fp32, as rows() gives them) in double: 47M
+  // sums in fp32 would lose several digits.
+  float decoded[256];
+  for (int v = 0; v < 256; ++v) decoded[v] = static_cast<float>(v) / 255.0f;
+  const Tensor px = out.train.features.contiguous();
+  const uint8_t* p = px.data<uint8_t>();
+  const int64_t n = px.numel();
   double sum = 0, sq = 0;
-  const float* p = out.train.features.data<float>();
-  const int64_t n = out.train.features.numel();
   for (int64_t i = 0; i < n; ++i) {
-    sum += p[i];
-    sq += static_cast<double>(p[i]) * p[i];
+    const float x = decoded[p[i]];
+    sum += x;
+    sq += static_cast<double>(x) * x;
   }
   const double mean = sum / static_cast<double>(n);
   out.mean = static_cast<float>(mean);
   out.std =
       static_cast<float>(std::sqrt(std::max(sq / static_cast<double>(n) - mean * mean, 1e-12)));
   if (opt.normalize) {
-    standardize(out.train, out.mean, out.std);
-    standardize(out.validation, out.mean, out.std);
-    standardize(out.test, out.mean, out.std);
+    const ClassificationData::Standardize st{out.mean, 1.0f / out.std};
+    out.train.standardize = out.validation.standardize = out.test.standardize = st;
   }
   return out;
 }

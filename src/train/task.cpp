@@ -61,12 +61,12 @@ class MlpTask : public Task {
     int64_t correct = 0;
     for (int64_t i = 0; i < n; i += chunk) {
       const int64_t e = std::min(n, i + chunk);
-      ClassificationData part = test.slice(i, e);
-      Variable logits = model_.forward(Variable(part.features));
+      const Tensor labels = test.labels.slice(0, i, e).contiguous();
+      Variable logits = model_.forward(Variable(test.rows(i, e)));
       loss_sum +=
-          static_cast<double>(cross_entropy(logits, Variable(part.labels)).data().item()) * (e - i);
+          static_cast<double>(cross_entropy(logits, Variable(labels)).data().item()) * (e - i);
       const std::vector<float> l = logits.data().to_vector();
-      const int64_t* y = part.labels.data<int64_t>();
+      const int64_t* y = labels.data<int64_t>();
       const int64_t k = logits.size(1);
       for (int64_t r = 0; r < e - i; ++r) {
         int64_t best = 0;

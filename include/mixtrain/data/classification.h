@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,17 +13,32 @@
 
 namespace mixtrain {
 
-/// N examples: features [N, F] (any dtype, usually f32) and labels i64 [N].
+/// N examples: features [N, F] and labels i64 [N]. Features stay as they came: an image set's
+/// u8 pixels (a quarter of fp32's bytes: Fashion-MNIST's 70000 images are 55 MB, not 220) or
+/// floats. The model takes them as fp32, from rows(), gather() and the batch iterator: a u8 value v
+/// is v / 255 (torchvision's ToTensor), a float one itself, and with `standardize` every feature x
+/// then becomes (x - mean) * inv_std. Decoded as the data set was once stored (fp32 features
+/// divided, then standardised in place): the same bits.
 struct ClassificationData {
+  struct Standardize {
+    float mean = 0.0f;
+    float inv_std = 1.0f;
+  };
   Tensor features;
   Tensor labels;
+  std::optional<Standardize> standardize;
   int64_t size() const { return labels.defined() ? labels.size(0) : 0; }
   int64_t num_features() const { return features.defined() ? features.size(1) : 0; }
-  /// Examples [start, end) as a new (copied, contiguous) data set.
+  /// Examples [start, end) as a new (copied, contiguous) data set, stored and decoded as this.
   ClassificationData slice(int64_t start, int64_t end) const;
+  /// fp32 features [end - start, F] of examples [start, end), decoded.
+  Tensor rows(int64_t start, int64_t end) const;
+  /// fp32 features [n, F] of examples idx[0], ..., idx[n - 1], decoded.
+  Tensor gather(const int64_t* idx, int64_t n) const;
 };
 
-/// One batch: features [B, F], labels i64 [B] (B may be smaller for an epoch's last batch).
+/// One batch: fp32 features [B, F] (decoded), labels i64 [B] (B may be smaller for an epoch's
+/// last batch).
 struct Batch {
   Tensor features;
   Tensor labels;

@@ -1,5 +1,6 @@
 // Fashion-MNIST: 28x28 grey images of 10 clothing classes, from the gzip IDX files of Debian's
-// dataset-fashion-mnist package, as f32 features [N, 784] and i64 labels [N].
+// dataset-fashion-mnist package, as u8 features [N, 784] (decoded to fp32 per batch:
+// ClassificationData) and i64 labels [N].
 #pragma once
 
 #include <array>
@@ -36,7 +37,8 @@ struct FashionMnist {
 /// the file and the fault, ConfigError for a bad validation size.
 FashionMnist load_fashion_mnist(const FashionMnistOptions& options = {});
 
-/// u8 images [N, H, W] and u8 labels [N] -> f32 [N, H*W] in [0, 1] and i64 [N].
+/// u8 images [N, H, W] and u8 labels [N] -> u8 features [N, H*W] (rows() gives them as fp32 in
+/// [0, 1]) and i64 labels [N].
 ClassificationData images_to_classification(const Tensor& images_u8, const Tensor& labels_u8);
 
 }  // namespace mixtrain
