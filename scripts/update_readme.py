@@ -223,6 +223,13 @@ def main():
         results.append("")
     results.append(compare_table("compare-mlp", "### Fashion-MNIST MLP 784-512-512-10, same seed and data order",
                                  "mixtrain compare --model mlp --epochs 10 --precisions fp32,bf16,fp16,fp16:none --fp32-modules fc2 --seed 1   # the 10-way head kept in fp32"))
+    mlp2 = load(os.path.join("compare-mlp-avx2", "compare.json"))
+    if mlp2:
+        results += ["", compare_table("compare-mlp-avx2", "### The same on an AVX2 CPU (no 16-bit arithmetic)",
+                                      "bash scripts/results.sh mlp   # on a CPU without AVX512-BF16: results/compare-mlp-avx2"),
+                    "", "Measured on: %s. The 16-bit GEMMs run in fp32 on widened operands here, so "
+                    "16-bit steps are not faster than fp32's; accuracy and memory are what this table "
+                    "compares." % machine_str(load(os.path.join("compare-mlp-avx2", "info.json")))]
     results.append("")
     results.append(compare_table("compare-gpt", "### Byte-level GPT (6 layers, width 384, 6 heads, context 256) on the Jargon File",
                                  "mixtrain compare --model gpt --steps %d --batch 8 --lr 1e-3 --schedule cosine --warmup 20 --eval-batches 16 "
