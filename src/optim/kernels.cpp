@@ -47,12 +47,12 @@ void run_update(const Rule& rule, const UpdateArgs& args) {
 }
 }  // namespace detail
 
+namespace {
+
+// The arguments every rule shares; the caller adds its state arrays.
 template <class G, class W>
-void adamw_update(const AdamWHyper& h, float grad_mult, float* master, float* m, float* v,
-                  const G* grad, W* weight_copy, int64_t n) {
-  detail::Rule r;
-  r.kind = detail::Rule::Kind::adam;
-  r.adam = h;
+detail::UpdateArgs common_args(float grad_mult, float* master, const G* grad, W* weight_copy,
+                               int64_t n) {
   detail::UpdateArgs a;
   a.grad_mult = grad_mult;
   a.master = master;
@@ -60,9 +60,21 @@ void adamw_update(const AdamWHyper& h, float grad_mult, float* master, float* m,
   a.weight_dtype = dtype_of<W>();
   a.grad = grad;
   a.grad_dtype = dtype_of<G>();
+  a.n = n;
+  return a;
+}
+
+}  // namespace
+
+template <class G, class W>
+void adamw_update(const AdamWHyper& h, float grad_mult, float* master, float* m, float* v,
+                  const G* grad, W* weight_copy, int64_t n) {
+  detail::Rule r;
+  r.kind = detail::Rule::Kind::adam;
+  r.adam = h;
+  detail::UpdateArgs a = common_args(grad_mult, master, grad, weight_copy, n);
   a.s0 = m;
   a.s1 = v;
-  a.n = n;
   detail::run_update(r, a);
 }
 
@@ -72,15 +84,8 @@ void sgd_update(const SgdHyper& h, float grad_mult, float* master, float* moment
   detail::Rule r;
   r.kind = detail::Rule::Kind::sgd;
   r.sgd = h;
-  detail::UpdateArgs a;
-  a.grad_mult = grad_mult;
-  a.master = master;
-  a.weight = weight_copy;
-  a.weight_dtype = dtype_of<W>();
-  a.grad = grad;
-  a.grad_dtype = dtype_of<G>();
+  detail::UpdateArgs a = common_args(grad_mult, master, grad, weight_copy, n);
   a.s0 = momentum_buf;
-  a.n = n;
   detail::run_update(r, a);
 }
 
@@ -91,17 +96,10 @@ void rmsprop_update(const RMSPropHyper& h, float grad_mult, float* master, float
   detail::Rule r;
   r.kind = detail::Rule::Kind::rmsprop;
   r.rms = h;
-  detail::UpdateArgs a;
-  a.grad_mult = grad_mult;
-  a.master = master;
-  a.weight = weight_copy;
-  a.weight_dtype = dtype_of<W>();
-  a.grad = grad;
-  a.grad_dtype = dtype_of<G>();
+  detail::UpdateArgs a = common_args(grad_mult, master, grad, weight_copy, n);
   a.s0 = square_avg;
   a.s1 = grad_avg;
   a.s2 = momentum_buf;
-  a.n = n;
   detail::run_update(r, a);
 }
 
