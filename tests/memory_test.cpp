@@ -3,9 +3,11 @@
 // (a kept tensor, another shape, another thread, a dropped plan) falls back without corrupting
 // a byte or changing a result.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <future>
 #include <random>
 #include <thread>
@@ -262,6 +264,49 @@ TEST(StepMemoryScope, AReleasedPlansArenaLivesUntilItsLastTensor) {
   EXPECT_EQ(checksum(kept), sum);
   kept = Tensor();
   EXPECT_EQ(memory_stats().arena_bytes, 0);
+}
+
+// Resident bytes of this process (/proc/self/statm's second field, in pages).
+int64_t resident_bytes() {
+  std::ifstream f("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  f >> size >> resident;
+  return resident * static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+}
+
+TEST(StepMemoryScope, TrimmingBetweenStepsReturnsTheIdleArenasPagesAndKeepsThePlan) {
+  PlansOn on;
+  const uint64_t want = fake_step(4);
+  uint64_t during_step_kept = 0;
+  for (int step = 0; step < 3; ++step) {
+    StepMemoryScope scope;
+    EXPECT_EQ(fake_step(4), want);
+    if (step == 2) {
+      // Inside a step nothing is idle: the call does nothing and the step's buffers are intact.
+      Tensor live = Tensor::empty({kMiB / 4}, DType::f32);  // 1 MiB: within the plan's slack
+      const uint64_t sum = stamp(live, 3);
+      trim_idle_memory();
+      during_step_kept = checksum(live) == sum;
+    }
+  }
+  EXPECT_TRUE(during_step_kept);
+  const int64_t arena = memory_stats().arena_bytes;
+  ASSERT_GE(arena, 32 * kMiB);  // fake_step(4): ~44 MiB live at once
+  const int64_t before = resident_bytes();
+  trim_idle_memory();
+  const int64_t after = resident_bytes();
+  // The whole arena was touched by the steps and is idle now: its pages leave the RSS (a
+  // quarter of slack for whatever else the process maps meanwhile).
+  EXPECT_GE(before - after, arena * 3 / 4)
+      << "arena " << arena << ", RSS " << before << " -> " << after;
+  EXPECT_EQ(memory_stats().cached_bytes, 0);
+  // The plan stays: the next steps replay it (zeroed pages fault back in) with the same results.
+  for (int step = 0; step < 2; ++step) {
+    StepMemoryScope scope;
+    EXPECT_EQ(fake_step(4), want);
+  }
+  EXPECT_EQ(memory_stats().arena_bytes, arena);
+  EXPECT_EQ(memory_stats().step_missed_bytes, 0);
 }
 
 TEST(StepMemoryScope, FreedArenaBytesArePoisonedUnderAddressSanitizer) {

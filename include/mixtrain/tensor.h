@@ -143,6 +143,11 @@ MemoryStats memory_stats();
 /// Returns the kept buffers (MemoryStats::cached_bytes) to the system and drops the step plan
 /// (the next StepMemoryScope records again; its arena goes when no tensor uses it).
 void release_cached_memory();
+/// Between steps: gives the idle step arena's pages back to the system (the mapping and the
+/// plan stay; the next step faults its pages in again, zeroed) and drops the kept buffers. For
+/// work between steps that allocates outside the plan, such as an evaluation, so that its
+/// buffers and the idle arena are not resident at once. No effect while a step is running.
+void trim_idle_memory();
 /// The scope of one training step (forward, backward, update) on the calling thread. A
 /// training loop allocates the same buffers in the same order every step, so the first scoped
 /// step records its buffers of 64 KiB or more with their lifetimes, and later steps take them

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -119,6 +120,22 @@ struct Arena {
     busy.emplace(off, n);
     MT_UNPOISON(base + off, n);
     return base + off;
+  }
+  // The pages no live buffer touches go back to the system (MADV_DONTNEED: the mapping stays,
+  // a later touch gets a zeroed page).
+  void release_free_pages() {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    auto release = [&](size_t lo, size_t hi) {
+      lo = (lo + page - 1) / page * page;
+      hi = hi / page * page;
+      if (hi > lo) madvise(base + lo, hi - lo, MADV_DONTNEED);
+    };
+    size_t at = 0;
+    for (const auto& [off, n] : busy) {
+      release(at, off);
+      at = std::max(at, off + n);
+    }
+    release(at, size);
   }
   void give_back(const void* p) {
     const size_t off = static_cast<size_t>(static_cast<const char*>(p) - base);
@@ -399,6 +416,14 @@ void release_cached_memory() {
   std::lock_guard<std::mutex> lock(a.mu);
   a.drop_cache();
   if (a.depth == 0) a.reset_plan();
+}
+
+void trim_idle_memory() {
+  auto& a = allocator();
+  std::lock_guard<std::mutex> lock(a.mu);
+  if (a.depth > 0) return;  // a step is running: its arena is not idle
+  a.drop_cache();
+  if (a.arena) a.arena->release_free_pages();
 }
 
 MemoryStats memory_stats() {
