@@ -32,12 +32,6 @@ Scan scan(const Tensor& t) {
   return s;
 }
 
-std::string shape_str(const Shape& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? "," : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 }  // namespace
 
 std::string find_fp16_forward_overflow(
