@@ -67,18 +67,17 @@ inline const char* row_of(const char* base, DType dt, int64_t ld, int64_t t) {
 // loads). The packs ask for the row kAhead ahead (the AVX-512 ones too: same layout, not
 // measured there).
 constexpr int64_t kAhead = 16;
-inline void prefetch_row(const char* base, DType dt, int64_t ld, int64_t t, int64_t T, int64_t D) {
-  if (t >= T) return;
-  const char* p = row_of(base, dt, ld, t);
-  const int64_t bytes = D * static_cast<int64_t>(dtype_size(dt));
+inline void prefetch_bytes(const char* p, int64_t bytes) {
   for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
+}
+inline void prefetch_row(const char* base, DType dt, int64_t ld, int64_t t, int64_t T, int64_t D) {
+  if (t < T) prefetch_bytes(row_of(base, dt, ld, t), D * static_cast<int64_t>(dtype_size(dt)));
 }
 // The same for the output rows [t0, t0 + n) (row stride rs bytes, T rows of `bytes`), asked
 // for one block before they are written.
 inline void prefetch_out(const char* base, int64_t rs, int64_t t0, int64_t n, int64_t T,
                          int64_t bytes) {
-  for (int64_t t = t0; t < std::min(T, t0 + n); ++t)
-    for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(base + t * rs + o, _MM_HINT_T0);
+  for (int64_t t = t0; t < std::min(T, t0 + n); ++t) prefetch_bytes(base + t * rs, bytes);
 }
 
 #if MT_ATT_LEVEL == 2
