@@ -36,8 +36,8 @@ Data make_data() {
 }
 
 struct RunResult {
-  double loss = 0;        // final unscaled cross-entropy (fp32 forward)
-  double zero_frac = 0;   // fraction of exactly-zero weight-gradient values at step 1
+  double loss = 0;       // final unscaled cross-entropy (fp32 forward)
+  double zero_frac = 0;  // fraction of exactly-zero weight-gradient values at step 1
   int64_t skipped = 0;
 };
 
@@ -69,7 +69,8 @@ RunResult train(const amp::Policy& policy, amp::LossScaling scaling, optim::Mast
       int64_t zeros = 0, total = 0;
       for (auto* p : model.parameters()) {
         if (p->master.dim() != 2) continue;
-        const auto g = p->grad().defined() ? p->grad().to_vector() : std::vector<float>(p->numel(), 0.f);
+        const auto g =
+            p->grad().defined() ? p->grad().to_vector() : std::vector<float>(p->numel(), 0.f);
         for (float v : g) zeros += v == 0.0f;
         total += static_cast<int64_t>(g.size());
       }
@@ -93,10 +94,14 @@ RunResult train(const amp::Policy& policy, amp::LossScaling scaling, optim::Mast
 
 TEST(AmpMlp, Fp16NeedsLossScalingBf16DoesNot) {
   const float tiny = 1e-6f;
-  const auto fp32 = train(amp::Policy::fp32(), amp::LossScaling::none, optim::MasterMode::fp32, "sgd", 0.2, tiny, 30);
-  const auto bf16 = train(amp::Policy::bf16(), amp::LossScaling::none, optim::MasterMode::fp32, "sgd", 0.2, tiny, 30);
-  const auto fp16 = train(amp::Policy::fp16(), amp::LossScaling::dynamic, optim::MasterMode::fp32, "sgd", 0.2, tiny, 30);
-  const auto fp16_none = train(amp::Policy::fp16(), amp::LossScaling::none, optim::MasterMode::fp32, "sgd", 0.2, tiny, 30);
+  const auto fp32 = train(amp::Policy::fp32(), amp::LossScaling::none, optim::MasterMode::fp32,
+                          "sgd", 0.2, tiny, 30);
+  const auto bf16 = train(amp::Policy::bf16(), amp::LossScaling::none, optim::MasterMode::fp32,
+                          "sgd", 0.2, tiny, 30);
+  const auto fp16 = train(amp::Policy::fp16(), amp::LossScaling::dynamic, optim::MasterMode::fp32,
+                          "sgd", 0.2, tiny, 30);
+  const auto fp16_none = train(amp::Policy::fp16(), amp::LossScaling::none, optim::MasterMode::fp32,
+                               "sgd", 0.2, tiny, 30);
   ASSERT_LT(fp32.loss, 1.0) << "the fp32 control must learn (starts at ln 4 = 1.39)";
   ASSERT_GT(fp32.loss, 0.05) << "compare mid-training, where the loss is not round-off";
   // bf16: 8 significant bits in activations and activation gradients, fp32 master and
@@ -113,10 +118,12 @@ TEST(AmpMlp, Fp16NeedsLossScalingBf16DoesNot) {
 TEST(AmpMlp, MasterFreeModesTrainLikeTheFp32Master) {
   // AdamW on bf16 weights: the reference keeps an fp32 master; the others do not.
   const float one = 1.0f;
-  const auto ref = train(amp::Policy::bf16(), amp::LossScaling::none, optim::MasterMode::fp32, "adamw", 1e-3, one, 30);
+  const auto ref = train(amp::Policy::bf16(), amp::LossScaling::none, optim::MasterMode::fp32,
+                         "adamw", 1e-3, one, 30);
   ASSERT_LT(ref.loss, 1.0);
   ASSERT_GT(ref.loss, 0.05);
-  for (auto mode : {optim::MasterMode::bf16_stochastic, optim::MasterMode::bf16_kahan, optim::MasterMode::split16}) {
+  for (auto mode : {optim::MasterMode::bf16_stochastic, optim::MasterMode::bf16_kahan,
+                    optim::MasterMode::split16}) {
     const auto r = train(amp::Policy::bf16(), amp::LossScaling::none, mode, "adamw", 1e-3, one, 30);
     EXPECT_NEAR(r.loss, ref.loss, 0.02 * ref.loss) << optim::master_mode_name(mode);
     // split16 keeps the fp32 master bit-exact (optim_test checks the bits); here the fp32

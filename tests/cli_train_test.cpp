@@ -3,9 +3,9 @@
 // Bad input: bad_input_test.cpp; SIGKILLs at random moments: kill_resume_test.cpp.
 #include <gtest/gtest.h>
 
-#include "cli_run.h"
 #include <sys/wait.h>
 #include <unistd.h>
+#include "cli_run.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -21,14 +21,16 @@ using Result = mixtrain::testing::CliResult;
 const auto run = mixtrain::testing::run_cli;
 
 std::string tmp(const std::string& name) {
-  const fs::path p = fs::temp_directory_path() / ("mixtrain_cli_" + name + "_" + std::to_string(getpid()));
+  const fs::path p =
+      fs::temp_directory_path() / ("mixtrain_cli_" + name + "_" + std::to_string(getpid()));
   fs::remove_all(p);
   return p.string();
 }
 
-const std::string kTiny = std::string("--model gpt --data text:") + MIXTRAIN_SOURCE_DIR +
-                          "/tests/data/jargon_sample.txt --layers 1 --width 32 --heads 2 --context 16 "
-                          "--batch 4 --eval-batches 2 --quiet ";
+const std::string kTiny =
+    std::string("--model gpt --data text:") + MIXTRAIN_SOURCE_DIR +
+    "/tests/data/jargon_sample.txt --layers 1 --width 32 --heads 2 --context 16 "
+    "--batch 4 --eval-batches 2 --quiet ";
 
 std::string read(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -41,7 +43,8 @@ TEST(CliTrain, KilledRunResumesToTheSameWeights) {
   const std::string a = tmp("a"), b = tmp("b");
   ASSERT_EQ(run("train " + kTiny + "--precision bf16 --steps 10 --out " + a).status, 0);
   // Killed after step 6 (exit status 3), checkpoints every 3 steps: resume redoes from step 6.
-  Result k = run("train " + kTiny + "--precision bf16 --steps 10 --checkpoint-every 3 --stop-after 7 --out " + b);
+  Result k = run("train " + kTiny +
+                 "--precision bf16 --steps 10 --checkpoint-every 3 --stop-after 7 --out " + b);
   ASSERT_EQ(k.status, 3) << k.out;
   Result again = run("train " + kTiny + "--precision bf16 --steps 10 --out " + b);
   EXPECT_EQ(again.status, 1) << "a folder holding this run must be resumed, not overwritten";
@@ -55,10 +58,14 @@ TEST(CliTrain, KilledRunResumesToTheSameWeights) {
   // The files differ only in the metadata naming their source checkpoint; compare tensors.
   auto ja = nlohmann::json::parse(r.out.substr(r.out.find('{')));
   EXPECT_EQ(ja["steps"], 10);
-  const std::string check = "/usr/bin/python3 -c \"import sys\nfrom safetensors.numpy import load_file\n"
-                            "x=load_file('" + wa + "'); y=load_file('" + wb + "')\n"
-                            "assert x.keys()==y.keys() and all((x[k]==y[k]).all() for k in x)\"";
-  if (access("/usr/bin/python3", X_OK) == 0 && std::system("/usr/bin/python3 -c 'import safetensors' 2>/dev/null") == 0)
+  const std::string check =
+      "/usr/bin/python3 -c \"import sys\nfrom safetensors.numpy import load_file\n"
+      "x=load_file('" +
+      wa + "'); y=load_file('" + wb +
+      "')\n"
+      "assert x.keys()==y.keys() and all((x[k]==y[k]).all() for k in x)\"";
+  if (access("/usr/bin/python3", X_OK) == 0 &&
+      std::system("/usr/bin/python3 -c 'import safetensors' 2>/dev/null") == 0)
     EXPECT_EQ(std::system(check.c_str()), 0);
   fs::remove_all(a);
   fs::remove_all(b);
@@ -72,10 +79,14 @@ TEST(CliTrain, ExportedWeightsLoadInTorch) {
   for (const char* dt : {"fp32", "bf16", "fp16"}) {
     const std::string f = a + "/w_" + dt + ".safetensors";
     ASSERT_EQ(run(std::string("export ") + a + " --dtype " + dt + " --out " + f).status, 0);
-    const std::string want = std::string(dt) == "fp32" ? "float32" : std::string(dt) == "bf16" ? "bfloat16" : "float16";
-    const std::string py = "/usr/bin/python3 -c \"from safetensors.torch import load_file\n"
-                           "d=load_file('" + f + "')\nassert len(d)>5 and all(str(v.dtype)=='torch." + want +
-                           "' for v in d.values()), d\nassert d['head.weight'].shape==(256,32)\"";
+    const std::string want = std::string(dt) == "fp32"   ? "float32"
+                             : std::string(dt) == "bf16" ? "bfloat16"
+                                                         : "float16";
+    const std::string py =
+        "/usr/bin/python3 -c \"from safetensors.torch import load_file\n"
+        "d=load_file('" +
+        f + "')\nassert len(d)>5 and all(str(v.dtype)=='torch." + want +
+        "' for v in d.values()), d\nassert d['head.weight'].shape==(256,32)\"";
     EXPECT_EQ(std::system(py.c_str()), 0) << dt;
   }
   fs::remove_all(a);

@@ -47,7 +47,7 @@ inline std::vector<std::vector<float>> analytic_grads(const OpFn& f, const std::
   std::vector<std::vector<float>> g;
   for (size_t i = 0; i < vars.size(); ++i)
     g.push_back(diff[i] && vars[i].grad().defined() ? vars[i].grad().to_vector()
-                                                     : std::vector<float>());
+                                                    : std::vector<float>());
   return g;
 }
 
@@ -62,7 +62,8 @@ inline void gradcheck(const OpFn& f, const std::vector<Tensor>& in, std::vector<
   const std::vector<float> r = random_tensor(f(probe).shape(), 99).to_vector();
   for (size_t i = 0; i < in.size(); ++i) {
     if (!diff[i]) continue;
-    ASSERT_EQ(ana[i].size(), static_cast<size_t>(in[i].numel())) << "input " << i << " got no gradient";
+    ASSERT_EQ(ana[i].size(), static_cast<size_t>(in[i].numel()))
+        << "input " << i << " got no gradient";
     for (int64_t k = 0; k < in[i].numel(); ++k) {
       auto eval = [&](float delta) {
         std::vector<Variable> vs;

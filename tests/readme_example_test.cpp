@@ -8,7 +8,7 @@ using namespace mixtrain;
 TEST(Readme, ExampleRunsAsWritten) {
   Tensor a = Tensor::from_vector({1, 2, 3, 4}, {2, 2}, DType::bf16);  // rounded to bf16 (RNE)
   Variable w(Tensor::from_vector({0.5f, -1, 2, 0.25f}, {2, 2}), /*requires_grad=*/true);
-  amp::PolicyScope bf16(amp::Policy::bf16());   // matmul runs in bf16, fp32 accumulation
+  amp::PolicyScope bf16(amp::Policy::bf16());    // matmul runs in bf16, fp32 accumulation
   Variable loss = mean(matmul(Variable(a), w));  // reductions in fp32
   loss.backward();                               // w.grad() accumulates in fp32
   // a·w = [[4.5, -0.5], [9.5, -2]]: mean 2.875, exact in bf16 inputs and fp32 accumulation.

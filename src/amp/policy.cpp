@@ -13,13 +13,18 @@ thread_local const Policy* g_current = nullptr;
 
 int rank(DType d) {
   switch (d) {
-    case DType::f64: return 4;
-    case DType::f32: return 3;
+    case DType::f64:
+      return 4;
+    case DType::f32:
+      return 3;
     case DType::bf16:
-    case DType::f16: return 2;
+    case DType::f16:
+      return 2;
     case DType::e4m3:
-    case DType::e5m2: return 1;
-    default: return 0;
+    case DType::e5m2:
+      return 1;
+    default:
+      return 0;
   }
 }
 }  // namespace
@@ -83,9 +88,12 @@ Policy Policy::parse(std::string_view spec, std::string* why) {
     } catch (const Error& e) {
       throw ConfigError(fmt::format("precision '{}': {}", spec, e.what()));
     }
-    if (key == "p" || key == "params") p.param = dt;
-    else if (key == "c" || key == "compute") p.compute = dt;
-    else if (key == "o" || key == "output") p.output = dt;
+    if (key == "p" || key == "params")
+      p.param = dt;
+    else if (key == "c" || key == "compute")
+      p.compute = dt;
+    else if (key == "o" || key == "output")
+      p.output = dt;
     else
       throw ConfigError(fmt::format("precision '{}': unknown key '{}' (p, c or o)", spec, key));
     any = true;
@@ -100,8 +108,8 @@ std::string Policy::str() const {
   const char* s = scaling == LossScaling::dynamic ? "dynamic loss scaling"
                   : scaling == LossScaling::fixed ? "static loss scaling"
                                                   : "no loss scaling";
-  return fmt::format("{} (p={},c={},o={}, {})", name.empty() ? "custom" : name,
-                     dtype_name(param), dtype_name(compute), dtype_name(output), s);
+  return fmt::format("{} (p={},c={},o={}, {})", name.empty() ? "custom" : name, dtype_name(param),
+                     dtype_name(compute), dtype_name(output), s);
 }
 
 const Policy* current_policy() { return g_current; }
@@ -140,11 +148,15 @@ DType op_dtype(std::string_view op, OpCategory cat, std::initializer_list<DType>
     if (it != p->op_overrides.end()) return it->second;
   }
   switch (cat) {
-    case OpCategory::lower: return p ? p->compute : promote_types(inputs);
-    case OpCategory::fp32: return DType::f32;
+    case OpCategory::lower:
+      return p ? p->compute : promote_types(inputs);
+    case OpCategory::fp32:
+      return DType::f32;
     case OpCategory::stats32:
-    case OpCategory::same: return inputs.size() ? *inputs.begin() : DType::f32;
-    case OpCategory::promote: return promote_types(inputs);
+    case OpCategory::same:
+      return inputs.size() ? *inputs.begin() : DType::f32;
+    case OpCategory::promote:
+      return promote_types(inputs);
   }
   return DType::f32;
 }

@@ -2,8 +2,8 @@
 // templates over the element type and read/write through float (fp32 internals).
 #pragma once
 
-#include <cstdint>
 #include <fmt/format.h>
+#include <cstdint>
 
 #include "mixtrain/dtype.h"
 #include "mixtrain/error.h"
@@ -14,13 +14,20 @@ namespace mixtrain {
 template <class F>
 decltype(auto) dispatch_float(DType dt, const char* op, F&& f) {
   switch (dt) {
-    case DType::f32: return f(float{});
-    case DType::f64: return f(double{});
-    case DType::bf16: return f(bf16{});
-    case DType::f16: return f(fp16{});
-    case DType::e4m3: return f(fp8_e4m3{});
-    case DType::e5m2: return f(fp8_e5m2{});
-    default: break;
+    case DType::f32:
+      return f(float{});
+    case DType::f64:
+      return f(double{});
+    case DType::bf16:
+      return f(bf16{});
+    case DType::f16:
+      return f(fp16{});
+    case DType::e4m3:
+      return f(fp8_e4m3{});
+    case DType::e5m2:
+      return f(fp8_e5m2{});
+    default:
+      break;
   }
   throw DTypeError(fmt::format("{}: dtype {} is not a floating-point type", op, dtype_name(dt)));
 }
@@ -30,10 +37,14 @@ decltype(auto) dispatch_float(DType dt, const char* op, F&& f) {
 template <class F>
 decltype(auto) dispatch_compute(DType dt, const char* op, F&& f) {
   switch (dt) {
-    case DType::f32: return f(float{});
-    case DType::bf16: return f(bf16{});
-    case DType::f16: return f(fp16{});
-    default: break;
+    case DType::f32:
+      return f(float{});
+    case DType::bf16:
+      return f(bf16{});
+    case DType::f16:
+      return f(fp16{});
+    default:
+      break;
   }
   throw DTypeError(
       fmt::format("{}: dtype {} is not a compute dtype (f32, bf16, f16)", op, dtype_name(dt)));
@@ -43,10 +54,14 @@ decltype(auto) dispatch_compute(DType dt, const char* op, F&& f) {
 template <class F>
 decltype(auto) dispatch_all(DType dt, const char* op, F&& f) {
   switch (dt) {
-    case DType::i32: return f(int32_t{});
-    case DType::i64: return f(int64_t{});
-    case DType::u8: return f(uint8_t{});
-    default: return dispatch_float(dt, op, std::forward<F>(f));
+    case DType::i32:
+      return f(int32_t{});
+    case DType::i64:
+      return f(int64_t{});
+    case DType::u8:
+      return f(uint8_t{});
+    default:
+      return dispatch_float(dt, op, std::forward<F>(f));
   }
 }
 

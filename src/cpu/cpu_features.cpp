@@ -26,8 +26,8 @@ CpuFeatures detect() {
   const bool osxsave = c & (1u << 27);
   const bool has_fma = c & (1u << 12), has_f16c = c & (1u << 29), has_avx = c & (1u << 28);
   const uint64_t xcr0 = osxsave ? xgetbv0() : 0;
-  const bool os_avx = (xcr0 & 0x6) == 0x6;        // xmm, ymm
-  const bool os_avx512 = (xcr0 & 0xe6) == 0xe6;   // + opmask, zmm_hi256, hi16_zmm
+  const bool os_avx = (xcr0 & 0x6) == 0x6;          // xmm, ymm
+  const bool os_avx512 = (xcr0 & 0xe6) == 0xe6;     // + opmask, zmm_hi256, hi16_zmm
   const bool os_amx = (xcr0 & 0x60000) == 0x60000;  // tilecfg, tiledata
   f.fma = has_fma && os_avx;
   f.f16c = has_f16c && has_avx && os_avx;
