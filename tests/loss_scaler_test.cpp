@@ -2,6 +2,7 @@
 // (growth, backoff, floor, ceiling, hysteresis, floor error), skipped-step reporting,
 // once-per-step unscale, accumulation, several optimizers, bf16/fp32 gradients at scale 1,
 // state round trips, and (where torch >= 2.3 is installed) torch.amp.GradScaler("cpu").
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -31,7 +32,7 @@ struct Fixture {
   explicit Fixture(DType grad_dtype = DType::f32, int count = 2) {
     ps.reserve(count);
     for (int i = 0; i < count; ++i)
-      ps.emplace_back("p" + std::to_string(i), Tensor::full({4}, 1.0f, DType::f32), DType::bf16);
+      ps.emplace_back(fmt::format("p{}", i), Tensor::full({4}, 1.0f, DType::f32), DType::bf16);
     for (auto& p : ps) ptrs.push_back(&p);
     set_grads(0.5f, grad_dtype);
   }
