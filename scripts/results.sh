@@ -13,6 +13,21 @@ BIN=${BIN:-./build/mixtrain}
 # of any other CPU go to files named by its SIMD level beside them (results/step-avx2.json, ...).
 level_of() { $BIN info --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["simd_level"])'; }
 mkdir -p results
+# Which code each results file measured: results/provenance.json maps it to the commit (with
+# "+changes" when the sources differ from it) and the date. The README prints it under each table.
+stamp() {
+  local commit
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  git diff --quiet HEAD -- src include tools bench CMakeLists.txt 2>/dev/null || commit+="+changes"
+  /usr/bin/python3 - "$commit" "$@" <<'PY'
+import datetime, json, os, sys
+p = "results/provenance.json"
+d = json.load(open(p)) if os.path.exists(p) else {}
+for f in sys.argv[2:]:
+    d[f] = {"commit": sys.argv[1], "date": datetime.date.today().isoformat()}
+json.dump(d, open(p, "w"), indent=2, sort_keys=True)
+PY
+}
 MLP_EPOCHS=${MLP_EPOCHS:-10}
 GPT_STEPS=${GPT_STEPS:-300}
 
@@ -23,6 +38,7 @@ if [[ $what == all || $what == gemm ]]; then
   # memcpy_gbps is one thread: the one-thread conversion is the like-for-like comparison.
   OMP_NUM_THREADS=1 $BIN bench convert --json > results/convert_1thread.json
   $BIN info --json > results/info.json 2>/dev/null || $BIN info > results/info.txt
+  stamp results/gemm.json
 fi
 if [[ $what == all || $what == mlp ]]; then
   mlp_out=results/compare-mlp
@@ -35,12 +51,14 @@ if [[ $what == all || $what == mlp ]]; then
   $BIN compare --model mlp --epochs "$MLP_EPOCHS" --precisions fp32,bf16,fp16,fp16:none --fp32-modules fc2 \
     --seed 1 --quiet --out "$mlp_out"
   $BIN info --json > "$mlp_out/info.json"
+  stamp "$mlp_out"
 fi
 if [[ $what == all || $what == gpt ]]; then
   echo "== GPT 6x384, context 256, $GPT_STEPS steps on the Jargon File"
   rm -rf results/compare-gpt
   $BIN compare --model gpt --steps "$GPT_STEPS" --batch 8 --lr 1e-3 --schedule cosine --warmup 20 \
     --eval-batches 16 --precisions fp32,bf16,fp16 --seed 1 --quiet --out results/compare-gpt
+  stamp results/compare-gpt
 fi
 if [[ $what == all || $what == step ]] && [[ -f scripts/bench_compare.sh ]]; then
   level=$(level_of)
@@ -51,6 +69,7 @@ if [[ $what == all || $what == step ]] && [[ -f scripts/bench_compare.sh ]]; the
   fi
   echo "== training-step speed against PyTorch ($level: $out)"
   bash scripts/bench_compare.sh "$(dirname "$BIN")" "$out"
+  stamp "$out"
 fi
 if [[ $what == all || $what == ckpt ]]; then
   # GPT 6x384, T 256, batch 32: fp32 and bf16, without checkpointing, recomputing only the
@@ -92,6 +111,7 @@ for prec in ("fp32", "bf16"):
 print(json.dumps({"machine": json.load(open(os.path.join(d, "info.json"))), "runs": out}, indent=2))
 PY
   rm -rf "$tmp"
+  stamp "$ckpt_out"
 fi
 if [[ $what == all || $what == dist ]] && command -v mpirun >/dev/null; then
   # Data parallel on this 2-core machine (`dist`): Fashion-MNIST MLP, 200 steps, 1 rank (1 and 2
@@ -159,5 +179,6 @@ for n in names:
 print(json.dumps(out, indent=2))
 PY
   rm -rf "$tmp"
+  stamp results/dist.json
 fi
 /usr/bin/python3 scripts/update_readme.py

@@ -12,6 +12,26 @@ def load(name):
     return json.load(open(p)) if os.path.exists(p) else None
 
 
+def measured_at(rel):
+    """Which code the results at results/<rel> measured: the commit and date results.sh wrote
+    into results/provenance.json, else (results from before it did) the commit that last
+    changed them."""
+    e = (load("provenance.json") or {}).get("results/" + rel)
+    if e:
+        return "Measured at commit `%s` on %s." % (e["commit"], e["date"])
+    try:
+        log = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h %ad", "--date=short", "--",
+                              os.path.join("results", rel)], capture_output=True, text=True).stdout.split()
+    except OSError:
+        return ""
+    return "Results committed in `%s` on %s." % tuple(log) if len(log) == 2 else ""
+
+
+def with_provenance(out, rel):
+    line = measured_at(rel)
+    return "\n".join(out + (["", line] if line else []))
+
+
 def mib(b):
     return "%.0f MiB" % (b / 2**20)
 
@@ -46,7 +66,7 @@ def gemm_table():
         for r in c.get("convert", []):
             out.append("| %s → %s | %.1f | %s | %.2f |" % (r["from"], r["to"], r["gbps"],
                        "%.1f" % mem_gbps if isinstance(mem_gbps, (int, float)) else "?", r["ratio_to_memcpy"]))
-    return "\n".join(out)
+    return with_provenance(out, "gemm.json")
 
 
 def compare_table(name, title, cmd):
@@ -73,7 +93,7 @@ def compare_table(name, title, cmd):
                 r["label"], r["val_loss"], 100 * (r["val_loss"] - ref["val_loss"]) / ref["val_loss"],
                 r["final_train_loss"], r["throughput"], r["throughput"] / ref["throughput"],
                 mib(r["peak_tensor_bytes"]), mib(r["peak_rss_bytes"]), r["skipped_steps"]))
-    return "\n".join(out)
+    return with_provenance(out, name)
 
 
 def machine_str(m):
@@ -109,7 +129,7 @@ def step_table(name="step.json"):
         met = "-" if r["met"] is None else ("yes" if r["met"] else "**no**")
         target = "-" if r["op"] is None else "%s %s" % (r["op"], r["target"])
         out.append("| %s | %s | %s | %s |" % (r["ratio"], v, target, met))
-    return "\n".join(out)
+    return with_provenance(out, name)
 
 
 def ckpt_table(name="checkpointing.json"):
@@ -143,7 +163,7 @@ def ckpt_table(name="checkpointing.json"):
             "%.2f×" % (ms(r) / ms(b)) if b else "-", mib(kept(r)), by,
             "%.3f" % (kept(r) / kept(ref)) if ref else "-", mib(r["peak_tensor_bytes"]),
             mib(r["peak_rss_bytes"]), ", ".join("%.1f" % x for x in r.get("runs_load_avg_1min", []))))
-    return "\n".join(out)
+    return with_provenance(out, name)
 
 
 def dist_table():
@@ -187,7 +207,7 @@ def dist_table():
                                       z["optimizer_state_bytes_per_rank"], p["optimizer_state_bytes_per_rank"]))
     if notes:
         out += [""] + notes
-    return "\n".join(out)
+    return with_provenance(out, "dist.json")
 
 
 def cli_help():
