@@ -26,9 +26,9 @@ namespace {
 
 // OpenMPI never frees some of what MPI_Init and its first collectives allocate, and the plugins
 // that allocated it are unloaded at MPI_Finalize, so a LeakSanitizer report of it names no
-// library to suppress (only the slow unwinder, at ~2x the sanitizer suite's time for the Dist
-// tests, found one). So MPI's own calls run with leak tracking off: `mpi(...)` around each.
-// Everything this file allocates itself stays tracked.
+// library to suppress (matching one took the slow unwinder's full stacks, which doubled the Dist
+// tests' time under ASan). So MPI's own calls run with leak tracking off: `mpi(...)` around
+// each. What this file allocates itself stays tracked (scripts/sanitize.sh).
 template <class F>
 int mpi(F&& call) {
 #if defined(MIXTRAIN_ASAN)
