@@ -1,7 +1,8 @@
 // Bulk fp32 <-> bf16/fp16 conversion bandwidth against memcpy, on arrays far larger than L2
 // (64 MiB of fp32). Bytes counted = bytes read + bytes written, for memcpy too, so the
-// GB/s columns compare directly. Per-ISA rows run one kernel on one thread (simd::convert_with);
-// "convert" rows use the public mixtrain::convert (active ISA, OpenMP over all threads).
+// GB/s columns compare directly. Per-level rows run one level's kernel on one thread
+// (cpu::convert_kernels<level>); "convert" rows use the public mixtrain::convert (the level in
+// use, OpenMP over all threads).
 //   build-dtype/bench/convert_bench --benchmark_min_time=0.5
 #include <benchmark/benchmark.h>
 #include <omp.h>
@@ -10,7 +11,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu/simd/convert.h"
+#include "cpu/convert.h"
 #include "mixtrain/cpu.h"
 #include "mixtrain/dtype.h"
 
@@ -46,10 +47,21 @@ void BM_Memcpy(benchmark::State& st) {
 }
 BENCHMARK(BM_Memcpy)->Arg(1)->Arg(2)->UseRealTime();
 
+// One level's kernel for the pair, on the calling thread.
+void convert_at(cpu::Isa level, const void* src, DType sd, void* dst, DType dd, size_t n) {
+  const cpu::ConvertKernels& k = cpu::convert_kernels_at(level);
+  if (sd == DType::f32)
+    (dd == DType::bf16 ? k.f32_to_bf16 : k.f32_to_f16)(static_cast<const float*>(src),
+                                                       static_cast<uint16_t*>(dst), n);
+  else
+    (sd == DType::bf16 ? k.bf16_to_f32 : k.f16_to_f32)(static_cast<const uint16_t*>(src),
+                                                       static_cast<float*>(dst), n);
+}
+
 // Arg 0: ISA level (0 scalar .. 3 avx512bf16), one thread; Arg -1: mixtrain::convert.
 void down(benchmark::State& st, DType h) {
   const int level = static_cast<int>(st.range(0));
-  if (level >= 0 && !simd::level_supported(static_cast<simd::Level>(level))) {
+  if (level >= 0 && !cpu::isa_supported(static_cast<cpu::Isa>(level))) {
     st.SkipWithError("this CPU lacks the level");
     return;
   }
@@ -59,16 +71,16 @@ void down(benchmark::State& st, DType h) {
     if (level < 0)
       convert(s.data(), DType::f32, d.data(), h, kN);
     else
-      simd::convert_with(static_cast<simd::Level>(level), s.data(), DType::f32, d.data(), h, kN);
+      convert_at(static_cast<cpu::Isa>(level), s.data(), DType::f32, d.data(), h, kN);
     benchmark::ClobberMemory();
   }
   st.SetLabel(level < 0 ? std::string("convert ") + simd_level()
-                        : simd::level_name(static_cast<simd::Level>(level)));
+                        : cpu::isa_name(static_cast<cpu::Isa>(level)));
   st.SetBytesProcessed(static_cast<int64_t>(st.iterations()) * kN * 6);
 }
 void up(benchmark::State& st, DType h) {
   const int level = static_cast<int>(st.range(0));
-  if (level >= 0 && !simd::level_supported(static_cast<simd::Level>(level))) {
+  if (level >= 0 && !cpu::isa_supported(static_cast<cpu::Isa>(level))) {
     st.SkipWithError("this CPU lacks the level");
     return;
   }
@@ -79,11 +91,11 @@ void up(benchmark::State& st, DType h) {
     if (level < 0)
       convert(s.data(), h, d.data(), DType::f32, kN);
     else
-      simd::convert_with(static_cast<simd::Level>(level), s.data(), h, d.data(), DType::f32, kN);
+      convert_at(static_cast<cpu::Isa>(level), s.data(), h, d.data(), DType::f32, kN);
     benchmark::ClobberMemory();
   }
   st.SetLabel(level < 0 ? std::string("convert ") + simd_level()
-                        : simd::level_name(static_cast<simd::Level>(level)));
+                        : cpu::isa_name(static_cast<cpu::Isa>(level)));
   st.SetBytesProcessed(static_cast<int64_t>(st.iterations()) * kN * 6);
 }
 void BM_F32ToBf16(benchmark::State& st) { down(st, DType::bf16); }

@@ -1,4 +1,4 @@
-// The vectorised fp32 math kernels (src/cpu/simd/vmath.h) on one thread, over a block that stays
+// The vectorised fp32 math kernels (src/cpu/vmath.h) on one thread, over a block that stays
 // in L1 (2048 values, GELU's block in the element-wise ops): the time per value is the
 // kernel's compute, with no memory or threading in it.
 //   build/bench/vmath_bench --benchmark_min_time=0.5
@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "cpu/simd/vmath.h"
+#include "cpu/vmath.h"
 #include "mixtrain/random.h"
 
 namespace {
@@ -24,7 +24,7 @@ void BM_Gelu(benchmark::State& st) {
   const std::vector<float> x = inputs(1);
   std::vector<float> y(kN);
   for (auto _ : st) {
-    mixtrain::simd::gelu(x.data(), y.data(), kN);
+    mixtrain::cpu::gelu(x.data(), y.data(), kN);
     benchmark::DoNotOptimize(y.data());
   }
   st.SetItemsProcessed(st.iterations() * kN);
@@ -35,7 +35,7 @@ void BM_GeluGrad(benchmark::State& st) {
   const std::vector<float> x = inputs(1), g = inputs(2);
   std::vector<float> dx(kN);
   for (auto _ : st) {
-    mixtrain::simd::gelu_grad(x.data(), g.data(), dx.data(), kN);
+    mixtrain::cpu::gelu_grad(x.data(), g.data(), dx.data(), kN);
     benchmark::DoNotOptimize(dx.data());
   }
   st.SetItemsProcessed(st.iterations() * kN);
@@ -47,7 +47,7 @@ void BM_ExpShift(benchmark::State& st) {
   // exp does not depend on them.
   std::vector<float> x = inputs(3);
   for (auto _ : st) {
-    mixtrain::simd::exp_shift(x.data(), kN, 4.0f);
+    mixtrain::cpu::exp_shift(x.data(), kN, 4.0f);
     benchmark::DoNotOptimize(x.data());
   }
   st.SetItemsProcessed(st.iterations() * kN);

@@ -29,7 +29,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/simd/convert.h"
+#include "cpu/convert.h"
 #include "mixtrain/dtype.h"
 
 using namespace mixtrain;
@@ -107,9 +107,9 @@ struct Tally {
 }  // namespace
 
 TEST(DtypeExhaustive, EveryFp32PatternToBf16AndFp16MatchesReferenceOnEveryPath) {
-  std::vector<simd::Level> levels;
-  for (auto l : {simd::Level::avx2, simd::Level::avx512, simd::Level::avx512bf16})
-    if (simd::level_supported(l)) levels.push_back(l);
+  std::vector<cpu::Isa> levels;
+  for (auto l : {cpu::Isa::avx2, cpu::Isa::avx512, cpu::Isa::avx512bf16})
+    if (cpu::isa_supported(l)) levels.push_back(l);
   // tallies[0] scalar, [1 + k] levels[k]; per format.
   Tally bf[4], hf[4];
   int64_t stride = 1;
@@ -144,16 +144,17 @@ TEST(DtypeExhaustive, EveryFp32PatternToBf16AndFp16MatchesReferenceOnEveryPath) 
       for (size_t i = 0; i < kBlock; ++i) got[i] = fp16(src[i]).bits();
       hf[0].add(src.data(), ref_h.data(), got.data());
       for (size_t k = 0; k < levels.size(); ++k) {
-        simd::convert_with(levels[k], src.data(), DType::f32, got.data(), DType::bf16, kBlock);
+        const cpu::ConvertKernels& kl = cpu::convert_kernels_at(levels[k]);
+        kl.f32_to_bf16(src.data(), got.data(), kBlock);
         bf[1 + k].add(src.data(), ref_b.data(), got.data());
-        simd::convert_with(levels[k], src.data(), DType::f32, got.data(), DType::f16, kBlock);
+        kl.f32_to_f16(src.data(), got.data(), kBlock);
         hf[1 + k].add(src.data(), ref_h.data(), got.data());
       }
     }
   }
   EXPECT_EQ(blocks_done.load(), (65536 + stride - 1) / stride);
   for (size_t k = 0; k <= levels.size(); ++k) {
-    const char* name = k == 0 ? "scalar" : simd::level_name(levels[k - 1]);
+    const char* name = k == 0 ? "scalar" : cpu::isa_name(levels[k - 1]);
     EXPECT_EQ(bf[k].mismatches.load(), 0u)
         << name << " fp32->bf16, e.g. input 0x" << std::hex << bf[k].first.load();
     EXPECT_EQ(hf[k].mismatches.load(), 0u)

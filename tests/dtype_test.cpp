@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "cpu/simd/convert.h"
+#include "cpu/convert.h"
 #include "mixtrain/cpu.h"
 #include "mixtrain/dtype.h"
 #include "mixtrain/error.h"
@@ -64,11 +64,16 @@ std::vector<float> test_inputs() {
   return v;
 }
 
-std::vector<simd::Level> supported_levels() {
-  std::vector<simd::Level> out;
-  for (auto l :
-       {simd::Level::scalar, simd::Level::avx2, simd::Level::avx512, simd::Level::avx512bf16})
-    if (simd::level_supported(l)) out.push_back(l);
+// mixtrain::convert with the dispatch capped at `level` (every level this CPU runs is tested).
+void convert_at(cpu::Isa level, const void* src, DType sd, void* dst, DType dd, size_t n) {
+  const cpu::IsaCap cap(level);
+  ASSERT_EQ(cpu::isa(), level);
+  convert(src, sd, dst, dd, n);
+}
+
+std::vector<cpu::Isa> supported_levels() {
+  std::vector<cpu::Isa> out;
+  for (auto l : cpu::supported_isas()) out.push_back(l);
   return out;
 }
 
@@ -352,28 +357,28 @@ TEST(Convert, EveryPairMatchesElementwiseAndLargeArraysMatchSerial) {
 
 TEST(Simd, LevelIsReportedAndCapped) {
   const std::string name = simd_level();
-  EXPECT_EQ(name, simd::level_name(simd::active_level()));
-  EXPECT_LE(static_cast<int>(simd::active_level()), static_cast<int>(simd::detected_level()));
-  EXPECT_TRUE(simd::level_supported(simd::detected_level()));
+  EXPECT_EQ(name, cpu::isa_name(cpu::isa()));
+  EXPECT_LE(cpu::isa(), cpu::detected_isa());
+  EXPECT_TRUE(cpu::isa_supported(cpu::detected_isa()));
   const CpuFeatures& f = cpu_features();
-  if (f.avx512_bf16 && f.avx512bw && f.avx512vl && f.avx2 && f.f16c)
-    EXPECT_EQ(simd::detected_level(), simd::Level::avx512bf16);
+  if (f.avx512_bf16 && f.avx512bw && f.avx512vl && f.avx512dq && f.avx2 && f.fma && f.f16c)
+    EXPECT_EQ(cpu::detected_isa(), cpu::Isa::avx512bf16);
   // MIXTRAIN_ISA caps the level (run e.g. `MIXTRAIN_ISA=avx2 dtype_test` to check).
-  if (const char* env = std::getenv("MIXTRAIN_ISA"); env != nullptr && *env != '\0') {
-    int cap = -1;
-    for (int k = 0; k < 4; ++k)
-      if (std::string(env) == simd::level_name(static_cast<simd::Level>(k))) cap = k;
-    EXPECT_EQ(static_cast<int>(simd::active_level()),
-              std::min(cap, static_cast<int>(simd::detected_level())));
-  }
+  if (const char* env = std::getenv("MIXTRAIN_ISA"); env != nullptr && *env != '\0')
+    EXPECT_EQ(cpu::isa(), std::min(cpu::parse_isa(env, "MIXTRAIN_ISA"), cpu::detected_isa()));
   std::printf("cpu: %s; detected %s, active %s\n", f.brand.c_str(),
-              simd::level_name(simd::detected_level()), simd_level());
-  float x = 0;
-  uint16_t y;
-  EXPECT_FALSE(simd::convert_with(simd::Level::scalar, &x, DType::f32, &y, DType::e4m3, 1));
-  for (auto l : {simd::Level::avx2, simd::Level::avx512, simd::Level::avx512bf16})
-    if (!simd::level_supported(l))
-      EXPECT_THROW(simd::convert_with(l, &x, DType::f32, &y, DType::bf16, 1), BackendError);
+              cpu::isa_name(cpu::detected_isa()), simd_level());
+  // IsaCap lowers the level while alive (innermost wins, never above what runs here), and
+  // restores it after.
+  const cpu::Isa before = cpu::isa();
+  {
+    const cpu::IsaCap cap(cpu::Isa::scalar);
+    EXPECT_STREQ(simd_level(), "scalar");
+    const cpu::IsaCap raise(cpu::Isa::avx512bf16);
+    EXPECT_EQ(cpu::isa(), cpu::Isa::scalar);
+  }
+  EXPECT_EQ(cpu::isa(), before);
+  EXPECT_THROW(cpu::parse_isa("avx1024", "MIXTRAIN_ISA"), ConfigError);
 }
 
 // Each path against the scalar one: every 16-bit pattern up to fp32, and the boundary and
@@ -384,26 +389,26 @@ TEST(Simd, EveryPathMatchesScalar) {
   const std::vector<float> in = test_inputs();
   for (DType h : {DType::bf16, DType::f16}) {
     std::vector<float> up_ref(65536), up(65536);
-    simd::convert_with(simd::Level::scalar, all16.data(), h, up_ref.data(), DType::f32, 65536);
+    convert_at(cpu::Isa::scalar, all16.data(), h, up_ref.data(), DType::f32, 65536);
     std::vector<uint16_t> down_ref(in.size()), down(in.size());
-    simd::convert_with(simd::Level::scalar, in.data(), DType::f32, down_ref.data(), h, in.size());
+    convert_at(cpu::Isa::scalar, in.data(), DType::f32, down_ref.data(), h, in.size());
     for (size_t k = 0; k < in.size(); ++k)
       ASSERT_EQ(down_ref[k], h == DType::bf16 ? bf16(in[k]).bits() : fp16(in[k]).bits());
-    for (simd::Level l : supported_levels()) {
-      const char* ln = simd::level_name(l);
-      simd::convert_with(l, all16.data(), h, up.data(), DType::f32, 65536);
+    for (cpu::Isa l : supported_levels()) {
+      const char* ln = cpu::isa_name(l);
+      convert_at(l, all16.data(), h, up.data(), DType::f32, 65536);
       EXPECT_EQ(std::memcmp(up.data(), up_ref.data(), 65536 * 4), 0) << ln << " " << dtype_name(h);
-      simd::convert_with(l, in.data(), DType::f32, down.data(), h, in.size());
+      convert_at(l, in.data(), DType::f32, down.data(), h, in.size());
       EXPECT_EQ(down, down_ref) << ln << " " << dtype_name(h);
       for (size_t off = 0; off < 3; ++off)
         for (size_t n = 0; n <= 70; ++n) {
           std::vector<uint16_t> d(n + 8, 0xdead);
-          simd::convert_with(l, in.data() + 1000 + off, DType::f32, d.data() + off, h, n);
+          convert_at(l, in.data() + 1000 + off, DType::f32, d.data() + off, h, n);
           for (size_t k = 0; k < n; ++k)
             ASSERT_EQ(d[off + k], down_ref[1000 + off + k]) << ln << " n=" << n;
           for (size_t k = n + off; k < d.size(); ++k) ASSERT_EQ(d[k], 0xdead) << ln << " n=" << n;
           std::vector<float> f(n + 8, 7.0f);
-          simd::convert_with(l, all16.data() + 31000 + off, h, f.data() + off, DType::f32, n);
+          convert_at(l, all16.data() + 31000 + off, h, f.data() + off, DType::f32, n);
           for (size_t k = 0; k < n; ++k)
             ASSERT_EQ(U(f[off + k]), U(up_ref[31000 + off + k])) << ln << " n=" << n;
           for (size_t k = n + off; k < f.size(); ++k) ASSERT_EQ(f[k], 7.0f) << ln << " n=" << n;
@@ -419,7 +424,7 @@ TEST(Simd, RowConverterMatchesConvert) {
   for (uint32_t i = 0; i < 65536; ++i) all16[i] = static_cast<uint16_t>(i);
   const std::vector<float> in = test_inputs();
   for (DType h : {DType::bf16, DType::f16}) {
-    const simd::RowConverter down(DType::f32, h), up(h, DType::f32);
+    const cpu::RowConverter down(DType::f32, h), up(h, DType::f32);
     for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{64}, size_t{70}, in.size()}) {
       SCOPED_TRACE(::testing::Message() << dtype_name(h) << " n " << n);
       std::vector<uint16_t> d(n + 4, 0xdead), d_ref(n);
@@ -437,10 +442,10 @@ TEST(Simd, RowConverterMatchesConvert) {
     }
   }
   std::vector<float> copy(5, 0.0f);
-  simd::RowConverter(DType::f32, DType::f32)(in.data(), copy.data(), 5);
+  cpu::RowConverter(DType::f32, DType::f32)(in.data(), copy.data(), 5);
   EXPECT_TRUE(std::equal(copy.begin(), copy.end(), in.begin()));
-  EXPECT_THROW(simd::RowConverter(DType::f32, DType::i64), DTypeError);
-  EXPECT_THROW(simd::RowConverter(DType::bf16, DType::f16), DTypeError);
+  EXPECT_THROW(cpu::RowConverter(DType::f32, DType::i64), DTypeError);
+  EXPECT_THROW(cpu::RowConverter(DType::bf16, DType::f16), DTypeError);
 }
 
 // The rounding is decided by the code or the instruction's immediate, never by MXCSR: the
@@ -449,19 +454,19 @@ TEST(Simd, IndependentOfMxcsr) {
   std::vector<uint16_t> all16(65536);
   for (uint32_t i = 0; i < 65536; ++i) all16[i] = static_cast<uint16_t>(i);
   const std::vector<float> in = boundary_inputs(true);
-  for (simd::Level l : supported_levels())
+  for (cpu::Isa l : supported_levels())
     for (DType h : {DType::bf16, DType::f16}) {
       std::vector<uint16_t> d0(in.size()), d1(in.size());
       std::vector<float> u0(65536), u1(65536);
-      simd::convert_with(l, in.data(), DType::f32, d0.data(), h, in.size());
-      simd::convert_with(l, all16.data(), h, u0.data(), DType::f32, 65536);
+      convert_at(l, in.data(), DType::f32, d0.data(), h, in.size());
+      convert_at(l, all16.data(), h, u0.data(), DType::f32, 65536);
       const unsigned saved = _mm_getcsr();
       _mm_setcsr(saved | 0x8040u | _MM_ROUND_TOWARD_ZERO);  // FTZ | DAZ | RZ
-      simd::convert_with(l, in.data(), DType::f32, d1.data(), h, in.size());
-      simd::convert_with(l, all16.data(), h, u1.data(), DType::f32, 65536);
+      convert_at(l, in.data(), DType::f32, d1.data(), h, in.size());
+      convert_at(l, all16.data(), h, u1.data(), DType::f32, 65536);
       _mm_setcsr(saved);
-      EXPECT_EQ(d0, d1) << simd::level_name(l) << " " << dtype_name(h);
+      EXPECT_EQ(d0, d1) << cpu::isa_name(l) << " " << dtype_name(h);
       EXPECT_EQ(std::memcmp(u0.data(), u1.data(), 65536 * 4), 0)
-          << simd::level_name(l) << " " << dtype_name(h);
+          << cpu::isa_name(l) << " " << dtype_name(h);
     }
 }

@@ -5,10 +5,10 @@
 // scripts/tsan.sh runs this file under ThreadSanitizer, which checks the parallel regions for
 // data races (the comparison here checks the results).
 //
-// Thresholds (src/): ops 2^15 elements (ops_common.h), nn ops 2^14 (nn_common.h), dtype
-// conversion 2^18 (simd::parallel_ranges), strided copies 2^18 bytes (tensor.cpp), optimizer
-// and gradient statistics 2^18 parameters (optimizer.cpp), gradient diagnostics 2^18
-// (diagnostics.cpp), gradient accumulation 2^16 (autograd.cpp).
+// Thresholds (src/cpu/): element-wise maps and sums 2^15 elements (elementwise.cpp, reduce.cpp),
+// nn kernels 2^14 (softmax.cpp, layer_norm.cpp, embedding.cpp, attention.cpp), dtype conversion
+// 2^18 (convert.cpp), strided copies 2^18 bytes (copy.cpp), optimizer update, gradient scan and
+// diagnostics 2^18 parameters (optimizer.cpp), gradient accumulation 2^16 (elementwise.cpp).
 #include <gtest/gtest.h>
 #include <omp.h>
 

@@ -7,7 +7,7 @@ namespace mixtrain {
 
 struct CpuFeatures {
   bool avx2 = false, fma = false, f16c = false;
-  bool avx512f = false, avx512bw = false, avx512vl = false;
+  bool avx512f = false, avx512bw = false, avx512vl = false, avx512dq = false;
   bool avx512_bf16 = false;  ///< vdpbf16ps, vcvtne2ps2bf16: bf16 dot products at 2x fp32
   bool avx512_fp16 = false;  ///< native fp16 arithmetic (Sapphire Rapids and later)
   bool amx_bf16 = false;
@@ -20,8 +20,8 @@ struct CpuFeatures {
 /// The features of this CPU (cached after the first call).
 const CpuFeatures& cpu_features();
 
-/// The SIMD level the bulk kernels use: "avx512bf16", "avx512", "avx2" or "scalar". The
-/// environment variable MIXTRAIN_ISA caps it (for tests and for comparing paths).
+/// The instruction-set level every CPU kernel dispatches to: "avx512bf16", "avx512", "avx2" or
+/// "scalar". The environment variable MIXTRAIN_ISA caps it (for tests and for comparing paths).
 const char* simd_level();
 
 }  // namespace mixtrain

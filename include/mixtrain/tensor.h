@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "mixtrain/dtype.h"
@@ -17,9 +18,12 @@
 namespace mixtrain {
 
 /// Where a tensor's storage lives. The core never #ifdefs on it: a backend the build lacks
-/// throws BackendError when asked for.
+/// throws BackendError (naming the CMake option that builds it) when asked for.
 enum class Device : uint8_t { cpu, cuda };
+/// "cpu", "cuda".
 const char* device_name(Device d);
+/// Parses "cpu" or "cuda"; throws ConfigError naming the bad string.
+Device parse_device(std::string_view name);
 
 using Shape = std::vector<int64_t>;
 /// "[2, 3, 4]".
@@ -27,7 +31,8 @@ std::string shape_str(const Shape& s);
 /// Product of the extents (1 for a scalar shape []).
 int64_t shape_numel(const Shape& s);
 
-/// Contiguous, 64-byte-aligned bytes; counted by the memory tracker while alive.
+/// Contiguous, 64-byte-aligned bytes of one device; counted by that device's memory tracker
+/// while alive.
 class Storage {
  public:
   Storage(size_t nbytes, DType dtype, Device device);
@@ -54,12 +59,12 @@ class Tensor {
   static Tensor empty(const Shape& shape, DType dtype, Device device = Device::cpu);
   static Tensor zeros(const Shape& shape, DType dtype, Device device = Device::cpu);
   /// Every element set to `value` rounded to dtype.
-  static Tensor full(const Shape& shape, float value, DType dtype);
+  static Tensor full(const Shape& shape, float value, DType dtype, Device device = Device::cpu);
   /// From fp32 values, rounded to dtype (RNE).
   static Tensor from_vector(const std::vector<float>& values, const Shape& shape,
-                            DType dtype = DType::f32);
-  /// Wraps caller-owned memory (not copied, not owned; the caller keeps it alive).
-  static Tensor wrap(void* data, const Shape& shape, DType dtype);
+                            DType dtype = DType::f32, Device device = Device::cpu);
+  /// Wraps caller-owned memory of `device` (not copied, not owned; the caller keeps it alive).
+  static Tensor wrap(void* data, const Shape& shape, DType dtype, Device device = Device::cpu);
 
   bool defined() const { return storage_ != nullptr; }
   DType dtype() const { return dtype_; }
@@ -77,7 +82,8 @@ class Tensor {
   /// "Tensor[2, 3] bf16".
   std::string str() const;
 
-  /// Typed pointer to the first element of the view; throws DTypeError if T does not match.
+  /// Typed pointer to the first element of the view (in the device's memory: dereference it
+  /// only for cpu tensors); throws DTypeError if T does not match.
   template <class T>
   T* data() const {
     check_dtype(dtype_of<T>(), "data<T>");
@@ -101,11 +107,14 @@ class Tensor {
   Tensor clone() const;
   /// Converted to dtype (returns *this when the dtype already matches).
   Tensor to(DType dtype) const;
-  /// Copies src's values into this tensor (same shape; converts dtype).
+  /// A contiguous copy on `device` (returns *this when already there).
+  Tensor to(Device device) const;
+  /// Copies src's values into this tensor (same shape; converts dtype; src may live on another
+  /// device).
   void copy_from(const Tensor& src);
   void fill(float value);
 
-  /// Values as fp32 (any layout, any float dtype).
+  /// Values as fp32 (any layout, any float dtype, any device).
   std::vector<float> to_vector() const;
   /// The single value of a one-element tensor, as float.
   float item() const;
@@ -139,9 +148,11 @@ struct MemoryStats {
   /// Bytes the last planned step asked for that its plan did not serve.
   int64_t step_missed_bytes = 0;
 };
-MemoryStats memory_stats();
+/// One device's (each device has its own tracker, plan and cache).
+MemoryStats memory_stats(Device device = Device::cpu);
 /// Returns the kept buffers (MemoryStats::cached_bytes) to the system and drops the step plan
-/// (the next StepMemoryScope records again; its arena goes when no tensor uses it).
+/// (the next StepMemoryScope records again; its arena goes when no tensor uses it), on every
+/// device.
 void release_cached_memory();
 /// Between steps: gives the idle step arena's pages back to the system (the mapping and the
 /// plan stay; the next step faults its pages in again, zeroed) and drops the kept buffers. For
@@ -156,7 +167,7 @@ void trim_idle_memory();
 /// plan cannot serve (another shape, one still held from an earlier step) comes from the
 /// ordinary cache, so a step that differs is only less frugal; if it misses much, the next
 /// step records again. Nested scopes count as one; one opened on another thread while a scope
-/// is open does nothing (one loop per process plans).
+/// is open does nothing (one loop per process plans). Each device plans its own buffers.
 class StepMemoryScope {
  public:
   StepMemoryScope();
@@ -165,10 +176,10 @@ class StepMemoryScope {
   StepMemoryScope& operator=(const StepMemoryScope&) = delete;
 
  private:
-  bool active_ = false;
+  bool active_[2] = {};  // per Device
 };
 
-/// Sets every peak to the current value (to measure the peak of one phase).
+/// Sets every device's peaks to the current values (to measure the peak of one phase).
 void reset_peak_memory();
 
 /// Live bytes now minus live bytes at `before`, per dtype, as {dtype_name: bytes} (dtypes that

@@ -1,5 +1,5 @@
-// Gradient precision diagnostics: one parallel pass of exponent extraction and threshold
-// counts per piece of each tensor, merged per tensor; the recommendation from the totals.
+// Gradient precision diagnostics: one pass of exponent extraction and threshold counts over the
+// gradients by their backend (Backend::grad_histograms); the recommendation from the totals.
 #include "mixtrain/amp/diagnostics.h"
 
 #include <fmt/format.h>
@@ -8,54 +8,10 @@
 #include <bit>
 #include <cmath>
 
+#include "backend/backend.h"
 #include "mixtrain/error.h"
 
 namespace mixtrain::amp {
-namespace {
-
-constexpr int64_t kPiece = int64_t{1} << 15;
-constexpr float kFp16Max = 65504.0f;
-constexpr float kFp16MinSub = 5.9604644775390625e-08f;  // 2^-24
-constexpr float kFp16MinNormal = 6.103515625e-05f;      // 2^-14
-
-template <class T>
-void scan(const T* g, int64_t b, int64_t e, float inv_carried, float to_fp16, GradHistogram& h,
-          int64_t& first_bad, bool& first_nan) {
-  for (int64_t i = b; i < e; ++i) {
-    const float x = std::fabs(static_cast<float>(g[i]));
-    if (std::isnan(x)) {
-      ++h.nan;
-      if (first_bad < 0) first_bad = i, first_nan = true;
-      continue;
-    }
-    if (std::isinf(x)) {
-      ++h.inf;
-      ++h.fp16_overflow;
-      if (first_bad < 0) first_bad = i, first_nan = false;
-      continue;
-    }
-    if (x == 0.0f) {
-      ++h.zero;
-      continue;
-    }
-    const float y = x * to_fp16;  // the value fp16 would have to hold
-    h.fp16_zero += y < kFp16MinSub;
-    h.fp16_subnormal += y < kFp16MinNormal;
-    h.fp16_overflow += y > kFp16Max;
-    const float u = x * inv_carried;
-    h.max_abs = std::max(h.max_abs, static_cast<double>(u));
-    const uint32_t bits = std::bit_cast<uint32_t>(u);
-    const int exp = static_cast<int>(bits >> 23) - 127;  // fp32 subnormals give -127: below
-    if (exp < GradHistogram::kMinExp || u == 0.0f)
-      ++h.below;
-    else if (exp >= GradHistogram::kMaxExp || std::isinf(u))
-      ++h.above;
-    else
-      ++h.bins[exp - GradHistogram::kMinExp];
-  }
-}
-
-}  // namespace
 
 void GradHistogram::merge(const GradHistogram& o) {
   numel += o.numel;
@@ -80,55 +36,27 @@ GradientReport diagnose_gradients(const std::vector<std::pair<std::string, Tenso
   GradientReport rep;
   rep.carried_scale = carried_scale;
   rep.fp16_scale = fp16_scale;
-  std::vector<Tensor> cont(grads.size());
-  struct Piece {
-    size_t t;
-    int64_t b, e;
-  };
-  std::vector<Piece> pieces;
-  int64_t total = 0;
+  std::vector<Tensor> tensors;
   for (size_t t = 0; t < grads.size(); ++t) {
     const Tensor& g = grads[t].second;
     if (g.dtype() != DType::f32 && g.dtype() != DType::bf16 && g.dtype() != DType::f16)
       throw DTypeError(fmt::format("diagnose_gradients: '{}' is {} (expected f32, bf16 or f16)",
                                    grads[t].first, g.str()));
-    cont[t] = g.contiguous();
-    total += g.numel();
-    for (int64_t b = 0; b < g.numel(); b += kPiece)
-      pieces.push_back({t, b, std::min(g.numel(), b + kPiece)});
+    common_device("diagnose_gradients", {&grads[0].second, &g});
+    tensors.push_back(g);
   }
   const float inv_carried = static_cast<float>(1.0 / carried_scale);
   const float to_fp16 = static_cast<float>(static_cast<double>(fp16_scale) / carried_scale);
-  std::vector<GradHistogram> ph(pieces.size());
-  std::vector<int64_t> bad(pieces.size(), -1);
-  std::vector<char> bad_nan(pieces.size(), 0);
-  // Small reports run on the calling thread: a fork/join costs more than the scan.
-#pragma omp parallel for schedule(dynamic, 4) if (total >= (int64_t{1} << 18) && pieces.size() > 1)
-  for (int64_t k = 0; k < static_cast<int64_t>(pieces.size()); ++k) {
-    const Piece& p = pieces[k];
-    const Tensor& g = cont[p.t];
-    bool nan = false;
-    switch (g.dtype()) {
-      case DType::f32:
-        scan(g.data<float>(), p.b, p.e, inv_carried, to_fp16, ph[k], bad[k], nan);
-        break;
-      case DType::bf16:
-        scan(g.data<bf16>(), p.b, p.e, inv_carried, to_fp16, ph[k], bad[k], nan);
-        break;
-      default:
-        scan(g.data<fp16>(), p.b, p.e, inv_carried, to_fp16, ph[k], bad[k], nan);
-        break;
-    }
-    bad_nan[k] = nan;
-    ph[k].numel = p.e - p.b;
-  }
+  std::vector<HistogramScan> scans;
+  if (!tensors.empty())
+    scans = backend_for(tensors[0].device()).grad_histograms(tensors, inv_carried, to_fp16);
   rep.tensors.resize(grads.size());
-  for (size_t t = 0; t < grads.size(); ++t) rep.tensors[t].name = grads[t].first;
-  for (size_t k = 0; k < pieces.size(); ++k) {
-    rep.tensors[pieces[k].t].merge(ph[k]);
-    if (bad[k] >= 0 && rep.first_nonfinite.empty()) {
-      rep.first_nonfinite = grads[pieces[k].t].first;
-      rep.first_nonfinite_nan = bad_nan[k];
+  for (size_t t = 0; t < grads.size(); ++t) {
+    rep.tensors[t] = scans[t].hist;
+    rep.tensors[t].name = grads[t].first;
+    if (scans[t].first_bad >= 0 && rep.first_nonfinite.empty()) {
+      rep.first_nonfinite = grads[t].first;
+      rep.first_nonfinite_nan = scans[t].first_bad_nan;
     }
   }
   rep.total.name = "total";

@@ -8,6 +8,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "backend/backend.h"
 #include "core/dispatch.h"
 #include "mixtrain/profile.h"
 
@@ -18,32 +19,17 @@ thread_local bool g_grad_enabled = true;
 thread_local bool g_keep_activations = false;
 
 // dst += src elementwise (same shape, any float dtypes), computed in fp32 and rounded once
-// into dst's dtype. dst is a gradient this walker made or a leaf's (contiguous). By blocks
-// through the SIMD conversions: the residual stream's bf16 gradients meet here every block.
+// into dst's dtype, by dst's backend. dst is a gradient this walker made or a leaf's
+// (contiguous).
 void accumulate_into(Tensor& dst, const Tensor& src) {
   if (dst.shape() != src.shape())
     throw ShapeError(fmt::format("backward: gradient {} does not match {}", src.str(), dst.str()));
   if (!dst.is_contiguous())
     throw Error(fmt::format("backward: accumulating into a strided gradient {}", dst.str()));
-  const Tensor s = src.contiguous();
-  for (DType dt : {dst.dtype(), s.dtype()})  // gradients are floating point
+  for (DType dt : {dst.dtype(), src.dtype()})  // gradients are floating point
     dispatch_float(dt, "grad accumulate", [](auto) {});
-  constexpr int64_t kBlock = 2048;
-  const int64_t n = dst.numel();
-  const DType dd = dst.dtype(), sd = s.dtype();
-  char* dp = static_cast<char*>(dst.raw_data());
-  const char* sp = static_cast<const char*>(s.raw_data());
-  const int64_t des = static_cast<int64_t>(dst.element_size());
-  const int64_t ses = static_cast<int64_t>(s.element_size());
-#pragma omp parallel for schedule(static) if (n > (1 << 16))
-  for (int64_t i0 = 0; i0 < n; i0 += kBlock) {
-    alignas(64) float a[kBlock], b[kBlock];
-    const int64_t len = std::min(kBlock, n - i0);
-    convert(dp + i0 * des, dd, a, DType::f32, static_cast<size_t>(len));
-    convert(sp + i0 * ses, sd, b, DType::f32, static_cast<size_t>(len));
-    for (int64_t j = 0; j < len; ++j) a[j] += b[j];
-    convert(a, DType::f32, dp + i0 * des, dd, static_cast<size_t>(len));
-  }
+  common_device("backward (gradient accumulation)", {&dst, &src});
+  backend_for(dst.device()).add_into(dst, src);
 }
 // Whether t is the only view of its whole storage, so a leaf may keep it as its gradient and
 // later add into it in place without touching anything else.
@@ -103,7 +89,7 @@ void Variable::backward(float scale) const {
   if (numel() != 1)
     throw ShapeError(fmt::format("backward: a seedless backward needs a one-element output, got {}",
                                  data().str()));
-  backward(Tensor::full(shape(), scale, DType::f32).to(dtype()));
+  backward(Tensor::full(shape(), scale, DType::f32, data().device()).to(dtype()));
 }
 
 void Variable::backward(const Tensor& seed) const {

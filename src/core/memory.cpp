@@ -1,11 +1,10 @@
-// Storage memory: the tracker that counts every live storage byte, and where a storage's bytes
-// come from. Under 64 KiB: malloc. From 64 KiB: the step plan's arena inside a StepMemoryScope
-// that replays a recorded step, else the cache of freed buffers, else fresh pages.
+// Where tensor storage comes from, per device, over the device's raw memory (DeviceMemory,
+// backend/backend.h). Under 64 KiB: the device's small allocator. From 64 KiB: the step plan's
+// arena inside a StepMemoryScope that replays a recorded step, else the cache of freed buffers,
+// else fresh pages. Each device has its own tracker, plan, arena and cache.
 #include "core/memory.h"
 
 #include <fmt/format.h>
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,31 +16,24 @@
 #include <thread>
 #include <unordered_map>
 
+#include "backend/backend.h"
 #include "core/sanitizers.h"
 #include "mixtrain/tensor.h"
-
-#if defined(MIXTRAIN_ASAN)
-#include <sanitizer/asan_interface.h>
-#define MT_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
-#define MT_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
-#else
-#define MT_POISON(p, n) ((void)(p), (void)(n))
-#define MT_UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 namespace mixtrain {
 
 namespace {
 
 constexpr int kNumDTypes = sizeof(MemoryStats::current_by_dtype) / sizeof(int64_t);
+constexpr int kNumDevices = 2;  // Device::cpu, Device::cuda
 
 struct Tracker {
   std::atomic<int64_t> current{0}, peak{0};
   std::atomic<int64_t> current_dt[kNumDTypes] = {}, peak_dt[kNumDTypes] = {};
 };
-Tracker& tracker() {
-  static Tracker t;
-  return t;
+Tracker& tracker(Device d) {
+  static Tracker t[kNumDevices];
+  return t[static_cast<int>(d)];
 }
 
 void atomic_max(std::atomic<int64_t>& a, int64_t v) {
@@ -50,8 +42,7 @@ void atomic_max(std::atomic<int64_t>& a, int64_t v) {
   }
 }
 
-void track(DType dt, int64_t delta) {
-  auto& t = tracker();
+void track(Tracker& t, DType dt, int64_t delta) {
   const int i = static_cast<int>(dt);
   const int64_t now = t.current.fetch_add(delta, std::memory_order_relaxed) + delta;
   const int64_t now_dt = t.current_dt[i].fetch_add(delta, std::memory_order_relaxed) + delta;
@@ -61,48 +52,34 @@ void track(DType dt, int64_t delta) {
   }
 }
 
-// Buffers from 64 KiB are whole pages of their own (mmap), so one given back leaves the RSS at
-// once; smaller ones are malloc's. Under AddressSanitizer they stay malloc's, which it checks.
+// Buffers from 64 KiB are whole pages of their own (DeviceMemory::map: on the CPU an mmap), so
+// one given back leaves the RSS at once; smaller ones are the device's small allocations.
 // (From 1 MiB, as at first, the 64 KiB - 1 MiB buffers a step also frees — widened weights,
 // norms' statistics, small activations — stayed in glibc's heap and held 6-11 MiB more RSS at
 // GPT batch 32.)
 constexpr size_t kBigMin = size_t{1} << 16, kBigRound = size_t{1} << 12;
-constexpr bool kMapPages = !kAddressSanitizer;
 
 size_t block_size(size_t nbytes) {
   if (nbytes < kBigMin) return nbytes == 0 ? 64 : ((nbytes + 63) / 64) * 64;
   return ((nbytes + kBigRound - 1) / kBigRound) * kBigRound;
 }
 
-void* fresh_block(size_t size) {
-  if (!kMapPages || size < kBigMin) return std::aligned_alloc(64, size);
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  return p == MAP_FAILED ? nullptr : p;
-}
-
-void release_block(void* p, size_t size) {
-  if (!kMapPages || size < kBigMin)
-    std::free(p);
-  else
-    munmap(p, size);
-}
-
 // One mapping that a step plan lays its buffers out in; `busy` holds the live ones (offset ->
 // size), so a buffer is only handed out where nothing live lies, whatever the step does.
 struct Arena {
+  DeviceMemory& mem;
   char* base = nullptr;
   size_t size = 0;
   std::map<size_t, size_t> busy;
 
-  explicit Arena(size_t n) : size(n) {
-    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) throw Error(fmt::format("out of memory mapping a {}-byte arena", n));
-    base = static_cast<char*>(p);
-    MT_POISON(base, size);
+  Arena(DeviceMemory& m, size_t n) : mem(m), size(n) {
+    base = static_cast<char*>(mem.map(n));
+    if (!base) throw Error(fmt::format("out of memory mapping a {}-byte arena", n));
+    mem.poison(base, size, true);
   }
   ~Arena() {
-    MT_UNPOISON(base, size);
-    munmap(base, size);
+    mem.poison(base, size, false);
+    mem.unmap(base, size);
   }
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -118,17 +95,14 @@ struct Arena {
   }
   void* take(size_t off, size_t n) {
     busy.emplace(off, n);
-    MT_UNPOISON(base + off, n);
+    mem.poison(base + off, n, false);
     return base + off;
   }
-  // The pages no live buffer touches go back to the system (MADV_DONTNEED: the mapping stays,
-  // a later touch gets a zeroed page).
+  // The pages no live buffer touches go back to the device (on the CPU MADV_DONTNEED: the
+  // mapping stays, a later touch gets a zeroed page).
   void release_free_pages() {
-    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     auto release = [&](size_t lo, size_t hi) {
-      lo = (lo + page - 1) / page * page;
-      hi = hi / page * page;
-      if (hi > lo) madvise(base + lo, hi - lo, MADV_DONTNEED);
+      if (hi > lo) mem.discard(base + lo, hi - lo);
     };
     size_t at = 0;
     for (const auto& [off, n] : busy) {
@@ -144,7 +118,7 @@ struct Arena {
       std::fprintf(stderr, "mixtrain: arena buffer at offset %zu freed twice\n", off);
       std::abort();
     }
-    MT_POISON(base + off, it->second);
+    mem.poison(base + off, it->second, true);
     busy.erase(it);
   }
 };
@@ -167,7 +141,11 @@ constexpr size_t kMissFraction = 8;
 constexpr int kMaxRecordings = 3;
 
 struct Allocator {
+  DeviceMemory& mem;
+  Tracker& tracker;
   std::mutex mu;
+
+  Allocator(DeviceMemory& m, Tracker& t) : mem(m), tracker(t) {}
 
   // Freed buffers by exact size: a loop outside any plan (evaluation, a custom loop) asks for
   // the same sizes again, and fresh pages cost a fault and a kernel zeroing per 4 KiB.
@@ -197,9 +175,17 @@ struct Allocator {
   size_t cache_budget() const {
     // What the cache may keep: the live peak less the arena, so arena plus cache stay within
     // the bytes the loop has needed at once.
-    const int64_t peak = tracker().peak.load(std::memory_order_relaxed);
+    const int64_t peak = tracker.peak.load(std::memory_order_relaxed);
     const int64_t a = arena ? static_cast<int64_t>(arena->size) : 0;
     return peak > a ? static_cast<size_t>(peak - a) : 0;
+  }
+
+  void* fresh_block(size_t size) { return size < kBigMin ? mem.alloc_small(size) : mem.map(size); }
+  void release_block(void* p, size_t size) {
+    if (size < kBigMin)
+      mem.free_small(p, size);
+    else
+      mem.unmap(p, size);
   }
 
   void drop_cache() {
@@ -251,7 +237,7 @@ struct Allocator {
     slots.assign(recorded.size(), Slot{});
     for (size_t i = 0; i < recorded.size(); ++i) slots[i].size = recorded[i].size;
     for (size_t k = 0; k < planned.size(); ++k) slots[index[k]].offset = offsets[k];
-    if (need > 0) arena = std::make_unique<Arena>(need);
+    if (need > 0) arena = std::make_unique<Arena>(mem, need);
     recorded.clear();
     open.clear();
     state = State::planned;
@@ -266,20 +252,37 @@ struct Allocator {
   }
 };
 
-Allocator& allocator() {
-  static auto* a = new Allocator;  // never destroyed: storages may die during static teardown
+// One per device, made at its first allocation (the CPU's at once); never destroyed: storages
+// may die during static teardown.
+std::atomic<Allocator*> g_allocators[kNumDevices];
+std::mutex g_make_mu;
+
+Allocator& allocator(Device d) {
+  std::atomic<Allocator*>& slot = g_allocators[static_cast<int>(d)];
+  if (Allocator* a = slot.load(std::memory_order_acquire)) return *a;
+  std::lock_guard<std::mutex> lock(g_make_mu);
+  if (Allocator* a = slot.load(std::memory_order_relaxed)) return *a;
+  auto* a = new Allocator(backend_for(d).memory(), tracker(d));  // throws for a missing backend
+  slot.store(a, std::memory_order_release);
   return *a;
+}
+
+// The allocators made so far (a step plans on every device it allocates on).
+template <class F>
+void for_each_allocator(F&& f) {
+  for (auto& slot : g_allocators)
+    if (Allocator* a = slot.load(std::memory_order_acquire)) f(*a);
 }
 
 }  // namespace
 
 namespace memory {
 
-void* allocate(size_t nbytes, DType dtype) {
+void* allocate(size_t nbytes, DType dtype, Device device) {
   const size_t size = block_size(nbytes);
   void* p = nullptr;
+  auto& a = allocator(device);
   if (size >= kBigMin) {
-    auto& a = allocator();
     std::lock_guard<std::mutex> lock(a.mu);
     const bool owned = a.in_owned_step();
     if (owned && a.state == Allocator::State::planned && a.arena) p = a.take_from_plan(size);
@@ -291,25 +294,27 @@ void* allocate(size_t nbytes, DType dtype) {
         a.cached -= size;
       }
     }
-    if (!p) p = fresh_block(size);
+    if (!p) p = a.fresh_block(size);
     if (p && owned && a.state == Allocator::State::recording) {
       a.open.emplace(p, a.recorded.size());
       a.recorded.push_back({a.clock++, -1, size});
     }
   } else {
-    p = fresh_block(size);
+    p = a.fresh_block(size);
   }
-  if (!p) throw Error(fmt::format("out of memory allocating {} bytes", nbytes));
-  track(dtype, static_cast<int64_t>(nbytes));
+  if (!p)
+    throw Error(
+        fmt::format("out of memory allocating {} bytes on {}", nbytes, device_name(device)));
+  track(a.tracker, dtype, static_cast<int64_t>(nbytes));
   return p;
 }
 
-void deallocate(void* p, size_t nbytes, DType dtype) {
-  track(dtype, -static_cast<int64_t>(nbytes));
+void deallocate(void* p, size_t nbytes, DType dtype, Device device) {
+  auto& a = allocator(device);
+  track(a.tracker, dtype, -static_cast<int64_t>(nbytes));
   if (!p) return;
   const size_t size = block_size(nbytes);
-  if (size < kBigMin) return release_block(p, size);
-  auto& a = allocator();
+  if (size < kBigMin) return a.release_block(p, size);
   std::lock_guard<std::mutex> lock(a.mu);
   if (a.arena && a.arena->holds(p)) return a.arena->give_back(p);
   for (auto it = a.retired.begin(); it != a.retired.end(); ++it)
@@ -324,14 +329,15 @@ void deallocate(void* p, size_t nbytes, DType dtype) {
       a.recorded[it->second].end = a.clock++;
       a.open.erase(it);
     }
-    return release_block(p, size);
+    return a.release_block(p, size);
   }
+  // Off under AddressSanitizer: a kept buffer would hide a use after free.
   if (!kAddressSanitizer && a.cached + size <= a.cache_budget()) {
     a.cache[size].push_back(p);
     a.cached += size;
     return;
   }
-  release_block(p, size);
+  a.release_block(p, size);
 }
 
 size_t place_intervals(const std::vector<Interval>& intervals, std::vector<size_t>& offsets) {
@@ -370,25 +376,28 @@ size_t place_intervals(const std::vector<Interval>& intervals, std::vector<size_
 }
 
 void set_step_plans_enabled(bool on) {
-  auto& a = allocator();
-  std::lock_guard<std::mutex> lock(a.mu);
-  a.reset_plan();
-  a.drop_cache();
-  a.plans_enabled = on;
+  allocator(Device::cpu);  // exists, so it takes the setting
+  for_each_allocator([&](Allocator& a) {
+    std::lock_guard<std::mutex> lock(a.mu);
+    a.reset_plan();
+    a.drop_cache();
+    a.plans_enabled = on;
+  });
 }
 
 }  // namespace memory
 
-StepMemoryScope::StepMemoryScope() {
-  auto& a = allocator();
+namespace {
+
+// A scope's start and end on one device's allocator; false if another thread's scope owns it.
+bool begin_step(Allocator& a) {
   std::lock_guard<std::mutex> lock(a.mu);
   // One loop plans: a scope on another thread while one is open is inert (its buffers come
   // from the cache), nested ones on the same thread count once.
-  if (a.depth > 0 && a.owner != std::this_thread::get_id()) return;
-  active_ = true;
-  if (a.depth++ > 0) return;
+  if (a.depth > 0 && a.owner != std::this_thread::get_id()) return false;
+  if (a.depth++ > 0) return true;
   a.owner = std::this_thread::get_id();
-  if (!a.plans_enabled) return;
+  if (!a.plans_enabled) return true;
   if (a.state == Allocator::State::unplanned) {
     a.drop_cache();  // its buffers would stay in the RSS while the recorded step makes its own
     a.state = Allocator::State::recording;
@@ -398,11 +407,10 @@ StepMemoryScope::StepMemoryScope() {
     a.cursor = 0;
     a.missed = 0;
   }
+  return true;
 }
 
-StepMemoryScope::~StepMemoryScope() {
-  if (!active_) return;
-  auto& a = allocator();
+void end_step(Allocator& a) {
   std::lock_guard<std::mutex> lock(a.mu);
   if (--a.depth > 0) return;
   if (a.state == Allocator::State::recording)
@@ -411,26 +419,41 @@ StepMemoryScope::~StepMemoryScope() {
     a.end_replay();
 }
 
+}  // namespace
+
+StepMemoryScope::StepMemoryScope() {
+  allocator(Device::cpu);
+  for (int d = 0; d < kNumDevices; ++d)
+    if (Allocator* a = g_allocators[d].load(std::memory_order_acquire)) active_[d] = begin_step(*a);
+}
+
+StepMemoryScope::~StepMemoryScope() {
+  for (int d = 0; d < kNumDevices; ++d)
+    if (active_[d]) end_step(*g_allocators[d].load(std::memory_order_acquire));
+}
+
 void release_cached_memory() {
-  auto& a = allocator();
-  std::lock_guard<std::mutex> lock(a.mu);
-  a.drop_cache();
-  if (a.depth == 0) a.reset_plan();
+  for_each_allocator([](Allocator& a) {
+    std::lock_guard<std::mutex> lock(a.mu);
+    a.drop_cache();
+    if (a.depth == 0) a.reset_plan();
+  });
 }
 
 void trim_idle_memory() {
-  auto& a = allocator();
-  std::lock_guard<std::mutex> lock(a.mu);
-  if (a.depth > 0) return;  // a step is running: its arena is not idle
-  a.drop_cache();
-  if (a.arena) a.arena->release_free_pages();
+  for_each_allocator([](Allocator& a) {
+    std::lock_guard<std::mutex> lock(a.mu);
+    if (a.depth > 0) return;  // a step is running: its arena is not idle
+    a.drop_cache();
+    if (a.arena) a.arena->release_free_pages();
+  });
 }
 
-MemoryStats memory_stats() {
-  auto& t = tracker();
+MemoryStats memory_stats(Device device) {
+  auto& t = tracker(device);
   MemoryStats s;
-  {
-    auto& a = allocator();
+  if (Allocator* a_ptr = g_allocators[static_cast<int>(device)].load(std::memory_order_acquire)) {
+    auto& a = *a_ptr;
     std::lock_guard<std::mutex> lock(a.mu);
     s.cached_bytes = static_cast<int64_t>(a.cached);
     s.arena_bytes = a.arena ? static_cast<int64_t>(a.arena->size) : 0;
@@ -447,9 +470,11 @@ MemoryStats memory_stats() {
 }
 
 void reset_peak_memory() {
-  auto& t = tracker();
-  t.peak.store(t.current.load());
-  for (int i = 0; i < kNumDTypes; ++i) t.peak_dt[i].store(t.current_dt[i].load());
+  for (int d = 0; d < kNumDevices; ++d) {
+    auto& t = tracker(static_cast<Device>(d));
+    t.peak.store(t.current.load());
+    for (int i = 0; i < kNumDTypes; ++i) t.peak_dt[i].store(t.current_dt[i].load());
+  }
 }
 
 }  // namespace mixtrain

@@ -1,5 +1,6 @@
-// Where a storage's bytes come from (memory.cpp), and the step plan's layout function, which
-// tests check on their own.
+// Where a storage's bytes come from (memory.cpp): per device, the step plan and the cache of
+// freed buffers over the device's raw memory (Backend::memory()); and the step plan's layout
+// function, which tests check on their own.
 #pragma once
 
 #include <cstddef>
@@ -7,13 +8,15 @@
 #include <vector>
 
 #include "mixtrain/dtype.h"
+#include "mixtrain/tensor.h"
 
 namespace mixtrain::memory {
 
-/// 64-byte-aligned bytes for a storage of `nbytes` of `dtype`, counted by the tracker.
-void* allocate(size_t nbytes, DType dtype);
-/// Gives back what allocate returned for the same `nbytes` and `dtype`.
-void deallocate(void* p, size_t nbytes, DType dtype);
+/// 64-byte-aligned bytes of `device` for a storage of `nbytes` of `dtype`, counted by the
+/// device's tracker.
+void* allocate(size_t nbytes, DType dtype, Device device);
+/// Gives back what allocate returned for the same `nbytes`, `dtype` and `device`.
+void deallocate(void* p, size_t nbytes, DType dtype, Device device);
 
 /// One buffer of a recorded step: allocated at event `start`, freed at event `end`.
 struct Interval {

@@ -1,4 +1,5 @@
-// Tensor views and storage (whose bytes come from core/memory.cpp).
+// Tensor views and storage (whose bytes come from core/memory.cpp); filling, copying and moving
+// between devices go through the device's backend.
 #include "mixtrain/tensor.h"
 
 #include <fmt/format.h>
@@ -7,7 +8,7 @@
 #include <cstring>
 #include <vector>
 
-#include "core/dispatch.h"
+#include "backend/backend.h"
 #include "core/memory.h"
 
 namespace mixtrain {
@@ -23,6 +24,12 @@ int64_t wrap_dim(int64_t d, int64_t ndim, const char* op) {
 }  // namespace
 
 const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+
+Device parse_device(std::string_view name) {
+  if (name == "cpu") return Device::cpu;
+  if (name == "cuda") return Device::cuda;
+  throw ConfigError(fmt::format("unknown device '{}' (expected cpu or cuda)", name));
+}
 
 std::string shape_str(const Shape& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
 
@@ -49,12 +56,10 @@ Shape contiguous_strides(const Shape& shape) {
 
 Storage::Storage(size_t nbytes, DType dtype, Device device)
     : nbytes_(nbytes), dtype_(dtype), device_(device) {
-  if (device != Device::cpu)
-    throw BackendError("this build of mixtrain has no CUDA backend (configure with MIXTRAIN_CUDA)");
-  data_ = memory::allocate(nbytes, dtype);
+  data_ = memory::allocate(nbytes, dtype, device);
 }
 
-Storage::~Storage() { memory::deallocate(data_, nbytes_, dtype_); }
+Storage::~Storage() { memory::deallocate(data_, nbytes_, dtype_, device_); }
 
 // ---- Tensor ----
 
@@ -81,32 +86,34 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
-  std::memset(t.raw_data(), 0, t.nbytes());  // all-zero bits is +0 in every dtype
+  t.fill(0.0f);
   return t;
 }
 
-Tensor Tensor::full(const Shape& shape, float value, DType dtype) {
-  Tensor t = empty(shape, dtype);
+Tensor Tensor::full(const Shape& shape, float value, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
   t.fill(value);
   return t;
 }
 
-Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape, DType dtype) {
+Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape, DType dtype,
+                           Device device) {
   if (static_cast<int64_t>(values.size()) != shape_numel(shape))
     throw ShapeError(fmt::format("from_vector: {} values do not fill shape {}", values.size(),
                                  shape_str(shape)));
   Tensor t = empty(shape, dtype);
   convert(values.data(), DType::f32, t.raw_data(), dtype, values.size());
-  return t;
+  return t.to(device);
 }
 
-Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype) {
+Tensor Tensor::wrap(void* data, const Shape& shape, DType dtype, Device device) {
   // Borrowed memory: a zero-byte Storage keeps defined() true; raw_data() uses the pointer.
   Tensor t;
-  t.storage_ = std::make_shared<Storage>(0, dtype, Device::cpu);
+  t.storage_ = std::make_shared<Storage>(0, dtype, device);
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;
+  t.device_ = device;
   t.borrowed_ = data;
   return t;
 }
@@ -214,29 +221,6 @@ Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offs
   return t;
 }
 
-namespace {
-// Visits every element of a strided view in row-major order: f(linear_index, element_offset).
-template <class F>
-void for_each_offset(const Shape& shape, const Shape& strides, F&& f) {
-  const int64_t n = shape_numel(shape);
-  if (n == 0) return;
-  const size_t nd = shape.size();
-  std::vector<int64_t> idx(nd, 0);
-  int64_t off = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    f(i, off);
-    for (size_t k = nd; k-- > 0;) {
-      if (++idx[k] < shape[k]) {
-        off += strides[k];
-        break;
-      }
-      off -= strides[k] * (shape[k] - 1);
-      idx[k] = 0;
-    }
-  }
-}
-}  // namespace
-
 Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
   return clone();
@@ -255,185 +239,38 @@ Tensor Tensor::to(DType dtype) const {
   return out;
 }
 
-namespace {
-
-// Merges adjacent dims that are contiguous with each other in both views (and drops size-1
-// dims), so a transposed-heads copy becomes a few long runs instead of one call per element.
-void collapse_dims(Shape& shape, Shape& sa, Shape& sb) {
-  Shape s2, a2, b2;
-  for (size_t k = 0; k < shape.size(); ++k) {
-    if (shape[k] == 1) continue;
-    if (!s2.empty() && a2.back() == sa[k] * shape[k] && b2.back() == sb[k] * shape[k]) {
-      s2.back() *= shape[k];
-      a2.back() = sa[k];
-      b2.back() = sb[k];
-    } else {
-      s2.push_back(shape[k]);
-      a2.push_back(sa[k]);
-      b2.push_back(sb[k]);
-    }
-  }
-  if (s2.empty()) s2 = {1}, a2 = {1}, b2 = {1};
-  shape = s2, sa = a2, sb = b2;
-}
-
-template <class E>
-void copy_run(char* d, int64_t ds, const char* s, int64_t ss, int64_t n) {
-  E* dp = reinterpret_cast<E*>(d);
-  const E* sp = reinterpret_cast<const E*>(s);
-  for (int64_t j = 0; j < n; ++j) dp[j * ds] = sp[j * ss];
-}
-
-// The last two dims of a copy where one side runs along dim -1 and the other along dim -2 (a
-// transpose().contiguous(), say), by 32×32 tiles through an L1 buffer: the tile is read as 32
-// contiguous runs of the source and written as 32 contiguous runs of the destination, where
-// element by element every access of the strided side touched a new cache line (and strides of
-// 4 KiB alias one L1 set): a bf16 2048×2048 transpose took 11 ms. Outer dims are batches.
-template <class E>
-void tiled_transpose_copy(char* dst, const Shape& ds, const char* src, const Shape& ss,
-                          const Shape& shape) {
-  constexpr int64_t kT = 32;
-  const size_t nd = shape.size();
-  const int64_t R = shape[nd - 2], C = shape[nd - 1];
-  const int64_t dr = ds[nd - 2], dc = ds[nd - 1], sr = ss[nd - 2], sc = ss[nd - 1];
-  const bool src_rows = sc == 1;  // the source runs along c (so the destination along r)
-  const int64_t batches = shape_numel(shape) / (R * C);
-  const int64_t tr = (R + kT - 1) / kT, tc = (C + kT - 1) / kT;
-#pragma omp parallel for schedule(static) if (R * C * batches * int64_t{sizeof(E)} > \
-                                              (int64_t{1} << 18))
-  for (int64_t t = 0; t < batches * tr * tc; ++t) {
-    int64_t rem = t / (tr * tc), doff = 0, soff = 0;
-    for (size_t k = nd - 2; k-- > 0;) {
-      const int64_t i = rem % shape[k];
-      rem /= shape[k];
-      doff += i * ds[k];
-      soff += i * ss[k];
-    }
-    const int64_t r0 = (t / tc) % tr * kT, c0 = t % tc * kT;
-    const int64_t rn = std::min(kT, R - r0), cn = std::min(kT, C - c0);
-    E* d = reinterpret_cast<E*>(dst) + doff + r0 * dr + c0 * dc;
-    const E* sp = reinterpret_cast<const E*>(src) + soff + r0 * sr + c0 * sc;
-    E buf[kT][kT];   // buf[r][c]
-    if (src_rows) {  // read rows of the source, write columns (runs along r) of the destination
-      for (int64_t r = 0; r < rn; ++r)
-        for (int64_t c = 0; c < cn; ++c) buf[r][c] = sp[r * sr + c];
-      for (int64_t c = 0; c < cn; ++c)
-        for (int64_t r = 0; r < rn; ++r) d[r + c * dc] = buf[r][c];
-    } else {  // read columns of the source, write rows of the destination
-      for (int64_t c = 0; c < cn; ++c)
-        for (int64_t r = 0; r < rn; ++r) buf[r][c] = sp[r + c * sc];
-      for (int64_t r = 0; r < rn; ++r)
-        for (int64_t c = 0; c < cn; ++c) d[r * dr + c] = buf[r][c];
-    }
-  }
-}
-
-// dst[view] = src[view] for two same-shape strided views of one element size: the innermost
-// dim is a memcpy when unit-stride on both sides, else a typed loop; the outer rows are split
-// over threads when there is enough to move. Transposed last dims go by tiles.
-void strided_copy(char* dst, Shape dst_strides, const char* src, Shape src_strides, Shape shape,
-                  size_t es) {
-  collapse_dims(shape, dst_strides, src_strides);
-  const size_t nd = shape.size();
-  if (nd >= 2 && shape[nd - 1] >= 16 && shape[nd - 2] >= 16 &&
-      ((dst_strides[nd - 1] == 1 && src_strides[nd - 2] == 1) ||
-       (src_strides[nd - 1] == 1 && dst_strides[nd - 2] == 1))) {
-    switch (es) {
-      case 2:
-        return tiled_transpose_copy<uint16_t>(dst, dst_strides, src, src_strides, shape);
-      case 4:
-        return tiled_transpose_copy<uint32_t>(dst, dst_strides, src, src_strides, shape);
-      case 8:
-        return tiled_transpose_copy<uint64_t>(dst, dst_strides, src, src_strides, shape);
-      default:
-        break;
-    }
-  }
-  const int64_t inner = shape[nd - 1], di = dst_strides[nd - 1], si = src_strides[nd - 1];
-  const int64_t rows = shape_numel(shape) / std::max<int64_t>(inner, 1);
-  const int64_t esz = static_cast<int64_t>(es);
-#pragma omp parallel for schedule(static) if (rows * inner * esz > (int64_t{1} << 18) && rows > 1)
-  for (int64_t r = 0; r < rows; ++r) {
-    int64_t rem = r, doff = 0, soff = 0;
-    for (size_t k = nd - 1; k-- > 0;) {
-      const int64_t i = rem % shape[k];
-      rem /= shape[k];
-      doff += i * dst_strides[k];
-      soff += i * src_strides[k];
-    }
-    char* d = dst + doff * esz;
-    const char* s = src + soff * esz;
-    if (di == 1 && si == 1) {
-      std::memcpy(d, s, static_cast<size_t>(inner * esz));
-      continue;
-    }
-    switch (es) {
-      case 1:
-        copy_run<uint8_t>(d, di, s, si, inner);
-        break;
-      case 2:
-        copy_run<uint16_t>(d, di, s, si, inner);
-        break;
-      case 4:
-        copy_run<uint32_t>(d, di, s, si, inner);
-        break;
-      case 8:
-        copy_run<uint64_t>(d, di, s, si, inner);
-        break;
-      default:
-        for (int64_t j = 0; j < inner; ++j) std::memcpy(d + j * di * esz, s + j * si * esz, es);
-    }
-  }
-}
-
-}  // namespace
-
 void Tensor::copy_from(const Tensor& src) {
   if (src.shape_ != shape_)
     throw ShapeError(fmt::format("copy_from: {} into {}", src.str(), str()));
   if (numel() == 0) return;
-  if (src.is_contiguous() && is_contiguous()) {
-    convert(src.raw_data(), src.dtype_, raw_data(), dtype_, static_cast<size_t>(numel()));
-    return;
-  }
-  if (src.dtype_ == dtype_) {
-    strided_copy(static_cast<char*>(raw_data()), strides_, static_cast<const char*>(src.raw_data()),
-                 src.strides_, shape_, element_size());
-    return;
-  }
-  // Strided with a dtype change: gather into a contiguous temporary of the source dtype,
-  // convert, then scatter if the destination is strided too.
-  const size_t es = src.element_size();
-  std::vector<char> tmp(static_cast<size_t>(numel()) * es);
-  strided_copy(tmp.data(), contiguous_strides(shape_), static_cast<const char*>(src.raw_data()),
-               src.strides_, shape_, es);
-  if (is_contiguous()) {
-    convert(tmp.data(), src.dtype_, raw_data(), dtype_, static_cast<size_t>(numel()));
-    return;
-  }
-  const size_t ed = element_size();
-  std::vector<char> conv(static_cast<size_t>(numel()) * ed);
-  convert(tmp.data(), src.dtype_, conv.data(), dtype_, static_cast<size_t>(numel()));
-  strided_copy(static_cast<char*>(raw_data()), strides_, conv.data(), contiguous_strides(shape_),
-               shape_, ed);
+  if (src.device_ == device_) return backend_for(device_).copy(src, *this);
+  // Across devices: the bytes move contiguous and in this tensor's dtype, converted on the
+  // side that has them (so a host-side conversion never sees device memory).
+  const Tensor s = src.to(dtype_).contiguous();
+  Tensor d = is_contiguous() ? *this : empty(shape_, dtype_, device_);
+  if (device_ == Device::cpu)
+    backend_for(s.device_).download(s.raw_data(), d.raw_data(), d.nbytes());
+  else
+    backend_for(device_).upload(s.raw_data(), d.raw_data(), d.nbytes());
+  if (!is_contiguous()) backend_for(device_).copy(d, *this);
 }
 
 void Tensor::fill(float value) {
-  Tensor one = empty({1}, DType::f32);
-  *one.data<float>() = value;
-  // Convert once, then replicate the element's bytes.
-  const size_t es = element_size();
-  char elem[8];
-  convert(one.raw_data(), DType::f32, elem, dtype_, 1);
-  char* d = static_cast<char*>(raw_data());
-  for_each_offset(shape_, strides_, [&](int64_t, int64_t off) {
-    std::memcpy(d + off * static_cast<int64_t>(es), elem, es);
-  });
+  if (numel() == 0) return;
+  backend_for(device_).fill(*this, value);
+}
+
+Tensor Tensor::to(Device device) const {
+  if (device == device_) return *this;
+  Tensor out = empty(shape_, dtype_, device);
+  out.copy_from(*this);
+  return out;
 }
 
 std::vector<float> Tensor::to_vector() const {
   std::vector<float> out(static_cast<size_t>(numel()));
-  Tensor c = contiguous();
+  if (out.empty()) return out;
+  const Tensor c = device_ == Device::cpu ? contiguous() : to(Device::cpu);
   convert(c.raw_data(), dtype_, out.data(), DType::f32, out.size());
   return out;
 }

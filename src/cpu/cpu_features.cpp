@@ -35,6 +35,7 @@ CpuFeatures detect() {
     __cpuid_count(7, 0, a, b, c, d);
     f.avx2 = (b & (1u << 5)) && os_avx;
     f.avx512f = (b & (1u << 16)) && os_avx512;
+    f.avx512dq = (b & (1u << 17)) && os_avx512;
     f.avx512bw = (b & (1u << 30)) && os_avx512;
     f.avx512vl = (b & (1u << 31)) && os_avx512;
     f.avx512_fp16 = (d & (1u << 23)) && os_avx512;

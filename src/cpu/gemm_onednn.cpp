@@ -1,4 +1,4 @@
-// gemm / gemm_ex on oneDNN 2.6 matmul: transposes and strided views expressed as memory
+// The CPU backend's GEMM on oneDNN 2.6 matmul: transposes and strided views expressed as memory
 // descriptor strides (no copies, no reorders), alpha as output scales, beta as the sum
 // post-op, bias and ReLU/GELU fused. Primitives are cached per (shapes, strides, dtypes,
 // alpha, beta, epilogue); combinations oneDNN rejects (fp16 without fp16 hardware, bf16
@@ -19,8 +19,8 @@
 
 #include <fmt/format.h>
 
+#include "cpu/backend.h"
 #include "mixtrain/gemm.h"
-#include "mixtrain/profile.h"
 
 namespace mixtrain {
 
@@ -268,12 +268,6 @@ std::string operand_str(const Tensor& t, bool trans) {
   return fmt::format("{}{}", t.str(), trans ? "ᵀ" : "");
 }
 
-[[noreturn]] void shape_fail(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb,
-                             const Tensor& c, const std::string& why) {
-  throw ShapeError(fmt::format("{}: A {} · B {} -> C {}: {}", op, operand_str(a, ta),
-                               operand_str(b, tb), c.str(), why));
-}
-
 float apply_epilogue(float v, Epilogue epi) {
   switch (epi) {
     case Epilogue::relu:
@@ -339,46 +333,13 @@ Tensor padded_f32(const Tensor& b) {
   return p;
 }
 
+// C = epi(alpha·op(A)·op(B) + bias + beta·C), the arguments checked by the caller (ops/gemm.cpp).
 void gemm_run(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
               float alpha, float beta, const Tensor* bias, Epilogue epi) {
-  // --- validation: every message names the op, the shapes (with ᵀ for a transposed
-  // operand) and the dtypes.
-  if (!a.defined() || !b.defined() || !c.defined())
-    throw ShapeError(fmt::format("{}: A, B and C must be defined tensors", op));
-  if (a.device() != Device::cpu || b.device() != Device::cpu || c.device() != Device::cpu)
-    throw BackendError(
-        fmt::format("{}: A {} on {}, B {} on {}, C {} on {}: the oneDNN GEMM runs on "
-                    "cpu tensors only",
-                    op, a.str(), device_name(a.device()), b.str(), device_name(b.device()), c.str(),
-                    device_name(c.device())));
-  if (!is_compute(a.dtype()) || a.dtype() != b.dtype() || !is_compute(c.dtype()))
-    throw DTypeError(fmt::format(
-        "{}: A {} · B {} -> C {}: A and B must share one of f32, bf16, f16 and C be one of them",
-        op, a.str(), b.str(), c.str()));
-  if (a.dim() < 2 || a.dim() > 3 || b.dim() < 2 || b.dim() > 3)
-    shape_fail(op, a, ta, b, tb, c, "A and B must be 2-d [M, K] or 3-d [Bt, M, K]");
   const bool batched = a.dim() == 3 || b.dim() == 3;
   const int64_t M = ta ? a.size(-1) : a.size(-2), K = ta ? a.size(-2) : a.size(-1);
-  const int64_t K2 = tb ? b.size(-1) : b.size(-2), N = tb ? b.size(-2) : b.size(-1);
-  if (K != K2) shape_fail(op, a, ta, b, tb, c, fmt::format("inner dims {} != {}", K, K2));
-  if (a.dim() == 3 && b.dim() == 3 && a.size(0) != b.size(0))
-    shape_fail(op, a, ta, b, tb, c, fmt::format("batch dims {} != {}", a.size(0), b.size(0)));
+  const int64_t N = tb ? b.size(-2) : b.size(-1);
   const int64_t bt = a.dim() == 3 ? a.size(0) : (b.dim() == 3 ? b.size(0) : 1);
-  // Compared without building a Shape: a hit must not allocate.
-  const bool c_ok = batched ? (c.dim() == 3 && c.size(0) == bt && c.size(1) == M && c.size(2) == N)
-                            : (c.dim() == 2 && c.size(0) == M && c.size(1) == N);
-  if (!c_ok)
-    shape_fail(op, a, ta, b, tb, c,
-               fmt::format("C must be {}", shape_str(batched ? Shape{bt, M, N} : Shape{M, N})));
-  if (bias) {
-    if (!bias->defined() || bias->dim() != 1 || bias->size(0) != N)
-      shape_fail(op, a, ta, b, tb, c, fmt::format("bias {} must be 1-d [{}]", bias->str(), N));
-    if (!is_compute(bias->dtype()))
-      throw DTypeError(fmt::format("{}: bias {} must be f32, bf16 or f16", op, bias->str()));
-    if (bias->device() != Device::cpu)
-      throw BackendError(fmt::format("{}: bias {} is not on the cpu", op, bias->str()));
-  }
-
   if (M == 0 || N == 0 || bt == 0) return;
   if (K == 0) return gemm_k0(c, beta, bias, epi);
 
@@ -546,59 +507,16 @@ const char* isa_name(dnnl::cpu_isa isa) {
 
 }  // namespace
 
-const char* epilogue_name(Epilogue e) {
-  switch (e) {
-    case Epilogue::none:
-      return "none";
-    case Epilogue::relu:
-      return "relu";
-    case Epilogue::gelu:
-      return "gelu";
-  }
-  return "?";
+namespace cpu {
+
+void CpuBackend::gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+                      const Tensor& c_in, float alpha, float beta, const Tensor* bias,
+                      Epilogue epi) {
+  Tensor c = c_in;
+  gemm_run("gemm", a, trans_a, b, trans_b, c, alpha, beta, bias, epi);
 }
 
-// gemm_run, timed by shape when the profile is on (profile.h).
-void gemm_impl(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
-               float alpha, float beta, const Tensor* bias, Epilogue epi) {
-  if (!profile::enabled()) return gemm_run(op, a, ta, b, tb, c, alpha, beta, bias, epi);
-  const auto t0 = std::chrono::steady_clock::now();
-  gemm_run(op, a, ta, b, tb, c, alpha, beta, bias, epi);
-  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const int64_t M = c.size(-2), N = c.size(-1), K = ta ? a.size(-2) : a.size(-1);
-  profile::add(fmt::format("gemm {}{}->{} {}{}x{}x{}{}", dtype_name(a.dtype()),
-                           ta || tb ? fmt::format(" {}{}", ta ? "T" : "N", tb ? "T" : "N") : "",
-                           dtype_name(c.dtype()), c.dim() == 3 ? fmt::format("{}*", c.size(0)) : "",
-                           M, N, K, epi != Epilogue::none || bias ? " +epi" : ""),
-               s);
-}
-
-void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
-          float beta) {
-  gemm_impl("gemm", a, trans_a, b, trans_b, c, alpha, beta, nullptr, Epilogue::none);
-}
-
-void gemm_ex(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c, float alpha,
-             float beta, const Tensor* bias, Epilogue epi) {
-  gemm_impl("gemm_ex", a, trans_a, b, trans_b, c, alpha, beta, bias, epi);
-}
-
-Tensor matmul_tensor(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
-                     DType out_dtype) {
-  if (!a.defined() || !b.defined() || a.dim() < 2 || a.dim() > 3 || b.dim() < 2 || b.dim() > 3)
-    throw ShapeError(
-        fmt::format("matmul_tensor: A {} and B {}: need 2-d or 3-d operands", a.str(), b.str()));
-  const int64_t M = trans_a ? a.size(-1) : a.size(-2);
-  const int64_t N = trans_b ? b.size(-2) : b.size(-1);
-  Shape shape{M, N};
-  if (a.dim() == 3)
-    shape.insert(shape.begin(), a.size(0));
-  else if (b.dim() == 3)
-    shape.insert(shape.begin(), b.size(0));
-  Tensor c = Tensor::empty(shape, out_dtype);
-  gemm_impl("matmul_tensor", a, trans_a, b, trans_b, c, 1.0f, 0.0f, nullptr, Epilogue::none);
-  return c;
-}
+}  // namespace cpu
 
 GemmBackendInfo gemm_backend_info() {
   GemmBackendInfo info;

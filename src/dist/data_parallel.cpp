@@ -29,6 +29,7 @@
 #include <limits>
 #include <map>
 
+#include "backend/backend.h"
 #include "mixtrain/error.h"
 
 namespace mixtrain::dist {
@@ -126,6 +127,14 @@ std::unique_ptr<optim::Optimizer> DataParallel::make_optimizer() {
                     optim::master_mode_name(opt_.common.master)));
   shard_pieces_ = pieces_in(lo_, hi_);
   shard_.reserve(shard_pieces_.size());  // the optimizer keeps pointers into it
+  // 16-bit compute: the shard's fp32 masters are one flat buffer, each piece a view of it (the
+  // checkpoint gather sends it as it lies).
+  Tensor flat_master;
+  for (const Piece& pc : shard_pieces_)
+    if (!params_[pc.param]->shares_master()) {
+      flat_master = Tensor::empty({hi_ - lo_}, DType::f32, params_[pc.param]->master.device());
+      break;
+    }
   for (const Piece& pc : shard_pieces_) {
     nn::Parameter& p = *params_[pc.param];
     if (p.master.dtype() != DType::f32)
@@ -135,9 +144,12 @@ std::unique_ptr<optim::Optimizer> DataParallel::make_optimizer() {
     nn::Parameter& sp = shard_.emplace_back();
     sp.name = p.name;
     // fp32 compute: the weight is the master, updated in place (the kernel then writes no copy).
-    sp.master = p.shares_master()
-                    ? w
-                    : flat_view(p.master, "master of " + p.name).slice(0, pc.begin, pc.end).clone();
+    if (p.shares_master()) {
+      sp.master = w;
+    } else {
+      sp.master = flat_master.slice(0, pc.flat - lo_, pc.flat - lo_ + pc.end - pc.begin);
+      sp.master.copy_from(flat_view(p.master, "master of " + p.name).slice(0, pc.begin, pc.end));
+    }
     sp.weight = Variable(w, true, p.name);
   }
   // The model's own fp32 masters go: each rank keeps only its shard's (the point of ZeRO-1).
@@ -168,20 +180,21 @@ void DataParallel::on_grad_ready(size_t param) {
 void DataParallel::launch(Bucket& k) {
   k.launched = true;
   const int64_t n = k.b - k.a, ws = static_cast<int64_t>(dtype_size(opt_.wire));
-  k.send.resize(static_cast<size_t>(n * ws));
+  if (!k.send.defined() || k.send.numel() != n)
+    k.send = Tensor::empty({n}, opt_.wire, comm_device());
   for (size_t i = k.p0; i < k.p1; ++i) {
     const Tensor& g = params_[i]->grad();
     had_grad_[i] = g.defined();
-    char* d = k.send.data() + (flat_begin_[i] - k.a) * ws;
-    const int64_t len = params_[i]->numel();
+    const int64_t len = params_[i]->numel(), at = flat_begin_[i] - k.a;
+    Tensor d = k.send.slice(0, at, at + len);
     if (!g.defined()) {
-      std::memset(d, 0, static_cast<size_t>(len * ws));  // +0.0 in f32, bf16 and f16
+      d.fill(0.0f);
       continue;
     }
     if (!g.is_contiguous() || g.numel() != len)
       throw ShapeError(fmt::format("data parallel: gradient of '{}' is {} (expected {} contiguous)",
                                    params_[i]->name, g.str(), len));
-    convert(g.raw_data(), g.dtype(), d, opt_.wire, static_cast<size_t>(len));
+    d.copy_from(g.view({-1}));  // into the wire dtype, across devices if need be
   }
   const int64_t len = k.region[rank_ + 1] - k.region[rank_];
   k.sb.resize(size_);
@@ -194,9 +207,10 @@ void DataParallel::launch(Bucket& k) {
     k.rb[j] = len * ws;
     k.ro[j] = j * len * ws;
   }
-  k.recv.resize(static_cast<size_t>(size_ * len * ws));
-  k.rs =
-      ialltoallv(k.send.data(), k.sb.data(), k.so.data(), k.recv.data(), k.rb.data(), k.ro.data());
+  if (!k.recv.defined() || k.recv.numel() != size_ * len)
+    k.recv = Tensor::empty({size_ * len}, opt_.wire, comm_device());
+  k.rs = ialltoallv(k.send.raw_data(), k.sb.data(), k.so.data(), k.recv.raw_data(), k.rb.data(),
+                    k.ro.data());
 }
 
 // fp32 sum on arrival, in rank order (the same order whichever rank owns the region).
@@ -204,28 +218,30 @@ void DataParallel::sum_received(Bucket& k) {
   wait(k.rs, "gradient reduce-scatter (alltoallv)");
   k.rs = 0;
   const int64_t len = k.region[rank_ + 1] - k.region[rank_];
-  std::vector<float> own(static_cast<size_t>(len)), tmp(static_cast<size_t>(len));
-  float* acc = own.data();
+  Tensor acc = Tensor::empty({len}, DType::f32, comm_device());
+  Backend& be = backend_for(comm_device());
   for (int i = 0; i < size_; ++i) {
-    const char* src = k.recv.data() + k.ro[i];
-    convert(src, opt_.wire, i == 0 ? acc : tmp.data(), DType::f32, static_cast<size_t>(len));
-    if (i > 0)
-      for (int64_t e = 0; e < len; ++e) acc[e] += tmp[e];
+    const Tensor part = k.recv.slice(0, i * len, (i + 1) * len);
+    if (i == 0)
+      acc.copy_from(part);
+    else
+      be.add_into(acc, part);
   }
   if (opt_.zero) {
     // The owner's sums go into its own gradient tensors (the shard optimizer's gradients are
     // views of them): no second gradient-sized buffer.
     for (const Piece& pc : pieces_in(k.region[rank_], k.region[rank_ + 1])) {
       if (!had_grad_[pc.param]) continue;
-      const Tensor& g = params_[pc.param]->grad();
-      convert(acc + (pc.flat - k.region[rank_]), DType::f32,
-              static_cast<char*>(g.raw_data()) + pc.begin * static_cast<int64_t>(g.element_size()),
-              g.dtype(), static_cast<size_t>(pc.end - pc.begin));
+      const int64_t at = pc.flat - k.region[rank_];
+      flat_view(params_[pc.param]->grad(), "gradient of " + params_[pc.param]->name)
+          .slice(0, pc.begin, pc.end)
+          .copy_from(acc.slice(0, at, at + pc.end - pc.begin));
     }
     return;
   }
-  convert(acc, DType::f32, k.send.data() + k.so[rank_], opt_.wire, static_cast<size_t>(len));
-  k.ag = iallgatherv_inplace(k.send.data(), k.sb.data(), k.so.data());
+  const int64_t own = k.region[rank_] - k.a;
+  k.send.slice(0, own, own + len).copy_from(acc);
+  k.ag = iallgatherv_inplace(k.send.raw_data(), k.sb.data(), k.so.data());
 }
 
 void DataParallel::reduce_gradients() {
@@ -240,7 +256,6 @@ void DataParallel::reduce_gradients() {
     for (Bucket& k : buckets_)
       if (!k.launched) launch(k);
     for (Bucket& k : buckets_) sum_received(k);
-    const auto ws = static_cast<int64_t>(dtype_size(opt_.wire));
     for (Bucket& k : buckets_) {
       k.launched = false;
       if (opt_.zero) continue;
@@ -248,9 +263,9 @@ void DataParallel::reduce_gradients() {
       k.ag = 0;
       for (size_t i = k.p0; i < k.p1; ++i) {
         if (!had_grad_[i]) continue;
-        const Tensor& g = params_[i]->grad();
-        convert(k.send.data() + (flat_begin_[i] - k.a) * ws, opt_.wire, g.raw_data(), g.dtype(),
-                static_cast<size_t>(params_[i]->numel()));
+        const int64_t at = flat_begin_[i] - k.a;
+        Tensor g = params_[i]->grad().view({-1});
+        g.copy_from(k.send.slice(0, at, at + params_[i]->numel()));
       }
     }
   }
@@ -302,45 +317,56 @@ void DataParallel::reduce_stats() {
 void DataParallel::after_step(const optim::StepResult& r) {
   if (!opt_.zero || !r.applied || size_ == 1) return;
   Timed timed{comm_seconds_};
-  // Each rank's shard as a byte range of the concatenated compute weights (parameters may
-  // differ in compute dtype).
-  std::vector<int64_t> wbegin{0};
-  for (auto* p : params_) {
-    if (!p->weight.data().is_contiguous())
-      throw ShapeError(fmt::format("--zero 1: weight of '{}' is not contiguous", p->name));
-    wbegin.push_back(wbegin.back() +
-                     p->numel() * static_cast<int64_t>(p->weight.data().element_size()));
-  }
-  auto byte_of = [&](int64_t e) {
-    if (e >= flat_begin_.back()) return wbegin.back();
-    const auto i = static_cast<size_t>(std::upper_bound(flat_begin_.begin(), flat_begin_.end(), e) -
-                                       flat_begin_.begin() - 1);
-    return wbegin[i] +
-           (e - flat_begin_[i]) * static_cast<int64_t>(params_[i]->weight.data().element_size());
-  };
-  std::vector<int64_t> bytes(size_), off(size_);
-  for (int j = 0; j < size_; ++j) {
-    off[j] = byte_of(shard_lo_[j]);
-    bytes[j] = byte_of(shard_lo_[j + 1]) - off[j];
-  }
-  std::vector<char> buf(static_cast<size_t>(wbegin.back()));
-  auto copy_region = [&](int j, bool to_buf) {
-    for (const Piece& pc : pieces_in(shard_lo_[j], shard_lo_[j + 1])) {
-      const Tensor& wt = params_[pc.param]->weight.data();
-      const auto es = static_cast<int64_t>(wt.element_size());
-      char* w = static_cast<char*>(wt.raw_data()) + pc.begin * es;
-      char* b = buf.data() + wbegin[pc.param] + pc.begin * es;
-      const auto n = static_cast<size_t>((pc.end - pc.begin) * es);
-      if (to_buf)
-        std::memcpy(b, w, n);
-      else
-        std::memcpy(w, b, n);
+  // Bucket by bucket, each rank's region of the compute weights (its shard's intersection with
+  // the bucket) is all-gathered as bytes: parameters may differ in compute dtype, so a bucket's
+  // weights are their bytes side by side, each parameter's piece viewed in its own dtype
+  // (copies between equal dtypes are bit for bit). The staging buffer is the bucket's gradient
+  // wire buffer, idle until the next step (the wire dtype is never narrower than the compute
+  // dtype, so it holds the weights, unless a module computes wider than the rest).
+  for (Bucket& k : buckets_) {
+    std::vector<int64_t> wbegin{0};  // bytes of params [p0, p) within the bucket
+    for (size_t i = k.p0; i < k.p1; ++i) {
+      const Tensor& w = params_[i]->weight.data();
+      if (!w.is_contiguous())
+        throw ShapeError(
+            fmt::format("--zero 1: weight of '{}' is not contiguous", params_[i]->name));
+      wbegin.push_back(wbegin.back() + w.numel() * static_cast<int64_t>(w.element_size()));
     }
-  };
-  copy_region(rank_, true);
-  allgatherv_inplace(buf.data(), bytes.data(), off.data());
-  for (int j = 0; j < size_; ++j)
-    if (j != rank_) copy_region(j, false);
+    auto byte_of = [&](int64_t e) {  // flat element e of the bucket -> its byte in the buffer
+      if (e >= k.b) return wbegin.back();
+      const auto i = static_cast<size_t>(
+          std::upper_bound(flat_begin_.begin() + k.p0, flat_begin_.begin() + k.p1 + 1, e) -
+          flat_begin_.begin() - 1);
+      return wbegin[i - k.p0] +
+             (e - flat_begin_[i]) * static_cast<int64_t>(params_[i]->weight.data().element_size());
+    };
+    std::vector<int64_t> bytes(size_), off(size_);
+    for (int j = 0; j < size_; ++j) {
+      off[j] = byte_of(k.region[j]);
+      bytes[j] = byte_of(k.region[j + 1]) - off[j];
+    }
+    const Tensor buf = static_cast<int64_t>(k.send.nbytes()) >= wbegin.back()
+                           ? k.send
+                           : Tensor::empty({wbegin.back()}, DType::u8, comm_device());
+    auto copy_region = [&](int j, bool to_buf) {
+      for (const Piece& pc : pieces_in(k.region[j], k.region[j + 1])) {
+        const Tensor& wt = params_[pc.param]->weight.data();
+        const auto es = static_cast<int64_t>(wt.element_size());
+        Tensor w = wt.view({-1}).slice(0, pc.begin, pc.end);
+        Tensor b = Tensor::wrap(
+            static_cast<char*>(buf.raw_data()) + wbegin[pc.param - k.p0] + pc.begin * es,
+            {pc.end - pc.begin}, wt.dtype(), buf.device());
+        if (to_buf)
+          b.copy_from(w);
+        else
+          w.copy_from(b);
+      }
+    };
+    copy_region(rank_, true);
+    allgatherv_inplace(buf.raw_data(), bytes.data(), off.data());
+    for (int j = 0; j < size_; ++j)
+      if (j != rank_) copy_region(j, false);
+  }
 }
 
 void DataParallel::zero_grad() {
@@ -376,19 +402,32 @@ std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state(
   // One gather to rank 0 per kind (master, then each buffer): the full flat vector exists on
   // rank 0 only, one kind at a time.
   auto gather = [&](const std::function<const Tensor&(size_t)>& piece) {
-    std::vector<float> send(static_cast<size_t>(hi_ - lo_));
-    for (size_t s = 0; s < shard_.size(); ++s) {
-      const Tensor& t = piece(s);
-      std::copy_n(t.data<float>(), t.numel(), send.data() + (shard_pieces_[s].flat - lo_));
+    // The shard's pieces are views of one flat buffer, in order (the optimizer's state and the
+    // 16-bit run's masters): sent as they lie. Otherwise (fp32 compute: the masters are the
+    // weights) copied into one first.
+    const Tensor& first = piece(0);
+    bool flat = first.device() == comm_device() && first.is_contiguous();
+    for (size_t s = 1; s < shard_.size() && flat; ++s)
+      flat = piece(s).storage() == first.storage() && piece(s).is_contiguous() &&
+             piece(s).offset() == first.offset() + (shard_pieces_[s].flat - lo_);
+    Tensor send;
+    if (flat) {
+      send = first.view({-1}).as_strided({hi_ - lo_}, {1});
+    } else {
+      send = Tensor::empty({hi_ - lo_}, DType::f32, comm_device());
+      for (size_t s = 0; s < shard_.size(); ++s) {
+        const Tensor& t = piece(s);
+        const int64_t at = shard_pieces_[s].flat - lo_;
+        send.slice(0, at, at + t.numel()).copy_from(t.view({-1}));
+      }
     }
-    std::vector<float> full(rank_ == 0 ? static_cast<size_t>(total) : 0);
-    gatherv(send.data(), (hi_ - lo_) * 4, full.data(), bytes.data(), off.data(), 0);
+    Tensor full = Tensor::empty({rank_ == 0 ? total : 0}, DType::f32, comm_device());
+    gatherv(send.raw_data(), (hi_ - lo_) * 4, full.raw_data(), bytes.data(), off.data(), 0);
     return full;
   };
-  auto split = [&](const std::vector<float>& full, size_t i) {
-    Tensor t = Tensor::empty(params_[i]->weight.shape(), DType::f32);
-    std::copy(full.begin() + flat_begin_[i], full.begin() + flat_begin_[i + 1], t.data<float>());
-    return t;
+  // Each parameter's tensor is its range of the gathered flat vector (a view, no copy).
+  auto split = [&](const Tensor& full, size_t i) {
+    return full.slice(0, flat_begin_[i], flat_begin_[i + 1]).view(params_[i]->weight.shape());
   };
   std::vector<std::pair<std::string, Tensor>> out;
   {
@@ -397,7 +436,7 @@ std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state(
       for (size_t i = 0; i < params_.size(); ++i)
         out.emplace_back("param." + params_[i]->name, split(m, i));
   }
-  std::vector<std::vector<float>> full;
+  std::vector<Tensor> full;
   for (const auto& b : bufs)
     full.push_back(gather([&](size_t s) -> const Tensor& {
       return mine.at(fmt::format("optim.{}.{}", shard_[s].name, b));

@@ -109,11 +109,11 @@ class DataParallel {
     std::vector<int64_t> region;  ///< size()+1 flat edges: rank j sums [region[j], region[j+1])
     int64_t pending = 0;          ///< parameters whose gradient is not final yet (overlap)
     bool launched = false;
-    /// wire bytes, kept between steps (as PyTorch DDP's buckets): the gradient once in the
-    /// wire dtype plus N copies of this rank's region of it
-    std::vector<char> send, recv;
-    std::vector<int64_t> sb, so, rb, ro;
-    Request rs = 0, ag = 0;  ///< reduce-scatter (alltoallv), then all-gather (no ZeRO)
+    /// 1-d wire-dtype tensors on the collectives' device, kept between steps (as PyTorch
+    /// DDP's buckets): the gradient once in the wire dtype plus N copies of this rank's region
+    Tensor send, recv;
+    std::vector<int64_t> sb, so, rb, ro;  ///< byte counts and offsets per rank
+    Request rs = 0, ag = 0;               ///< reduce-scatter (alltoallv), then all-gather (no ZeRO)
   };
   std::vector<Piece> pieces_in(int64_t a, int64_t b) const;
   void launch(Bucket& k);

@@ -104,7 +104,8 @@ Variable linear_impl(const char* op, const Variable& x_in, const Variable& w_in,
   const Variable bias = has_bias ? cast(bias_in, dt) : Variable();
   const int64_t in = w.size(1), outf = w.size(0);
   const Tensor xs = gelu_in ? x.data().contiguous() : Tensor();  // kept: GELU's input
-  const Tensor x2 = (gelu_in ? gelu_forward(xs, dt) : x.data()).reshape({-1, in});
+  const Tensor x2 =
+      (gelu_in ? apply_map(MapOp::gelu, {xs}, xs.shape(), dt) : x.data()).reshape({-1, in});
   const int64_t N = x2.size(0);
   const Tensor tw = w.data();
   Tensor y;
@@ -114,7 +115,7 @@ Variable linear_impl(const char* op, const Variable& x_in, const Variable& w_in,
     bool tx = false, twt = true;
     const Tensor xa = gemm_operand(x2, tx);
     const Tensor wa = gemm_operand(tw, twt);
-    y = Tensor::empty({N, outf}, dt);
+    y = Tensor::empty({N, outf}, dt, xa.device());
     const Tensor b = bias.data();
     gemm_ex(xa, tx, wa, twt, y, 1.0f, 0.0f, &b, Epilogue::none);
   } else {
@@ -139,13 +140,15 @@ Variable linear_impl(const char* op, const Variable& x_in, const Variable& w_in,
     // gone before dW exists (the other order raised the AVX2 MLP step's peak by 14 MiB).
     if (need_x) {  // dX = dY · W, then through GELU's derivative
       gr[0] = mm(g, false, tw, false, gx_dt).view(x_shape);
-      if (gelu_in) gr[0] = gelu_backward(keep, gr[0], dt).view(x_shape);
+      if (gelu_in)
+        gr[0] = apply_map(MapOp::gelu_grad, {gr[0], keep}, keep.shape(), dt).view(x_shape);
     }
     if (need_w) {  // dW = dYᵀ · op(x), op(x) recomputed for GELU and gone after this product
-      const Tensor a = gelu_in ? gelu_forward(keep, dt).reshape({N, in}) : keep;
+      const Tensor a =
+          gelu_in ? apply_map(MapOp::gelu, {keep}, keep.shape(), dt).reshape({N, in}) : keep;
       gr[1] = mm(g, true, a, false, gw_dt);
     }
-    if (need_b) gr[2] = sum_f32(g, {0}, op).view({outf}).to(gb_dt);
+    if (need_b) gr[2] = sum_f32(g, {0}).view({outf}).to(gb_dt);
     return gr;
   });
 }

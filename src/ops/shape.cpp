@@ -1,5 +1,6 @@
 // Shape ops, forward and backward side by side: reshape, transpose, slice (views where the
-// layout allows) and concat (a copy). Category same: no dtype change, no arithmetic.
+// layout allows) and concat (copies into slices). Category same: no dtype change, no
+// arithmetic.
 #include "mixtrain/amp/policy.h"
 #include "mixtrain/ops.h"
 #include "ops/ops_common.h"
@@ -40,22 +41,10 @@ Variable slice(const Variable& x, int64_t dim, int64_t start, int64_t end) {
   const Shape xshape = x.shape();
   const DType xdt = x.dtype();
   return make_op_result(x.data().slice(dim, s, e), {x}, "slice", [=](const Tensor& g) {
-    // Zeros everywhere but the slice, which receives g: viewed as [outer, n, inner], g fills
-    // a contiguous run of each outer row.
-    Tensor gx = Tensor::zeros(xshape, xdt);
-    const Tensor gc = g.to(xdt).contiguous();
-    int64_t outer = 1, inner = 1;
-    for (int64_t k = 0; k < static_cast<int64_t>(xshape.size()); ++k) {
-      if (k < dim) outer *= xshape[k];
-      if (k > dim) inner *= xshape[k];
-    }
-    const size_t es = dtype_size(xdt);
-    const size_t run = static_cast<size_t>((e - s) * inner) * es;
-    const char* src = static_cast<const char*>(gc.raw_data());
-    char* dst = static_cast<char*>(gx.raw_data());
-#pragma omp parallel for schedule(static) if (outer * (e - s) * inner > kParallelMin)
-    for (int64_t o = 0; o < outer; ++o)
-      std::memcpy(dst + static_cast<size_t>((o * n + s) * inner) * es, src + o * run, run);
+    // Zeros everywhere but the slice, which receives g (a copy into the strided view: one run
+    // of each outer row).
+    Tensor gx = Tensor::zeros(xshape, xdt, g.device());
+    gx.slice(dim, s, e).copy_from(g);
     return std::vector<Tensor>{gx};
   });
 }
@@ -83,26 +72,17 @@ Variable concat(const std::vector<Variable>& xs, int64_t dim) {
   for (const auto& x : xs) ins.push_back(cast(x, dt));
   Shape shape = xs[0].shape();
   shape[dim] = total;
-  Tensor out = Tensor::empty(shape, dt);
-  // Viewed as [outer, extent, inner], each input fills a contiguous run of every outer row.
-  int64_t outer = 1, inner = 1;
-  for (int64_t k = 0; k < nd; ++k) {
-    if (k < dim) outer *= shape[k];
-    if (k > dim) inner *= shape[k];
-  }
-  const size_t es = dtype_size(dt);
+  Tensor out = Tensor::empty(shape, dt, ins[0].data().device());
+  // Each input fills its slice of the output (a contiguous run of every outer row).
   std::vector<int64_t> starts;
   int64_t pos = 0;
   for (const auto& x : ins) {
+    if (x.data().device() != out.device())
+      throw BackendError(fmt::format("concat: input {} is on {} but input 0 is on {}", vstr(x),
+                                     device_name(x.data().device()), device_name(out.device())));
     starts.push_back(pos);
     const int64_t e = x.shape()[dim];
-    const Tensor xc = x.data().contiguous();
-    const char* src = static_cast<const char*>(xc.raw_data());
-    char* dst = static_cast<char*>(out.raw_data());
-    const size_t run = static_cast<size_t>(e * inner) * es;
-#pragma omp parallel for schedule(static) if (outer * e * inner > kParallelMin)
-    for (int64_t o = 0; o < outer; ++o)
-      std::memcpy(dst + static_cast<size_t>((o * total + pos) * inner) * es, src + o * run, run);
+    out.slice(dim, pos, pos + e).copy_from(x.data());
     pos += e;
   }
   std::vector<int64_t> extents;

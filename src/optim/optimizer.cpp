@@ -2,8 +2,6 @@
 // tensors, master-free modes) and SGD / Adam / AdamW / RMSProp.
 #include "mixtrain/optim/optimizer.h"
 
-#include <omp.h>
-
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -12,107 +10,11 @@
 #include <limits>
 #include <map>
 
+#include "backend/backend.h"
 #include "mixtrain/error.h"
 
 namespace mixtrain::optim {
 namespace {
-
-// Work is cut into pieces of at most this many elements so that a few big tensors and many
-// small ones alike spread over the threads (parallel across and within tensors).
-constexpr int64_t kPiece = int64_t{1} << 15;
-// Below this many elements in all, the fork/join (and, on a loaded machine, waiting for a busy
-// core) costs more than the pass itself: run on the calling thread.
-constexpr int64_t kMinParallel = int64_t{1} << 18;
-
-struct Piece {
-  size_t param;
-  int64_t begin, end;
-};
-
-std::vector<Piece> make_pieces(const std::vector<nn::Parameter*>& ps, bool need_grad,
-                               bool* parallel) {
-  std::vector<Piece> out;
-  int64_t total = 0;
-  for (size_t i = 0; i < ps.size(); ++i) {
-    if (need_grad && !ps[i]->grad().defined()) continue;
-    const int64_t n = ps[i]->numel();
-    total += n;
-    for (int64_t b = 0; b < n; b += kPiece) out.push_back({i, b, std::min(n, b + kPiece)});
-  }
-  *parallel = total >= kMinParallel && out.size() > 1;
-  return out;
-}
-
-template <class G>
-float load_g(G v) {
-  return static_cast<float>(v);
-}
-
-// Sum of squares of one range and whether it holds Inf/NaN. The fast loop keeps 16 fp32
-// partial sums (independent lanes, so it vectorises) flushed to double every 1024 elements;
-// only a range whose sum came out non-finite is rescanned element by element, to tell Inf
-// from NaN and from finite values whose squares overflow fp32.
-struct RangeStats {
-  double sumsq = 0;
-  int64_t first_bad = -1;  // element index
-  bool bad_nan = false;
-  bool has_inf = false, has_nan = false;
-};
-
-template <class G>
-RangeStats range_stats(const G* g, int64_t b, int64_t e) {
-  RangeStats r;
-  bool suspicious = false;
-  for (int64_t blk = b; blk < e; blk += 1024) {
-    const int64_t be = std::min(e, blk + 1024);
-    float acc[16] = {};
-    int64_t i = blk;
-    for (; i + 16 <= be; i += 16)
-      for (int j = 0; j < 16; ++j) {
-        const float x = load_g(g[i + j]);
-        acc[j] += x * x;
-      }
-    for (; i < be; ++i) {
-      const float x = load_g(g[i]);
-      acc[0] += x * x;
-    }
-    double s = 0;
-    for (float a : acc) s += a;
-    if (!std::isfinite(s)) suspicious = true;
-    r.sumsq += s;
-  }
-  if (suspicious) {
-    r.sumsq = 0;
-    for (int64_t i = b; i < e; ++i) {
-      const float x = load_g(g[i]);
-      if (std::isnan(x) || std::isinf(x)) {
-        const bool nan = std::isnan(x);
-        if (r.first_bad < 0) {
-          r.first_bad = i;
-          r.bad_nan = nan;
-        }
-        (nan ? r.has_nan : r.has_inf) = true;
-      } else {
-        r.sumsq += static_cast<double>(x) * x;
-      }
-    }
-  }
-  return r;
-}
-
-RangeStats grad_range_stats(const Tensor& g, int64_t b, int64_t e) {
-  switch (g.dtype()) {
-    case DType::f32:
-      return range_stats(g.data<float>(), b, e);
-    case DType::bf16:
-      return range_stats(g.data<bf16>(), b, e);
-    case DType::f16:
-      return range_stats(g.data<fp16>(), b, e);
-    default:
-      break;
-  }
-  throw DTypeError(fmt::format("gradient_stats: gradient {} (expected f32, bf16 or f16)", g.str()));
-}
 
 void check_grad(const nn::Parameter& p, const char* op) {
   const Tensor& g = p.grad();
@@ -174,29 +76,27 @@ double GradStats::norm() const {
 }
 
 GradStats gradient_stats(const std::vector<nn::Parameter*>& params, float grad_mult) {
+  // The defined gradients, by device, in parameter order: one backend pass each.
+  std::vector<Tensor> grads;
+  std::vector<const nn::Parameter*> owners;
   for (const auto* p : params)
-    if (p->grad().defined()) check_grad(*p, "gradient_stats");
-  bool par = false;
-  const auto pieces = make_pieces(params, true, &par);
-  std::vector<RangeStats> rs(pieces.size());
-#pragma omp parallel for schedule(dynamic, 4) if (par)
-  for (int64_t k = 0; k < static_cast<int64_t>(pieces.size()); ++k) {
-    const Piece& pc = pieces[k];
-    rs[k] = grad_range_stats(params[pc.param]->grad(), pc.begin, pc.end);
-  }
-  GradStats st;
-  double sumsq = 0;
-  for (size_t k = 0; k < pieces.size(); ++k) {  // in order: "first" is by parameter order
-    sumsq += rs[k].sumsq;
-    st.found_inf |= rs[k].has_inf;
-    st.found_nan |= rs[k].has_nan;
-    if (rs[k].first_bad >= 0 && st.first_bad.empty()) {
-      st.first_bad = params[pieces[k].param]->name;
-      st.first_bad_nan = rs[k].bad_nan;
+    if (p->grad().defined()) {
+      check_grad(*p, "gradient_stats");
+      grads.push_back(p->grad());
+      owners.push_back(p);
     }
+  GradStats st;
+  if (grads.empty()) return st;
+  for (const Tensor& g : grads) common_device("gradient_stats", {&grads.front(), &g});
+  const GradScan scan = backend_for(grads.front().device()).grad_scan(grads);
+  st.found_inf = scan.found_inf;
+  st.found_nan = scan.found_nan;
+  if (scan.first_bad >= 0) {
+    st.first_bad = owners[scan.first_bad]->name;
+    st.first_bad_nan = scan.first_bad_nan;
   }
   const double m = grad_mult;
-  st.sumsq = sumsq * m * m;
+  st.sumsq = scan.sumsq * m * m;
   return st;
 }
 
@@ -244,12 +144,29 @@ Optimizer::Optimizer(std::vector<nn::Parameter*> params, double lr, CommonOption
   if (!(lr >= 0) || !std::isfinite(lr))
     throw ConfigError(fmt::format("optimizer: learning rate {} (must be finite and >= 0)", lr));
   slots_.resize(params_.size());
+  // Each kind of fp32 state is one flat buffer over every parameter, in order (each parameter's
+  // state a view of it): one allocation per kind, and sharded data parallelism sends a shard's
+  // state as it lies.
+  int64_t total = 0;
   for (size_t i = 0; i < params_.size(); ++i) {
-    nn::Parameter& p = *params_[i];
+    const nn::Parameter& p = *params_[i];
     if (!p.master.defined())
       throw ConfigError(fmt::format("optimizer: parameter '{}' has no master tensor", p.name));
+    if (p.master.device() != params_[0]->master.device())
+      throw BackendError(fmt::format("optimizer: parameter '{}' is on {}, '{}' on {}", p.name,
+                                     device_name(p.master.device()), params_[0]->name,
+                                     device_name(params_[0]->master.device())));
+    total += p.numel();
+  }
+  const Device dev = params_.empty() ? Device::cpu : params_[0]->master.device();
+  std::vector<Tensor> flat(static_cast<size_t>(state_buffers));
+  for (Tensor& f : flat) f = Tensor::zeros({total}, DType::f32, dev);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    nn::Parameter& p = *params_[i];
     Slot& s = slots_[i];
-    for (int k = 0; k < state_buffers; ++k) s.s[k] = Tensor::zeros(p.master.shape(), DType::f32);
+    const int64_t at = static_cast<int64_t>(total_numel_);
+    for (int k = 0; k < state_buffers; ++k)
+      s.s[k] = flat[k].slice(0, at, at + p.numel()).view(p.master.shape());
     s.offset = total_numel_;
     total_numel_ += static_cast<uint64_t>(p.numel());
     if (common_.master == MasterMode::fp32) {
@@ -270,13 +187,9 @@ Optimizer::Optimizer(std::vector<nn::Parameter*> params, double lr, CommonOption
       throw ShapeError(
           fmt::format("optimizer: parameter '{}' weight {} is not contiguous", p.name, w.str()));
     if (common_.master != MasterMode::bf16_stochastic)
-      s.aux = Tensor::zeros(p.master.shape(), DType::bf16);
-    if (common_.master == MasterMode::split16) {
-      const std::vector<float> m = p.master.to_vector();
-      auto* hi = reinterpret_cast<uint16_t*>(w.data<bf16>());
-      auto* lo = reinterpret_cast<uint16_t*>(s.aux.data<bf16>());
-      for (size_t k = 0; k < m.size(); ++k) detail::split16_encode(m[k], hi + k, lo + k);
-    }
+      s.aux = Tensor::zeros(p.master.shape(), DType::bf16, dev);
+    if (common_.master == MasterMode::split16)
+      backend_for(dev).split16_split(p.master.to(DType::f32).contiguous(), w, s.aux);
     p.master = w;  // the master is the bf16 weight now: the fp32 tensor is freed
   }
 }
@@ -334,39 +247,44 @@ StepResult Optimizer::step() {
   ++steps_;
   const detail::Rule r = rule();
   const uint64_t rng_base = rng_step_ * total_numel_;
-  bool par = false;
-  const auto pieces = make_pieces(params_, true, &par);
-#pragma omp parallel for schedule(dynamic, 2) if (par)
-  for (int64_t k = 0; k < static_cast<int64_t>(pieces.size()); ++k) {
-    const Piece& pc = pieces[k];
-    nn::Parameter& p = *params_[pc.param];
-    Slot& s = slots_[pc.param];
-    const int64_t b = pc.begin;
+  // One fused pass per device over every parameter with a gradient (a parameter the backward
+  // did not reach keeps its value and state).
+  std::vector<detail::UpdateArgs> args;
+  Device dev = Device::cpu;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    nn::Parameter& p = *params_[i];
+    const Tensor& g = p.grad();
+    if (!g.defined()) continue;
+    Slot& s = slots_[i];
     detail::UpdateArgs a;
     a.mode = common_.master;
     a.grad_mult = mult;
-    a.n = pc.end - pc.begin;
-    const Tensor& g = p.grad();
-    a.grad = static_cast<const char*>(g.raw_data()) + b * static_cast<int64_t>(g.element_size());
+    a.n = p.numel();
+    a.grad = g.raw_data();
     a.grad_dtype = g.dtype();
     for (int j = 0; j < 3; ++j)
-      if (s.s[j].defined()) (j == 0 ? a.s0 : j == 1 ? a.s1 : a.s2) = s.s[j].data<float>() + b;
+      if (s.s[j].defined()) (j == 0 ? a.s0 : j == 1 ? a.s1 : a.s2) = s.s[j].data<float>();
     const Tensor& w = p.weight.data();
     if (common_.master == MasterMode::fp32) {
-      a.master = p.master.data<float>() + b;
+      a.master = p.master.data<float>();
       if (!p.shares_master()) {
-        a.weight = static_cast<char*>(w.raw_data()) + b * static_cast<int64_t>(w.element_size());
+        a.weight = w.raw_data();
         a.weight_dtype = w.dtype();
       }
     } else {
-      a.weight = reinterpret_cast<uint16_t*>(w.data<bf16>()) + b;
+      a.weight = w.raw_data();
       a.weight_dtype = DType::bf16;
-      if (s.aux.defined()) a.aux = reinterpret_cast<uint16_t*>(s.aux.data<bf16>()) + b;
+      if (s.aux.defined()) a.aux = static_cast<uint16_t*>(s.aux.raw_data());
       a.seed = common_.seed;
-      a.counter = rng_base + s.offset + static_cast<uint64_t>(b);
+      a.counter = rng_base + s.offset;
     }
-    detail::run_update(r, a);
+    if (!args.empty() && g.device() != dev)
+      throw BackendError(fmt::format("{}: parameter '{}' is on {}, the others on {}", name(),
+                                     p.name, device_name(g.device()), device_name(dev)));
+    dev = g.device();
+    args.push_back(a);
   }
+  if (!args.empty()) backend_for(dev).optimizer_update(r, args);
   ++rng_step_;
   prepared_ = false;
   grad_mult_ = 1.0f;
@@ -431,12 +349,10 @@ void Optimizer::load_state(const std::vector<std::pair<std::string, Tensor>>& te
           fmt::format("{} load_state: tensor '{}' is {} (expected bf16)", name(), n, src.str()));
     copies.emplace_back(t, &src);
   }
+  // (16-bit containers copy bit for bit: the dtypes are equal.)
   for (auto& [dst, src] : copies) {
     Tensor d = dst;
-    if (src->dtype() == DType::bf16)
-      std::memcpy(d.raw_data(), src->contiguous().raw_data(), d.nbytes());
-    else
-      d.copy_from(*src);
+    d.copy_from(*src);
   }
   auto get_i64 = [&](const std::string& n) {
     const Tensor& t = find(n);
@@ -449,16 +365,10 @@ void Optimizer::load_state(const std::vector<std::pair<std::string, Tensor>>& te
 Tensor Optimizer::master_value(size_t i) const {
   const nn::Parameter& p = *params_.at(i);
   if (common_.master == MasterMode::fp32) return p.master.clone();
-  Tensor out = Tensor::empty(p.master.shape(), DType::f32);
-  float* o = out.data<float>();
-  const auto* hi = reinterpret_cast<const uint16_t*>(p.weight.data().data<bf16>());
-  const int64_t n = p.numel();
-  if (common_.master == MasterMode::split16) {
-    const auto* lo = reinterpret_cast<const uint16_t*>(slots_[i].aux.data<bf16>());
-    for (int64_t k = 0; k < n; ++k) o[k] = detail::split16_decode(hi[k], lo[k]);
-  } else {
-    for (int64_t k = 0; k < n; ++k) o[k] = static_cast<float>(bf16::from_bits(hi[k]));
-  }
+  const Tensor& w = p.weight.data();
+  if (common_.master != MasterMode::split16) return w.to(DType::f32).view(p.master.shape());
+  Tensor out = Tensor::empty(p.master.shape(), DType::f32, w.device());
+  backend_for(w.device()).split16_join(w, slots_[i].aux, out);
   return out;
 }
 

@@ -19,6 +19,7 @@ int run_info(bool json) {
                                                    {"f16c", f.f16c},
                                                    {"avx512f", f.avx512f},
                                                    {"avx512bw", f.avx512bw},
+                                                   {"avx512dq", f.avx512dq},
                                                    {"avx512vl", f.avx512vl},
                                                    {"avx512_bf16", f.avx512_bf16},
                                                    {"avx512_fp16", f.avx512_fp16},

@@ -1,6 +1,7 @@
 // The process group of a data-parallel run: rank, size and the few collectives the trainer
-// needs, on plain host buffers. Backed by MPI when built with MIXTRAIN_MPI and launched under
-// mpirun; otherwise (or when started without mpirun) a single rank. No MPI types here.
+// needs, on buffers of comm_device() (host memory for MPI). Backed by MPI when built with
+// MIXTRAIN_MPI and launched under mpirun; otherwise (or when started without mpirun) a single rank.
+// No MPI types here.
 //
 //   if (dist::size() > 1) dist::allreduce_sum(&loss, 1);
 //
@@ -11,7 +12,13 @@
 #include <cstdint>
 #include <string>
 
+#include "mixtrain/tensor.h"
+
 namespace mixtrain::dist {
+
+/// The device whose memory the collectives read and write: the host for MPI (data parallelism
+/// stages device tensors through it).
+inline Device comm_device() { return Device::cpu; }
 
 /// Whether this build has an MPI backend (CMake option MIXTRAIN_MPI).
 bool mpi_built();

@@ -45,8 +45,9 @@ struct RMSPropHyper {
   bool centered = false;
 };
 
-// fp32-master kernels with the precision roles in the signature. They run on the calling
-// thread (vectorised, best ISA of this CPU); Optimizer splits tensors across OpenMP threads.
+// fp32-master kernels with the precision roles in the signature, on host memory. They run on
+// the calling thread (vectorised, the CPU's best level, see simd_level()); Optimizer runs the
+// same pass through its tensors' backend, split across threads.
 // G, W: float, bf16 or fp16. weight_copy may be nullptr (no separate copy to refresh).
 
 /// AdamW / Adam: master, m, v fp32; grad in G; writes the compute copy in W.
@@ -72,7 +73,8 @@ struct Rule {
   RMSPropHyper rms;
 };
 
-/// Type-erased arguments of one fused pass over elements [0, n) of one tensor.
+/// Type-erased arguments of one fused pass over elements [0, n) of one tensor (pointers into
+/// the memory of the tensor's device).
 struct UpdateArgs {
   MasterMode mode = MasterMode::fp32;
   float grad_mult = 1.0f;
@@ -89,10 +91,6 @@ struct UpdateArgs {
   float* s2 = nullptr;  ///< rmsprop momentum
   int64_t n = 0;
 };
-
-/// Runs the fused pass with the active ISA (see simd_level()). Throws DTypeError for an
-/// unsupported grad/weight dtype.
-void run_update(const Rule& rule, const UpdateArgs& args);
 
 /// The split16 encoding: `hi` is the bf16 weight (fp32 bits rounded half-up in magnitude, so
 /// each bf16 value owns exactly 2^16 fp32 patterns) and `lo` the low 16 bits of the fp32 bits.

@@ -1,32 +1,35 @@
-// Internal to the optimizer kernels: the per-ISA entry points of the fused update pass
-// (kernels_scalar.cpp, kernels_avx2.cpp, kernels_avx512.cpp, all from the template in
-// kernels_impl.h) and what they share. Call them only through detail::run_update
-// (kernels.cpp), which checks the CPU first.
+// The fused optimizer update pass per level (optimizer.isa.cpp), behind
+// CpuBackend::optimizer_update and the typed kernels of optim/kernels.h.
 #pragma once
 
 #include <cstdint>
 
+#include "cpu/isa.h"
 #include "mixtrain/dtype.h"
 #include "mixtrain/optim/kernels.h"
 
-namespace mixtrain::optim::detail {
+namespace mixtrain::cpu {
+
+/// One fused pass over elements [0, a.n) of one tensor, on the calling thread.
+using UpdateKernel = void (*)(const optim::detail::Rule& rule, const optim::detail::UpdateArgs& a);
+template <Isa>
+const UpdateKernel& update_kernel();  // built for scalar, avx2, avx512
+/// The kernel of the level in use.
+const UpdateKernel& update_kernel();
 
 /// Elements per block: the block's temporaries (4 x 2 KiB) stay in L1 between the two passes.
 constexpr int64_t kUpdateBlock = 512;
-
-void run_update_scalar(const Rule& r, const UpdateArgs& a);  ///< baseline x86-64 (SSE2)
-void run_update_avx2(const Rule& r, const UpdateArgs& a);    ///< AVX2 + FMA + F16C
-void run_update_avx512(const Rule& r, const UpdateArgs& a);  ///< AVX-512 F/BW/VL/DQ
 
 /// Throws DTypeError naming the role ("gradient", "weight copy") and the dtype. Out of line,
 /// so the kernels carry no formatting code.
 [[noreturn]] void bad_update_dtype(const char* role, DType dt);
 
 /// The arguments for elements [b, b + len) of `a`. Plain pointer arithmetic, no target
-/// attribute: inlined into each ISA's kernel.
-inline UpdateArgs sub_args(const UpdateArgs& a, int64_t b, int64_t len) {
-  UpdateArgs s = a;
-  const size_t wsz = a.mode == MasterMode::fp32 ? dtype_size(a.weight_dtype) : 2;
+/// attribute: inlined into each level's kernel.
+inline optim::detail::UpdateArgs sub_args(const optim::detail::UpdateArgs& a, int64_t b,
+                                          int64_t len) {
+  optim::detail::UpdateArgs s = a;
+  const size_t wsz = a.mode == optim::MasterMode::fp32 ? dtype_size(a.weight_dtype) : 2;
   if (a.master) s.master += b;
   if (a.weight) s.weight = static_cast<char*>(a.weight) + b * static_cast<int64_t>(wsz);
   if (a.aux) s.aux += b;
@@ -39,4 +42,4 @@ inline UpdateArgs sub_args(const UpdateArgs& a, int64_t b, int64_t len) {
   return s;
 }
 
-}  // namespace mixtrain::optim::detail
+}  // namespace mixtrain::cpu

@@ -1,20 +1,15 @@
+// isa: scalar avx2 avx512
 // The fused optimizer update pass, written once as a template over (rule, gradient dtype,
-// where the parameter lives). Included by exactly one translation unit per ISA
-// (kernels_scalar.cpp, kernels_avx2.cpp, kernels_avx512.cpp), which first defines
-//   MT_ISA_LEVEL   0 baseline x86-64, 1 AVX2+FMA+F16C, 2 AVX-512 (F, BW, VL, DQ)
-//   MT_ISA_ENTRY   the name of the entry point it defines (declared in kernels_isa.h)
-// Splitting by ISA lets the three compile in parallel, and each is a third of the old single
-// file. Everything here has internal linkage (anonymous namespace), and every function carries
-// the ISA's target attribute explicitly (not -m flags on the file), so no inline function
-// compiled for AVX-512 can be picked by the linker for a caller on an older CPU.
+// where the parameter lives) and built per level (cpu/optimizer.h). Every function carries the
+// level's target attribute explicitly; everything has internal linkage.
 //
 // Loops are branch-free so they vectorise: the bf16 roundings are integer arithmetic,
 // stochastic rounding's random bits are the counter-based random_bits() computed in-lane.
 //
-// Contraction is off: a*b+c is two roundings on every path, so the AVX-512 and baseline
+// Contraction is off: a*b+c is two roundings on every path, so the AVX-512 and scalar
 // kernels give the same bits (reproducible across machines); the pass is memory-bound, FMA
 // would not make it faster.
-#pragma once
+#include "cpu/isa_target.h"
 
 #include <immintrin.h>
 #include <algorithm>
@@ -22,8 +17,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cpu/optimizer.h"
 #include "mixtrain/random.h"
-#include "optim/kernels_isa.h"
 
 #if defined(__clang__)
 // clang has no optimize attribute; its own pragma turns contraction off for the whole file.
@@ -35,10 +30,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
-#if !defined(MT_ISA_LEVEL) || !defined(MT_ISA_ENTRY)
-#error "define MT_ISA_LEVEL and MT_ISA_ENTRY before including optim/kernels_impl.h"
-#endif
-
 // The pragma above is not inherited by functions with a target attribute (GCC resets their
 // optimisation options), so every kernel function repeats it, with this file's ISA.
 #if defined(__clang__)
@@ -46,19 +37,21 @@
 #else
 #define MT_NO_CONTRACT optimize("fp-contract=off"),
 #endif
-#if MT_ISA_LEVEL == 2
-// AVX-512DQ gives the 64-bit multiplies of random_bits() in-lane; every AVX-512 CPU that has
-// BW and VL (Skylake-SP onwards, Zen 4) has DQ too, and kernels.cpp checks it at run time.
-#define MT_FLAGS MT_NO_CONTRACT target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-#elif MT_ISA_LEVEL == 1
-#define MT_FLAGS MT_NO_CONTRACT target("avx2,fma,f16c")
-#else
-#define MT_FLAGS MT_NO_CONTRACT
-#endif
+// (The avx512 level includes AVX-512DQ, which gives the 64-bit multiplies of random_bits()
+// in-lane.)
+#define MT_FLAGS MT_NO_CONTRACT MT_TARGET_LIST
+#undef MT_INLINE
 #define MT_INLINE __attribute__((always_inline, MT_FLAGS)) inline
 
-namespace mixtrain::optim::detail {
+namespace mixtrain::cpu {
 namespace {
+
+using optim::AdamWHyper;
+using optim::MasterMode;
+using optim::RMSPropHyper;
+using optim::SgdHyper;
+using optim::detail::Rule;
+using optim::detail::UpdateArgs;
 
 // ---- element load/store (branch-free, bit-exact with dtype.h's RNE) -------------------------
 
@@ -79,9 +72,9 @@ MT_INLINE uint16_t bf16_rne(float f) {
 // vector sqrt (bit-identical to std::sqrt), a second pass finishes.
 __attribute__((MT_FLAGS)) void sqrt_block(float* x, int64_t n) {
   int64_t i = 0;
-#if MT_ISA_LEVEL == 2
+#if MT_ISA >= 2
   for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_sqrt_ps(_mm512_loadu_ps(x + i)));
-#elif MT_ISA_LEVEL == 1
+#elif MT_ISA == 1
   for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_sqrt_ps(_mm256_loadu_ps(x + i)));
 #else
   for (; i + 4 <= n; i += 4) _mm_storeu_ps(x + i, _mm_sqrt_ps(_mm_loadu_ps(x + i)));
@@ -353,9 +346,7 @@ MT_INLINE void by_grad(const RuleK& rule, const UpdateArgs& a) {
   bad_update_dtype("gradient", a.grad_dtype);
 }
 
-}  // namespace
-
-__attribute__((MT_FLAGS)) void MT_ISA_ENTRY(const Rule& r, const UpdateArgs& a) {
+__attribute__((MT_FLAGS)) void run(const Rule& r, const UpdateArgs& a) {
   switch (r.kind) {
     case Rule::Kind::adam:
       if (r.adam.decoupled) return by_grad(AdamK<true>(r.adam), a);
@@ -373,4 +364,12 @@ __attribute__((MT_FLAGS)) void MT_ISA_ENTRY(const Rule& r, const UpdateArgs& a) 
   }
 }
 
-}  // namespace mixtrain::optim::detail
+}  // namespace
+
+template <>
+const UpdateKernel& update_kernel<kIsa>() {
+  static constexpr UpdateKernel k = run;
+  return k;
+}
+
+}  // namespace mixtrain::cpu

@@ -1,25 +1,20 @@
-// Fused attention kernels: one (batch, head) per task; every product runs in a small
-// register-tiled kernel on operands packed once into L2-sized per-thread buffers, so a step
-// makes no GEMM calls for attention, writes no score tensors and reads each head's Q, K, V
-// once. Written once here and included by one translation unit per ISA, which first defines
-//   MT_ATT_LEVEL  2: AVX-512 (nn_attention_fused_avx512.cpp), 1: AVX2 + FMA (…_avx2.cpp)
-//   MT_ATT_ENTRY(name)  the name of its entry points (declared in nn_attention_fused.h)
-// Everything here has internal linkage and carries the ISA's target attribute itself (not -m
-// flags on the file), so nothing compiled for AVX-512 can be picked by the linker for a caller
-// on an older CPU (the optimizer kernels do the same).
+// isa: avx2 avx512 avx512bf16
+// Fused attention kernels (cpu/attention_fused.h): one (batch, head) per task; every product
+// runs in a small register-tiled kernel on operands packed once into L2-sized per-thread
+// buffers, so a step makes no GEMM calls for attention, writes no score tensors and reads each
+// head's Q, K, V once.
 //
 // Element kinds share one driver (the Kind template):
-//   Bf16Kind (level 2, AVX512-BF16): bf16 operands as pairs, vdpbf16ps (pairs multiplied
-//            exactly and summed into fp32); P and dS rounded to bf16 for the products that use
-//            them (FlashAttention's choice, as the GEMM path's bf16).
-//   F32Kind  (both levels): operands widened to fp32 when packed (fp16 and bf16: exact), fp32
-//            FMAs, P and dS kept fp32. Level 2 tiles are 8×32 in 16 zmm accumulators; level 1
-//            blocks are 6 rows, run as 6×16 tiles (12 ymm accumulators: AVX2 has 16
-//            registers).
+//   Bf16Kind (avx512bf16): bf16 operands as pairs, vdpbf16ps (pairs multiplied exactly and
+//            summed into fp32); P and dS rounded to bf16 for the products that use them
+//            (FlashAttention's choice, as the GEMM path's bf16).
+//   F32Kind  (every build): operands widened to fp32 when packed (fp16 and bf16: exact), fp32
+//            FMAs, P and dS kept fp32. AVX-512 tiles are 8×32 in 16 zmm accumulators; AVX2
+//            blocks are 6 rows, run as 6×16 tiles (12 ymm accumulators: AVX2 has 16 registers).
 // Scores are scaled once and the softmax runs in fp32 from the logsumexp the forward saves;
 // only summation order (and, for bf16 on F32Kind, P and dS not being rounded) differs from
 // the GEMM path. Causal rows skip the tiles above the diagonal.
-#pragma once
+#include "cpu/isa_target.h"
 
 #include <immintrin.h>
 
@@ -28,30 +23,19 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu/simd/convert.h"
-#include "cpu/simd/vmath.h"
-#include "ops/nn_attention_fused.h"
-#include "ops/nn_common.h"
+#include "cpu/attention_fused.h"
+#include "cpu/convert.h"
+#include "cpu/rows.h"
+#include "cpu/vmath.h"
 
-#if !defined(MT_ATT_LEVEL) || !defined(MT_ATT_ENTRY)
-#error "define MT_ATT_LEVEL and MT_ATT_ENTRY before including ops/nn_attention_fused_impl.h"
-#endif
-
-#if MT_ATT_LEVEL == 2
-#define MT_VEC __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
-#define MT_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma")))
-#else
-#define MT_VEC __attribute__((target("avx2,fma")))
-#endif
-
-namespace mixtrain::nn_detail {
+namespace mixtrain::cpu {
 
 namespace {
 
 // Rows per kernel call: 8 on AVX-512 (8×32 tiles in 16 of 32 zmm); 6 on AVX2, whose 6×16 tiles
 // keep 12 accumulators in its 16 registers (12 independent FMA chains; a 4×16 tile's 8 just
 // cover two pipes' latency and measured 20-30% slower: 56-67 against 72-85 GFLOP/s a thread).
-constexpr int64_t kMR = MT_ATT_LEVEL == 2 ? kAttnRows : kAttnRowsAvx2;
+constexpr int64_t kMR = MT_ISA >= 2 ? kAttnRows : kAttnRowsAvx2;
 constexpr int64_t kNR = kAttnCols;  // columns per tile (two zmm of 16 fp32, four ymm of 8)
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -80,9 +64,10 @@ inline void prefetch_out(const char* base, int64_t rs, int64_t t0, int64_t n, in
   for (int64_t t = t0; t < std::min(T, t0 + n); ++t) prefetch_bytes(base + t * rs, bytes);
 }
 
-#if MT_ATT_LEVEL == 2
+#if MT_ISA >= 2
+#if MT_ISA == 3
 // n fp32 values rounded (RNE) into bf16 codes, then zeros up to n_zero.
-MT_BF16 void to_bf16_row(const float* src, int64_t n, uint16_t* dst, int64_t n_zero) {
+MT_TARGET void to_bf16_row(const float* src, int64_t n, uint16_t* dst, int64_t n_zero) {
   int64_t j = 0;
   for (; j + 16 <= n; j += 16)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + j),
@@ -94,19 +79,21 @@ MT_BF16 void to_bf16_row(const float* src, int64_t n, uint16_t* dst, int64_t n_z
   }
   std::memset(dst + n, 0, (n_zero - n) * 2);
 }
+#endif
 
 // The 8×32 fp32 accumulator tile every kernel below keeps in registers.
 using Tile = __m512[kMR][2];
-MT_VEC inline void zero_tile(Tile& acc) {
+MT_INLINE void zero_tile(Tile& acc) {
   for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
 }
-MT_VEC inline void store_tile(const Tile& acc, float* C, int64_t ldc) {
+MT_INLINE void store_tile(const Tile& acc, float* C, int64_t ldc) {
   for (int r = 0; r < kMR; ++r) {
     _mm512_storeu_ps(C + r * ldc, acc[r][0]);
     _mm512_storeu_ps(C + r * ldc + 16, acc[r][1]);
   }
 }
 
+#if MT_ISA == 3
 // ---- bf16: a uint32 unit is a pair of bf16 codes along the reduction dim ----
 struct Bf16Kind {
   using U = uint32_t;  // operand unit
@@ -116,8 +103,8 @@ struct Bf16Kind {
 
   // C[r][c] = Σ_{k < K} A[r·lda + k] ⊙ B[k·ldb + c] for r < 8, c < n (a multiple of 32), ⊙ a
   // pair's dot product in fp32. 16 accumulators stay in registers over the K loop.
-  MT_BF16 static void kernel(const U* A, int64_t lda, const U* B, int64_t ldb, int64_t K, int64_t n,
-                             float* C, int64_t ldc) {
+  MT_TARGET static void kernel(const U* A, int64_t lda, const U* B, int64_t ldb, int64_t K,
+                               int64_t n, float* C, int64_t ldc) {
     for (int64_t c0 = 0; c0 < n; c0 += kNR) {
       Tile acc;
       zero_tile(acc);
@@ -137,8 +124,8 @@ struct Bf16Kind {
 
   // The same with A read transposed from row-major P or dS: A[r][k] = (M[2k][r], M[2k+1][r])
   // (ldm in elements): each step interleaves two 8-element rows into 8 pairs.
-  MT_BF16 static void kernel_ta(const P* M, int64_t ldm, const U* B, int64_t ldb, int64_t K,
-                                int64_t n, float* C, int64_t ldc) {
+  MT_TARGET static void kernel_ta(const P* M, int64_t ldm, const U* B, int64_t ldb, int64_t K,
+                                  int64_t n, float* C, int64_t ldc) {
     for (int64_t c0 = 0; c0 < n; c0 += kNR) {
       Tile acc;
       zero_tile(acc);
@@ -191,8 +178,8 @@ struct Bf16Kind {
 
   // [T][D] -> [Tp/2][D]: dst[t2][d] = (src[2·t2][d], src[2·t2 + 1][d]); rows >= T zero. The B
   // operand of a product over t (P·V, dS·K, Pᵀ·dO, dSᵀ·Q).
-  MT_BF16 static void pack_by_row(const char* src, DType, int64_t ld, int64_t T, int64_t D,
-                                  int64_t Tp, U* dst) {
+  MT_TARGET static void pack_by_row(const char* src, DType, int64_t ld, int64_t T, int64_t D,
+                                    int64_t Tp, U* dst) {
     for (int64_t t = 0; t < kAhead; ++t) prefetch_row(src, DType::bf16, ld, t, T, D);
     for (int64_t t2 = 0; t2 < Tp / 2; ++t2) {
       const int64_t t0 = 2 * t2, t1 = 2 * t2 + 1;
@@ -225,7 +212,8 @@ struct Bf16Kind {
   }
 };
 
-#endif  // MT_ATT_LEVEL == 2
+#endif  // MT_ISA == 3
+#endif  // MT_ISA >= 2
 
 // ---- fp32 (fp16 and bf16 widened when packed): a unit is one fp32 value ----
 struct F32Kind {
@@ -237,9 +225,9 @@ struct F32Kind {
 
   // C[r][c] = Σ_k A(r, k)·B[k·ldb + c] for r < 8, c < n (a multiple of 32), with A(r, k) at
   // A[r·a_rs + k·a_ks]: rows of Q or dO (a_ks = 1), or P and dS read transposed (a_rs = 1).
-#if MT_ATT_LEVEL == 2
-  MT_VEC static void tile_kernel(const float* A, int64_t a_rs, int64_t a_ks, const U* B,
-                                 int64_t ldb, int64_t K, int64_t n, float* C, int64_t ldc) {
+#if MT_ISA >= 2
+  MT_TARGET static void tile_kernel(const float* A, int64_t a_rs, int64_t a_ks, const U* B,
+                                    int64_t ldb, int64_t K, int64_t n, float* C, int64_t ldc) {
     for (int64_t c0 = 0; c0 < n; c0 += kNR) {
       Tile acc;
       zero_tile(acc);
@@ -257,8 +245,8 @@ struct F32Kind {
   }
 #else
   // kMR (6) rows × 16 columns at a time: 12 accumulators, two B vectors and a broadcast.
-  MT_VEC static void tile_kernel(const float* A, int64_t a_rs, int64_t a_ks, const U* B,
-                                 int64_t ldb, int64_t K, int64_t n, float* C, int64_t ldc) {
+  MT_TARGET static void tile_kernel(const float* A, int64_t a_rs, int64_t a_ks, const U* B,
+                                    int64_t ldb, int64_t K, int64_t n, float* C, int64_t ldc) {
     for (int64_t c0 = 0; c0 < n; c0 += 16) {
       __m256 acc[kMR][2];
       for (int r = 0; r < kMR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
@@ -291,7 +279,7 @@ struct F32Kind {
   // [T][D] rows of dtype dt -> [Tp][D] fp32, rows >= T zero.
   static void pack_rows(const char* src, DType dt, int64_t ld, int64_t T, int64_t D, int64_t Tp,
                         U* dst) {
-    const simd::RowConverter widen(dt, DType::f32);
+    const RowConverter widen(dt, DType::f32);
     for (int64_t t = 0; t < kAhead; ++t) prefetch_row(src, dt, ld, t, T, D);
     for (int64_t t = 0; t < T; ++t) {
       prefetch_row(src, dt, ld, t + kAhead, T, D);
@@ -303,11 +291,11 @@ struct F32Kind {
   // [T][D] -> [D][Tp] fp32 (the transpose), t >= T zero. Eight rows at a time by 8×8 AVX2
   // register transposes (a scalar scatter took a tenth of the attention time); fp32 rows are
   // read where they lie, 16-bit ones widened first.
-  MT_VEC static void pack_by_col(const char* src, DType dt, int64_t ld, int64_t T, int64_t D,
-                                 int64_t Tp, U* dst) {
+  MT_TARGET static void pack_by_col(const char* src, DType dt, int64_t ld, int64_t T, int64_t D,
+                                    int64_t Tp, U* dst) {
     for (int64_t d = 0; d < D; ++d) std::memset(dst + d * Tp + T, 0, (Tp - T) * 4);
     std::vector<float> wide(dt == DType::f32 ? 0 : 8 * D);
-    const simd::RowConverter widen(dt, DType::f32);
+    const RowConverter widen(dt, DType::f32);
     int64_t t0 = 0;
     for (int64_t t = 0; t < kAhead; ++t) prefetch_row(src, dt, ld, t, T, D);
     for (; t0 + 8 <= T; t0 += 8) {
@@ -336,7 +324,7 @@ struct F32Kind {
   }
 
   // x[i][j] <- x[j][i] for an 8×8 block held in eight registers.
-  MT_VEC static void transpose8(__m256 (&x)[8]) {
+  MT_TARGET static void transpose8(__m256 (&x)[8]) {
     __m256 t[8], u[8];
     for (int i = 0; i < 8; i += 2) {
       t[i] = _mm256_unpacklo_ps(x[i], x[i + 1]);
@@ -374,8 +362,8 @@ char* out_ptr(const Tensor& t4, int64_t b, int64_t h) {
 // An fp32 row of D values into a row of dtype dt (bf16 inline on AVX512-BF16, others by
 // `narrow`, the fp32 -> dt row kernel).
 template <class K>
-void store_out(const float* src, int64_t D, char* dst, DType dt, const simd::RowConverter& narrow) {
-#if MT_ATT_LEVEL == 2
+void store_out(const float* src, int64_t D, char* dst, DType dt, const RowConverter& narrow) {
+#if MT_ISA == 3
   if constexpr (std::is_same_v<K, Bf16Kind>)  // the bf16 kernels imply the ISA
     if (dt == DType::bf16) return to_bf16_row(src, D, reinterpret_cast<uint16_t*>(dst), D);
 #endif
@@ -397,7 +385,7 @@ Sizes sizes(const Tensor& q4, const Tensor& k4, bool causal, float scale) {
 
 // The column step of a score product: AVX2's tiles go 16 columns at a time, so a causal block's
 // keys round up to 16 there (less of the diagonal's last tile computed), 32 on AVX-512.
-constexpr int64_t kColStep = MT_ATT_LEVEL == 2 ? kNR : 16;
+constexpr int64_t kColStep = MT_ISA >= 2 ? kNR : 16;
 
 // Keys row block i0 sees: [0, keys) (padded to a tile: the kernel's columns).
 int64_t block_keys(const Sizes& z, int64_t i0) {
@@ -407,14 +395,14 @@ int64_t block_keys(const Sizes& z, int64_t i0) {
 // The drivers carry the level's target too: their row loops (scale, softmax sums, dS) and the
 // inlined row helpers use its vector width.
 template <class K>
-MT_VEC void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& o4,
-                    float* lse, bool causal, float scale) {
+MT_TARGET void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& o4,
+                       float* lse, bool causal, float scale) {
   using U = typename K::U;
   using P = typename K::P;
   constexpr int64_t kPer = K::kPer;
   constexpr bool kInPlace = K::kInPlace;
   const Sizes z = sizes(q4, k4, causal, scale);
-  const simd::RowConverter to_o(DType::f32, o4.dtype());
+  const RowConverter to_o(DType::f32, o4.dtype());
   const int64_t B = q4.size(0), H = q4.size(1), D = z.D, Du = D / kPer;
   const int64_t o_rs = o4.strides()[2] * static_cast<int64_t>(o4.element_size());
 #pragma omp parallel
@@ -464,9 +452,9 @@ MT_VEC void forward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const 
 }
 
 template <class K>
-MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
-                     const float* lse, bool causal, float scale, const Tensor& dq4,
-                     const Tensor& dk4, const Tensor& dv4) {
+MT_TARGET void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
+                        const float* lse, bool causal, float scale, const Tensor& dq4,
+                        const Tensor& dk4, const Tensor& dv4) {
   using U = typename K::U;
   using P = typename K::P;
   constexpr int64_t kPer = K::kPer;
@@ -475,7 +463,7 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
   constexpr bool kInPlace = K::kInPlace;
   const int64_t B = q4.size(0), H = q4.size(1);
   const Sizes z = sizes(q4, k4, causal, scale);
-  const simd::RowConverter to_dq(DType::f32, dq4.dtype()), to_dk(DType::f32, dk4.dtype()),
+  const RowConverter to_dq(DType::f32, dq4.dtype()), to_dk(DType::f32, dk4.dtype()),
       to_dv(DType::f32, dv4.dtype());
   const int64_t D = z.D, Du = D / kPer, Tqu = z.Tqp / kPer;
   auto row_bytes = [](const Tensor& t) {
@@ -535,7 +523,7 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
           float* dr = dc + r * z.Tkp;
           const int64_t jn = z.causal ? i + 1 : z.Tk;
           for (int64_t j = 0; j < jn; ++j) pr[j] *= z.scale;
-          simd::exp_shift(pr, jn, lh[i]);
+          exp_shift(pr, jn, lh[i]);
           // dS = P ∘ (dP − Σₖ Pₖ dPₖ) · scale.
           const float di = dot_lanes(pr, dr, jn);
           for (int64_t j = 0; j < jn; ++j) dr[j] = pr[j] * (dr[j] - di) * z.scale;
@@ -574,27 +562,32 @@ MT_VEC void backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const
   }
 }
 
-}  // namespace
-
-void MT_ATT_ENTRY(forward)(FusedAttention kind, const Tensor& q4, const Tensor& k4,
-                           const Tensor& v4, const Tensor& o4, float* lse, bool causal,
-                           float scale) {
-#if MT_ATT_LEVEL == 2
-  if (kind == FusedAttention::bf16) return forward<Bf16Kind>(q4, k4, v4, o4, lse, causal, scale);
+// The build's entry points: bf16 pairs where the level has them and the operands are bf16, fp32
+// tiles otherwise.
+void forward_entry(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& o4,
+                   float* lse, bool causal, float scale) {
+#if MT_ISA == 3
+  if (q4.dtype() == DType::bf16) return forward<Bf16Kind>(q4, k4, v4, o4, lse, causal, scale);
 #endif
-  (void)kind;
   forward<F32Kind>(q4, k4, v4, o4, lse, causal, scale);
 }
 
-void MT_ATT_ENTRY(backward)(FusedAttention kind, const Tensor& q4, const Tensor& k4,
-                            const Tensor& v4, const Tensor& g4, const float* lse, bool causal,
-                            float scale, const Tensor& dq4, const Tensor& dk4, const Tensor& dv4) {
-#if MT_ATT_LEVEL == 2
-  if (kind == FusedAttention::bf16)
+void backward_entry(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
+                    const float* lse, bool causal, float scale, const Tensor& dq4,
+                    const Tensor& dk4, const Tensor& dv4) {
+#if MT_ISA == 3
+  if (q4.dtype() == DType::bf16 && g4.dtype() == DType::bf16)
     return backward<Bf16Kind>(q4, k4, v4, g4, lse, causal, scale, dq4, dk4, dv4);
 #endif
-  (void)kind;
   backward<F32Kind>(q4, k4, v4, g4, lse, causal, scale, dq4, dk4, dv4);
 }
 
-}  // namespace mixtrain::nn_detail
+}  // namespace
+
+template <>
+const FusedAttentionKernels& attention_fused_kernels<kIsa>() {
+  static constexpr FusedAttentionKernels k{forward_entry, backward_entry};
+  return k;
+}
+
+}  // namespace mixtrain::cpu

@@ -1,0 +1,104 @@
+// Which backend serves a device, and the helpers every backend's callers share.
+#include <fmt/format.h>
+
+#include "backend/backend.h"
+#include "cpu/backend.h"
+
+namespace mixtrain {
+
+// Defined by src/cuda (a build with MIXTRAIN_CUDA=ON) or by src/no_cuda: the CUDA backend, or
+// null with the reason in `why`.
+Backend* cuda_backend(std::string* why);
+
+bool backend_available(Device d, std::string* why) {
+  if (d == Device::cpu) return true;
+  std::string reason;
+  Backend* b = cuda_backend(&reason);
+  if (!b && why) *why = reason;
+  return b != nullptr;
+}
+
+Backend& backend_for(Device d) {
+  if (d == Device::cpu) return cpu::cpu_backend();
+  std::string why;
+  if (Backend* b = cuda_backend(&why)) return *b;
+  throw BackendError(why);
+}
+
+Device common_device(const char* op, std::initializer_list<const Tensor*> tensors) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : tensors) {
+    if (!t || !t->defined()) continue;
+    if (!first) {
+      first = t;
+    } else if (t->device() != first->device()) {
+      throw BackendError(fmt::format("{}: {} is on {} but {} is on {} (move one with .to(Device))",
+                                     op, first->str(), device_name(first->device()), t->str(),
+                                     device_name(t->device())));
+    }
+  }
+  return first ? first->device() : Device::cpu;
+}
+
+int map_arity(MapOp op) {
+  switch (op) {
+    case MapOp::add:
+    case MapOp::sub:
+    case MapOp::mul:
+    case MapOp::div:
+    case MapOp::relu_grad:
+    case MapOp::tanh_grad:
+    case MapOp::exp_grad:
+    case MapOp::log_grad:
+    case MapOp::gelu_grad:
+      return 2;
+    case MapOp::div_grad_b:
+      return 3;
+    default:
+      return 1;
+  }
+}
+
+const char* map_op_name(MapOp op) {
+  switch (op) {
+    case MapOp::add:
+      return "add";
+    case MapOp::sub:
+      return "sub";
+    case MapOp::mul:
+      return "mul";
+    case MapOp::div:
+      return "div";
+    case MapOp::neg:
+      return "neg";
+    case MapOp::add_scalar:
+      return "add_scalar";
+    case MapOp::mul_scalar:
+      return "mul_scalar";
+    case MapOp::relu:
+      return "relu";
+    case MapOp::tanh:
+      return "tanh";
+    case MapOp::exp:
+      return "exp";
+    case MapOp::log:
+      return "log";
+    case MapOp::gelu:
+      return "gelu";
+    case MapOp::relu_grad:
+      return "relu_grad";
+    case MapOp::tanh_grad:
+      return "tanh_grad";
+    case MapOp::exp_grad:
+      return "exp_grad";
+    case MapOp::log_grad:
+      return "log_grad";
+    case MapOp::gelu_grad:
+      return "gelu_grad";
+    case MapOp::div_grad_b:
+      return "div_grad_b";
+  }
+  return "?";
+}
+
+}  // namespace mixtrain

@@ -1,0 +1,16 @@
+// The CUDA backend of a build without it (MIXTRAIN_CUDA=OFF): asking for a cuda tensor says so.
+#include <string>
+
+#include "backend/backend.h"
+
+namespace mixtrain {
+
+Backend* cuda_backend(std::string* why) {
+  if (why)
+    *why =
+        "cuda: this build of mixtrain has no CUDA backend (configure with -DMIXTRAIN_CUDA=ON on a "
+        "machine with the CUDA toolkit)";
+  return nullptr;
+}
+
+}  // namespace mixtrain
