@@ -266,8 +266,11 @@ TEST(Dist, TwoRanksMatchOneRankBf16) {
   const double b32 = metrics(d32).back().at("comm_bytes_per_step").get<double>();
   EXPECT_NEAR(b16 / b32, 0.5, 0.01);
   // ZeRO-1 really shards: each of 2 ranks holds half the fp32 master and moments, and the
-  // model's full fp32 masters are gone (bf16 compute): the tensors' peak drops by the 6 bytes
-  // per parameter of master + moments a rank no longer holds (asserted: at least 3).
+  // model's full fp32 masters are gone (bf16 compute): 6 bytes per parameter fewer through the
+  // steps. The run's peak is then rank 0's end-of-run checkpoint, which gathers the full fp32
+  // master and moments (12 B/param) beside the shard, where the plain run writes its own
+  // tensors; the peak still drops (here by ~1.8 B/param: asserted at least 1). The gradient
+  // buckets (4 B/param here) count in both.
   const json s_dp = json::parse(slurp(dp / "summary.json")),
              s_z = json::parse(slurp(z / "summary.json"));
   const int64_t params = s_dp.at("parameters").get<int64_t>();
@@ -275,7 +278,7 @@ TEST(Dist, TwoRanksMatchOneRankBf16) {
   EXPECT_NEAR(s_z.at("optimizer_state_bytes_per_rank").get<double>(), 6.0 * params, 12);
   EXPECT_NEAR(s_z.at("master_bytes_per_rank").get<double>(), 2.0 * params, 4);
   EXPECT_LE(s_z.at("peak_tensor_bytes").get<int64_t>(),
-            s_dp.at("peak_tensor_bytes").get<int64_t>() - 3 * params);
+            s_dp.at("peak_tensor_bytes").get<int64_t>() - params);
   // split16: the master's 2 low bytes beside the bf16 weight, and the moments.
   EXPECT_EQ(json::parse(slurp(s16 / "summary.json")).at("optimizer_state_bytes_per_rank"),
             10 * params);

@@ -7,11 +7,13 @@
 #include <bit>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "cpu/isa.h"
 #include "mixtrain/error.h"
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/optim/schedule.h"
@@ -165,6 +167,57 @@ TEST(Optim, MatchesDoubleReferenceAllOptionsAndDtypes) {
           EXPECT_TRUE(p.shares_master());
         }
       }
+}
+
+// The fused update is built per ISA level (src/cpu/optimizer.isa.cpp) with contraction off, so
+// every level this CPU runs must give the same bits: every rule, every master mode, gradients
+// and weight copies in every dtype, a ragged tail and more than one parallel piece.
+TEST(Optim, EveryIsaLevelGivesTheSameBits) {
+  constexpr int64_t kN = 33000;
+  const std::vector<cpu::Isa> levels = cpu::supported_isas();
+  ASSERT_FALSE(levels.empty());
+  struct Mode {
+    MasterMode master;
+    DType compute, grad;
+  };
+  const Mode modes[] = {{MasterMode::fp32, DType::bf16, DType::f32},
+                        {MasterMode::fp32, DType::f16, DType::f16},
+                        {MasterMode::fp32, DType::f32, DType::bf16},
+                        {MasterMode::split16, DType::bf16, DType::bf16},
+                        {MasterMode::bf16_stochastic, DType::bf16, DType::f32},
+                        {MasterMode::bf16_kahan, DType::bf16, DType::f16}};
+  for (const Config& c : configs())
+    for (const Mode& m : modes) {
+      // Everything the step writes, as raw bits, after 3 steps at one level.
+      auto run = [&](cpu::Isa level) {
+        const cpu::IsaCap cap(level);
+        std::vector<float> init(kN);
+        for (int64_t i = 0; i < kN; ++i) init[i] = grad_value(99, i) * 2.0f;
+        nn::Parameter p("w", Tensor::from_vector(init, {kN}), m.compute);
+        auto opt = make(c, {&p}, {.master = m.master, .seed = 5});
+        for (int s = 1; s <= 3; ++s) {
+          std::vector<float> g(kN);
+          for (int64_t i = 0; i < kN; ++i) g[i] = grad_value(s, i);
+          p.weight.grad() = Tensor::from_vector(g, {kN}, m.grad);
+          opt->step();
+        }
+        std::vector<std::vector<float>> out{opt->master_value(0).to_vector(),
+                                            p.weight.data().to_vector()};
+        for (const auto& [name, t] : opt->state_tensors())
+          if (t.dtype() != DType::i64) out.push_back(t.to(DType::f32).to_vector());
+        return out;
+      };
+      const auto want = run(levels.front());
+      for (size_t l = 1; l < levels.size(); ++l) {
+        const auto got = run(levels[l]);
+        ASSERT_EQ(got.size(), want.size());
+        for (size_t k = 0; k < got.size(); ++k)
+          EXPECT_EQ(std::memcmp(got[k].data(), want[k].data(), got[k].size() * 4), 0)
+              << describe(c) << " master " << master_mode_name(m.master) << ": level "
+              << cpu::isa_name(levels[l]) << " differs from " << cpu::isa_name(levels.front())
+              << " in output " << k;
+      }
+    }
 }
 
 TEST(Optim, GradMultiplierFoldsUnscaleAndClip) {

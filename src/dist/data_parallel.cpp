@@ -127,14 +127,6 @@ std::unique_ptr<optim::Optimizer> DataParallel::make_optimizer() {
                     optim::master_mode_name(opt_.common.master)));
   shard_pieces_ = pieces_in(lo_, hi_);
   shard_.reserve(shard_pieces_.size());  // the optimizer keeps pointers into it
-  // 16-bit compute: the shard's fp32 masters are one flat buffer, each piece a view of it (the
-  // checkpoint gather sends it as it lies).
-  Tensor flat_master;
-  for (const Piece& pc : shard_pieces_)
-    if (!params_[pc.param]->shares_master()) {
-      flat_master = Tensor::empty({hi_ - lo_}, DType::f32, params_[pc.param]->master.device());
-      break;
-    }
   for (const Piece& pc : shard_pieces_) {
     nn::Parameter& p = *params_[pc.param];
     if (p.master.dtype() != DType::f32)
@@ -144,12 +136,9 @@ std::unique_ptr<optim::Optimizer> DataParallel::make_optimizer() {
     nn::Parameter& sp = shard_.emplace_back();
     sp.name = p.name;
     // fp32 compute: the weight is the master, updated in place (the kernel then writes no copy).
-    if (p.shares_master()) {
-      sp.master = w;
-    } else {
-      sp.master = flat_master.slice(0, pc.flat - lo_, pc.flat - lo_ + pc.end - pc.begin);
-      sp.master.copy_from(flat_view(p.master, "master of " + p.name).slice(0, pc.begin, pc.end));
-    }
+    sp.master = p.shares_master()
+                    ? w
+                    : flat_view(p.master, "master of " + p.name).slice(0, pc.begin, pc.end).clone();
     sp.weight = Variable(w, true, p.name);
   }
   // The model's own fp32 masters go: each rank keeps only its shard's (the point of ZeRO-1).
@@ -394,35 +383,34 @@ std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state(
   std::vector<std::string> bufs;
   for (const char* b : kBuffers)
     if (mine.count(fmt::format("optim.{}.{}", shard_[0].name, b))) bufs.emplace_back(b);
-  std::vector<int64_t> bytes(size_), off(size_);
-  for (int j = 0; j < size_; ++j) {
-    off[j] = shard_lo_[j] * 4;
-    bytes[j] = (shard_lo_[j + 1] - shard_lo_[j]) * 4;
-  }
   // One gather to rank 0 per kind (master, then each buffer): the full flat vector exists on
-  // rank 0 only, one kind at a time.
+  // rank 0 only. Each goes in chunks of at most kChunk elements of every rank's shard, so the
+  // staging buffer stays small beside it (every rank makes the same number of calls: the
+  // largest shard's).
+  constexpr int64_t kChunk = int64_t{1} << 18;
+  int64_t most = 0;
+  for (int j = 0; j < size_; ++j) most = std::max(most, shard_lo_[j + 1] - shard_lo_[j]);
   auto gather = [&](const std::function<const Tensor&(size_t)>& piece) {
-    // The shard's pieces are views of one flat buffer, in order (the optimizer's state and the
-    // 16-bit run's masters): sent as they lie. Otherwise (fp32 compute: the masters are the
-    // weights) copied into one first.
-    const Tensor& first = piece(0);
-    bool flat = first.device() == comm_device() && first.is_contiguous();
-    for (size_t s = 1; s < shard_.size() && flat; ++s)
-      flat = piece(s).storage() == first.storage() && piece(s).is_contiguous() &&
-             piece(s).offset() == first.offset() + (shard_pieces_[s].flat - lo_);
-    Tensor send;
-    if (flat) {
-      send = first.view({-1}).as_strided({hi_ - lo_}, {1});
-    } else {
-      send = Tensor::empty({hi_ - lo_}, DType::f32, comm_device());
-      for (size_t s = 0; s < shard_.size(); ++s) {
-        const Tensor& t = piece(s);
-        const int64_t at = shard_pieces_[s].flat - lo_;
-        send.slice(0, at, at + t.numel()).copy_from(t.view({-1}));
-      }
-    }
     Tensor full = Tensor::empty({rank_ == 0 ? total : 0}, DType::f32, comm_device());
-    gatherv(send.raw_data(), (hi_ - lo_) * 4, full.raw_data(), bytes.data(), off.data(), 0);
+    Tensor send = Tensor::empty({std::min(kChunk, hi_ - lo_)}, DType::f32, comm_device());
+    std::vector<int64_t> cbytes(size_), coff(size_);
+    for (int64_t c0 = 0; c0 < most; c0 += kChunk) {
+      // This rank's chunk [lo_ + c0, lo_ + c1) of the flat vector, from the pieces it meets.
+      const int64_t c1 = std::min(hi_ - lo_, c0 + kChunk);
+      for (size_t s = 0; s < shard_.size(); ++s) {
+        const int64_t p0 = shard_pieces_[s].flat - lo_, n = piece(s).numel();
+        const int64_t a = std::max(p0, c0), b = std::min(p0 + n, c1);
+        if (a < b)
+          send.slice(0, a - c0, b - c0).copy_from(piece(s).view({-1}).slice(0, a - p0, b - p0));
+      }
+      for (int j = 0; j < size_; ++j) {
+        const int64_t shard = shard_lo_[j + 1] - shard_lo_[j];
+        coff[j] = (shard_lo_[j] + std::min(c0, shard)) * 4;
+        cbytes[j] = (std::min(c0 + kChunk, shard) - std::min(c0, shard)) * 4;
+      }
+      gatherv(send.raw_data(), std::max<int64_t>(0, c1 - c0) * 4, full.raw_data(), cbytes.data(),
+              coff.data(), 0);
+    }
     return full;
   };
   // Each parameter's tensor is its range of the gathered flat vector (a view, no copy).

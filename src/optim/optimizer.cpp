@@ -144,29 +144,17 @@ Optimizer::Optimizer(std::vector<nn::Parameter*> params, double lr, CommonOption
   if (!(lr >= 0) || !std::isfinite(lr))
     throw ConfigError(fmt::format("optimizer: learning rate {} (must be finite and >= 0)", lr));
   slots_.resize(params_.size());
-  // Each kind of fp32 state is one flat buffer over every parameter, in order (each parameter's
-  // state a view of it): one allocation per kind, and sharded data parallelism sends a shard's
-  // state as it lies.
-  int64_t total = 0;
-  for (size_t i = 0; i < params_.size(); ++i) {
-    const nn::Parameter& p = *params_[i];
-    if (!p.master.defined())
-      throw ConfigError(fmt::format("optimizer: parameter '{}' has no master tensor", p.name));
-    if (p.master.device() != params_[0]->master.device())
-      throw BackendError(fmt::format("optimizer: parameter '{}' is on {}, '{}' on {}", p.name,
-                                     device_name(p.master.device()), params_[0]->name,
-                                     device_name(params_[0]->master.device())));
-    total += p.numel();
-  }
-  const Device dev = params_.empty() ? Device::cpu : params_[0]->master.device();
-  std::vector<Tensor> flat(static_cast<size_t>(state_buffers));
-  for (Tensor& f : flat) f = Tensor::zeros({total}, DType::f32, dev);
   for (size_t i = 0; i < params_.size(); ++i) {
     nn::Parameter& p = *params_[i];
+    if (!p.master.defined())
+      throw ConfigError(fmt::format("optimizer: parameter '{}' has no master tensor", p.name));
     Slot& s = slots_[i];
-    const int64_t at = static_cast<int64_t>(total_numel_);
+    const Device dev = p.master.device();
+    // Per parameter (not one flat buffer per kind): a master-free mode releases each fp32 master
+    // as it goes, and the next parameter's state of that size reuses its pages (one flat buffer
+    // kept them cached beside it: bf16 MLP bench peak RSS 107 -> 122 MiB).
     for (int k = 0; k < state_buffers; ++k)
-      s.s[k] = flat[k].slice(0, at, at + p.numel()).view(p.master.shape());
+      s.s[k] = Tensor::zeros(p.master.shape(), DType::f32, dev);
     s.offset = total_numel_;
     total_numel_ += static_cast<uint64_t>(p.numel());
     if (common_.master == MasterMode::fp32) {
