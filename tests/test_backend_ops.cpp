@@ -25,8 +25,8 @@
 #include "cpu/isa.h"
 #include "cpu/reference/nn_ref.h"
 #include "cpu/reference/ops_ref.h"
-#include "mixtrain/optim/optimizer.h"
 #include "mixtrain/ops.h"
+#include "mixtrain/optim/optimizer.h"
 #include "mixtrain/random.h"
 
 using namespace mixtrain;
@@ -50,12 +50,12 @@ double unit_roundoff(DType dt) {
 constexpr double kU32 = 0x1p-24;  // fp32's, for the arithmetic every kernel does inside
 
 enum class Kind {
-  exact,        // moves values (copies, gathers, slices): no arithmetic, no rounding
-  rounded,      // one rounding of a few fp32 operations (element-wise maps, casts, dropout)
-  sum,          // sums of up to L terms in fp32, rounded once
-  normalised,   // softmax, layer norm, cross-entropy: fp32 row statistics, then one rounding
-  attention,    // scores, softmax and two products per head in fp32
-  optimizer,    // a fused update: a chain of fp32 operations per element, per step
+  exact,       // moves values (copies, gathers, slices): no arithmetic, no rounding
+  rounded,     // one rounding of a few fp32 operations (element-wise maps, casts, dropout)
+  sum,         // sums of up to L terms in fp32, rounded once
+  normalised,  // softmax, layer norm, cross-entropy: fp32 row statistics, then one rounding
+  attention,   // scores, softmax and two products per head in fp32
+  optimizer,   // a fused update: a chain of fp32 operations per element, per step
 };
 
 struct Tolerance {
@@ -195,9 +195,8 @@ Case binary_case(const std::string& name, Variable (*op)(const Variable&, const 
             const Input g = input({4, 30, 20}, dt, 5);
             Variable av = leaf(a, dev), bv = leaf(b, dev);
             Variable y = op(av, bv);
-            const std::vector<float> yr = values(
-                ref::binary(Tensor::from_vector(a.ref, {4, 30, 20}),
-                            Tensor::from_vector(b.ref, {30, 1}), bin));
+            const std::vector<float> yr = values(ref::binary(
+                Tensor::from_vector(a.ref, {4, 30, 20}), Tensor::from_vector(b.ref, {30, 1}), bin));
             y.backward(g.host.to(dev));
             std::vector<float> ga(a.ref.size());
             std::vector<double> gb(b.ref.size(), 0.0);
@@ -350,7 +349,8 @@ std::vector<Check> optimizer_checks(DType dt, Device dev, const std::string& kin
 
 std::vector<Case> cases() {
   std::vector<Case> c;
-  c.push_back({"matmul", [](DType dt, Device dev) { return matmul_checks(dt, dev, 0, 64, 48, 40); }});
+  c.push_back(
+      {"matmul", [](DType dt, Device dev) { return matmul_checks(dt, dev, 0, 64, 48, 40); }});
   c.push_back({"matmul_batched",
                [](DType dt, Device dev) { return matmul_checks(dt, dev, 3, 16, 24, 20); }});
   c.push_back({"linear", [](DType dt, Device dev) { return linear_checks(dt, dev, false); }});
@@ -367,15 +367,14 @@ std::vector<Case> cases() {
   c.push_back(binary_case(
       "div", div, ref::Bin::div, [](double, double b) { return 1.0 / b; },
       [](double a, double b) { return -a / (b * b); }));
-  c.push_back(unary_case(
-      "relu", relu, ref::relu, [](double x, double) { return x > 0 ? 1.0 : 0.0; }));
+  c.push_back(
+      unary_case("relu", relu, ref::relu, [](double x, double) { return x > 0 ? 1.0 : 0.0; }));
   c.push_back(unary_case("gelu", gelu, ref::gelu, [](double x, double) {
     const double k = std::sqrt(2.0 / M_PI), u = k * (x + 0.044715 * x * x * x);
     const double t = std::tanh(u);
     return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x);
   }));
-  c.push_back(unary_case(
-      "tanh", tanh, ref::tanh, [](double, double y) { return 1 - y * y; }));
+  c.push_back(unary_case("tanh", tanh, ref::tanh, [](double, double y) { return 1 - y * y; }));
   c.push_back(unary_case(
       "exp", exp, ref::exp, [](double, double y) { return y; }, -3.0f, 3.0f));
   c.push_back(unary_case(
@@ -413,9 +412,9 @@ std::vector<Case> cases() {
                          gx[static_cast<size_t>((i * 200 + r) * 30 + j)] =
                              g.ref[static_cast<size_t>(i * 30 + j)] / (is_mean ? 200.0f : 1.0f);
                    const Tolerance t = tolerance(Kind::sum, DType::f32, 200);
-                   return checks({{"fwd", rel_error(values(y), yr), t.fwd},
-                                  {"bwd dx", rel_error(grad_of(xv), gx),
-                                   tolerance(Kind::rounded, dt).fwd}});
+                   return checks(
+                       {{"fwd", rel_error(values(y), yr), t.fwd},
+                        {"bwd dx", rel_error(grad_of(xv), gx), tolerance(Kind::rounded, dt).fwd}});
                  }});
   for (bool log : {false, true})
     c.push_back({log ? "log_softmax" : "softmax", [log](DType dt, Device dev) {
@@ -429,8 +428,8 @@ std::vector<Case> cases() {
                    y.backward(g.host.to(dev));
                    // The backward reads the forward's output as stored (rounded to dt).
                    const std::vector<float> ys = values(y);
-                   (log ? ref::log_softmax_backward : ref::softmax_backward)(ys.data(), g.ref.data(),
-                                                                           N, C, dx.data());
+                   (log ? ref::log_softmax_backward : ref::softmax_backward)(
+                       ys.data(), g.ref.data(), N, C, dx.data());
                    const Tolerance t = tolerance(Kind::normalised, dt, C);
                    return checks({{"fwd", rel_error(ys, yr), t.fwd},
                                   {"bwd dx", rel_error(grad_of(xv), dx), t.bwd}});
@@ -446,9 +445,11 @@ std::vector<Case> cases() {
                  Variable loss = cross_entropy(xv, Variable(ids_tensor(t, {N}, dev)));
                  loss.backward(2.0f);
                  std::vector<float> dx(x.ref.size());
-                 const float want = ref::cross_entropy(x.ref.data(), t, N, V, -100, 2.0f, dx.data());
+                 const float want =
+                     ref::cross_entropy(x.ref.data(), t, N, V, -100, 2.0f, dx.data());
                  const Tolerance tol = tolerance(Kind::normalised, dt, V);
-                 return checks({{"fwd", rel_error(values(loss), {want}), tolerance(Kind::normalised, DType::f32, N * V).fwd},
+                 return checks({{"fwd", rel_error(values(loss), {want}),
+                                 tolerance(Kind::normalised, DType::f32, N * V).fwd},
                                 {"bwd dx", rel_error(grad_of(xv), dx), tol.bwd}});
                }});
   c.push_back({"layer_norm", [](DType dt, Device dev) {
@@ -483,7 +484,8 @@ std::vector<Case> cases() {
                  Variable tv = leaf(tab, dev);
                  Variable y = embedding(Variable(ids_tensor(ids, {8, 40}, dev)), tv);
                  y.backward(g.host.to(dev));
-                 std::vector<float> yr(static_cast<size_t>(N * C)), dt_ref(static_cast<size_t>(V * C));
+                 std::vector<float> yr(static_cast<size_t>(N * C)),
+                     dt_ref(static_cast<size_t>(V * C));
                  ref::embedding(ids, tab.ref.data(), V, C, yr.data());
                  ref::embedding_backward(ids, g.ref.data(), V, C, dt_ref.data());
                  const Tolerance t = tolerance(Kind::exact, dt, N);
@@ -495,9 +497,9 @@ std::vector<Case> cases() {
   // tiny heads the GEMM path everywhere.
   for (const AttnShape s : {AttnShape{2, 3, 70, 70, 64, true}, AttnShape{1, 2, 37, 45, 32, false},
                             AttnShape{1, 2, 150, 150, 16, true}, AttnShape{1, 2, 7, 11, 5, false}})
-    c.push_back({fmt::format("attention_{}x{}x{}x{}{}", s.H, s.Tq, s.Tk, s.D,
-                             s.causal ? "_causal" : ""),
-                 [s](DType dt, Device dev) { return attention_checks(dt, dev, s); }});
+    c.push_back(
+        {fmt::format("attention_{}x{}x{}x{}{}", s.H, s.Tq, s.Tk, s.D, s.causal ? "_causal" : ""),
+         [s](DType dt, Device dev) { return attention_checks(dt, dev, s); }});
   c.push_back({"attention_qkv", [](DType dt, Device dev) {
                  const int64_t B = 2, T = 45, H = 2, D = 32, C = H * D;
                  const Input x = input({B, T, 3 * C}, dt, 33, -2.0f, 2.0f);
@@ -520,9 +522,10 @@ std::vector<Case> cases() {
                             v = heads(x.ref, 2, 3 * C), gh = heads(g.ref, 0, C);
                  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
                  std::vector<float> o4(q.size()), dq(q.size()), dk(q.size()), dv(q.size());
-                 ref::attention(q.data(), k.data(), v.data(), B, H, T, T, D, true, scale, o4.data());
-                 ref::attention_backward(q.data(), k.data(), v.data(), gh.data(), B, H, T, T, D, true,
-                                         scale, dq.data(), dk.data(), dv.data());
+                 ref::attention(q.data(), k.data(), v.data(), B, H, T, T, D, true, scale,
+                                o4.data());
+                 ref::attention_backward(q.data(), k.data(), v.data(), gh.data(), B, H, T, T, D,
+                                         true, scale, dq.data(), dk.data(), dv.data());
                  // Back to the packed layouts.
                  std::vector<float> want(static_cast<size_t>(B * T * C)),
                      dx(static_cast<size_t>(B * T * 3 * C));
@@ -557,35 +560,35 @@ std::vector<Case> cases() {
                  return checks({{"fwd", rel_error(values(y), yr), t.fwd},
                                 {"bwd dx", rel_error(grad_of(xv), gr), t.fwd}});
                }});
-  c.push_back({"concat_slice_transpose", [](DType dt, Device dev) {
-                 const Input a = input({3, 20, 7}, dt, 38), b = input({3, 11, 7}, dt, 39);
-                 Variable av = leaf(a, dev), bv = leaf(b, dev);
-                 // concat along 1, then a strided slice and a transposed copy (reshape of a
-                 // non-contiguous view copies).
-                 Variable y = reshape(transpose(slice(concat({av, bv}, 1), 1, 4, 29), 1, 2), {-1});
-                 const Tensor cat = ref::concat({Tensor::from_vector(a.ref, {3, 20, 7}),
-                                                 Tensor::from_vector(b.ref, {3, 11, 7})},
-                                                1);
-                 const std::vector<float> yr =
-                     values(ref::transpose(ref::slice(cat, 1, 4, 29), 1, 2).contiguous());
-                 const Input g = input({3 * 25 * 7}, dt, 40);
-                 y.backward(g.host.to(dev));
-                 // d/da, d/db: g scattered back through the transpose and the slice.
-                 std::vector<float> ga(a.ref.size(), 0.0f), gb(b.ref.size(), 0.0f);
-                 for (int64_t i = 0; i < 3; ++i)
-                   for (int64_t k = 0; k < 7; ++k)
-                     for (int64_t r = 0; r < 25; ++r) {
-                       const float v = g.ref[static_cast<size_t>((i * 7 + k) * 25 + r)];
-                       const int64_t row = 4 + r;
-                       if (row < 20)
-                         ga[static_cast<size_t>((i * 20 + row) * 7 + k)] = v;
-                       else
-                         gb[static_cast<size_t>((i * 11 + row - 20) * 7 + k)] = v;
-                     }
-                 return checks({{"fwd", rel_error(values(y), yr), 0.0},
-                                {"bwd da", rel_error(grad_of(av), ga), 0.0},
-                                {"bwd db", rel_error(grad_of(bv), gb), 0.0}});
-               }});
+  c.push_back(
+      {"concat_slice_transpose", [](DType dt, Device dev) {
+         const Input a = input({3, 20, 7}, dt, 38), b = input({3, 11, 7}, dt, 39);
+         Variable av = leaf(a, dev), bv = leaf(b, dev);
+         // concat along 1, then a strided slice and a transposed copy (reshape of a
+         // non-contiguous view copies).
+         Variable y = reshape(transpose(slice(concat({av, bv}, 1), 1, 4, 29), 1, 2), {-1});
+         const Tensor cat = ref::concat(
+             {Tensor::from_vector(a.ref, {3, 20, 7}), Tensor::from_vector(b.ref, {3, 11, 7})}, 1);
+         const std::vector<float> yr =
+             values(ref::transpose(ref::slice(cat, 1, 4, 29), 1, 2).contiguous());
+         const Input g = input({3 * 25 * 7}, dt, 40);
+         y.backward(g.host.to(dev));
+         // d/da, d/db: g scattered back through the transpose and the slice.
+         std::vector<float> ga(a.ref.size(), 0.0f), gb(b.ref.size(), 0.0f);
+         for (int64_t i = 0; i < 3; ++i)
+           for (int64_t k = 0; k < 7; ++k)
+             for (int64_t r = 0; r < 25; ++r) {
+               const float v = g.ref[static_cast<size_t>((i * 7 + k) * 25 + r)];
+               const int64_t row = 4 + r;
+               if (row < 20)
+                 ga[static_cast<size_t>((i * 20 + row) * 7 + k)] = v;
+               else
+                 gb[static_cast<size_t>((i * 11 + row - 20) * 7 + k)] = v;
+             }
+         return checks({{"fwd", rel_error(values(y), yr), 0.0},
+                        {"bwd da", rel_error(grad_of(av), ga), 0.0},
+                        {"bwd db", rel_error(grad_of(bv), gb), 0.0}});
+       }});
   c.push_back({"cast", [](DType dt, Device dev) {
                  const Input x = input({50, 30}, DType::f32, 41, -100.0f, 100.0f);
                  Variable xv = leaf(x, dev);
@@ -673,13 +676,13 @@ int main(int argc, char** argv) {
         try {
           for (const Check& k : c.run(dt, be.device)) {
             const bool ok = k.err <= k.tol;
-            rows.push_back({c.op, dtype_name(dt), be.name, k.what, ok ? "ok" : "FAIL", k.err, k.tol,
-                            !ok});
+            rows.push_back(
+                {c.op, dtype_name(dt), be.name, k.what, ok ? "ok" : "FAIL", k.err, k.tol, !ok});
             ok ? ++passed : ++failed;
           }
         } catch (const std::exception& e) {
-          rows.push_back({c.op, dtype_name(dt), be.name, "-", fmt::format("FAIL: {}", e.what()), 0,
-                          0, true});
+          rows.push_back(
+              {c.op, dtype_name(dt), be.name, "-", fmt::format("FAIL: {}", e.what()), 0, 0, true});
           ++failed;
         }
       }

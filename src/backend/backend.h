@@ -34,11 +34,15 @@ class DeviceMemory {
   /// `bytes` (whole 4 KiB pages, at least 64 KiB) of fresh memory; nullptr when out of memory.
   virtual void* map(size_t bytes) = 0;
   virtual void unmap(void* p, size_t bytes) = 0;
+  /// A step plan's arena (its buffers are handed out by offset, see poison()); map's by default.
+  virtual void* map_arena(size_t bytes) { return map(bytes); }
+  virtual void unmap_arena(void* p, size_t bytes) { unmap(p, bytes); }
   /// A buffer under 64 KiB, 64-byte aligned; nullptr when out of memory.
   virtual void* alloc_small(size_t bytes) = 0;
   virtual void free_small(void* p, size_t bytes) = 0;
-  /// Gives back the whole pages inside [p, p + bytes) while keeping the range mapped (an idle
-  /// arena's free part); later use finds them zeroed. A device that cannot does nothing.
+  /// Gives back the whole pages inside [p, p + bytes) of an arena while keeping the range
+  /// mapped (an idle arena's free part); later use finds them zeroed. A device that cannot does
+  /// nothing.
   virtual void discard(void* p, size_t bytes) {}
   /// Marks [p, p + bytes) as not to be touched (`off`) or usable again, for a memory checker
   /// (AddressSanitizer on the CPU); by default nothing.

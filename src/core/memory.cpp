@@ -73,13 +73,13 @@ struct Arena {
   std::map<size_t, size_t> busy;
 
   Arena(DeviceMemory& m, size_t n) : mem(m), size(n) {
-    base = static_cast<char*>(mem.map(n));
+    base = static_cast<char*>(mem.map_arena(n));
     if (!base) throw Error(fmt::format("out of memory mapping a {}-byte arena", n));
     mem.poison(base, size, true);
   }
   ~Arena() {
     mem.poison(base, size, false);
-    mem.unmap(base, size);
+    mem.unmap_arena(base, size);
   }
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;

@@ -11,7 +11,7 @@
 #include <cmath>
 #include <vector>
 
-#include "cpu/attention_fused.h"
+#include "cpu/attention.h"
 #include "cpu/backend.h"
 #include "cpu/rows.h"
 
@@ -242,6 +242,17 @@ void attn_backward_gemm(const Tensor& q4, const Tensor& k4, const Tensor& v4, co
 bool tiny(const Dims& dm) { return dm.Tq * dm.Tk * dm.D < 4096; }
 
 }  // namespace
+
+void attention_gemm(const Tensor& q4, const Tensor& k4, const Tensor& v4, bool causal, float scale,
+                    const Tensor& o4, float* lse) {
+  attn_forward_gemm(q4, k4, v4, o4, lse, dims(q4, k4, causal, scale));
+}
+
+void attention_gemm_backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
+                             const float* lse, bool causal, float scale, const Tensor& dq4,
+                             const Tensor& dk4, const Tensor& dv4) {
+  attn_backward_gemm(q4, k4, v4, g4, lse, dims(q4, k4, causal, scale), dq4, dk4, dv4);
+}
 
 void CpuBackend::attention(const Tensor& q4, const Tensor& k4, const Tensor& v4, bool causal,
                            float scale, const Tensor& o4, const Tensor& lse) {

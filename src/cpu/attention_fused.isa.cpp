@@ -23,7 +23,7 @@
 #include <cstring>
 #include <vector>
 
-#include "cpu/attention_fused.h"
+#include "cpu/attention.h"
 #include "cpu/convert.h"
 #include "cpu/rows.h"
 #include "cpu/vmath.h"

@@ -23,25 +23,28 @@ namespace mixtrain::cpu {
 namespace {
 
 // Pages of their own (mmap) for big buffers, so one given back leaves the RSS at once. Under
-// AddressSanitizer every buffer is malloc's, which it checks (and the arena's free bytes are
-// poisoned).
+// AddressSanitizer those buffers are malloc's, which it checks; a step plan's arena is always a
+// mapping (its free bytes poisoned by hand, its idle pages given back).
 class HostMemory final : public DeviceMemory {
  public:
   void* map(size_t bytes) override {
     if (kAddressSanitizer) return std::aligned_alloc(4096, bytes);
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    return p == MAP_FAILED ? nullptr : p;
+    return map_arena(bytes);
   }
   void unmap(void* p, size_t bytes) override {
     if (kAddressSanitizer)
       std::free(p);
     else
-      munmap(p, bytes);
+      unmap_arena(p, bytes);
   }
+  void* map_arena(size_t bytes) override {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? nullptr : p;
+  }
+  void unmap_arena(void* p, size_t bytes) override { munmap(p, bytes); }
   void* alloc_small(size_t bytes) override { return std::aligned_alloc(64, bytes); }
   void free_small(void* p, size_t) override { std::free(p); }
-  void discard(void* p, size_t bytes) override {
-    if (kAddressSanitizer) return;
+  void discard(void* p, size_t bytes) override {  // only ever an arena's range: a mapping
     const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
     const uintptr_t lo = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
     const uintptr_t hi = (reinterpret_cast<uintptr_t>(p) + bytes) / page * page;

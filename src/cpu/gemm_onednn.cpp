@@ -52,8 +52,6 @@ dnnl::memory::data_type to_dnnl(DType dt) {
   throw DTypeError(fmt::format("gemm: dtype {} has no oneDNN GEMM", dtype_name(dt)));
 }
 
-bool is_compute(DType dt) { return dt == DType::f32 || dt == DType::bf16 || dt == DType::f16; }
-
 // ---------------------------------------------------------------------------------------
 // The cache key: every int64 so there is no padding and memcmp / word hashing are exact.
 struct Key {

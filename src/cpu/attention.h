@@ -1,6 +1,7 @@
-// The fused attention kernels (attention_fused.isa.cpp), built for AVX2 and AVX-512 CPUs, behind
-// CpuBackend::attention. Operands are 4-d [B, H, T, D] views (any strides, D unit-stride), read
-// and written where they lie.
+// CpuBackend::attention's two paths: the fused kernels (attention_fused.isa.cpp), built for AVX2
+// and AVX-512 levels, and the GEMM path (attention.cpp) for everything they do not take.
+// Operands are 4-d [B, H, T, D] views (any strides, D unit-stride), read and written where they
+// lie.
 #pragma once
 
 #include <cstdint>
@@ -32,5 +33,14 @@ const FusedAttentionKernels& attention_fused_kernels();  // built for avx2, avx5
 /// float dtypes, and an AVX2 or AVX-512 level.
 const FusedAttentionKernels* fused_attention(DType qkv_dt, DType g_dt, int64_t Tq, int64_t Tk,
                                              int64_t D);
+
+/// The GEMM path by itself, whatever the fused kernels would take (CpuBackend::attention picks
+/// the path; benchmarks compare the two with these): o4 and lse [B·H, Tq] from q4, k4, v4.
+void attention_gemm(const Tensor& q4, const Tensor& k4, const Tensor& v4, bool causal, float scale,
+                    const Tensor& o4, float* lse);
+/// dq4, dk4, dv4 from q4, k4, v4, the output gradient g4 and the forward's lse.
+void attention_gemm_backward(const Tensor& q4, const Tensor& k4, const Tensor& v4, const Tensor& g4,
+                             const float* lse, bool causal, float scale, const Tensor& dq4,
+                             const Tensor& dk4, const Tensor& dv4);
 
 }  // namespace mixtrain::cpu

@@ -1,0 +1,187 @@
+// The CUDA backend (built with MIXTRAIN_CUDA=ON): device memory from cudaMalloc under the
+// library's step planner, host <-> device transfers, and the element-wise fill and strided
+// converting copy (kernels.cu), so tensors live on the GPU and move and convert there exactly
+// as on the host. The op kernels are not written yet: each names itself in a BackendError.
+#include <cuda_runtime_api.h>
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <string>
+
+#include "backend/backend.h"
+#include "cuda/kernels.h"
+
+namespace mixtrain {
+
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    throw BackendError(fmt::format("cuda: {}: {} ({})", what, cudaGetErrorString(e),
+                                   cudaGetErrorName(e)));
+}
+
+class CudaMemory final : public DeviceMemory {
+ public:
+  void* map(size_t bytes) override { return alloc(bytes); }
+  void unmap(void* p, size_t) override { cudaFree(p); }
+  void* alloc_small(size_t bytes) override { return alloc(bytes); }
+  void free_small(void* p, size_t) override { cudaFree(p); }
+
+ private:
+  static void* alloc(size_t bytes) {
+    void* p = nullptr;
+    return cudaMalloc(&p, bytes) == cudaSuccess ? p : nullptr;  // the caller reports OOM
+  }
+};
+
+cuda::View view_of(const Tensor& t) {
+  if (t.dim() > cuda::kMaxRank)
+    throw ShapeError(
+        fmt::format("cuda: {} has more than {} dims for an element-wise kernel", t.str(),
+                    cuda::kMaxRank));
+  cuda::View v;
+  v.data = t.raw_data();
+  v.dtype = static_cast<int>(t.dtype());
+  v.rank = static_cast<int>(t.dim());
+  for (int k = 0; k < v.rank; ++k) {
+    v.shape[k] = t.shape()[static_cast<size_t>(k)];
+    v.strides[k] = t.strides()[static_cast<size_t>(k)];
+  }
+  return v;
+}
+
+[[noreturn]] void missing(const char* op) {
+  throw BackendError(fmt::format(
+      "cuda: {} has no CUDA kernel yet (the CUDA backend holds and moves tensors; its op kernels "
+      "are to come)",
+      op));
+}
+
+class CudaBackend final : public Backend {
+ public:
+  Device device() const override { return Device::cuda; }
+  std::string describe() const override {
+    int dev = 0;
+    cudaDeviceProp prop{};
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
+      return "cuda";
+    return fmt::format("cuda device {}: {} (sm_{}{}, {} GiB)", dev, prop.name, prop.major,
+                       prop.minor, prop.totalGlobalMem >> 30);
+  }
+  DeviceMemory& memory() override { return memory_; }
+
+  void fill(const Tensor& dst, float value) override {
+    uint64_t pattern = 0;
+    const size_t es = dst.element_size();
+    convert(&value, DType::f32, &pattern, dst.dtype(), 1);  // the host's rounding, once
+    check(static_cast<cudaError_t>(cuda::launch_fill(view_of(dst), pattern, static_cast<int>(es))),
+          "fill");
+  }
+  void copy(const Tensor& src, const Tensor& dst) override {
+    const int rc = cuda::launch_copy(view_of(src), view_of(dst));
+    if (rc < 0)
+      throw BackendError(fmt::format("cuda: copy {} -> {}: the CUDA backend converts among f32, "
+                                     "bf16 and f16 only (move other dtypes through the host)",
+                                     src.str(), dst.str()));
+    check(static_cast<cudaError_t>(rc), "copy");
+  }
+  void upload(const void* host, void* device_dst, size_t bytes) override {
+    if (bytes) check(cudaMemcpy(device_dst, host, bytes, cudaMemcpyHostToDevice), "upload");
+  }
+  void download(const void* device_src, void* host, size_t bytes) override {
+    if (bytes) check(cudaMemcpy(host, device_src, bytes, cudaMemcpyDeviceToHost), "download");
+  }
+
+  void map(MapOp op, std::span<const Tensor>, float, const Tensor&) override {
+    throw BackendError(fmt::format(
+        "cuda: the element-wise map '{}' has no CUDA kernel yet (the CUDA backend holds and "
+        "moves tensors; its op kernels are to come)",
+        map_op_name(op)));
+  }
+  void add_into(const Tensor&, const Tensor&) override { missing("gradient accumulation"); }
+  void dropout(const Tensor&, uint64_t, uint64_t, float, float, const Tensor&) override {
+    missing("dropout");
+  }
+  void sum(const Tensor&, const std::vector<int64_t>&, float, const Tensor&) override {
+    missing("sum");
+  }
+  void gemm(const Tensor&, bool, const Tensor&, bool, const Tensor&, float, float, const Tensor*,
+            Epilogue) override {
+    missing("gemm");
+  }
+  void softmax(const Tensor&, int64_t, bool, const Tensor&) override { missing("softmax"); }
+  void softmax_backward(const Tensor&, const Tensor&, int64_t, bool, const Tensor&) override {
+    missing("softmax backward");
+  }
+  IndexScan scan_indices(const Tensor&, int64_t, std::optional<int64_t>) override {
+    missing("index check");
+  }
+  void cross_entropy(const Tensor&, const Tensor&, int64_t, int64_t, const Tensor&,
+                     const Tensor&) override {
+    missing("cross_entropy");
+  }
+  void cross_entropy_backward(const Tensor&, const Tensor&, int64_t, int64_t, const Tensor&,
+                              const Tensor&, const Tensor&) override {
+    missing("cross_entropy backward");
+  }
+  void layer_norm(const Tensor&, const Tensor&, const Tensor&, float, const Tensor&, const Tensor&,
+                  const Tensor&) override {
+    missing("layer_norm");
+  }
+  void layer_norm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                           const Tensor&, const Tensor&, const Tensor&, const Tensor&) override {
+    missing("layer_norm backward");
+  }
+  void embedding(const Tensor&, const Tensor&, const Tensor&) override { missing("embedding"); }
+  void embedding_backward(const Tensor&, const Tensor&, const Tensor&) override {
+    missing("embedding backward");
+  }
+  void attention(const Tensor&, const Tensor&, const Tensor&, bool, float, const Tensor&,
+                 const Tensor&) override {
+    missing("attention");
+  }
+  void attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                          const Tensor&, bool, float, const Tensor&, const Tensor&,
+                          const Tensor&) override {
+    missing("attention backward");
+  }
+  void optimizer_update(const optim::detail::Rule&, std::span<const UpdateArgs>) override {
+    missing("the optimizer update");
+  }
+  GradScan grad_scan(std::span<const Tensor>) override { missing("the gradient scan"); }
+  std::vector<HistogramScan> grad_histograms(std::span<const Tensor>, float, float) override {
+    missing("the gradient histograms");
+  }
+  void split16_split(const Tensor&, const Tensor&, const Tensor&) override {
+    missing("split16");
+  }
+  void split16_join(const Tensor&, const Tensor&, const Tensor&) override { missing("split16"); }
+
+ private:
+  CudaMemory memory_;
+};
+
+}  // namespace
+
+Backend* cuda_backend(std::string* why) {
+  // Asked once: a process sees the same devices throughout.
+  static const std::string reason = [] {
+    int count = 0;
+    const cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess)
+      return fmt::format("cuda: no usable CUDA device ({}: {})", cudaGetErrorName(e),
+                         cudaGetErrorString(e));
+    if (count == 0) return std::string("cuda: no CUDA device on this machine");
+    return std::string();
+  }();
+  if (!reason.empty()) {
+    if (why) *why = reason;
+    return nullptr;
+  }
+  static auto* b = new CudaBackend;  // never destroyed: storages may die during static teardown
+  return b;
+}
+
+}  // namespace mixtrain
