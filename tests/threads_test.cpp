@@ -9,6 +9,7 @@
 // nn kernels 2^14 (softmax.cpp, layer_norm.cpp, embedding.cpp, attention.cpp), dtype conversion
 // 2^18 (convert.cpp), strided copies 2^18 bytes (copy.cpp), optimizer update, gradient scan and
 // diagnostics 2^18 parameters (optimizer.cpp), gradient accumulation 2^16 (elementwise.cpp).
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -202,7 +203,7 @@ TEST(Threads, OptimizerStepsGradientStatsAndDiagnostics) {
         std::vector<nn::Parameter*> raw;
         for (int i = 0; i < 2; ++i) {
           ps.push_back(std::make_unique<nn::Parameter>(
-              "p" + std::to_string(i), random_tensor(shapes[i], DType::f32, 70 + i), compute));
+              fmt::format("p{}", i), random_tensor(shapes[i], DType::f32, 70 + i), compute));
           raw.push_back(ps.back().get());
         }
         optim::CommonOptions common{.master = mode, .seed = 9};

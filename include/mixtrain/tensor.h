@@ -24,6 +24,12 @@ enum class Device : uint8_t { cpu, cuda };
 const char* device_name(Device d);
 /// Parses "cpu" or "cuda"; throws ConfigError naming the bad string.
 Device parse_device(std::string_view name);
+/// Whether tensors can live on `d` in this build on this machine; `why` (may be null) gets the
+/// reason when not (the backend is not built, and the CMake option that builds it; no device).
+bool device_available(Device d, std::string* why = nullptr);
+/// One line on what runs `d`'s kernels ("avx512bf16, oneDNN 2.6.3 avx512_core_amx, 2 threads").
+/// Throws BackendError when the device is not available.
+std::string device_description(Device d);
 
 using Shape = std::vector<int64_t>;
 /// "[2, 3, 4]".

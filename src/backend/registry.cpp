@@ -25,6 +25,10 @@ Backend& backend_for(Device d) {
   throw BackendError(why);
 }
 
+bool device_available(Device d, std::string* why) { return backend_available(d, why); }
+
+std::string device_description(Device d) { return backend_for(d).describe(); }
+
 Device common_device(const char* op, std::initializer_list<const Tensor*> tensors) {
   const Tensor* first = nullptr;
   for (const Tensor* t : tensors) {

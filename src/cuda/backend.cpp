@@ -18,8 +18,8 @@ namespace {
 
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess)
-    throw BackendError(fmt::format("cuda: {}: {} ({})", what, cudaGetErrorString(e),
-                                   cudaGetErrorName(e)));
+    throw BackendError(
+        fmt::format("cuda: {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e)));
 }
 
 class CudaMemory final : public DeviceMemory {
@@ -38,9 +38,8 @@ class CudaMemory final : public DeviceMemory {
 
 cuda::View view_of(const Tensor& t) {
   if (t.dim() > cuda::kMaxRank)
-    throw ShapeError(
-        fmt::format("cuda: {} has more than {} dims for an element-wise kernel", t.str(),
-                    cuda::kMaxRank));
+    throw ShapeError(fmt::format("cuda: {} has more than {} dims for an element-wise kernel",
+                                 t.str(), cuda::kMaxRank));
   cuda::View v;
   v.data = t.raw_data();
   v.dtype = static_cast<int>(t.dtype());
@@ -82,9 +81,10 @@ class CudaBackend final : public Backend {
   void copy(const Tensor& src, const Tensor& dst) override {
     const int rc = cuda::launch_copy(view_of(src), view_of(dst));
     if (rc < 0)
-      throw BackendError(fmt::format("cuda: copy {} -> {}: the CUDA backend converts among f32, "
-                                     "bf16 and f16 only (move other dtypes through the host)",
-                                     src.str(), dst.str()));
+      throw BackendError(
+          fmt::format("cuda: copy {} -> {}: the CUDA backend converts among f32, "
+                      "bf16 and f16 only (move other dtypes through the host)",
+                      src.str(), dst.str()));
     check(static_cast<cudaError_t>(rc), "copy");
   }
   void upload(const void* host, void* device_dst, size_t bytes) override {
@@ -142,9 +142,8 @@ class CudaBackend final : public Backend {
                  const Tensor&) override {
     missing("attention");
   }
-  void attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                          const Tensor&, bool, float, const Tensor&, const Tensor&,
-                          const Tensor&) override {
+  void attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                          bool, float, const Tensor&, const Tensor&, const Tensor&) override {
     missing("attention backward");
   }
   void optimizer_update(const optim::detail::Rule&, std::span<const UpdateArgs>) override {
@@ -154,9 +153,7 @@ class CudaBackend final : public Backend {
   std::vector<HistogramScan> grad_histograms(std::span<const Tensor>, float, float) override {
     missing("the gradient histograms");
   }
-  void split16_split(const Tensor&, const Tensor&, const Tensor&) override {
-    missing("split16");
-  }
+  void split16_split(const Tensor&, const Tensor&, const Tensor&) override { missing("split16"); }
   void split16_join(const Tensor&, const Tensor&, const Tensor&) override { missing("split16"); }
 
  private:

@@ -1,5 +1,5 @@
 // `mixtrain info`: the CPU, its detected features, the SIMD level mixtrain's kernels use, the
-// oneDNN version and ISA, and the thread count.
+// oneDNN version and ISA, the thread count, and the devices tensors can live on.
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -33,6 +33,12 @@ int run_info(bool json) {
     j["simd_level"] = simd_level();
     j["gemm"] = {{"library", g.library}, {"version", g.version}, {"isa", g.isa}};
     j["threads"] = g.threads;
+    for (Device d : {Device::cpu, Device::cuda}) {
+      std::string why;
+      const bool on = device_available(d, &why);
+      j["devices"][device_name(d)] = {{"available", on},
+                                      {on ? "backend" : "why", on ? device_description(d) : why}};
+    }
     std::printf("%s\n", j.dump(2).c_str());
     return 0;
   }
@@ -46,6 +52,14 @@ int run_info(bool json) {
   fmt::print("simd level: {}\n", simd_level());
   fmt::print("gemm:       {} {} (isa {})\n", g.library, g.version, g.isa);
   fmt::print("threads:    {} (OpenMP)\n", g.threads);
+  for (Device d : {Device::cpu, Device::cuda}) {
+    std::string why;
+    const bool on = device_available(d, &why);
+    // (The reason names the device first, as every error does.)
+    const std::string label = fmt::format("{}: ", device_name(d));
+    if (why.rfind(label, 0) == 0) why.erase(0, label.size());
+    fmt::print("{:<11} {}\n", label, on ? device_description(d) : why);
+  }
   return 0;
 }
 
