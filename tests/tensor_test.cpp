@@ -164,3 +164,33 @@ TEST(Tensor, LargeBuffersAreKeptForReuseAndReleasable) {
   release_cached_memory();
   EXPECT_EQ(memory_stats().cached_bytes, 0);
 }
+
+// Devices: the CPU is always there and to(Device::cpu) of a CPU tensor is the tensor itself; a
+// device this build lacks answers with the CMake option that builds its backend, before
+// anything is allocated, and ops refuse operands on two devices, naming both.
+TEST(Tensor, DevicesAnswerWhatTheBuildHas) {
+  EXPECT_TRUE(device_available(Device::cpu));
+  EXPECT_FALSE(device_description(Device::cpu).empty());
+  const Tensor a = Tensor::from_vector({1, 2, 3}, {3});
+  EXPECT_EQ(a.to(Device::cpu).storage(), a.storage());
+  EXPECT_EQ(parse_device("cuda"), Device::cuda);
+  EXPECT_THROW(parse_device("tpu"), ConfigError);
+  std::string why;
+  if (device_available(Device::cuda, &why)) GTEST_SKIP() << "this machine has a CUDA device";
+  EXPECT_NE(why.find("cuda"), std::string::npos) << why;
+  for (auto make : {+[] { return Tensor::empty({4}, DType::f32, Device::cuda); },
+                    +[] {
+                      return Tensor::from_vector({1, 2}, {2}, DType::f32, Device::cuda);
+                    }}) {
+    try {
+      make();
+      ADD_FAILURE() << "a cuda tensor in a build or machine without CUDA";
+    } catch (const BackendError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("cuda"), std::string::npos) << msg;
+      if (msg.find("no CUDA backend") != std::string::npos)
+        EXPECT_NE(msg.find("MIXTRAIN_CUDA=ON"), std::string::npos) << msg;
+    }
+  }
+  EXPECT_THROW(a.to(Device::cuda), BackendError);
+}

@@ -236,8 +236,8 @@ template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
 template <> constexpr DType dtype_of<uint8_t>() { return DType::u8; }
 // clang-format on
 
-/// Bulk conversion between any two dtypes (n elements, contiguous). fp32<->bf16 and
-/// fp32<->fp16 use the best SIMD path this CPU has (chosen once at start, see simd_level());
+/// Bulk conversion between any two dtypes of host memory (n elements, contiguous). fp32<->bf16
+/// and fp32<->fp16 use the SIMD kernels of the CPU's level (see simd_level());
 /// results are bit-identical to the scalar conversions above. Large n runs on OpenMP threads
 /// (element-wise, so the result does not depend on the thread count). f64 and integers round
 /// once (RNE) straight to the target, never through an intermediate rounding; float ->

@@ -1,5 +1,6 @@
-// Scalar reference implementations of the neural-network ops (the oracle the fast paths in
-// src/ops/nn_*.cpp are tested against): plain loops over fp32 arrays, no SIMD, no threads.
+// Scalar reference implementations of the neural-network ops (the oracle every backend's kernels
+// are tested against, tests/test_backend_ops.cpp): plain loops over fp32 arrays, no SIMD, no
+// threads.
 // Sums accumulate in double so that the oracle's own error is far below the fast path's.
 // Layouts are row-major; letters as in tensor.h (N rows, C/V row length, B H T D attention).
 #pragma once

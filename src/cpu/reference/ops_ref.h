@@ -1,5 +1,5 @@
 // Scalar fp32 reference implementations of the tensor ops (plain loops, no SIMD, no threads,
-// no oneDNN): the oracle the fast paths in src/ops/ are tested against. Inputs of any float
+// no oneDNN): the oracle every backend's kernels are tested against. Inputs of any float
 // dtype are read as fp32; outputs are fp32. Sums accumulate in double, so the reference is
 // the exact result rounded once to fp32.
 #pragma once
