@@ -4,9 +4,12 @@
 // is saved, and backward recomputes the probabilities from it.
 //
 // Two paths, each for a measured reason: the fused kernels beat the GEMM path on AVX-512 and
-// AVX2 (GPT layer [8, 256, 1152], 6 heads, fwd+bwd on AVX512-BF16: bf16 11.7 -> 7.7 ms, fp16
-// 23.9 -> 17.2 ms; on an AVX2 EPYC bf16 27.8 -> 19.0 ms: docs/DESIGN.md); the GEMM path runs
-// what they do not take (D not a multiple of 32, long sequences, baseline CPUs) at oneDNN's speed.
+// AVX2 (GPT layer [8, 256, 1152], 6 heads, fwd+bwd; build/bench/attention_bench BM_AttentionPath,
+// fused against GEMM: on a Sapphire Rapids fp32 7.4 vs 8.6 ms, bf16 9.9 vs 16.1, fp16 6.8 vs
+// 13.5; on a Zen 4 bf16 7.7 vs 11.7, fp16 17.2 vs 23.9; on an AVX2 Zen 3 bf16 19.0 vs 27.8); the
+// GEMM path runs what they do not take (D not a multiple of 32, long sequences, baseline CPUs) at
+// oneDNN's speed. A tiny head (two [8, 8] heads, fwd+bwd) costs 28 µs there, where a per-head
+// loop path once ran: not worth a third path.
 #include <algorithm>
 #include <cmath>
 #include <vector>

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cpu/backend.h"
+#include "cpu/rows.h"
 #include "cpu/vmath.h"
 #include "mixtrain/random.h"
 
@@ -17,23 +18,6 @@ namespace {
 
 /// Below this many elements a kernel runs on one thread (a parallel region costs ~µs).
 constexpr int64_t kParallelMin = 1 << 15;
-/// Elements per tile of the map kernel: three fp32 staging buffers of this size stay in L1.
-constexpr int64_t kTile = 512;
-
-inline const void* at(const void* base, DType dt, int64_t off) {
-  return static_cast<const char*>(base) + off * static_cast<int64_t>(dtype_size(dt));
-}
-inline void* at(void* base, DType dt, int64_t off) {
-  return static_cast<char*>(base) + off * static_cast<int64_t>(dtype_size(dt));
-}
-
-/// Reads `n` elements of a contiguous run as fp32: f32 data is used in place, 16-bit data is
-/// converted into `buf` (exact: every bf16/fp16 value is an fp32 value).
-inline const float* load_f32(const void* p, DType dt, int64_t n, float* buf) {
-  if (dt == DType::f32) return static_cast<const float*>(p);
-  convert(p, dt, buf, DType::f32, static_cast<size_t>(n));
-  return buf;
-}
 
 // out = f over `out`'s shape with N (1..3) inputs broadcast to it, by tiles of kTile elements:
 // tile(a0, a1, a2, o, n) computes n outputs from the inputs' fp32 values, which are rounded
