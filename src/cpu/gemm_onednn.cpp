@@ -27,15 +27,12 @@ namespace mixtrain {
 namespace {
 
 // ---------------------------------------------------------------------------------------
-// One engine and one stream for the process. Leaked on purpose: thread-local cache entries
-// hold oneDNN memory objects that must not outlive the engine during static destruction.
-struct Backend {
-  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  dnnl::stream stream{engine};
-};
-Backend& backend() {
-  static Backend* b = new Backend();
-  return *b;
+// One engine for the process (a stream per thread, see run_onednn). Leaked on purpose:
+// thread-local cache entries hold oneDNN memory objects that must not outlive the engine
+// during static destruction.
+dnnl::engine& engine() {
+  static auto* e = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *e;
 }
 
 dnnl::memory::data_type to_dnnl(DType dt) {
@@ -80,7 +77,7 @@ struct KeyHash {
 struct Entry {
   bool ok = false;
   dnnl::matmul prim;
-  dnnl::memory::desc src, wei, dst, bias;
+  dnnl::memory::desc src, wei, dst, bias, scratch;
   int bias_arg = 0;  // DNNL_ARG_BIAS, a binary post-op's SRC_1, or 0 without bias
 };
 
@@ -99,9 +96,36 @@ std::atomic<int64_t> g_created{0};
 // on every call; so a hit takes no lock, allocates nothing and builds no argument map.
 struct Local {
   std::shared_ptr<const Entry> entry;
-  dnnl::memory src, wei, dst, bias;
-  dnnl_exec_arg_t args[4];
+  dnnl::memory src, wei, dst, bias, scratch;
+  dnnl_exec_arg_t args[5];
   int nargs = 0;
+};
+
+// The calling thread's scratchpad and stream. Primitives are shared by every thread, and with
+// oneDNN's own (library) scratchpad, common to all primitives, a primitive must run on the
+// thread that created it: two threads running one primitive corrupted each other's products
+// (Gemm.ConcurrentCallsFromThreads failed 7 runs in 30 on a Sapphire Rapids, whose AMX kernels
+// use scratchpad; never with AMX disabled). So each thread hands every primitive its own buffer,
+// sized to the largest it has needed (the footprint of the library's shared one, per thread).
+struct ThreadScratch {
+  char* data = nullptr;
+  size_t size = 0;
+  ThreadScratch() = default;
+  ThreadScratch(const ThreadScratch&) = delete;
+  ThreadScratch& operator=(const ThreadScratch&) = delete;
+  ~ThreadScratch() { std::free(data); }
+  void* get(size_t bytes) {
+    if (bytes > size) {
+      std::free(data);
+      size = (bytes + 4095) / 4096 * 4096;
+      data = static_cast<char*>(std::aligned_alloc(4096, size));
+      if (!data) {
+        size = 0;
+        throw Error(fmt::format("out of memory allocating a {}-byte GEMM scratchpad", bytes));
+      }
+    }
+    return data;
+  }
 };
 
 dnnl::memory::desc make_md(int64_t bt, int64_t rows, int64_t cols, const int64_t* s, bool batched,
@@ -152,12 +176,14 @@ std::shared_ptr<const Entry> create_entry(const Key& k) {
     if (epi == Epilogue::gelu)
       po.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.f, 0.f);
     attr.set_post_ops(po);
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // per thread: see ThreadScratch
     const dnnl::memory::desc no_bias;
     const auto desc = (has_bias && !bias_as_post_op)
                           ? dnnl::matmul::desc(e->src, e->wei, e->bias, e->dst)
                           : dnnl::matmul::desc(e->src, e->wei, no_bias, e->dst);
-    const dnnl::matmul::primitive_desc pd(desc, attr, backend().engine);
+    const dnnl::matmul::primitive_desc pd(desc, attr, engine());
     e->prim = dnnl::matmul(pd);
+    e->scratch = pd.scratchpad_desc();
     e->ok = true;
   } catch (const dnnl::error&) {
     e->ok = false;  // this ISA / oneDNN build cannot: the caller converts and runs fp32
@@ -189,7 +215,7 @@ Local& lookup(const Key& k) {
   Local l;
   l.entry = entry;
   if (entry->ok) {
-    const auto& eng = backend().engine;
+    const auto& eng = engine();
     l.src = dnnl::memory(entry->src, eng, DNNL_MEMORY_NONE);
     l.wei = dnnl::memory(entry->wei, eng, DNNL_MEMORY_NONE);
     l.dst = dnnl::memory(entry->dst, eng, DNNL_MEMORY_NONE);
@@ -200,6 +226,10 @@ Local& lookup(const Key& k) {
       l.bias = dnnl::memory(entry->bias, eng, DNNL_MEMORY_NONE);
       l.args[l.nargs++] = {entry->bias_arg, l.bias.get()};
     }
+    if (entry->scratch.get_size() > 0) {
+      l.scratch = dnnl::memory(entry->scratch, eng, DNNL_MEMORY_NONE);
+      l.args[l.nargs++] = {DNNL_ARG_SCRATCHPAD, l.scratch.get()};
+    }
   }
   return local.emplace(k, std::move(l)).first->second;
 }
@@ -209,11 +239,13 @@ bool run_onednn(const Key& k, const void* a, const void* b, void* c, const void*
   Local& l = lookup(k);
   if (!l.entry->ok) return false;
   // Plain layouts have no padding to zero, so this only swaps pointers (~10 ns each).
-  dnnl::stream& strm = backend().stream;
+  thread_local dnnl::stream strm(engine());
+  thread_local ThreadScratch scratch;
   l.src.set_data_handle(const_cast<void*>(a), strm);
   l.wei.set_data_handle(const_cast<void*>(b), strm);
   l.dst.set_data_handle(c, strm);
   if (l.entry->bias_arg != 0) l.bias.set_data_handle(const_cast<void*>(bias), strm);
+  if (l.scratch) l.scratch.set_data_handle(scratch.get(l.entry->scratch.get_size()), strm);
   // The C entry point with a prebuilt argument array: the C++ execute() builds a vector
   // from an unordered_map on every call.
   const dnnl_status_t st = dnnl_primitive_execute(l.entry->prim.get(), strm.get(), l.nargs, l.args);
