@@ -1,0 +1,115 @@
+// Where training data comes from: a DataSource holds a train and a validation split of either
+// examples (rows: an input and a target each) or one token stream (a language model's), and
+// hands out batches of them on the host. open_data() reads the formats users have:
+//
+//   fashion-mnist[:DIR]          Fashion-MNIST, or any MNIST-layout IDX set, from DIR
+//   text:PATH                    a file's bytes as tokens (vocabulary 256)
+//   tokens:TRAIN[,VAL]           uint16 token files: llm.c's (a 256 × int32 header, magic
+//                                20240520, version 1, the token count in slot 2) or headerless
+//                                nanoGPT ones
+//   npy:FEATURES.npy,TARGETS.npy float32 or uint8 features [N, ...]; integer targets [N] are
+//                                classes, float targets [N] or [N, K] values to regress
+//   csv:PATH[,target=COLUMN]     numeric columns; the target column by name or index (the last
+//                                by default); integer targets are classes, others values
+//
+//   auto data = open_data("npy:x.npy,y.npy");       // the last 10% held out for validation
+//   Examples b = data->rows(Split::train, {0, 5, 9});  // inputs f32 [3, F], targets i64 [3]
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "mixtrain/random.h"
+#include "mixtrain/tensor.h"
+
+namespace mixtrain {
+
+enum class Split : uint8_t { train, validation };
+/// "train", "validation".
+const char* split_name(Split s);
+
+/// What a source's targets are, which says which loss fits them.
+enum class TargetKind : uint8_t {
+  classes,     ///< one class index per example, i64 [B]: cross-entropy; accuracy reported
+  values,      ///< K float values per example, f32 [B, K]: a regression (MSE)
+  next_token,  ///< a token stream: each position's target is the next token, i64 [B, T]
+};
+const char* target_kind_name(TargetKind k);
+
+/// A batch on the host. classes/values: inputs f32 [B, input_shape...] (decoded: u8 pixels are
+/// v / 255), targets i64 [B] or f32 [B, K]. next_token: inputs and targets i64 [B, T], targets
+/// the inputs shifted by one token.
+struct Examples {
+  Tensor inputs;
+  Tensor targets;
+};
+
+class DataSource {
+ public:
+  virtual ~DataSource() = default;
+  /// The spec it was opened from (or a name): every message about the data names it.
+  virtual std::string name() const = 0;
+  virtual TargetKind target_kind() const = 0;
+  /// Examples in a split; for a token stream, tokens.
+  virtual int64_t size(Split s) const = 0;
+  /// One example's input shape ([784] for Fashion-MNIST); [] for a token stream.
+  virtual Shape input_shape() const = 0;
+  /// classes: the number of classes; values: values per example (K); next_token: the vocabulary.
+  virtual int64_t output_size() const = 0;
+  /// Examples idx[0], idx[1], ... of a split (classes and values sources). Throws ShapeError
+  /// naming the source, the split and an index out of range.
+  virtual Examples rows(Split s, std::span<const int64_t> idx) const;
+  /// Windows of context + 1 consecutive tokens starting at starts[0], starts[1], ... of a
+  /// split (next_token sources). Throws ShapeError naming a window past the split's end.
+  virtual Examples windows(Split s, std::span<const int64_t> starts, int64_t context) const;
+  /// What opening it found worth saying but not refusing (a file that looks like another
+  /// format, say), one sentence each; the trainer passes them to its callbacks.
+  const std::vector<std::string>& warnings() const { return warnings_; }
+
+ protected:
+  std::vector<std::string> warnings_;
+};
+
+struct DataOptions {
+  /// Sources without a validation split of their own hold out this fraction from the end.
+  double validation_fraction = 0.1;
+  /// tokens: the vocabulary (0: the largest token in the files + 1).
+  int64_t vocab = 0;
+};
+
+/// Opens a data spec (the forms above). Each file is validated as it is read: IOError names the
+/// file, the offset and what is wrong (a bad magic, a truncated array, an unsupported dtype, a
+/// shape that does not match); ConfigError names a malformed spec.
+std::shared_ptr<DataSource> open_data(const std::string& spec, const DataOptions& options = {});
+
+/// The examples of a split in shuffled epochs, resumable: the order of epoch e is a
+/// Fisher-Yates shuffle of 0..n-1 drawn from the counter-based Rng (as BatchIterator), so a
+/// resumed run draws exactly the batches an uninterrupted one would.
+class EpochSampler {
+ public:
+  struct State {
+    int64_t epoch = 0;
+    int64_t position = 0;  ///< examples consumed in this epoch
+    Rng rng;               ///< as it stood before this epoch's shuffle
+  };
+  /// n examples in batches of `batch`; ConfigError for n < 1 or batch < 1.
+  EpochSampler(int64_t n, int64_t batch, uint64_t seed);
+  /// The next batch's example indices (an epoch's last batch may be smaller); moves to the
+  /// next epoch, reshuffled, when this one is used up.
+  std::vector<int64_t> next();
+  int64_t batches_per_epoch() const { return (n_ + batch_ - 1) / batch_; }
+  const State& state() const { return state_; }
+  /// Resumes from a saved state; ConfigError if it does not fit.
+  void restore(const State& s);
+
+ private:
+  void start_epoch();
+  int64_t n_, batch_;
+  State state_;
+  std::vector<int64_t> order_;
+};
+
+}  // namespace mixtrain
