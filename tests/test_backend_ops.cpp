@@ -376,6 +376,14 @@ std::vector<Case> cases() {
   }));
   c.push_back(unary_case("tanh", tanh, ref::tanh, [](double, double y) { return 1 - y * y; }));
   c.push_back(unary_case(
+      "abs", abs,
+      [](const Tensor& x) {
+        std::vector<float> v = x.to_vector();
+        for (float& e : v) e = std::fabs(e);
+        return Tensor::from_vector(v, x.shape());
+      },
+      [](double x, double) { return x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0); }));
+  c.push_back(unary_case(
       "exp", exp, ref::exp, [](double, double y) { return y; }, -3.0f, 3.0f));
   c.push_back(unary_case(
       "log", log, ref::log, [](double x, double) { return 1.0 / x; }, 0.1f, 3.0f));
@@ -433,6 +441,32 @@ std::vector<Case> cases() {
                    const Tolerance t = tolerance(Kind::normalised, dt, C);
                    return checks({{"fwd", rel_error(ys, yr), t.fwd},
                                   {"bwd dx", rel_error(grad_of(xv), dx), t.bwd}});
+                 }});
+  for (bool l1 : {false, true})
+    c.push_back({l1 ? "l1_loss" : "mse_loss", [l1](DType dt, Device dev) {
+                   const Input p = input({32, 5}, dt, 45, -2.0f, 2.0f), t = input({32, 5}, dt, 46);
+                   Variable pv = leaf(p, dev), tv = leaf(t, dev);
+                   Variable loss = l1 ? l1_loss(pv, tv) : mse_loss(pv, tv);
+                   loss.backward(3.0f);
+                   const double n = static_cast<double>(p.ref.size());
+                   double want = 0;
+                   std::vector<float> gp(p.ref.size()), gt(p.ref.size());
+                   for (size_t i = 0; i < p.ref.size(); ++i) {
+                     const double d = static_cast<double>(p.ref[i]) - t.ref[i];
+                     want += l1 ? std::fabs(d) : d * d;
+                     const double g = 3.0 * (l1 ? (d > 0 ? 1.0 : (d < 0 ? -1.0 : 0.0)) : 2 * d) / n;
+                     gp[i] = static_cast<float>(g);
+                     gt[i] = static_cast<float>(-g);
+                   }
+                   want /= n;
+                   // fp32 internals whatever the dtype: the inputs are cast exactly, the sum of
+                   // 160 terms carries fp32 error only; the gradients round once into dt.
+                   const Tolerance t32 = tolerance(Kind::sum, DType::f32, 160);
+                   const double u = unit_roundoff(dt);
+                   return checks(
+                       {{"fwd", rel_error(values(loss), {static_cast<float>(want)}), t32.fwd},
+                        {"bwd dpred", rel_error(grad_of(pv), gp), u + t32.bwd},
+                        {"bwd dtarget", rel_error(grad_of(tv), gt), u + t32.bwd}});
                  }});
   c.push_back({"cross_entropy", [](DType dt, Device dev) {
                  const int64_t N = 64, V = 300;

@@ -55,6 +55,8 @@ Variable relu(const Variable& x);
 /// 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³))).
 Variable gelu(const Variable& x);
 Variable tanh(const Variable& x);
+/// |x|; the gradient is sign(x) (0 at x = 0, as torch).
+Variable abs(const Variable& x);
 /// Category fp32 (as PyTorch autocast): computed and returned in fp32.
 Variable exp(const Variable& x);
 Variable log(const Variable& x);

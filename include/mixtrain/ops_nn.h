@@ -39,6 +39,14 @@ Variable log_softmax(const Variable& x, int64_t axis = -1);
 Variable cross_entropy(const Variable& logits, const Variable& targets,
                        int64_t ignore_index = -100);
 
+/// Mean squared error, mean((pred - target)²) over every element, computed in fp32 whatever
+/// the inputs' dtypes (category fp32: a 16-bit square and sum would round each term) -> fp32
+/// scalar []. pred and target have the same shape (no broadcasting: a [B] against [B, 1] is an
+/// error, not a [B, B] loss); the gradient reaches pred in pred's dtype.
+Variable mse_loss(const Variable& pred, const Variable& target);
+/// Mean absolute error, mean(|pred - target|), as mse_loss.
+Variable l1_loss(const Variable& pred, const Variable& target);
+
 /// softmax(q·kᵀ·scale + mask)·v per (batch, head): q [B, H, Tq, D], k and v [B, H, Tk, D] ->
 /// [B, H, Tq, D] (category lower: inputs in the compute dtype). fp32 scores and softmax; one
 /// row of scores at a time per thread, only the per-row logsumexp saved, scores recomputed in

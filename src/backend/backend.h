@@ -62,11 +62,13 @@ enum class MapOp : uint8_t {
   mul_scalar,  ///< a · s
   relu,        ///< a > 0 ? a : 0
   tanh,        ///< tanh(a)
+  abs,         ///< |a|
   exp,         ///< exp(a)
   log,         ///< log(a)
   gelu,        ///< x·σ(2u), u = √(2/π)(x + 0.044715x³): torch's tanh approximation
   relu_grad,   ///< (g, y): y > 0 ? g : 0 (a select: g's Inf or NaN where y <= 0 gives 0)
   tanh_grad,   ///< (g, y): g · (1 - y²)
+  abs_grad,    ///< (g, x): g · sign(x), 0 at x = 0
   exp_grad,    ///< (g, y): g · y
   log_grad,    ///< (g, x): g · (1 / x)
   gelu_grad,   ///< (g, x): g · gelu'(x)

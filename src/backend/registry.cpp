@@ -52,6 +52,7 @@ int map_arity(MapOp op) {
     case MapOp::div:
     case MapOp::relu_grad:
     case MapOp::tanh_grad:
+    case MapOp::abs_grad:
     case MapOp::exp_grad:
     case MapOp::log_grad:
     case MapOp::gelu_grad:
@@ -83,6 +84,8 @@ const char* map_op_name(MapOp op) {
       return "relu";
     case MapOp::tanh:
       return "tanh";
+    case MapOp::abs:
+      return "abs";
     case MapOp::exp:
       return "exp";
     case MapOp::log:
@@ -93,6 +96,8 @@ const char* map_op_name(MapOp op) {
       return "relu_grad";
     case MapOp::tanh_grad:
       return "tanh_grad";
+    case MapOp::abs_grad:
+      return "abs_grad";
     case MapOp::exp_grad:
       return "exp_grad";
     case MapOp::log_grad:

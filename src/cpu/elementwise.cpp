@@ -190,6 +190,8 @@ void CpuBackend::map(MapOp op, std::span<const Tensor> ins, float s, const Tenso
       return map_each<1>(ins, out, [](F x, F, F) { return x > 0.0f ? x : 0.0f; });
     case MapOp::tanh:
       return map_each<1>(ins, out, [](F x, F, F) { return std::tanh(x); });
+    case MapOp::abs:
+      return map_each<1>(ins, out, [](F x, F, F) { return std::fabs(x); });
     case MapOp::exp:
       return map_each<1>(ins, out, [](F x, F, F) { return std::exp(x); });
     case MapOp::log:
@@ -206,6 +208,9 @@ void CpuBackend::map(MapOp op, std::span<const Tensor> ins, float s, const Tenso
       return map_each<2>(ins, out, [](F g, F y, F) { return y > 0.0f ? g : 0.0f; });
     case MapOp::tanh_grad:
       return map_each<2>(ins, out, [](F g, F y, F) { return g * (1.0f - y * y); });
+    case MapOp::abs_grad:
+      return map_each<2>(ins, out,
+                         [](F g, F x, F) { return x > 0.0f ? g : (x < 0.0f ? -g : 0.0f); });
     case MapOp::exp_grad:
       return map_each<2>(ins, out, [](F g, F y, F) { return g * y; });
     case MapOp::log_grad:

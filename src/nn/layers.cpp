@@ -1,4 +1,5 @@
-// Linear, Embedding, LayerNorm: thin wrappers over the ops, plus initialisers.
+// Linear, Embedding, LayerNorm, the activations and Sequential: thin wrappers over the ops, plus
+// initialisers.
 #include "mixtrain/nn/layers.h"
 
 #include <cmath>
@@ -63,6 +64,28 @@ LayerNorm::LayerNorm(int64_t dim, float eps_)
 Variable LayerNorm::forward(const Variable& x) const {
   PrecisionScope scope(*this);
   return layer_norm(x, weight.weight, bias.weight, eps);
+}
+
+Variable ReLU::forward(const Variable& x) const {
+  PrecisionScope scope(*this);
+  return relu(x);
+}
+
+Variable GELU::forward(const Variable& x) const {
+  PrecisionScope scope(*this);
+  return gelu(x);
+}
+
+Variable Tanh::forward(const Variable& x) const {
+  PrecisionScope scope(*this);
+  return tanh(x);
+}
+
+Variable Sequential::forward(const Variable& x) const {
+  PrecisionScope scope(*this);
+  Variable h = x;
+  for (const auto& step : steps_) h = step(h);
+  return h;
 }
 
 }  // namespace mixtrain::nn

@@ -1,5 +1,9 @@
-// Module bookkeeping: parameter registry, recursion, precision overrides.
+// Module bookkeeping: parameter registry, recursion, precision overrides, state files.
 #include "mixtrain/nn/module.h"
+
+#include <fmt/format.h>
+
+#include "mixtrain/io/safetensors.h"
 
 namespace mixtrain::nn {
 
@@ -85,6 +89,41 @@ Module::PrecisionScope::PrecisionScope(const Module& m) {
     p.compute = *m.override_;
     p.op_overrides.clear();
     scope_.emplace(p);
+  }
+}
+
+void save_module(Module& m, const std::string& path) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, p] : m.named_parameters()) {
+    const Tensor& v = p->master.defined() ? p->master : p->weight.data();
+    tensors.emplace_back(name, v.to(Device::cpu).to(DType::f32));
+  }
+  save_safetensors(path, tensors, {{"mixtrain.module", m.type()}});
+}
+
+void load_module(Module& m, const std::string& path) {
+  const SafetensorsFile f = load_safetensors(path);
+  const auto params = m.named_parameters();
+  std::vector<const Tensor*> values;
+  for (const auto& [name, p] : params) {
+    if (!f.contains(name))
+      throw IOError(fmt::format("load_module: {} has no tensor '{}' (a {} parameter)", f.path(),
+                                name, m.type()));
+    const Tensor& t = f.get(name);
+    const Shape& want = p->weight.shape();
+    if (t.shape() != want)
+      throw ShapeError(fmt::format("load_module: {}: tensor '{}' is {}, the parameter is {}",
+                                   f.path(), name, t.str(), shape_str(want)));
+    values.push_back(&t);
+  }
+  for (size_t i = 0; i < params.size(); ++i) {
+    Parameter& p = *params[i].second;
+    if (p.master.defined()) {
+      p.master.copy_from(*values[i]);
+      p.refresh();
+    } else {
+      p.weight.data().copy_from(*values[i]);
+    }
   }
 }
 

@@ -187,6 +187,9 @@ Variable gelu(const Variable& x) {
 Variable tanh(const Variable& x) {
   return unary(x, "tanh", amp::OpCategory::same, MapOp::tanh, MapOp::tanh_grad, true);
 }
+Variable abs(const Variable& x) {
+  return unary(x, "abs", amp::OpCategory::same, MapOp::abs, MapOp::abs_grad, false);
+}
 Variable exp(const Variable& x) {
   return unary(x, "exp", amp::OpCategory::fp32, MapOp::exp, MapOp::exp_grad, true);
 }

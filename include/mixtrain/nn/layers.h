@@ -1,6 +1,12 @@
-// Layers: Linear, Embedding, LayerNorm. Weights in torch layout; initialisation from a seeded
-// Rng so a run is reproducible from its seed.
+// Layers: Linear, Embedding, LayerNorm, the activations, Sequential. Weights in torch layout;
+// initialisation from a seeded Rng so a run is reproducible from its seed.
 #pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "mixtrain/nn/module.h"
 #include "mixtrain/random.h"
@@ -39,6 +45,52 @@ class LayerNorm : public Module {
   Parameter& weight;
   Parameter& bias;
   float eps;
+};
+
+/// Activations as modules (no parameters), for Sequential.
+class ReLU : public Module {
+ public:
+  std::string type() const override { return "ReLU"; }
+  Variable forward(const Variable& x) const;
+};
+class GELU : public Module {
+ public:
+  std::string type() const override { return "GELU"; }
+  Variable forward(const Variable& x) const;
+};
+class Tanh : public Module {
+ public:
+  std::string type() const override { return "Tanh"; }
+  Variable forward(const Variable& x) const;
+};
+
+/// Modules applied one after another, each through its forward(const Variable&) const; named
+/// "0", "1", ... (so parameters are "0.weight", "2.bias", ...).
+///   nn::Sequential net;
+///   net.add<nn::Linear>(784, 256, true, rng);
+///   net.add<nn::ReLU>();
+///   net.add<nn::Linear>(256, 10, true, rng);
+///   Variable logits = net.forward(x);
+class Sequential : public Module {
+ public:
+  std::string type() const override { return "Sequential"; }
+  /// Appends a module of type M built from args; returns it.
+  template <class M, class... Args>
+  M& add(Args&&... args) {
+    return append(std::make_unique<M>(std::forward<Args>(args)...));
+  }
+  /// Appends a module already built; returns it.
+  template <class M>
+  M& append(std::unique_ptr<M> m) {
+    const M* p = m.get();
+    steps_.push_back([p](const Variable& x) { return p->forward(x); });
+    return register_module(std::to_string(steps_.size() - 1), std::move(m));
+  }
+  size_t size() const { return steps_.size(); }
+  Variable forward(const Variable& x) const;
+
+ private:
+  std::vector<std::function<Variable(const Variable&)>> steps_;
 };
 
 /// Tensor of normal(0, std) values (fp32).

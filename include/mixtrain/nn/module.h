@@ -76,4 +76,13 @@ class Module {
   std::optional<DType> override_;
 };
 
+/// Writes every parameter's value as fp32 (the master; a module trained master-free holds its
+/// bf16 weights) into a safetensors file under its dotted name, atomically: the module's state,
+/// loadable by load_module and by Python's safetensors and torch.
+void save_module(Module& m, const std::string& path);
+/// Loads what save_module wrote into a module of the same structure: every parameter by name,
+/// shape checked (IOError naming the file and a missing tensor, ShapeError naming a tensor of
+/// another shape), then the compute copies refreshed. Changes nothing unless every tensor fits.
+void load_module(Module& m, const std::string& path);
+
 }  // namespace mixtrain::nn
