@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -86,28 +87,57 @@ struct DataOptions {
 std::shared_ptr<DataSource> open_data(const std::string& spec, const DataOptions& options = {});
 
 /// The examples of a split in shuffled epochs, resumable: the order of epoch e is a
-/// Fisher-Yates shuffle of 0..n-1 drawn from the counter-based Rng (as BatchIterator), so a
-/// resumed run draws exactly the batches an uninterrupted one would.
+/// Fisher-Yates shuffle of 0..n-1 drawn from the counter-based Rng (shuffled_indices), and the
+/// next epoch's Rng continues where that shuffle stopped (counter + n - 1), so a resumed run
+/// draws exactly the batches an uninterrupted one would. BatchIterator walks its data set with
+/// one, so both give the same order for the same n, batch and seed.
+///   EpochSampler s(data->size(Split::train), 128, seed);
+///   Examples b = data->rows(Split::train, s.next());
+///   auto meta = s.state().to_metadata();  // in a checkpoint; later s.restore(from_metadata)
 class EpochSampler {
  public:
+  struct Options {
+    bool shuffle = true;     ///< false: every epoch in index order
+    bool drop_last = false;  ///< skip an epoch's final partial batch
+  };
   struct State {
     int64_t epoch = 0;
     int64_t position = 0;  ///< examples consumed in this epoch
     Rng rng;               ///< as it stood before this epoch's shuffle
+    bool operator==(const State& o) const {
+      return epoch == o.epoch && position == o.position && rng.seed == o.rng.seed &&
+             rng.counter == o.rng.counter;
+    }
+    /// As string pairs (for a checkpoint's safetensors __metadata__), keys prefixed by prefix:
+    /// epoch, position, rng_seed, rng_counter.
+    std::map<std::string, std::string> to_metadata(const std::string& prefix = "data.") const;
+    /// Parses to_metadata()'s output; throws ConfigError naming a missing or malformed key.
+    static State from_metadata(const std::map<std::string, std::string>& m,
+                               const std::string& prefix = "data.");
   };
-  /// n examples in batches of `batch`; ConfigError for n < 1 or batch < 1.
+  /// n examples in batches of `batch`; ConfigError for n < 1 or batch < 1 (or drop_last with
+  /// fewer than one batch of examples).
   EpochSampler(int64_t n, int64_t batch, uint64_t seed);
-  /// The next batch's example indices (an epoch's last batch may be smaller); moves to the
-  /// next epoch, reshuffled, when this one is used up.
+  EpochSampler(int64_t n, int64_t batch, uint64_t seed, Options opt);
+  /// The next batch's example indices (an epoch's last batch may be smaller unless
+  /// drop_last); moves to the next epoch, reshuffled, when this one is used up.
   std::vector<int64_t> next();
-  int64_t batches_per_epoch() const { return (n_ + batch_ - 1) / batch_; }
+  /// Batches per epoch (counting a final partial batch unless drop_last).
+  int64_t batches_per_epoch() const {
+    return opt_.drop_last ? n_ / batch_ : (n_ + batch_ - 1) / batch_;
+  }
+  int64_t size() const { return n_; }
+  int64_t batch() const { return batch_; }
   const State& state() const { return state_; }
-  /// Resumes from a saved state; ConfigError if it does not fit.
+  /// This epoch's order (example indices).
+  const std::vector<int64_t>& order() const { return order_; }
+  /// Resumes from a saved state; ConfigError if it does not fit (a position past n).
   void restore(const State& s);
 
  private:
   void start_epoch();
   int64_t n_, batch_;
+  Options opt_;
   State state_;
   std::vector<int64_t> order_;
 };
