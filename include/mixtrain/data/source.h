@@ -2,18 +2,24 @@
 // examples (rows: an input and a target each) or one token stream (a language model's), and
 // hands out batches of them on the host. open_data() reads the formats users have:
 //
-//   fashion-mnist[:DIR]          Fashion-MNIST, or any MNIST-layout IDX set, from DIR
-//   text:PATH                    a file's bytes as tokens (vocabulary 256)
+//   fashion-mnist[:DIR]          Fashion-MNIST, or any MNIST-layout IDX set, from DIR (each file
+//                                gzipped or plain): the train-* files are the training split,
+//                                the t10k-* files the validation split; classes: max label + 1
+//   text:PATH                    a file's bytes as tokens (vocabulary 256); warns when the file
+//                                looks like a token file
 //   tokens:TRAIN[,VAL]           uint16 token files: llm.c's (a 256 × int32 header, magic
 //                                20240520, version 1, the token count in slot 2) or headerless
-//                                nanoGPT ones
-//   npy:FEATURES.npy,TARGETS.npy float32 or uint8 features [N, ...]; integer targets [N] are
-//                                classes, float targets [N] or [N, K] values to regress
-//   csv:PATH[,target=COLUMN]     numeric columns; the target column by name or index (the last
-//                                by default); integer targets are classes, others values
+//                                nanoGPT ones; VAL, when given, is the validation split
+//   npy:FEATURES.npy,TARGETS.npy float32 or uint8 features [N, ...] (a 1-d array: one feature
+//                                each), C order; integer (or bool) targets [N] are classes,
+//                                float targets [N] or [N, K] values to regress
+//   csv:PATH[,target=COLUMN]     numeric columns, a header row when the first row is not all
+//                                numbers; the target column by name or 0-based index (the last
+//                                by default); integer targets >= 0 are classes, others values
 //
-//   auto data = open_data("npy:x.npy,y.npy");       // the last 10% held out for validation
-//   Examples b = data->rows(Split::train, {0, 5, 9});  // inputs f32 [3, F], targets i64 [3]
+//   auto data = open_data("npy:x.npy,y.npy");  // the last 10% held out for validation
+//   std::vector<int64_t> idx{0, 5, 9};
+//   Examples b = data->rows(Split::train, idx);  // inputs f32 [3, F], targets i64 [3]
 #pragma once
 
 #include <cstdint>
@@ -61,10 +67,13 @@ class DataSource {
   /// classes: the number of classes; values: values per example (K); next_token: the vocabulary.
   virtual int64_t output_size() const = 0;
   /// Examples idx[0], idx[1], ... of a split (classes and values sources). Throws ShapeError
-  /// naming the source, the split and an index out of range.
+  /// naming the source, the split and an index out of range. The base class's throws
+  /// ConfigError: a token stream has no rows ("text:PATH is a token stream: ask for windows").
   virtual Examples rows(Split s, std::span<const int64_t> idx) const;
   /// Windows of context + 1 consecutive tokens starting at starts[0], starts[1], ... of a
-  /// split (next_token sources). Throws ShapeError naming a window past the split's end.
+  /// split (next_token sources): inputs tokens [start, start + context), targets one further.
+  /// Throws ShapeError naming a window past the split's end, ConfigError for context < 1. The
+  /// base class's throws ConfigError: examples have no windows.
   virtual Examples windows(Split s, std::span<const int64_t> starts, int64_t context) const;
   /// What opening it found worth saying but not refusing (a file that looks like another
   /// format, say), one sentence each; the trainer passes them to its callbacks.
@@ -75,9 +84,12 @@ class DataSource {
 };
 
 struct DataOptions {
-  /// Sources without a validation split of their own hold out this fraction from the end.
+  /// Sources without a validation split of their own (all but fashion-mnist and tokens with
+  /// VAL) hold out this fraction from the end, rounded down, keeping at least one example or
+  /// token for training. In [0, 1), else ConfigError.
   double validation_fraction = 0.1;
-  /// tokens: the vocabulary (0: the largest token in the files + 1).
+  /// tokens: the vocabulary (0: the largest token in the files + 1); a token at or above it is
+  /// an IOError naming the file and its offset.
   int64_t vocab = 0;
 };
 
