@@ -8,6 +8,7 @@
 #include "mixtrain/cpu.h"
 #include "mixtrain/data/classification.h"
 #include "mixtrain/data/fashion_mnist.h"
+#include "mixtrain/data/source.h"
 #include "mixtrain/data/text.h"
 #include "mixtrain/dtype.h"
 #include "mixtrain/error.h"

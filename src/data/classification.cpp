@@ -1,4 +1,5 @@
-// ClassificationData slicing and the BatchIterator (Fisher-Yates per epoch, resumable state).
+// ClassificationData slicing and decoding, shuffled_indices, and the BatchIterator (an
+// EpochSampler's order with the rows and labels it picks).
 #include "mixtrain/data/classification.h"
 
 #include <fmt/format.h>
@@ -76,12 +77,11 @@ std::vector<int64_t> shuffled_indices(int64_t n, Rng& rng) {
   return idx;
 }
 
-BatchIterator::BatchIterator(const ClassificationData& data, int64_t batch_size, uint64_t seed)
-    : BatchIterator(data, batch_size, seed, Options{}) {}
+namespace {
 
-BatchIterator::BatchIterator(const ClassificationData& data, int64_t batch_size, uint64_t seed,
-                             Options opt)
-    : data_(data), batch_size_(batch_size), opt_(opt) {
+// BatchIterator's own checks, before its sampler is built: they name the data set's faults.
+int64_t checked_size(const ClassificationData& data, int64_t batch_size,
+                     const BatchIterator::Options& opt) {
   if (batch_size < 1)
     throw ConfigError(fmt::format("BatchIterator: batch size {} < 1", batch_size));
   if (data.size() < 1) throw ConfigError("BatchIterator: the data set is empty");
@@ -94,91 +94,35 @@ BatchIterator::BatchIterator(const ClassificationData& data, int64_t batch_size,
     throw ConfigError(fmt::format(
         "BatchIterator: drop_last with batch size {} but only {} examples: no batch at all",
         batch_size, data.size()));
-  state_.rng = Rng(seed);
-  start_epoch();
+  return data.size();
 }
 
-void BatchIterator::start_epoch() {
-  if (opt_.shuffle) {
-    Rng r = state_.rng;  // the state keeps the Rng as it was before this epoch's draws
-    order_ = shuffled_indices(data_.size(), r);
-  } else {
-    order_.resize(static_cast<size_t>(data_.size()));
-    for (int64_t i = 0; i < data_.size(); ++i) order_[i] = i;
-  }
-}
+}  // namespace
 
-int64_t BatchIterator::batches_per_epoch() const {
-  const int64_t n = data_.size();
-  return opt_.drop_last ? n / batch_size_ : (n + batch_size_ - 1) / batch_size_;
-}
+BatchIterator::BatchIterator(const ClassificationData& data, int64_t batch_size, uint64_t seed)
+    : BatchIterator(data, batch_size, seed, Options{}) {}
+
+BatchIterator::BatchIterator(const ClassificationData& data, int64_t batch_size, uint64_t seed,
+                             Options opt)
+    : data_(data), sampler_(checked_size(data, batch_size, opt), batch_size, seed, opt) {}
+
+int64_t BatchIterator::batches_per_epoch() const { return sampler_.batches_per_epoch(); }
 
 Batch BatchIterator::next() {
-  const int64_t n = data_.size();
-  const int64_t left = n - state_.position;
-  if (left <= 0 || (opt_.drop_last && left < batch_size_)) {
-    // Next epoch: its Rng continues where this epoch's shuffle stopped.
-    if (opt_.shuffle) state_.rng.counter += static_cast<uint64_t>(n > 0 ? n - 1 : 0);
-    ++state_.epoch;
-    state_.position = 0;
-    start_epoch();
-  }
-  const int64_t b = std::min(batch_size_, n - state_.position);
-  const int64_t* picked = order_.data() + state_.position;
+  const std::vector<int64_t> picked = sampler_.next();
+  const int64_t b = static_cast<int64_t>(picked.size());
   Batch out;
-  out.features = data_.gather(picked, b);
+  out.features = data_.gather(picked.data(), b);
   out.labels = Tensor::empty({b}, DType::i64);
   const Tensor labels = data_.labels.contiguous();
   const int64_t* lab = labels.data<int64_t>();
   int64_t* olab = out.labels.data<int64_t>();
   for (int64_t i = 0; i < b; ++i) olab[i] = lab[picked[i]];
-  out.epoch = state_.epoch;
-  out.index = state_.position / batch_size_;
-  state_.position += b;
+  out.epoch = sampler_.state().epoch;
+  out.index = (sampler_.state().position - b) / sampler_.batch();
   return out;
 }
 
-void BatchIterator::restore(const State& s) {
-  if (s.epoch < 0 || s.position < 0 || s.position > data_.size())
-    throw ConfigError(fmt::format(
-        "BatchIterator::restore: epoch {} position {} does not fit a data set of {} examples",
-        s.epoch, s.position, data_.size()));
-  state_ = s;
-  start_epoch();
-}
-
-std::map<std::string, std::string> BatchIterator::State::to_metadata(
-    const std::string& prefix) const {
-  return {{prefix + "epoch", std::to_string(epoch)},
-          {prefix + "position", std::to_string(position)},
-          {prefix + "rng_seed", std::to_string(rng.seed)},
-          {prefix + "rng_counter", std::to_string(rng.counter)}};
-}
-
-BatchIterator::State BatchIterator::State::from_metadata(
-    const std::map<std::string, std::string>& m, const std::string& prefix) {
-  auto get = [&](const char* key) -> uint64_t {
-    const auto it = m.find(prefix + key);
-    if (it == m.end())
-      throw ConfigError(fmt::format("batch iterator state: missing '{}{}'", prefix, key));
-    const std::string& v = it->second;
-    size_t used = 0;
-    uint64_t x = 0;
-    try {
-      x = std::stoull(v, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (v.empty() || used != v.size() || v[0] == '-')
-      throw ConfigError(fmt::format(
-          "batch iterator state: '{}{}' = '{}' is not an unsigned integer", prefix, key, v));
-    return x;
-  };
-  State s;
-  s.epoch = static_cast<int64_t>(get("epoch"));
-  s.position = static_cast<int64_t>(get("position"));
-  s.rng = Rng(get("rng_seed"), get("rng_counter"));
-  return s;
-}
+void BatchIterator::restore(const State& s) { sampler_.restore(s); }
 
 }  // namespace mixtrain

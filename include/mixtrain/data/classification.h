@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "mixtrain/data/source.h"
 #include "mixtrain/random.h"
 #include "mixtrain/tensor.h"
 
@@ -54,26 +55,11 @@ struct Batch {
 ///   auto st = it.state();  // save in a checkpoint; later: it.restore(st)
 class BatchIterator {
  public:
-  struct Options {
-    bool shuffle = true;
-    bool drop_last = false;  ///< skip an epoch's final partial batch
-  };
+  /// shuffle (default true), drop_last (skip an epoch's final partial batch; default false).
+  using Options = EpochSampler::Options;
   /// The resumable state: epoch, position (examples consumed in this epoch) and the Rng as it
-  /// stood before this epoch's shuffle.
-  struct State {
-    int64_t epoch = 0;
-    int64_t position = 0;
-    Rng rng;
-    bool operator==(const State& o) const {
-      return epoch == o.epoch && position == o.position && rng.seed == o.rng.seed &&
-             rng.counter == o.rng.counter;
-    }
-    /// As string pairs (for a checkpoint's safetensors __metadata__), keys prefixed by prefix.
-    std::map<std::string, std::string> to_metadata(const std::string& prefix = "data.") const;
-    /// Parses to_metadata()'s output; throws ConfigError naming a missing or malformed key.
-    static State from_metadata(const std::map<std::string, std::string>& m,
-                               const std::string& prefix = "data.");
-  };
+  /// stood before this epoch's shuffle; to_metadata()/from_metadata() for checkpoints.
+  using State = EpochSampler::State;
 
   /// Keeps a reference to data (which must outlive the iterator). Throws ConfigError for a
   /// batch size < 1 or an empty data set (or drop_last with fewer examples than one batch).
@@ -84,20 +70,16 @@ class BatchIterator {
   Batch next();
   /// Batches per epoch (counting a final partial batch unless drop_last).
   int64_t batches_per_epoch() const;
-  int64_t epoch() const { return state_.epoch; }
-  const State& state() const { return state_; }
+  int64_t epoch() const { return sampler_.state().epoch; }
+  const State& state() const { return sampler_.state(); }
   /// Resumes from a saved state; throws ConfigError if it does not fit this data set.
   void restore(const State& s);
   /// This epoch's order (example indices).
-  const std::vector<int64_t>& order() const { return order_; }
+  const std::vector<int64_t>& order() const { return sampler_.order(); }
 
  private:
-  void start_epoch();
   const ClassificationData& data_;
-  int64_t batch_size_;
-  Options opt_;
-  State state_;
-  std::vector<int64_t> order_;
+  EpochSampler sampler_;  // the order: BatchIterator only adds the rows and labels
 };
 
 /// Fisher-Yates shuffle of 0..n-1 drawing n-1 values from rng.

@@ -2,21 +2,28 @@
 // examples (rows: an input and a target each) or one token stream (a language model's), and
 // hands out batches of them on the host. open_data() reads the formats users have:
 //
-//   fashion-mnist[:DIR]          Fashion-MNIST, or any MNIST-layout IDX set, from DIR
-//   text:PATH                    a file's bytes as tokens (vocabulary 256)
+//   fashion-mnist[:DIR]          Fashion-MNIST, or any MNIST-layout IDX set, from DIR (each file
+//                                gzipped or plain): the train-* files are the training split,
+//                                the t10k-* files the validation split; classes: max label + 1
+//   text:PATH                    a file's bytes as tokens (vocabulary 256); warns when the file
+//                                looks like a token file
 //   tokens:TRAIN[,VAL]           uint16 token files: llm.c's (a 256 × int32 header, magic
 //                                20240520, version 1, the token count in slot 2) or headerless
-//                                nanoGPT ones
-//   npy:FEATURES.npy,TARGETS.npy float32 or uint8 features [N, ...]; integer targets [N] are
-//                                classes, float targets [N] or [N, K] values to regress
-//   csv:PATH[,target=COLUMN]     numeric columns; the target column by name or index (the last
-//                                by default); integer targets are classes, others values
+//                                nanoGPT ones; VAL, when given, is the validation split
+//   npy:FEATURES.npy,TARGETS.npy float32 or uint8 features [N, ...] (a 1-d array: one feature
+//                                each), C order; integer (or bool) targets [N] are classes,
+//                                float targets [N] or [N, K] values to regress
+//   csv:PATH[,target=COLUMN]     numeric columns, a header row when the first row is not all
+//                                numbers; the target column by name or 0-based index (the last
+//                                by default); integer targets >= 0 are classes, others values
 //
-//   auto data = open_data("npy:x.npy,y.npy");       // the last 10% held out for validation
-//   Examples b = data->rows(Split::train, {0, 5, 9});  // inputs f32 [3, F], targets i64 [3]
+//   auto data = open_data("npy:x.npy,y.npy");  // the last 10% held out for validation
+//   std::vector<int64_t> idx{0, 5, 9};
+//   Examples b = data->rows(Split::train, idx);  // inputs f32 [3, F], targets i64 [3]
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -60,10 +67,13 @@ class DataSource {
   /// classes: the number of classes; values: values per example (K); next_token: the vocabulary.
   virtual int64_t output_size() const = 0;
   /// Examples idx[0], idx[1], ... of a split (classes and values sources). Throws ShapeError
-  /// naming the source, the split and an index out of range.
+  /// naming the source, the split and an index out of range. The base class's throws
+  /// ConfigError: a token stream has no rows ("text:PATH is a token stream: ask for windows").
   virtual Examples rows(Split s, std::span<const int64_t> idx) const;
   /// Windows of context + 1 consecutive tokens starting at starts[0], starts[1], ... of a
-  /// split (next_token sources). Throws ShapeError naming a window past the split's end.
+  /// split (next_token sources): inputs tokens [start, start + context), targets one further.
+  /// Throws ShapeError naming a window past the split's end, ConfigError for context < 1. The
+  /// base class's throws ConfigError: examples have no windows.
   virtual Examples windows(Split s, std::span<const int64_t> starts, int64_t context) const;
   /// What opening it found worth saying but not refusing (a file that looks like another
   /// format, say), one sentence each; the trainer passes them to its callbacks.
@@ -74,9 +84,12 @@ class DataSource {
 };
 
 struct DataOptions {
-  /// Sources without a validation split of their own hold out this fraction from the end.
+  /// Sources without a validation split of their own (all but fashion-mnist and tokens with
+  /// VAL) hold out this fraction from the end, rounded down, keeping at least one example or
+  /// token for training. In [0, 1), else ConfigError.
   double validation_fraction = 0.1;
-  /// tokens: the vocabulary (0: the largest token in the files + 1).
+  /// tokens: the vocabulary (0: the largest token in the files + 1); a token at or above it is
+  /// an IOError naming the file and its offset.
   int64_t vocab = 0;
 };
 
@@ -86,28 +99,57 @@ struct DataOptions {
 std::shared_ptr<DataSource> open_data(const std::string& spec, const DataOptions& options = {});
 
 /// The examples of a split in shuffled epochs, resumable: the order of epoch e is a
-/// Fisher-Yates shuffle of 0..n-1 drawn from the counter-based Rng (as BatchIterator), so a
-/// resumed run draws exactly the batches an uninterrupted one would.
+/// Fisher-Yates shuffle of 0..n-1 drawn from the counter-based Rng (shuffled_indices), and the
+/// next epoch's Rng continues where that shuffle stopped (counter + n - 1), so a resumed run
+/// draws exactly the batches an uninterrupted one would. BatchIterator walks its data set with
+/// one, so both give the same order for the same n, batch and seed.
+///   EpochSampler s(data->size(Split::train), 128, seed);
+///   Examples b = data->rows(Split::train, s.next());
+///   auto meta = s.state().to_metadata();  // in a checkpoint; later s.restore(from_metadata)
 class EpochSampler {
  public:
+  struct Options {
+    bool shuffle = true;     ///< false: every epoch in index order
+    bool drop_last = false;  ///< skip an epoch's final partial batch
+  };
   struct State {
     int64_t epoch = 0;
     int64_t position = 0;  ///< examples consumed in this epoch
     Rng rng;               ///< as it stood before this epoch's shuffle
+    bool operator==(const State& o) const {
+      return epoch == o.epoch && position == o.position && rng.seed == o.rng.seed &&
+             rng.counter == o.rng.counter;
+    }
+    /// As string pairs (for a checkpoint's safetensors __metadata__), keys prefixed by prefix:
+    /// epoch, position, rng_seed, rng_counter.
+    std::map<std::string, std::string> to_metadata(const std::string& prefix = "data.") const;
+    /// Parses to_metadata()'s output; throws ConfigError naming a missing or malformed key.
+    static State from_metadata(const std::map<std::string, std::string>& m,
+                               const std::string& prefix = "data.");
   };
-  /// n examples in batches of `batch`; ConfigError for n < 1 or batch < 1.
+  /// n examples in batches of `batch`; ConfigError for n < 1 or batch < 1 (or drop_last with
+  /// fewer than one batch of examples).
   EpochSampler(int64_t n, int64_t batch, uint64_t seed);
-  /// The next batch's example indices (an epoch's last batch may be smaller); moves to the
-  /// next epoch, reshuffled, when this one is used up.
+  EpochSampler(int64_t n, int64_t batch, uint64_t seed, Options opt);
+  /// The next batch's example indices (an epoch's last batch may be smaller unless
+  /// drop_last); moves to the next epoch, reshuffled, when this one is used up.
   std::vector<int64_t> next();
-  int64_t batches_per_epoch() const { return (n_ + batch_ - 1) / batch_; }
+  /// Batches per epoch (counting a final partial batch unless drop_last).
+  int64_t batches_per_epoch() const {
+    return opt_.drop_last ? n_ / batch_ : (n_ + batch_ - 1) / batch_;
+  }
+  int64_t size() const { return n_; }
+  int64_t batch() const { return batch_; }
   const State& state() const { return state_; }
-  /// Resumes from a saved state; ConfigError if it does not fit.
+  /// This epoch's order (example indices).
+  const std::vector<int64_t>& order() const { return order_; }
+  /// Resumes from a saved state; ConfigError if it does not fit (a position past n).
   void restore(const State& s);
 
  private:
   void start_epoch();
   int64_t n_, batch_;
+  Options opt_;
   State state_;
   std::vector<int64_t> order_;
 };
