@@ -1,6 +1,8 @@
 // What users get wrong, table-driven through the CLI: every case must end with a non-zero exit
-// status (1: the library refused, 2: the command line itself is wrong) and a message holding
-// the key words (the flag, file or tensor at fault), never a crash, a hang or a silent start.
+// status (2: a flag value or a combination of flags is wrong, found before anything is written,
+// so the --out folder is never created; 1: a runtime fault, a file or the numerics) and a
+// message holding the key words (the flag, file or tensor at fault), never a crash, a hang or a
+// silent start.
 //
 // NaN/Inf in input data: no input path carries floats (Fashion-MNIST is u8 IDX, scaled to
 // [0, 1] by the loader; text is bytes), so a non-finite input value cannot reach the model. What
@@ -111,6 +113,11 @@ TEST(BadInput, EveryCaseGivesAClearMessageAndNonZeroExit) {
     const fs::path theirs = make_run(wider, "--width 48");
     fs::copy_file(theirs, mine, fs::copy_options::overwrite_existing);
   }
+  // A run folder where checkpoints/ is a file: found before the first step (the test runs as
+  // root, where a read-only folder would still be written).
+  const fs::path blocked = dir / "blocked";
+  fs::create_directories(blocked);
+  write(blocked / "checkpoints", "not a folder");
 
   auto T = [](const std::string& extra) { return "train " + tiny(extra); };
   const Case cases[] = {
@@ -125,7 +132,7 @@ TEST(BadInput, EveryCaseGivesAClearMessageAndNonZeroExit) {
        {"empty.txt"}},
       {"text shorter than the context",
        T("--data text:" + (dir / "short.txt").string() + " --out " + O()),
-       1,
+       2,
        {"short.txt", "context"}},
       {"corrupt gzip text",
        T("--data text:" + (dir / "corrupt.txt.gz").string() + " --out " + O()),
@@ -135,54 +142,78 @@ TEST(BadInput, EveryCaseGivesAClearMessageAndNonZeroExit) {
        T("--data text:" + dir.string() + " --out " + O()),
        1,
        {dir.string()}},
-      {"unknown data spec", "train --data mnist --out " + O(), 1, {"--data", "mnist"}},
-      {"mlp on text", "train --model mlp --data text:" + kText + " --out " + O(), 1, {"--data"}},
-      {"context longer than the file", T("--context 100000000 --out " + O()), 1, {"context"}},
+      {"unknown data spec", "train --data mnist --out " + O(), 2, {"--data", "mnist"}},
+      {"mlp on text", "train --model mlp --data text:" + kText + " --out " + O(), 2, {"--data"}},
+      {"context longer than the file", T("--context 100000000 --out " + O()), 2, {"context"}},
       {"batch that cannot fit in memory",
        T("--batch 4000000000000 --out " + O()),
-       1,
+       2,
        {"--batch", "memory"}},
       // numbers
-      {"lr 0", T("--lr 0 --out " + O()), 1, {"--lr"}},
-      {"lr negative", T("--lr -0.1 --out " + O()), 1, {"--lr"}},
-      {"lr nan", T("--lr nan --out " + O()), 1, {"--lr"}},
-      {"lr inf", T("--lr inf --out " + O()), 1, {"--lr"}},
-      {"batch 0", T("--batch 0 --out " + O()), 1, {"--batch"}},
-      {"batch negative", T("--batch -4 --out " + O()), 1, {"--batch"}},
-      {"grad-accum not dividing the batch", T("--grad-accum 3 --out " + O()), 1, {"--grad-accum"}},
-      {"steps negative", T("--steps -1 --out " + O()), 1, {"--steps"}},
-      {"epochs 0", T("--epochs 0 --out " + O()), 1, {"--epochs"}},
-      {"warmup negative", T("--warmup -5 --out " + O()), 1, {"--warmup"}},
+      {"lr 0", T("--lr 0 --out " + O()), 2, {"--lr"}},
+      {"lr negative", T("--lr -0.1 --out " + O()), 2, {"--lr"}},
+      {"lr nan", T("--lr nan --out " + O()), 2, {"--lr"}},
+      {"lr inf", T("--lr inf --out " + O()), 2, {"--lr"}},
+      {"batch 0", T("--batch 0 --out " + O()), 2, {"--batch"}},
+      {"batch negative", T("--batch -4 --out " + O()), 2, {"--batch"}},
+      {"grad-accum not dividing the batch", T("--grad-accum 3 --out " + O()), 2, {"--grad-accum"}},
+      {"steps negative", T("--steps -1 --out " + O()), 2, {"--steps"}},
+      {"epochs 0", T("--epochs 0 --out " + O()), 2, {"--epochs"}},
+      {"warmup negative", T("--warmup -5 --out " + O()), 2, {"--warmup"}},
       {"checkpoint-every negative",
        T("--checkpoint-every -1 --out " + O()),
-       1,
+       2,
        {"--checkpoint-every"}},
-      {"keep-checkpoints 0", T("--keep-checkpoints 0 --out " + O()), 1, {"--keep-checkpoints"}},
-      {"eval-batches 0", T("--eval-batches 0 --out " + O()), 1, {"--eval-batches"}},
-      {"dropout 1", T("--dropout 1 --out " + O()), 1, {"--dropout"}},
-      {"heads not dividing width", T("--heads 5 --out " + O()), 1, {"heads"}},
-      {"width 0", T("--width 0 --out " + O()), 1, {"width"}},
-      {"clip-grad negative", T("--clip-grad -1 --out " + O()), 1, {"--clip-grad"}},
-      {"weight-decay negative", T("--weight-decay -1 --out " + O()), 1, {"--weight-decay"}},
-      {"scale-init 0", T("--scale-init 0 --out " + O()), 1, {"--scale-init"}},
-      {"scale-init inf", T("--scale-init inf --out " + O()), 1, {"--scale-init"}},
+      {"keep-checkpoints 0", T("--keep-checkpoints 0 --out " + O()), 2, {"--keep-checkpoints"}},
+      {"eval-batches 0", T("--eval-batches 0 --out " + O()), 2, {"--eval-batches"}},
+      {"dropout 1", T("--dropout 1 --out " + O()), 2, {"--dropout"}},
+      {"heads not dividing width", T("--heads 5 --out " + O()), 2, {"heads"}},
+      {"width 0", T("--width 0 --out " + O()), 2, {"width"}},
+      {"clip-grad negative", T("--clip-grad -1 --out " + O()), 2, {"--clip-grad"}},
+      {"weight-decay negative", T("--weight-decay -1 --out " + O()), 2, {"--weight-decay"}},
+      {"scale-init 0", T("--scale-init 0 --out " + O()), 2, {"--scale-init"}},
+      {"scale-init inf", T("--scale-init inf --out " + O()), 2, {"--scale-init"}},
       {"scale-growth-interval 0",
        T("--scale-growth-interval 0 --out " + O()),
-       1,
+       2,
        {"--scale-growth-interval"}},
       {"static loss scale not a number",
        T("--loss-scale static:abc --out " + O()),
-       1,
+       2,
        {"--loss-scale"}},
-      {"static loss scale negative", T("--loss-scale static:-3 --out " + O()), 1, {"--loss-scale"}},
-      {"unknown loss-scale mode", T("--loss-scale sometimes --out " + O()), 1, {"--loss-scale"}},
+      {"static loss scale negative", T("--loss-scale static:-3 --out " + O()), 2, {"--loss-scale"}},
+      {"unknown loss-scale mode", T("--loss-scale sometimes --out " + O()), 2, {"--loss-scale"}},
       // precision names
-      {"unknown precision", T("--precision fp12 --out " + O()), 1, {"fp12"}},
+      {"unknown precision", T("--precision fp12 --out " + O()), 2, {"fp12"}},
       {"unknown precision dtype in a policy",
        T("--precision p=f32,c=int8,o=f32 --out " + O()),
-       1,
+       2,
        {"int8"}},
-      {"unknown grad dtype", T("--grad-dtype fp8 --out " + O()), 1, {"--grad-dtype"}},
+      {"unknown grad dtype", T("--grad-dtype fp8 --out " + O()), 2, {"--grad-dtype"}},
+      {"steps 0", T("--steps 0 --out " + O()), 2, {"--steps", "positive"}},
+      {"hidden 0", "train --hidden 512,0 --steps 2 --out " + O(), 2, {"--hidden", "positive"}},
+      {"negative seed", T("--seed -1 --out " + O()), 2, {"--seed"}},
+      {"gpt on fashion-mnist",
+       "train --model gpt --data fashion-mnist --out " + O(),
+       2,
+       {"--data fashion-mnist", "gpt", "token"}},
+      {"mlp on tokens",
+       "train --model mlp --data tokens:" + (dir / "short.txt").string() + " --out " + O(),
+       2,
+       {"--data", "mlp"}},
+      {"unknown loss", T("--loss hinge --out " + O()), 2, {"--loss"}},
+      {"mse on classes",
+       "train --loss mse --steps 2 --out " + O(),
+       2,
+       {"--loss mse", "cross-entropy"}},
+      {"negative checkpoint minutes",
+       T("--checkpoint-minutes -1 --out " + O()),
+       2,
+       {"--checkpoint-minutes"}},
+      {"a run folder whose checkpoints/ cannot be made",
+       T("--steps 2 --out " + blocked.string()),
+       1,
+       {"checkpoints"}},
       // the command line itself (exit 2)
       {"unknown flag", T("--no-such-flag --out " + O()), 2, {"--no-such-flag"}},
       {"flag without its value", "train --steps", 2, {"--steps"}},
@@ -194,23 +225,31 @@ TEST(BadInput, EveryCaseGivesAClearMessageAndNonZeroExit) {
       // run folders and checkpoints
       {"folder holding a different run",
        T("--steps 2 --lr 0.5 --out " + held.string()),
-       1,
+       2,
        {"different run", "lr", "--force"}},
       {"folder holding this run, no --resume",
        T("--steps 2 --out " + held.string()),
-       1,
+       2,
        {"--resume"}},
       {"resume with another width",
        T("--steps 4 --width 48 --resume " + held.string()),
-       1,
-       {"different run", "width"}},
+       2,
+       {"another run", "--width: the run has 32, given 48"}},
+      {"resume with another precision and lr",
+       "train --precision fp16 --lr 0.5 --resume " + held.string(),
+       2,
+       {"another run", "--precision: the run has", "--lr: the run has"}},
+      {"--force with --resume",
+       "train --force --resume " + held.string(),
+       2,
+       {"--force", "--resume"}},
       {"resume of a folder with no run",
        T("--steps 2 --resume " + (dir / "nothing").string()),
-       1,
+       2,
        {"no run to resume"}},
       {"--resume and --out differ",
        T("--resume " + held.string() + " --out " + O()),
-       1,
+       2,
        {"--resume", "--out"}},
       {"checkpoint with a flipped bit",
        T("--steps 4 --keep-checkpoints 1 --resume " + flipped.string()),
@@ -224,6 +263,10 @@ TEST(BadInput, EveryCaseGivesAClearMessageAndNonZeroExit) {
        T("--steps 4 --keep-checkpoints 1 --resume " + swapped.string()),
        1,
        {"step-00000002.safetensors", "different run"}},
+      {"export past a corrupt checkpoint to none",
+       "export " + cut.string() + " --out " + (dir / "x.safetensors").string(),
+       1,
+       {"step-00000002.safetensors", "could be read"}},
       {"export of a folder with no checkpoint",
        "export /no/such/run --out x.safetensors",
        1,
@@ -241,6 +284,11 @@ TEST(BadInput, EveryCaseGivesAClearMessageAndNonZeroExit) {
   int tried = 0, clean = 0;
   for (const Case& c : cases) {
     ++tried;
+    const auto at = c.args.find("--out ");
+    const fs::path out = at == std::string::npos
+                             ? fs::path()
+                             : fs::path(c.args.substr(at + 6, c.args.find(" ", at + 6) - at - 6));
+    const bool existed = !out.empty() && fs::exists(out);
     const auto r = run_cli(c.args);
     bool ok = r.status == c.status;
     EXPECT_EQ(r.status, c.status) << c.what << ": mixtrain " << c.args << "\n" << r.out;
@@ -250,6 +298,11 @@ TEST(BadInput, EveryCaseGivesAClearMessageAndNonZeroExit) {
       EXPECT_TRUE(has) << c.what << ": no '" << n << "' in the output of mixtrain " << c.args
                        << "\n"
                        << r.out;
+    }
+    // A refused command line writes nothing: the --out it names was not created.
+    if (c.status == 2 && !out.empty() && !existed && fs::exists(out)) {
+      ok = false;
+      ADD_FAILURE() << c.what << ": exit 2 but " << out << " was created";
     }
     // Never a crash: no sanitizer report, no uncaught exception text, no signal.
     for (const char* bad : {"AddressSanitizer", "runtime error", "terminate called", "bad_alloc"})

@@ -65,7 +65,6 @@ TrainConfig tiny_gpt(const json& j) {
   c.steps = 10;
   c.log_every = 1;
   c.eval_batches = 1;
-  c.quiet = true;
   c.precision = j.value("precision", "fp32");
   c.zero = j.value("zero", 0);
   c.master = j.value("master", c.master);

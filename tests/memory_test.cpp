@@ -371,7 +371,6 @@ TEST(StepMemoryScope, TheTrainersStepsRunFromThePlan) {
   c.eval_every = 2;
   c.log_every = 2;
   c.out = out.string();
-  c.quiet = true;
   const train::TrainSummary s = train::Trainer(c).run();
   EXPECT_EQ(s.steps, 6);
   EXPECT_GT(memory_stats().arena_bytes, 0);

@@ -38,8 +38,8 @@ TEST(Sequential, RunsItsModulesInOrderAndNamesParametersByPosition) {
   EXPECT_EQ(net.size(), 6u);
   std::vector<std::string> names;
   for (auto& [n, p] : net.named_parameters()) names.push_back(n);
-  EXPECT_EQ(names, (std::vector<std::string>{"0.weight", "0.bias", "2.weight", "2.bias",
-                                             "4.weight"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"0.weight", "0.bias", "2.weight", "2.bias", "4.weight"}));
   const Variable x(Tensor::from_vector({0.5f, -1, 2, 0.25f, 1, -0.5f, 1, 2, 3, 4, 5, 6}, {2, 6}));
   auto* l0 = dynamic_cast<nn::Linear*>(net.find("0"));
   auto* l2 = dynamic_cast<nn::Linear*>(net.find("2"));

@@ -35,7 +35,6 @@ TrainConfig tiny_gpt(const fs::path& out) {
   c.log_every = 1;
   c.eval_batches = 2;
   c.out = out.string();
-  c.quiet = true;
   return c;
 }
 
@@ -55,7 +54,6 @@ TEST(Trainer, MlpLearnsFashionMnistAndWritesMetrics) {
   c.hidden = {64};
   c.log_every = 10;
   c.out = out.string();
-  c.quiet = true;
   TrainSummary s = Trainer(c).run();
   EXPECT_EQ(s.steps, 60);
   EXPECT_EQ(s.skipped_steps, 0);

@@ -3,7 +3,9 @@
 
 #include <fmt/format.h>
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "dist/data_parallel.h"
@@ -22,11 +24,27 @@ namespace {
 
 constexpr const char* kFormat = "mixtrain-checkpoint-1";
 
-// The fields that make two runs the same run (a resume may change how long it runs).
-json identity(const json& config) {
+std::string exact(double v) { return fmt::format("{:a}", v); }  // hex float: round-trips exactly
+
+const std::string& meta(const std::map<std::string, std::string>& m, const std::string& key,
+                        const fs::path& file) {
+  auto it = m.find(key);
+  if (it == m.end())
+    throw IOError(fmt::format("{}: checkpoint metadata lacks '{}'", file.string(), key));
+  return it->second;
+}
+
+}  // namespace
+
+json run_identity(const json& config) {
   json j = config;
   j.erase("steps");
   j.erase("epochs");
+  // Run control: how often to log, evaluate and checkpoint, how long a collective may wait.
+  for (const char* k :
+       {"log_every", "eval_every", "eval_batches", "checkpoint_every", "checkpoint_minutes",
+        "keep_checkpoints", "diagnose_every", "nonfinite_patience", "comm_timeout"})
+    j.erase(k);
   // How the run is spread over ranks is not part of its identity: a checkpoint resumes with
   // or without ZeRO-1, on any number of ranks.
   j.erase("zero");
@@ -39,18 +57,6 @@ json identity(const json& config) {
   if (!j.contains("fp32_modules")) j["fp32_modules"] = json::array();
   return j;
 }
-
-std::string exact(double v) { return fmt::format("{:a}", v); }  // hex float: round-trips exactly
-
-const std::string& meta(const std::map<std::string, std::string>& m, const std::string& key,
-                        const fs::path& file) {
-  auto it = m.find(key);
-  if (it == m.end())
-    throw IOError(fmt::format("{}: checkpoint metadata lacks '{}'", file.string(), key));
-  return it->second;
-}
-
-}  // namespace
 
 std::vector<fs::path> list_checkpoints(const fs::path& out) {
   std::vector<fs::path> files;
@@ -68,7 +74,9 @@ std::vector<fs::path> list_checkpoints(const fs::path& out) {
 void prepare_run_dir(const fs::path& out, const json& config, bool resume, bool force) {
   std::error_code ec;
   fs::create_directories(out / "checkpoints", ec);
-  if (ec) throw IOError(fmt::format("cannot create run folder {}: {}", out.string(), ec.message()));
+  if (ec)
+    throw IOError(fmt::format("cannot create the run folder {}: {}", (out / "checkpoints").string(),
+                              ec.message()));
   const fs::path cfg_path = out / "config.json";
   const bool has_run = fs::exists(cfg_path) || !list_checkpoints(out).empty();
   if (resume && !has_run)
@@ -92,30 +100,54 @@ void prepare_run_dir(const fs::path& out, const json& config, bool resume, bool 
       old = json::parse(in);
     } catch (const std::exception&) {
       throw ConfigError(fmt::format(
-          "{} already holds a run whose config.json cannot be read; use --force to overwrite it",
+          "{} already holds a run whose config.json cannot be read; use --force to start a fresh "
+          "run there, or another --out",
           out.string()));
     }
-    if (identity(old) != identity(config)) {
+    if (run_identity(old) != run_identity(config)) {
       std::string diff;
-      const json id = identity(config);  // items() of a temporary would dangle in the loop
+      const json id = run_identity(config);  // items() of a temporary would dangle in the loop
       for (auto& [k, v] : id.items())
         if (!old.contains(k) || old[k] != v)
           diff += fmt::format(" {}: {} -> {};", k, old.contains(k) ? old[k].dump() : "-", v.dump());
       throw ConfigError(fmt::format(
-          "{} already holds a different run (differs in{}); choose another --out, or --force to "
-          "overwrite it",
-          out.string(), diff));
+          "{} already holds a different run (differs in{}); {}", out.string(), diff,
+          resume ? "resume it with its own flags (--resume alone), or start a new run with "
+                   "another --out"
+                 : "choose another --out, or --force to start a fresh run there (its "
+                   "checkpoints are deleted)"));
     }
     if (!resume)
       throw ConfigError(fmt::format(
           "{} already holds this run; use --resume {} to continue it, or --force to start over",
           out.string(), out.string()));
   }
-  if (force && !resume) {
-    for (const auto& f : list_checkpoints(out)) fs::remove(f, ec);
-    fs::remove(out / "metrics.jsonl", ec);
-    fs::remove(out / "summary.json", ec);
+  if (force && resume)
+    throw ConfigError("--force cannot be combined with --resume (it would start the run over)");
+  // A folder that cannot be written is found now, not when the first checkpoint is due: a
+  // probe file in checkpoints/ (config.json, below, probes the folder itself).
+  {
+    const fs::path probe = out / "checkpoints" / ".write-probe";
+    std::ofstream f(probe);
+    f << "ok";
+    f.close();
+    if (!f)
+      throw IOError(fmt::format("cannot write checkpoints into {}: {}",
+                                (out / "checkpoints").string(), std::strerror(errno)));
+    fs::remove(probe, ec);
   }
+  // --force: a fresh run. The old run's files go first, then the new config; killed between
+  // the two, the folder holds the old config and no checkpoints (a resume starts the old run
+  // from its first step), never a config that its checkpoints do not belong to.
+  if (force) {
+    for (const auto& f : list_checkpoints(out))
+      if (!fs::remove(f, ec) && ec)
+        throw IOError(fmt::format("--force: cannot delete {}: {}", f.string(), ec.message()));
+    for (const char* name : {"metrics.jsonl", "summary.json", "diagnostics.jsonl"})
+      fs::remove(out / name, ec);
+  }
+  // A resume rewrites it too: the identity fields agree, and a longer --steps or another
+  // cadence given with the resume is what the next bare --resume continues with.
   const std::string text = config.dump(2) + "\n";
   write_file_atomic(cfg_path.string(), text.data(), text.size());
 }
@@ -171,8 +203,8 @@ RestoredCounters restore_from(const fs::path& file, const CheckpointState& st, c
   if (meta(m, "mixtrain.format", file) != kFormat)
     throw IOError(fmt::format("{}: not a {} file", file.string(), kFormat));
   const json saved = json::parse(meta(m, "mixtrain.config", file));
-  if (identity(saved) != identity(config))
-    throw ConfigError(
+  if (run_identity(saved) != run_identity(config))
+    throw IOError(
         fmt::format("{}: checkpoint belongs to a different run configuration", file.string()));
   // Validate everything before changing anything, so a bad file leaves the model untouched.
   auto params = st.task->module().named_parameters();
@@ -214,14 +246,16 @@ RestoredCounters restore_from(const fs::path& file, const CheckpointState& st, c
 
 std::optional<RestoredCounters> load_latest_checkpoint(const fs::path& out,
                                                        const CheckpointState& st,
-                                                       const json& config) {
+                                                       const json& config,
+                                                       std::vector<std::string>* warnings) {
   const auto files = list_checkpoints(out);
   std::string why;
   for (const auto& file : files) {
     try {
       return restore_from(file, st, config);
     } catch (const IOError& e) {
-      fmt::print(stderr, "mixtrain: warning: skipping unreadable checkpoint: {}\n", e.what());
+      if (warnings)
+        warnings->push_back(fmt::format("skipping unreadable checkpoint: {}", e.what()));
       why += fmt::format("\n  {}", e.what());
     }
   }

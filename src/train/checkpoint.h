@@ -40,9 +40,14 @@ struct RestoredCounters {
 };
 
 nlohmann::json config_to_json(const TrainConfig& c);
+/// The fields of a config that make two runs the same run: all but steps and epochs (a resume
+/// may extend a run), the rank layout (ZeRO, wire dtype, buckets), activation recomputation
+/// (memory only, same bits) and run control (logging, evaluation and checkpoint cadence).
+nlohmann::json run_identity(const nlohmann::json& config);
 
-/// Creates OUT (and OUT/checkpoints). Refuses (ConfigError) an OUT that already holds a run
-/// unless resuming a run with the same config or `force` (which clears the old run's files),
+/// Creates OUT (and OUT/checkpoints) and checks both can be written. Refuses (ConfigError) an
+/// OUT that already holds a run unless resuming a run with the same config, or `force` (which
+/// deletes the old run's checkpoints and metrics and starts a fresh one; never with resume),
 /// and a resume of an OUT that holds no run. Removes temp files left by a save that was killed.
 void prepare_run_dir(const std::filesystem::path& out, const nlohmann::json& config, bool resume,
                      bool force);
@@ -53,12 +58,13 @@ void save_checkpoint(const std::filesystem::path& out, const CheckpointState& st
                      const nlohmann::json& config, int64_t step, int64_t skipped,
                      double train_seconds, int64_t train_items, int64_t keep);
 
-/// Restores the newest checkpoint that loads cleanly (a corrupt one is reported on stderr and
-/// skipped). std::nullopt when OUT has none; IOError, naming each file's fault, when it has
+/// Restores the newest checkpoint that loads cleanly (a corrupt one is skipped, with a line in
+/// `warnings`). std::nullopt when OUT has none; IOError, naming each file's fault, when it has
 /// some but none loads.
 std::optional<RestoredCounters> load_latest_checkpoint(const std::filesystem::path& out,
                                                        const CheckpointState& st,
-                                                       const nlohmann::json& config);
+                                                       const nlohmann::json& config,
+                                                       std::vector<std::string>* warnings);
 
 /// Drops metrics lines logged after `step` (they belong to the part of the run being redone).
 void truncate_metrics(const std::filesystem::path& metrics, int64_t step);

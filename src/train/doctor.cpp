@@ -8,15 +8,15 @@
 #include "mixtrain/amp/policy.h"
 #include "mixtrain/cpu.h"
 #include "mixtrain/optim/optimizer.h"
+#include "mixtrain/train/trainer.h"
 #include "train/task.h"
 
 namespace mixtrain::train {
 
-DoctorResult run_doctor(const TrainConfig& cfg_in, int64_t steps) {
-  if (steps <= 0) throw ConfigError(fmt::format("--doctor-steps: must be positive, got {}", steps));
-  TrainConfig cfg = cfg_in;
+namespace {
+
+DoctorResult doctor(const TrainConfig& cfg, int64_t steps, std::unique_ptr<Task> task) {
   const amp::Policy fp32 = amp::Policy::fp32();
-  std::unique_ptr<Task> task = make_task(cfg, fp32);
   task->track_output_max = true;
   auto params = task->module().parameters();
   auto opt = optim::make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay, cfg.momentum);
@@ -48,6 +48,24 @@ DoctorResult run_doctor(const TrainConfig& cfg_in, int64_t steps) {
   // state closest to what follows.
   res.steps = steps;
   return res;
+}
+
+void check_steps(int64_t steps) {
+  if (steps <= 0) throw ConfigError(fmt::format("--doctor-steps: must be positive, got {}", steps));
+}
+
+}  // namespace
+
+DoctorResult run_doctor(const TrainConfig& cfg, int64_t steps) {
+  check_steps(steps);
+  validate_config(cfg);
+  return doctor(cfg, steps, make_task(cfg));
+}
+
+DoctorResult run_doctor(const TrainConfig& cfg, int64_t steps, const ModelFactory& model,
+                        std::shared_ptr<DataSource> data) {
+  check_steps(steps);
+  return doctor(cfg, steps, make_task(cfg, model, std::move(data)));
 }
 
 std::string DoctorResult::str() const {

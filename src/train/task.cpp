@@ -1,190 +1,102 @@
-// The two tasks: an MLP on Fashion-MNIST and a byte-level GPT on a text file.
+// The task over any model and source: micro-batches, evaluation, checkpointed data state.
 #include "train/task.h"
 
-#include <fmt/format.h>
-#include <cmath>
+#include <unistd.h>
 
-#include "mixtrain/data/classification.h"
-#include "mixtrain/data/fashion_mnist.h"
-#include "mixtrain/data/text.h"
-#include "mixtrain/nn/checkpoint.h"
-#include "mixtrain/nn/models.h"
+#include <fmt/format.h>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "mixtrain/data/source.h"
 #include "mixtrain/ops.h"
 
 namespace mixtrain::train {
 
 namespace {
 
-// Distinct streams from one seed: model init, data order, dropout.
-constexpr uint64_t kInitStream = 0x1000, kDataStream = 0x2000, kDropoutStream = 0x3000;
-
 std::string u64s(uint64_t v) { return std::to_string(v); }
+
 uint64_t parse_u64(const std::map<std::string, std::string>& m, const std::string& k) {
   auto it = m.find(k);
   if (it == m.end()) throw IOError(fmt::format("checkpoint: task state lacks '{}'", k));
-  return std::stoull(it->second);
+  try {
+    size_t used = 0;
+    const uint64_t v = std::stoull(it->second, &used);
+    if (used == it->second.size()) return v;
+  } catch (const std::exception&) {
+  }
+  throw IOError(fmt::format("checkpoint: task state '{}' is not a number: '{}'", k, it->second));
 }
 
-class MlpTask : public Task {
- public:
-  MlpTask(const TrainConfig& cfg, const amp::Policy& policy)
-      : data_(load_fashion_mnist({})),
-        init_rng_(cfg.seed ^ kInitStream),
-        model_(sizes(cfg), /*gelu=*/false, init_rng_),
-        micro_(cfg.batch / cfg.grad_accum),
-        iter_(data_.train, micro_, cfg.seed ^ kDataStream) {
-    model_.set_compute_dtype(policy.compute);
-  }
-  static std::vector<int64_t> sizes(const TrainConfig& cfg) {
-    std::vector<int64_t> s{784};
-    s.insert(s.end(), cfg.hidden.begin(), cfg.hidden.end());
-    s.push_back(10);
-    return s;
-  }
-  nn::Module& module() override { return model_; }
-  int64_t steps_per_epoch(int64_t batch) const override {
-    return std::max<int64_t>(1, iter_.batches_per_epoch() * micro_ / batch);
-  }
-  Variable train_loss(int64_t rows) override {
-    Batch b = iter_.next();
-    Variable logits = model_.forward(Variable(shard_rows(b.features)));
-    observe_output(logits);
-    return cross_entropy(logits, Variable(shard_rows(b.labels)));
-  }
-  EvalResult evaluate(const amp::Policy& policy, const TrainConfig&) override {
-    NoGradGuard no_grad;
-    amp::PolicyScope scope(policy);
-    model_.eval();
-    const ClassificationData& test = data_.test;
-    // 256 rows at a time: with 1000 the evaluation's fp32 rows and (on CPUs without 16-bit
-    // GEMMs) widened copies made the run's peak (fp16 default job: peak tensors 73 -> 66 MiB).
-    const int64_t n = test.size(), chunk = 256;
-    double loss_sum = 0;
-    int64_t correct = 0;
-    for (int64_t i = 0; i < n; i += chunk) {
-      const int64_t e = std::min(n, i + chunk);
-      const Tensor labels = test.labels.slice(0, i, e).contiguous();
-      Variable logits = model_.forward(Variable(test.rows(i, e)));
-      loss_sum +=
-          static_cast<double>(cross_entropy(logits, Variable(labels)).data().item()) * (e - i);
-      const std::vector<float> l = logits.data().to_vector();
-      const int64_t* y = labels.data<int64_t>();
-      const int64_t k = logits.size(1);
-      for (int64_t r = 0; r < e - i; ++r) {
-        int64_t best = 0;
-        for (int64_t c = 1; c < k; ++c)
-          if (l[r * k + c] > l[r * k + best]) best = c;
-        correct += best == y[r];
-      }
-    }
-    model_.train();
-    return {loss_sum / n, static_cast<double>(correct) / n};
-  }
-  int64_t items_per_sample() const override { return 1; }
-  const char* items_name() const override { return "samples"; }
-  bool eval_each_epoch() const override { return true; }
-  std::map<std::string, std::string> state() const override { return iter_.state().to_metadata(); }
-  void restore(const std::map<std::string, std::string>& m) override {
-    iter_.restore(BatchIterator::State::from_metadata(m));
-  }
-
- private:
-  FashionMnist data_;
-  Rng init_rng_;
-  nn::MLP model_;
-  int64_t micro_;
-  BatchIterator iter_;
-};
-
-class GptTask : public Task {
- public:
-  GptTask(const TrainConfig& cfg, const amp::Policy& policy)
-      : data_(ByteTextData::from_spec(cfg.data)),
-        init_rng_(cfg.seed ^ kInitStream),
-        model_(gpt_config(cfg, data_), init_rng_),
-        context_(cfg.context),
-        data_rng_(cfg.seed ^ kDataStream),
-        dropout_rng_(cfg.seed ^ kDropoutStream) {
-    model_.set_compute_dtype(policy.compute);
-    const nn::ActivationCheckpointing ac =
-        nn::parse_activation_checkpointing(cfg.checkpoint_activations);
-    model_.set_checkpoint_every(ac.every);
-    model_.set_recompute_gelu(ac.gelu);
-  }
-  // Checked before the model is built: its position table has `context` rows, so a context
-  // the text cannot fill would otherwise first cost that memory (or the OOM killer's visit).
-  static nn::GPTConfig gpt_config(const TrainConfig& cfg, const ByteTextData& data) {
-    const int64_t n = data.size(TextSplit::train);
+// What a run needs of its source, checked before the model is built: a GPT's position table has
+// `context` rows, so a context the text cannot fill would otherwise first cost that memory.
+void check_source(const TrainConfig& cfg, const DataSource& data) {
+  if (data.target_kind() == TargetKind::next_token) {
+    const int64_t n = data.size(Split::train), v = data.size(Split::validation);
     if (cfg.context >= n)
       throw ConfigError(fmt::format(
-          "--context {}: {}'s training split has {} bytes; a window needs context + 1 of them",
+          "--context {}: {}'s training split has {} tokens; a window needs context + 1 of them",
           cfg.context, data.name(), n));
-    nn::GPTConfig g;
-    g.layers = cfg.layers;
-    g.width = cfg.width;
-    g.heads = cfg.heads;
-    g.context = cfg.context;
-    g.dropout = static_cast<float>(cfg.dropout);
-    return g;
+    if (cfg.context >= v)
+      throw ConfigError(fmt::format(
+          "--context {}: {}'s validation split has {} tokens; a window needs context + 1 of them",
+          cfg.context, data.name(), v));
+  } else {
+    for (Split s : {Split::train, Split::validation})
+      if (data.size(s) < 1)
+        throw ConfigError(
+            fmt::format("{}: the {} split has no examples", data.name(), split_name(s)));
   }
-  nn::Module& module() override { return model_; }
-  int64_t steps_per_epoch(int64_t batch) const override {
-    return std::max<int64_t>(1, data_.size(TextSplit::train) / (batch * context_));
+  // One micro-batch of inputs and targets must fit in memory (before the model's activations,
+  // which take many times more): a batch typed with extra digits is refused here, not by the
+  // allocator.
+  int64_t per_row = 0;
+  if (data.target_kind() == TargetKind::next_token) {
+    per_row = 2 * 8;  // i64 input and target per position
+    if (__builtin_mul_overflow(per_row, cfg.context, &per_row)) per_row = INT64_MAX;
+  } else {
+    int64_t features = 1;
+    for (int64_t d : data.input_shape())
+      if (__builtin_mul_overflow(features, d, &features)) features = INT64_MAX / 8;
+    per_row =
+        features * 4 + (data.target_kind() == TargetKind::classes ? 8 : data.output_size() * 4);
   }
-  Variable train_loss(int64_t rows) override {
-    TextBatch b = data_.sample(TextSplit::train, rows, context_, data_rng_);
-    Variable logits = model_.forward(Variable(shard_rows(b.inputs)), dropout_rng_);
-    observe_output(logits);
-    return cross_entropy(logits, Variable(shard_rows(b.targets)));
-  }
-  EvalResult evaluate(const amp::Policy& policy, const TrainConfig& cfg) override {
-    NoGradGuard no_grad;
-    amp::PolicyScope scope(policy);
-    model_.eval();
-    const int64_t windows = std::min<int64_t>(data_.num_windows(TextSplit::validation, context_),
-                                              cfg.eval_batches * cfg.batch);
-    if (windows <= 0)
-      throw ConfigError(
-          fmt::format("{}: the validation split is shorter than one window of {} bytes",
-                      data_.name(), context_ + 1));
-    double loss_sum = 0;
-    for (int64_t i = 0; i < windows; i += cfg.batch) {
-      const int64_t count = std::min(cfg.batch, windows - i);
-      TextBatch b = data_.windows(TextSplit::validation, i, count, context_);
-      Variable logits = model_.forward(Variable(b.inputs), dropout_rng_);
-      loss_sum +=
-          static_cast<double>(cross_entropy(logits, Variable(b.targets)).data().item()) * count;
-    }
-    model_.train();
-    return {loss_sum / windows, -1.0};
-  }
-  int64_t items_per_sample() const override { return context_; }
-  const char* items_name() const override { return "tokens"; }
-  std::map<std::string, std::string> state() const override {
-    return {{"data.rng.seed", u64s(data_rng_.seed)},
-            {"data.rng.counter", u64s(data_rng_.counter)},
-            {"dropout.rng.seed", u64s(dropout_rng_.seed)},
-            {"dropout.rng.counter", u64s(dropout_rng_.counter)}};
-  }
-  void restore(const std::map<std::string, std::string>& m) override {
-    data_rng_ = Rng(parse_u64(m, "data.rng.seed"), parse_u64(m, "data.rng.counter"));
-    dropout_rng_ = Rng(parse_u64(m, "dropout.rng.seed"), parse_u64(m, "dropout.rng.counter"));
-  }
-
- private:
-  ByteTextData data_;
-  Rng init_rng_;
-  nn::GPT model_;
-  int64_t context_;
-  Rng data_rng_, dropout_rng_;
-};
+  const int64_t micro = cfg.batch / cfg.grad_accum;
+  int64_t bytes = 0;
+  const bool overflow = __builtin_mul_overflow(per_row, micro, &bytes);
+  const double ram = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE);
+  if (overflow || static_cast<double>(bytes) > ram)
+    throw ConfigError(fmt::format(
+        "--batch {}: a micro-batch of {} rows of {} needs {} for its inputs and targets alone, "
+        "more than this machine's {:.1f} GiB of memory; lower --batch{}",
+        cfg.batch, micro, data.name(),
+        overflow ? std::string("more than 2^63 bytes")
+                 : fmt::format("{:.1f} GiB", static_cast<double>(bytes) / (1 << 30)),
+        ram / (1 << 30), data.target_kind() == TargetKind::next_token ? " or --context" : ""));
+}
 
 }  // namespace
 
-void Task::observe_output(const Variable& out) {
-  if (!track_output_max) return;
-  for (float v : out.data().to_vector())
-    output_max_abs_ = std::max<double>(output_max_abs_, std::fabs(v));
+Task::Task(Model model, std::shared_ptr<DataSource> data, Loss loss, const TrainConfig& cfg)
+    : model_(std::move(model)),
+      data_(std::move(data)),
+      loss_(loss),
+      micro_(cfg.batch / cfg.grad_accum),
+      context_(cfg.context),
+      data_rng_(cfg.seed ^ kDataStream),
+      dropout_rng_(cfg.seed ^ kDropoutStream) {
+  if (!model_.module || !model_.forward)
+    throw ConfigError("Trainer: the model has no module or no forward function");
+  check_source(cfg, *data_);
+  // Examples are drawn in shuffled epochs of micro-batches (the data order's seed is the data
+  // stream's, so it does not depend on the model's initialisation).
+  if (!tokens()) sampler_.emplace(data_->size(Split::train), micro_, cfg.seed ^ kDataStream);
+}
+
+int64_t Task::steps_per_epoch(int64_t batch) const {
+  if (tokens()) return std::max<int64_t>(1, data_->size(Split::train) / (batch * context_));
+  return std::max<int64_t>(1, sampler_->batches_per_epoch() * micro_ / batch);
 }
 
 Tensor Task::shard_rows(const Tensor& t) const {
@@ -193,9 +105,110 @@ Tensor Task::shard_rows(const Tensor& t) const {
   return t.slice(0, n * shard_rank / shard_count, n * (shard_rank + 1) / shard_count).contiguous();
 }
 
-std::unique_ptr<Task> make_task(const TrainConfig& cfg, const amp::Policy& policy) {
-  if (cfg.model == "mlp") return std::make_unique<MlpTask>(cfg, policy);
-  return std::make_unique<GptTask>(cfg, policy);
+Variable Task::train_loss(int64_t rows) {
+  Examples b;
+  if (tokens()) {
+    // Window starts in [0, n - T - 1]: n - T choices, one draw per row in row order.
+    const uint64_t choices = static_cast<uint64_t>(data_->size(Split::train) - context_);
+    std::vector<int64_t> starts(static_cast<size_t>(rows));
+    for (auto& s : starts) s = static_cast<int64_t>(data_rng_.below(choices));
+    b = data_->windows(Split::train, starts, context_);
+  } else {
+    b = data_->rows(Split::train, sampler_->next());
+  }
+  Variable out = model_.forward(Variable(shard_rows(b.inputs)), dropout_rng_);
+  if (track_output_max)
+    for (float v : out.data().to_vector())
+      output_max_abs_ = std::max<double>(output_max_abs_, std::fabs(v));
+  return compute_loss(loss_, out, Variable(shard_rows(b.targets)));
+}
+
+EvalResult Task::evaluate(const amp::Policy& policy, const TrainConfig& cfg) {
+  NoGradGuard no_grad;
+  amp::PolicyScope scope(policy);
+  model_.module->eval();
+  double loss_sum = 0;
+  int64_t correct = 0, n = 0;
+  const bool classes = data_->target_kind() == TargetKind::classes;
+  if (tokens()) {
+    // Non-overlapping windows from the split's start: window k covers [k*T, k*T + T + 1).
+    const int64_t total = (data_->size(Split::validation) - 1) / context_;
+    n = std::min<int64_t>(total, cfg.eval_batches * cfg.batch);
+    for (int64_t i = 0; i < n; i += cfg.batch) {
+      const int64_t count = std::min(cfg.batch, n - i);
+      std::vector<int64_t> starts(static_cast<size_t>(count));
+      for (int64_t k = 0; k < count; ++k) starts[k] = (i + k) * context_;
+      Examples b = data_->windows(Split::validation, starts, context_);
+      Variable out = model_.forward(Variable(b.inputs), dropout_rng_);
+      loss_sum +=
+          static_cast<double>(compute_loss(loss_, out, Variable(b.targets)).data().item()) * count;
+    }
+  } else {
+    // 256 rows at a time: with 1000 the evaluation's fp32 rows and (on CPUs without 16-bit
+    // GEMMs) widened copies made the run's peak (fp16 default job: peak tensors 73 -> 66 MiB).
+    n = data_->size(Split::validation);
+    const int64_t chunk = 256;
+    std::vector<int64_t> idx;
+    for (int64_t i = 0; i < n; i += chunk) {
+      const int64_t e = std::min(n, i + chunk);
+      idx.resize(static_cast<size_t>(e - i));
+      for (int64_t r = i; r < e; ++r) idx[r - i] = r;
+      Examples b = data_->rows(Split::validation, idx);
+      Variable out = model_.forward(Variable(b.inputs), dropout_rng_);
+      loss_sum += static_cast<double>(compute_loss(loss_, out, Variable(b.targets)).data().item()) *
+                  (e - i);
+      if (!classes) continue;
+      const std::vector<float> l = out.data().to_vector();
+      const int64_t* y = b.targets.data<int64_t>();
+      const int64_t k = out.data().shape().back();
+      for (int64_t r = 0; r < e - i; ++r) {
+        int64_t best = 0;
+        for (int64_t c = 1; c < k; ++c)
+          if (l[r * k + c] > l[r * k + best]) best = c;
+        correct += best == y[r];
+      }
+    }
+  }
+  model_.module->train();
+  return {loss_sum / n, classes ? static_cast<double>(correct) / n : -1.0};
+}
+
+std::map<std::string, std::string> Task::state() const {
+  std::map<std::string, std::string> m = {{"dropout.rng.seed", u64s(dropout_rng_.seed)},
+                                          {"dropout.rng.counter", u64s(dropout_rng_.counter)}};
+  if (tokens()) {
+    m["data.rng.seed"] = u64s(data_rng_.seed);
+    m["data.rng.counter"] = u64s(data_rng_.counter);
+  } else {
+    m.merge(sampler_->state().to_metadata("data."));
+  }
+  return m;
+}
+
+void Task::restore(const std::map<std::string, std::string>& m) {
+  // Checkpoints of examples runs from before the dropout stream was saved have none: nothing
+  // drew from it then.
+  if (tokens() || m.count("dropout.rng.seed"))
+    dropout_rng_ = Rng(parse_u64(m, "dropout.rng.seed"), parse_u64(m, "dropout.rng.counter"));
+  if (tokens())
+    data_rng_ = Rng(parse_u64(m, "data.rng.seed"), parse_u64(m, "data.rng.counter"));
+  else
+    sampler_->restore(EpochSampler::State::from_metadata(m, "data."));
+}
+
+std::unique_ptr<Task> make_task(const TrainConfig& cfg, const ModelFactory& model,
+                                std::shared_ptr<DataSource> data) {
+  check_source(cfg, *data);
+  const Loss loss = resolve_loss(cfg.loss, data->target_kind());
+  Rng init(cfg.seed ^ kInitStream);
+  return std::make_unique<Task>(model(cfg, *data, init), std::move(data), loss, cfg);
+}
+
+std::unique_ptr<Task> make_task(const TrainConfig& cfg) {
+  const ModelEntry& m = find_model(cfg.model);
+  DataOptions o;
+  o.vocab = cfg.vocab;
+  return make_task(cfg, m.make, open_data(cfg.data.empty() ? m.default_data : cfg.data, o));
 }
 
 }  // namespace mixtrain::train

@@ -1,7 +1,8 @@
 // The training loop: one optimizer step = grad_accum micro-batches forward/backward under the
 // precision policy, one reduction over the gradients (finite check, norm), a fused optimizer
 // pass or a reported skip, then the loss-scale update. Checkpoints hold everything a resumed run
-// needs to end bit-identical to one that never stopped.
+// needs to end bit-identical to one that never stopped. Nothing here prints: the caller hears
+// through Callbacks.
 #include "mixtrain/train/trainer.h"
 
 #include <sys/resource.h>
@@ -10,8 +11,7 @@
 #include <fmt/format.h>
 #include <chrono>
 #include <cmath>
-#include <csignal>
-#include <cstdio>
+#include <cstring>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
@@ -22,14 +22,10 @@
 #include "mixtrain/amp/diagnostics.h"
 #include "mixtrain/amp/loss_scaler.h"
 #include "mixtrain/amp/policy.h"
-#include "mixtrain/data/classification.h"
-#include "mixtrain/data/fashion_mnist.h"
-#include "mixtrain/data/text.h"
 #include "mixtrain/dist/comm.h"
 #include "mixtrain/io/atomic_file.h"
 #include "mixtrain/io/safetensors.h"
 #include "mixtrain/nn/checkpoint.h"
-#include "mixtrain/nn/models.h"
 #include "mixtrain/ops.h"
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/optim/schedule.h"
@@ -59,6 +55,7 @@ std::string TrainSummary::to_json() const {
             {"policy", precision},
             {"model", model},
             {"data", data},
+            {"loss", loss},
             {"parameters", parameters},
             {"steps", steps},
             {"skipped_steps", skipped_steps},
@@ -75,6 +72,7 @@ std::string TrainSummary::to_json() const {
             {"activation_bytes", activation_bytes},
             {"out_dir", out_dir}};
   if (test_accuracy >= 0) j["test_accuracy"] = test_accuracy;
+  if (stopped) j["stopped"] = true;
   if (ranks > 1 || zero) {  // data parallel: this rank's traffic and state
     j["ranks"] = ranks;
     j["zero"] = zero;
@@ -110,32 +108,36 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-std::string human_rate(double v) {
-  if (v >= 1e6) return fmt::format("{:.2f}M", v / 1e6);
-  if (v >= 1e3) return fmt::format("{:.1f}k", v / 1e3);
-  return fmt::format("{:.0f}", v);
+// The data spec's form (no file is read): the prefixes open_data knows.
+void check_data_spec(const std::string& spec) {
+  if (spec.empty() || spec == "fashion-mnist") return;
+  for (const char* p : {"fashion-mnist:", "text:", "tokens:", "npy:", "csv:"})
+    if (spec.rfind(p, 0) == 0) {
+      if (spec.size() == std::strlen(p))
+        throw ConfigError(fmt::format("--data {}: names no file", spec));
+      return;
+    }
+  throw ConfigError(
+      fmt::format("--data: unknown data '{}' (fashion-mnist[:DIR], text:PATH, tokens:TRAIN[,VAL], "
+                  "npy:FEATURES,TARGETS or csv:PATH[,target=COLUMN])",
+                  spec));
 }
 
-std::string human_time(double s) {
-  if (!(s >= 0) || s > 1e7) return "?";
-  const int64_t t = static_cast<int64_t>(s + 0.5);
-  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
-  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
-  return fmt::format("{}s", t);
+bool spec_is_tokens(const std::string& spec) {
+  return spec.rfind("text:", 0) == 0 || spec.rfind("tokens:", 0) == 0;
 }
 
 void check_config(const TrainConfig& c) {
   auto bad = [](const std::string& flag, const std::string& why) {
     throw ConfigError(fmt::format("--{}: {}", flag, why));
   };
-  if (c.model != "mlp" && c.model != "gpt")
-    bad("model", fmt::format("unknown model '{}' (mlp or gpt)", c.model));
-  if (c.data != "fashion-mnist" && c.data.rfind("text:", 0) != 0)
-    bad("data", fmt::format("unknown data '{}' (fashion-mnist or text:PATH)", c.data));
-  if (c.model == "mlp" && c.data != "fashion-mnist")
-    bad("data", "the mlp model trains on fashion-mnist");
-  if (c.model == "gpt" && c.data == "fashion-mnist")
-    bad("data", "the gpt model trains on text:PATH");
+  if (c.model.empty()) bad("model", "empty");
+  check_data_spec(c.data);
+  if (c.vocab < 0) bad("vocab", fmt::format("must be >= 0, got {}", c.vocab));
+  if (c.vocab > 0 && c.data.rfind("tokens:", 0) != 0)
+    bad("vocab", "only tokens: data takes a vocabulary (text has 256 bytes; examples classes)");
+  if (c.loss != "auto" && c.loss != "cross-entropy" && c.loss != "mse" && c.loss != "l1")
+    bad("loss", fmt::format("unknown loss '{}' (auto, cross-entropy, mse or l1)", c.loss));
   if (c.batch <= 0) bad("batch", fmt::format("must be positive, got {}", c.batch));
   if (c.grad_accum <= 0) bad("grad-accum", fmt::format("must be positive, got {}", c.grad_accum));
   if (c.batch % c.grad_accum != 0)
@@ -151,15 +153,21 @@ void check_config(const TrainConfig& c) {
   if (!(c.scale_init > 0) || !std::isfinite(c.scale_init))
     bad("scale-init", "must be positive and finite");
   if (c.scale_growth_interval <= 0) bad("scale-growth-interval", "must be positive");
-  if (c.model == "gpt") {
-    if (c.layers <= 0 || c.width <= 0 || c.heads <= 0 || c.context <= 0)
-      bad("layers/width/heads/context", "must be positive");
-    if (c.width % c.heads != 0)
-      bad("heads", fmt::format("width {} is not a multiple of heads {}", c.width, c.heads));
-  }
+  for (int64_t h : c.hidden)
+    if (h <= 0) bad("hidden", fmt::format("every size must be positive, got {}", h));
+  for (const auto& [flag, v] : {std::pair<const char*, int64_t>{"layers", c.layers},
+                                {"width", c.width},
+                                {"heads", c.heads},
+                                {"context", c.context}})
+    if (v <= 0) bad(flag, fmt::format("must be positive, got {}", v));
+  if (c.width % c.heads != 0)
+    bad("heads", fmt::format("width {} is not a multiple of heads {}", c.width, c.heads));
   if (c.dropout < 0 || c.dropout >= 1) bad("dropout", "must be in [0, 1)");
-  if (nn::parse_activation_checkpointing(c.checkpoint_activations).any() && c.model != "gpt")
-    bad("checkpoint-activations", "only the gpt model has blocks to checkpoint");
+  try {
+    nn::parse_activation_checkpointing(c.checkpoint_activations);
+  } catch (const ConfigError& e) {
+    bad("checkpoint-activations", e.what());
+  }
   if (c.grad_dtype != "fp32" && c.grad_dtype != "compute")
     bad("grad-dtype", fmt::format("unknown '{}' (fp32 or compute)", c.grad_dtype));
   if (c.diagnose_every < 0)
@@ -172,6 +180,10 @@ void check_config(const TrainConfig& c) {
     bad("eval-batches", fmt::format("must be positive, got {}", c.eval_batches));
   if (c.checkpoint_every < 0)
     bad("checkpoint-every", fmt::format("must be >= 0, got {}", c.checkpoint_every));
+  if (!(c.checkpoint_minutes >= 0) || !std::isfinite(c.checkpoint_minutes))
+    bad("checkpoint-minutes", fmt::format("must be >= 0 and finite, got {}", c.checkpoint_minutes));
+  if (c.force && c.resume)
+    bad("force", "cannot be combined with --resume (it would start the run over)");
   if (c.keep_checkpoints <= 0)
     bad("keep-checkpoints", fmt::format("must be positive, got {}", c.keep_checkpoints));
   if (c.nonfinite_patience <= 0)
@@ -217,15 +229,132 @@ json config_to_json(const TrainConfig& c) {
          {"allreduce", c.allreduce},
          {"overlap_allreduce", c.overlap_allreduce},
          {"bucket_kib", c.bucket_kib}};
-  // Testing aids change the run, so they are part of its identity, but only when set (runs
-  // from before these fields still resume).
+  // Fields added later, and testing aids, are written only when they differ from the default,
+  // so runs from before them keep their identity and still resume.
+  if (c.vocab != 0) j["vocab"] = c.vocab;
+  if (c.loss != "auto") j["loss"] = c.loss;
   if (c.init_scale != 1.0) j["init_scale"] = c.init_scale;
   if (!c.inject_nonfinite_grad.empty()) j["inject_nonfinite_grad"] = c.inject_nonfinite_grad;
   return j;
 }
 
+namespace {
+
+// The run-control fields a run folder also remembers (a resume reuses them; they are not part
+// of what makes two runs the same run).
+json run_control_to_json(const TrainConfig& c) {
+  return {{"log_every", c.log_every},
+          {"eval_every", c.eval_every},
+          {"eval_batches", c.eval_batches},
+          {"checkpoint_every", c.checkpoint_every},
+          {"checkpoint_minutes", c.checkpoint_minutes},
+          {"keep_checkpoints", c.keep_checkpoints},
+          {"diagnose_every", c.diagnose_every},
+          {"nonfinite_patience", c.nonfinite_patience},
+          {"comm_timeout", c.comm_timeout}};
+}
+
+TrainConfig config_from_json(const json& j, const std::string& where) {
+  TrainConfig c;
+  auto get = [&](const char* key, auto& field) {
+    if (!j.contains(key)) return;
+    try {
+      j.at(key).get_to(field);
+    } catch (const json::exception& e) {
+      throw ConfigError(
+          fmt::format("{}: \"{}\" is {}, not a value of its type", where, key, j.at(key).dump()));
+    }
+  };
+  get("model", c.model);
+  get("data", c.data);
+  get("vocab", c.vocab);
+  get("loss", c.loss);
+  get("precision", c.precision);
+  get("loss_scale", c.loss_scale);
+  get("optimizer", c.optimizer);
+  get("master", c.master);
+  get("grad_dtype", c.grad_dtype);
+  get("fp32_modules", c.fp32_modules);
+  get("epochs", c.epochs);
+  get("steps", c.steps);
+  get("batch", c.batch);
+  get("grad_accum", c.grad_accum);
+  get("lr", c.lr);
+  get("weight_decay", c.weight_decay);
+  get("momentum", c.momentum);
+  get("schedule", c.schedule);
+  get("warmup", c.warmup);
+  get("clip_grad", c.clip_grad);
+  get("scale_init", c.scale_init);
+  get("scale_growth_interval", c.scale_growth_interval);
+  get("hidden", c.hidden);
+  get("layers", c.layers);
+  get("width", c.width);
+  get("heads", c.heads);
+  get("context", c.context);
+  get("dropout", c.dropout);
+  get("checkpoint_activations", c.checkpoint_activations);
+  get("seed", c.seed);
+  get("zero", c.zero);
+  get("allreduce", c.allreduce);
+  get("overlap_allreduce", c.overlap_allreduce);
+  get("bucket_kib", c.bucket_kib);
+  get("init_scale", c.init_scale);
+  get("inject_nonfinite_grad", c.inject_nonfinite_grad);
+  get("log_every", c.log_every);
+  get("eval_every", c.eval_every);
+  get("eval_batches", c.eval_batches);
+  get("checkpoint_every", c.checkpoint_every);
+  get("checkpoint_minutes", c.checkpoint_minutes);
+  get("keep_checkpoints", c.keep_checkpoints);
+  get("diagnose_every", c.diagnose_every);
+  get("nonfinite_patience", c.nonfinite_patience);
+  get("comm_timeout", c.comm_timeout);
+  return c;
+}
+
+}  // namespace
+
+TrainConfig load_run_config(const std::string& run_dir) {
+  const fs::path path = fs::path(run_dir) / "config.json";
+  std::ifstream in(path);
+  if (!in)
+    throw IOError(fmt::format("{}: no run there ({} cannot be read)", run_dir, path.string()));
+  json j;
+  try {
+    j = json::parse(in);
+  } catch (const json::exception& e) {
+    throw IOError(fmt::format("{}: not JSON: {}", path.string(), e.what()));
+  }
+  if (!j.is_object()) throw IOError(fmt::format("{}: not a JSON object", path.string()));
+  TrainConfig c = config_from_json(j, path.string());
+  c.out = run_dir;
+  return c;
+}
+
+std::vector<ConfigDifference> run_differences(const TrainConfig& run, const TrainConfig& given) {
+  const json a = run_identity(config_to_json(run)), b = run_identity(config_to_json(given));
+  std::vector<ConfigDifference> out;
+  for (auto& [k, v] : b.items())
+    if (!a.contains(k) || a[k] != v)
+      out.push_back({k, a.contains(k) ? a[k].dump() : "-", v.dump()});
+  for (auto& [k, v] : a.items())
+    if (!b.contains(k)) out.push_back({k, v.dump(), "-"});
+  return out;
+}
+
 void validate_config(const TrainConfig& c) {
   check_config(c);
+  // A registered model's data, from the spec alone (the opened source is checked again).
+  const ModelEntry& m = find_model(c.model);
+  if (!c.data.empty() && m.takes != ModelEntry::Takes::any) {
+    const bool tokens = spec_is_tokens(c.data);
+    if (tokens != (m.takes == ModelEntry::Takes::tokens))
+      throw ConfigError(fmt::format("--data {}: the {} model trains on {}", c.data, c.model,
+                                    m.takes == ModelEntry::Takes::tokens
+                                        ? "a token stream (text:PATH or tokens:FILE)"
+                                        : "examples (fashion-mnist, npy:X,Y or csv:PATH)"));
+  }
   amp::Policy::parse(c.precision);
   if (c.master != "auto") optim::parse_master_mode(c.master.c_str());
 }
@@ -274,8 +403,15 @@ struct Trainer::Impl {
   std::ofstream diagnostics;                        ///< OUT/diagnostics.jsonl
 
   std::string forward_overflow;  ///< an fp16 forward overflow seen after the first steps
+  Callbacks none;                ///< when the caller gives none
+  Callbacks* cb = &none;
 
-  explicit Impl(TrainConfig c) : cfg(std::move(c)) {}
+  Impl(TrainConfig c, Callbacks* callbacks) : cfg(std::move(c)) {
+    if (callbacks) cb = callbacks;
+  }
+
+  // Everything after the task is built (both constructors).
+  void setup();
 
   // fp16 compute and a non-finite loss: did an fp16 op overflow in the forward pass? No loss
   // scale can fix that (it scales only the backward pass), so within the first steps of a
@@ -346,15 +482,14 @@ struct Trainer::Impl {
   }
 };
 
-Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))) {
-  Impl& s = *impl_;
-  check_config(s.cfg);
-  s.policy = amp::Policy::parse(s.cfg.precision, &s.policy_why);
+namespace {
+
+amp::LossScaler make_scaler(const TrainConfig& cfg, const amp::Policy& policy) {
   // Loss scaling: the policy's default unless the flag says otherwise.
-  amp::LossScalerOptions sc = amp::LossScaler::options_for(s.policy);
-  sc.init_scale = static_cast<float>(s.cfg.scale_init);
-  sc.growth_interval = s.cfg.scale_growth_interval;
-  const std::string& ls = s.cfg.loss_scale;
+  amp::LossScalerOptions sc = amp::LossScaler::options_for(policy);
+  sc.init_scale = static_cast<float>(cfg.scale_init);
+  sc.growth_interval = cfg.scale_growth_interval;
+  const std::string& ls = cfg.loss_scale;
   if (ls == "default") {
     if (sc.mode == amp::LossScaling::none) sc.init_scale = 1.0f;
   } else if (ls == "dynamic") {
@@ -375,9 +510,59 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
     throw ConfigError(
         fmt::format("--loss-scale: unknown mode '{}' (dynamic, static:S or none)", ls));
   }
-  s.scaler = amp::LossScaler(sc);
+  return amp::LossScaler(sc);
+}
 
-  s.task = make_task(s.cfg, s.policy);
+// A model already built, as a factory (the Trainer builds models through one).
+ModelFactory built(Model m) {
+  return [m = std::move(m)](const TrainConfig&, const DataSource&, Rng&) { return m; };
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainConfig cfg, Callbacks* callbacks)
+    : impl_(std::make_unique<Impl>(std::move(cfg), callbacks)) {
+  Impl& s = *impl_;
+  validate_config(s.cfg);
+  const ModelEntry& m = find_model(s.cfg.model);
+  if (s.cfg.data.empty()) s.cfg.data = m.default_data;
+  s.policy = amp::Policy::parse(s.cfg.precision, &s.policy_why);
+  s.scaler = make_scaler(s.cfg, s.policy);
+  DataOptions o;
+  o.vocab = s.cfg.vocab;
+  s.task = make_task(s.cfg, m.make, open_data(s.cfg.data, o));
+  s.setup();
+}
+
+Trainer::Trainer(TrainConfig cfg, ModelFactory model, std::shared_ptr<DataSource> data,
+                 Callbacks* callbacks)
+    : impl_(std::make_unique<Impl>(std::move(cfg), callbacks)) {
+  Impl& s = *impl_;
+  if (!data) throw ConfigError("Trainer: no data source");
+  if (!model) throw ConfigError("Trainer: no model factory");
+  if (s.cfg.model.empty() || s.cfg.model == TrainConfig{}.model) s.cfg.model = "custom";
+  s.cfg.data = data->name();
+  check_config(s.cfg);
+  s.policy = amp::Policy::parse(s.cfg.precision, &s.policy_why);
+  if (s.cfg.master != "auto") optim::parse_master_mode(s.cfg.master.c_str());
+  s.scaler = make_scaler(s.cfg, s.policy);
+  s.task = make_task(s.cfg, model, std::move(data));
+  s.setup();
+}
+
+Trainer::Trainer(TrainConfig cfg, Model model, std::shared_ptr<DataSource> data,
+                 Callbacks* callbacks)
+    : Trainer(std::move(cfg), built(std::move(model)), std::move(data), callbacks) {}
+
+void Trainer::Impl::setup() {
+  Impl& s = *this;
+  // config.json records what auto chose, so a resume on another CPU (where auto could choose
+  // otherwise) continues in the run's precision. Runs recorded as auto resume as auto.
+  if (s.cfg.precision == "auto" && !s.cfg.resume &&
+      (s.policy.name == "fp32" || s.policy.name == "bf16" || s.policy.name == "fp16"))
+    s.cfg.precision = s.policy.name;
+  for (const std::string& w : s.task->data().warnings()) s.cb->on_warning(w);
+  s.task->module().set_compute_dtype(s.policy.compute);
   if (s.cfg.init_scale != 1.0) {  // testing aid: every initial weight times the factor
     for (nn::Parameter* p : s.task->module().parameters()) {
       std::vector<float> v = p->master.to_vector();
@@ -416,7 +601,6 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
   }
   s.task->shard_rank = s.dp->rank();
   s.task->shard_count = s.dp->size();
-  if (s.dp->rank() != 0) s.cfg.quiet = true;
   s.opt = s.dp->make_optimizer();  // ZeRO-1: the same optimizer over this rank's shard
   optim::ScheduleOptions so;
   so.kind = optim::parse_schedule(s.cfg.schedule);
@@ -436,8 +620,9 @@ Trainer::Trainer(TrainConfig cfg) : impl_(std::make_unique<Impl>(std::move(cfg))
   }
   s.cfg.out = dist::broadcast_string(s.cfg.out);  // rank 0's time stamp names the folder
   s.out = s.cfg.out;
-  dist::run_on_root(
-      [&] { prepare_run_dir(s.out, config_to_json(s.cfg), s.cfg.resume, s.cfg.force); });
+  json config = config_to_json(s.cfg);
+  config.update(run_control_to_json(s.cfg));
+  dist::run_on_root([&] { prepare_run_dir(s.out, config, s.cfg.resume, s.cfg.force); });
 }
 
 Trainer::~Trainer() = default;
@@ -445,6 +630,9 @@ Trainer::~Trainer() = default;
 std::string Trainer::policy_description() const {
   return impl_->policy.str() + (impl_->policy_why.empty() ? "" : "; " + impl_->policy_why);
 }
+const TrainConfig& Trainer::config() const { return impl_->cfg; }
+nn::Module& Trainer::module() { return impl_->task->module(); }
+const DataSource& Trainer::data() const { return impl_->task->data(); }
 
 TrainSummary Trainer::run() {
   Impl& s = *impl_;
@@ -457,26 +645,40 @@ TrainSummary Trainer::run() {
   reset_peak_rss();
 
   CheckpointState ck{s.task.get(), s.opt.get(), &s.scaler, s.schedule.get(), s.dp.get()};
+  const json config = config_to_json(s.cfg);
+  RunStart start;
   if (s.cfg.resume) {
-    const auto restored = load_latest_checkpoint(s.out, ck, config_to_json(s.cfg));
+    std::vector<std::string> warnings;
+    const auto restored = load_latest_checkpoint(s.out, ck, config, &warnings);
+    for (const auto& w : warnings) s.cb->on_warning(w);
     if (restored) {
       s.step = restored->step;
       s.skipped = restored->skipped;
       s.train_seconds = restored->train_seconds;
       s.train_items = restored->train_items;
       if (s.dp->rank() == 0) truncate_metrics(s.out / "metrics.jsonl", s.step);
-      if (!s.cfg.quiet) fmt::print(stderr, "resumed {} at step {}\n", s.out.string(), s.step);
+      start.resumed_at = s.step;
     }
   }
+  auto checkpoint = [&] {
+    save_checkpoint(s.out, ck, config, s.step, s.skipped, s.train_seconds, s.train_items,
+                    s.cfg.keep_checkpoints);
+  };
 
   std::ofstream metrics;  // rank 0 writes the run's files
   if (s.dp->rank() == 0) metrics.open(s.out / "metrics.jsonl", std::ios::app);
   if (s.dp->rank() == 0 && !metrics)
     throw IOError(fmt::format("cannot open {}", (s.out / "metrics.jsonl").string()));
-  const bool tty = s.cfg.progress && !s.cfg.quiet && isatty(STDERR_FILENO);
-  if (!s.cfg.quiet)
-    fmt::print(stderr, "mixtrain: {} on {}, {} parameters, {} steps, precision {}\n", s.cfg.model,
-               s.cfg.data, s.task->module().num_parameters(), s.total_steps, impl_->policy.str());
+  start.model = s.cfg.model;
+  start.data = s.cfg.data;
+  start.out_dir = s.out.string();
+  start.policy = s.policy.str();
+  start.policy_why = s.policy_why;
+  start.loss = loss_name(s.task->loss());
+  start.parameters = s.task->module().num_parameters();
+  start.total_steps = s.total_steps;
+  start.items_name = s.task->items_name();
+  s.cb->on_start(start);
 
   double window_loss = 0.0, last_window_loss = NAN;
   int64_t window_steps = 0, window_items = 0;
@@ -484,6 +686,10 @@ TrainSummary Trainer::run() {
   EvalResult last_eval;
   const int64_t micro = s.cfg.batch / s.cfg.grad_accum;
   int64_t last_step_bytes = 0;
+  // --checkpoint-minutes counts training time since the last checkpoint (or the start).
+  double checkpoint_due_s = s.cfg.checkpoint_minutes * 60.0;
+  const auto t_checkpoint = Clock::now();
+  bool stopped = false;
 
   const int64_t first_step = s.step;  // where this process started (after a resume)
   while (s.step < s.total_steps) {
@@ -568,19 +774,36 @@ TrainSummary Trainer::run() {
     if (eval_now) last_eval = evaluate_between_steps(*s.task, s.policy, s.cfg);
 
     if (s.step % s.cfg.log_every == 0 || s.step == s.total_steps || eval_now) {
-      const double throughput = window_seconds > 0 ? window_items / window_seconds : 0.0;
-      const double mean_loss = window_steps ? window_loss / window_steps : NAN;
-      if (window_steps) last_window_loss = mean_loss;
-      json line = {{"step", s.step},
-                   {"loss", std::isfinite(step_loss) ? json(step_loss) : json(nullptr)},
-                   {"mean_loss", std::isfinite(mean_loss) ? json(mean_loss) : json(nullptr)},
-                   {"lr", step_lr},
-                   {"loss_scale", s.scaler.scale()},
-                   {"skipped", !r.applied},
-                   {"skipped_total", s.skipped},
-                   {"grad_norm", std::isfinite(r.grad_norm) && r.grad_norm >= 0 ? json(r.grad_norm)
-                                                                                : json(nullptr)},
-                   {"throughput", throughput}};
+      StepLog log;
+      log.step = s.step;
+      log.total_steps = s.total_steps;
+      log.loss = step_loss;
+      log.mean_loss = window_steps ? window_loss / window_steps : NAN;
+      log.lr = step_lr;
+      log.loss_scale = s.scaler.scale();
+      log.grad_norm = std::isfinite(r.grad_norm) && r.grad_norm >= 0 ? r.grad_norm : NAN;
+      log.skipped = !r.applied;
+      if (!r.applied) log.skip_reason = r.str();
+      log.skipped_total = s.skipped;
+      log.throughput = window_seconds > 0 ? window_items / window_seconds : 0.0;
+      log.items_name = s.task->items_name();
+      log.eta_s = s.train_seconds / s.step * (s.total_steps - s.step);
+      if (eval_now) {
+        log.evaluated = true;
+        log.val_loss = last_eval.loss;
+        log.accuracy = last_eval.accuracy;
+      }
+      if (window_steps) last_window_loss = log.mean_loss;
+      auto num = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+      json line = {{"step", log.step},
+                   {"loss", num(log.loss)},
+                   {"mean_loss", num(log.mean_loss)},
+                   {"lr", log.lr},
+                   {"loss_scale", log.loss_scale},
+                   {"skipped", log.skipped},
+                   {"skipped_total", log.skipped_total},
+                   {"grad_norm", num(log.grad_norm)},
+                   {"throughput", log.throughput}};
       if (s.dp->size() > 1 || s.dp->zero()) {  // data parallel: this rank's traffic and state
         line["ranks"] = s.dp->size();
         line["comm_bytes_per_step"] = step_bytes;
@@ -590,70 +813,64 @@ TrainSummary Trainer::run() {
         line["master_bytes_per_rank"] = sb.master;
         line["moment_bytes_per_rank"] = sb.moments;
       }
-      if (!r.applied) line["skip_reason"] = r.str();
+      if (!r.applied) line["skip_reason"] = log.skip_reason;
       if (eval_now) {
         line["val_loss"] = last_eval.loss;
         if (last_eval.accuracy >= 0) line["test_accuracy"] = last_eval.accuracy;
       }
-      metrics << line.dump() << "\n";
-      metrics.flush();
-      const double eta = s.train_seconds / s.step * (s.total_steps - s.step);
-      const std::string status =
-          fmt::format("step {}/{} loss {:.4f} scale {:g} skipped {} {} {}/s ETA {}", s.step,
-                      s.total_steps, mean_loss, s.scaler.scale(), s.skipped, human_rate(throughput),
-                      s.task->items_name(), human_time(eta));
-      if (tty) {
-        const int width = 24;
-        const int filled = static_cast<int>(width * s.step / std::max<int64_t>(1, s.total_steps));
-        fmt::print(stderr, "\r[{}{}] {}   ", std::string(filled, '#'),
-                   std::string(width - filled, '.'), status);
-        if (eval_now)
-          fmt::print(
-              stderr, "\n  eval: val_loss {:.4f}{}\n", last_eval.loss,
-              last_eval.accuracy >= 0 ? fmt::format(" accuracy {:.4f}", last_eval.accuracy) : "");
-      } else if (!s.cfg.quiet) {
-        fmt::print(stderr, "{}{}\n", status,
-                   eval_now ? fmt::format(" | val_loss {:.4f}{}", last_eval.loss,
-                                          last_eval.accuracy >= 0
-                                              ? fmt::format(" accuracy {:.4f}", last_eval.accuracy)
-                                              : "")
-                            : "");
+      if (metrics.is_open()) {
+        metrics << line.dump() << "\n";
+        metrics.flush();
       }
+      s.cb->on_log(log);
       window_loss = 0;
       window_steps = 0;
       window_items = 0;
       window_seconds = 0;
     }
 
-    if (s.cfg.checkpoint_every > 0 && s.step % s.cfg.checkpoint_every == 0 &&
-        s.step < s.total_steps)
-      save_checkpoint(s.out, ck, config_to_json(s.cfg), s.step, s.skipped, s.train_seconds,
-                      s.train_items, s.cfg.keep_checkpoints);
-    if (s.cfg.stop_after > 0 && s.step >= s.cfg.stop_after) {
-      metrics.close();
-      fmt::print(stderr, "\nmixtrain: stopping after step {} (--stop-after)\n", s.step);
-      std::fflush(stderr);
-      std::_Exit(3);
+    // After every step the caller may ask to stop (ignored after the last: the run is done).
+    // Rank 0 decides whether to checkpoint or stop here (the ranks' clocks and callbacks may
+    // differ; a checkpoint and a stop are collective) and tells the others.
+    const bool keep_going = s.cb->on_step(s.step);
+    if (s.step == s.total_steps) break;  // the final checkpoint follows the loop
+    uint8_t decide[2] = {0, 0};
+    if (s.dp->rank() == 0) {
+      const bool by_steps = s.cfg.checkpoint_every > 0 && s.step % s.cfg.checkpoint_every == 0;
+      const bool by_time =
+          s.cfg.checkpoint_minutes > 0 && seconds_since(t_checkpoint) >= checkpoint_due_s;
+      decide[0] = by_steps || by_time;
+      decide[1] = !keep_going;
+    }
+    if (s.dp->size() > 1) dist::broadcast(decide, sizeof decide, 0);
+    if (decide[0] || decide[1]) {
+      checkpoint();
+      checkpoint_due_s = seconds_since(t_checkpoint) + s.cfg.checkpoint_minutes * 60.0;
+    }
+    if (decide[1]) {
+      stopped = true;
+      break;
     }
   }
-  if (tty) fmt::print(stderr, "\n");
-
-  save_checkpoint(s.out, ck, config_to_json(s.cfg), s.step, s.skipped, s.train_seconds,
-                  s.train_items, s.cfg.keep_checkpoints);
-  last_eval = evaluate_between_steps(*s.task, s.policy, s.cfg);
 
   TrainSummary sum;
+  if (!stopped) {
+    checkpoint();
+    last_eval = evaluate_between_steps(*s.task, s.policy, s.cfg);
+  }
+  sum.stopped = stopped;
   sum.precision = s.policy.str();
   sum.precision_name = s.policy.name;
   sum.model = s.cfg.model;
   sum.data = s.cfg.data;
+  sum.loss = loss_name(s.task->loss());
   sum.parameters = s.task->module().num_parameters();
   sum.steps = s.step;
   sum.skipped_steps = s.skipped;
   sum.final_loss_scale = s.scaler.scale();
   sum.final_train_loss = last_window_loss;
-  sum.val_loss = last_eval.loss;
-  sum.test_accuracy = last_eval.accuracy;
+  sum.val_loss = stopped ? NAN : last_eval.loss;
+  sum.test_accuracy = stopped ? -1.0 : last_eval.accuracy;
   sum.wall_s = seconds_since(t_start);
   sum.train_s = s.train_seconds;
   sum.throughput = s.train_seconds > 0 ? s.train_items / s.train_seconds : 0.0;
@@ -669,31 +886,114 @@ TrainSummary Trainer::run() {
   const dist::StateBytes sb = s.dp->state_bytes(*s.opt);
   sum.optimizer_state_bytes_per_rank = sb.total();
   sum.master_bytes_per_rank = sb.master;
-  if (s.dp->rank() == 0)
+  if (s.dp->rank() == 0 && !stopped)
     write_file_atomic((s.out / "summary.json").string(), sum.to_json().data(),
                       sum.to_json().size());
+  s.cb->on_end(sum);
   return sum;
 }
 
-int64_t export_weights(const std::string& run_dir, const std::string& dtype,
-                       const std::string& out_path) {
-  const DType dt = parse_dtype(dtype);
+namespace {
+
+template <class MakeTrainer>
+std::vector<CompareRun> compare_runs(const TrainConfig& cfg,
+                                     const std::vector<std::string>& precisions,
+                                     const std::string& model_name, MakeTrainer make) {
+  if (precisions.empty()) throw ConfigError("--precisions: none given");
+  const std::string out =
+      cfg.out.empty() ? fmt::format("runs/compare-{}-seed{}", model_name, cfg.seed) : cfg.out;
+  std::vector<CompareRun> runs;
+  for (const std::string& spec : precisions) {
+    // "fp16:none" = fp16 with loss scaling off (to see what scaling buys).
+    TrainConfig c = cfg;
+    std::string label = spec;
+    const auto colon = spec.find(':');
+    c.precision = spec.substr(0, colon);
+    if (colon != std::string::npos) {
+      c.loss_scale = spec.substr(colon + 1);
+      label = c.precision + " (loss scale " + c.loss_scale + ")";
+    }
+    std::string dir = spec;
+    for (char& ch : dir)
+      if (ch == ':') ch = '-';
+    c.out = out + "/" + dir;
+    std::unique_ptr<Trainer> t = make(c);
+    runs.push_back({label, t->run()});
+  }
+  if (dist::rank() == 0) {
+    json j = {{"runs", json::array()},
+              {"seed", cfg.seed},
+              {"model", runs[0].summary.model},
+              {"data", runs[0].summary.data}};
+    for (const CompareRun& r : runs) {
+      json x = json::parse(r.summary.to_json());
+      x["label"] = r.label;
+      j["runs"].push_back(x);
+    }
+    const std::string text = j.dump(2) + "\n";
+    write_file_atomic(out + "/compare.json", text.data(), text.size());
+  }
+  return runs;
+}
+
+}  // namespace
+
+std::vector<CompareRun> compare(const TrainConfig& cfg, const std::vector<std::string>& precisions,
+                                ModelFactory model, std::shared_ptr<DataSource> data,
+                                Callbacks* callbacks) {
+  const std::string name =
+      cfg.model.empty() || cfg.model == TrainConfig{}.model ? "custom" : cfg.model;
+  return compare_runs(cfg, precisions, name, [&](const TrainConfig& c) {
+    return std::make_unique<Trainer>(c, model, data, callbacks);
+  });
+}
+
+std::vector<CompareRun> compare(const TrainConfig& cfg, const std::vector<std::string>& precisions,
+                                Callbacks* callbacks) {
+  return compare_runs(cfg, precisions, cfg.model, [&](const TrainConfig& c) {
+    return std::make_unique<Trainer>(c, callbacks);
+  });
+}
+
+ExportResult export_weights(const std::string& run_dir, const std::string& dtype,
+                            const std::string& out_path) {
+  DType dt;
+  try {
+    dt = parse_dtype(dtype);
+  } catch (const Error&) {
+    dt = DType::i64;
+  }
   if (dt != DType::f32 && dt != DType::bf16 && dt != DType::f16)
     throw ConfigError(fmt::format("export: --dtype {} (expected fp32, bf16 or fp16)", dtype));
   const auto files = list_checkpoints(run_dir);
   if (files.empty())
     throw IOError(
         fmt::format("export: {} holds no checkpoint (checkpoints/step-*.safetensors)", run_dir));
-  SafetensorsFile f = load_safetensors(files.front().string());
-  std::vector<std::pair<std::string, Tensor>> out;
-  for (const auto& n : f.names())
-    if (n.rfind("param.", 0) == 0) out.emplace_back(n.substr(6), f.get(n).to(dt));
-  std::map<std::string, std::string> meta;
-  auto it = f.metadata().find("mixtrain.config");
-  if (it != f.metadata().end()) meta["mixtrain.config"] = it->second;
-  meta["mixtrain.source"] = files.front().string();
-  save_safetensors(out_path, out, meta);
-  return static_cast<int64_t>(out.size());
+  // The newest checkpoint that reads whole, as resume picks it.
+  ExportResult res;
+  std::string why;
+  for (const auto& file : files) {
+    try {
+      SafetensorsFile f = load_safetensors(file.string());
+      std::vector<std::pair<std::string, Tensor>> out;
+      for (const auto& n : f.names())
+        if (n.rfind("param.", 0) == 0) out.emplace_back(n.substr(6), f.get(n).to(dt));
+      if (out.empty()) throw IOError(fmt::format("{}: holds no parameters", file.string()));
+      std::map<std::string, std::string> meta;
+      auto it = f.metadata().find("mixtrain.config");
+      if (it != f.metadata().end()) meta["mixtrain.config"] = it->second;
+      meta["mixtrain.source"] = file.string();
+      save_safetensors(out_path, out, meta);
+      res.tensors = static_cast<int64_t>(out.size());
+      res.source = file.string();
+      return res;
+    } catch (const IOError& e) {
+      res.warnings.push_back(fmt::format("skipping unreadable checkpoint: {}", e.what()));
+      why += fmt::format("\n  {}", e.what());
+    }
+  }
+  throw IOError(fmt::format("export: none of the {} checkpoint(s) in {} could be read:{}",
+                            files.size(), run_dir, why));
 }
 
 }  // namespace mixtrain::train

@@ -1,5 +1,6 @@
 // The mixtrain command-line trainer: the root CLI::App, the subcommands registered by the
-// cmd_*.cpp files, and the exit-status rules (0 ok, 1 library error, 2 bad command line).
+// cmd_*.cpp files, and the exit-status rules (0 ok, 1 runtime error, 2 bad command line: a parse
+// error or a ConfigError, raised before anything is written).
 // Built only on the public API. main() is in main.cpp; the CLI-args fuzz target
 // (fuzz/cli_args_fuzz.cpp) links this file with check_only set.
 #include <algorithm>
@@ -12,6 +13,7 @@
 
 #include "commands.h"
 #include "mixtrain/error.h"
+#include "mixtrain/version.h"
 
 namespace mixtrain::cli {
 
@@ -36,6 +38,31 @@ std::map<const CLI::App*, Action>& checks() {
 int run_default() { return run_default_training(); }
 
 }  // namespace
+
+namespace {
+
+// Numbers above 0 (strict) or from 0 on.
+CLI::Validator at_least(bool strict, const char* what) {
+  return CLI::Validator(
+      [strict, what](std::string& v) -> std::string {
+        double x = 0;
+        size_t used = 0;
+        try {
+          x = std::stod(v, &used);
+        } catch (const std::exception&) {
+          return fmt::format("not a number: '{}'", v);
+        }
+        if (used != v.size()) return fmt::format("not a number: '{}'", v);
+        if (strict ? !(x > 0) : !(x >= 0)) return fmt::format("must be {}, got {}", what, v);
+        return "";
+      },
+      what);
+}
+
+}  // namespace
+
+const CLI::Validator kPositive = at_least(true, "positive");
+const CLI::Validator kNonNegative = at_least(false, ">= 0");
 
 bool add_command(const char* name, int order, Setup setup) {
   registry().push_back({name, order, setup});
@@ -67,6 +94,7 @@ int main_entry(int argc, const char* const* argv, bool check_only) {
       "mixtrain: mixed-precision (bf16/fp16, fp32 master weights) neural-network "
       "training on the CPU"};
   app.name("mixtrain");
+  app.set_version_flag("--version", std::string("mixtrain ") + version());
   for (const Command& c : registered_commands()) c.setup(app);
   try {
     app.parse(argc, argv);
@@ -89,7 +117,10 @@ int main_entry(int argc, const char* const* argv, bool check_only) {
     if (Action a = action_for(cur)) return a();
     std::fputs(cur->help().c_str(), stderr);
     return 2;
-  } catch (const std::exception& e) {  // mixtrain::Error and anything else
+  } catch (const ConfigError& e) {  // a flag value out of range, or flags that do not fit
+    if (!check_only) fmt::print(stderr, "mixtrain: error: {}\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {  // a runtime error: a file, the numerics, the machine
     if (!check_only) fmt::print(stderr, "mixtrain: error: {}\n", e.what());
     return 1;
   }

@@ -76,7 +76,7 @@ int run_bench_convert(const ConvertBenchOptions& o) {
   return 0;
 }
 
-// CLI::PositiveNumber's message prints the whole double range; this one says what is wrong.
+// A size must be an integer (kPositive takes any positive number).
 const CLI::Validator kPositiveSize(
     [](std::string& s) -> std::string {
       try {

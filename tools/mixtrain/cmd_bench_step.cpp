@@ -62,8 +62,7 @@ void setup_bench_step(CLI::App& root) {
   step->add_option("--precision", s->o.precision, "fp32, bf16 or fp16")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
       ->capture_default_str();
-  step->add_option("--batch", s->o.batch, "Batch size (default: mlp 256, gpt 8)")
-      ->check(CLI::PositiveNumber);
+  step->add_option("--batch", s->o.batch, "Batch size (default: mlp 256, gpt 8)")->check(kPositive);
   step->add_option("--warmup", s->o.warmup, "Untimed steps first")
       ->check(CLI::Range(0, 1000))
       ->capture_default_str();
@@ -93,20 +92,12 @@ void setup_bench_step(CLI::App& root) {
   step->add_option("--seed", s->o.seed, "Seed of the weights and the synthetic batch")
       ->capture_default_str();
   step->add_option("--mlp-hidden", s->o.mlp_hidden, "mlp hidden sizes")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
-  step->add_option("--gpt-layers", s->o.gpt_layers)
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  step->add_option("--gpt-width", s->o.gpt_width)
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  step->add_option("--gpt-heads", s->o.gpt_heads)
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
-  step->add_option("--gpt-context", s->o.gpt_context)
-      ->check(CLI::PositiveNumber)
-      ->capture_default_str();
+  step->add_option("--gpt-layers", s->o.gpt_layers)->check(kPositive)->capture_default_str();
+  step->add_option("--gpt-width", s->o.gpt_width)->check(kPositive)->capture_default_str();
+  step->add_option("--gpt-heads", s->o.gpt_heads)->check(kPositive)->capture_default_str();
+  step->add_option("--gpt-context", s->o.gpt_context)->check(kPositive)->capture_default_str();
   step->add_flag("--json", s->json, "Print one JSON object");
   step->add_flag(
       "--profile", s->o.profile,

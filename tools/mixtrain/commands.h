@@ -22,6 +22,11 @@ struct Command {
   Setup setup;
 };
 
+/// Range validators whose message says what was expected ("--batch: must be positive, got 0";
+/// CLI11's own name the range as 0 to 1.8e308).
+extern const CLI::Validator kPositive;
+extern const CLI::Validator kNonNegative;
+
 /// Called from a static initialiser in each cmd_*.cpp:
 ///   static const bool registered = mixtrain::cli::add_command("bench", 20, &setup_bench);
 bool add_command(const char* name, int order, Setup setup);

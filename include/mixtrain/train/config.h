@@ -1,5 +1,6 @@
-// Everything a training run is configured by; the CLI flags map one to one onto these fields,
-// and the whole config is saved in every checkpoint.
+// Everything a training run is configured by; the CLI flags map one to one onto these fields
+// (--grad-accum is grad_accum), and the whole config is saved in OUT/config.json and in every
+// checkpoint.
 #pragma once
 
 #include <cstdint>
@@ -10,8 +11,12 @@ namespace mixtrain::train {
 
 struct TrainConfig {
   // what
-  std::string model = "mlp";           ///< mlp | gpt
-  std::string data = "fashion-mnist";  ///< fashion-mnist | text:PATH
+  std::string model = "mlp";  ///< a registered model (train/model.h): mlp | gpt | yours
+  /// a data spec (data/source.h: fashion-mnist[:DIR] | text:PATH | tokens:TRAIN[,VAL] |
+  /// npy:X,Y | csv:PATH[,target=COL]); "" = the model's default
+  std::string data;
+  int64_t vocab = 0;                   ///< tokens: the vocabulary (0: the largest token + 1)
+  std::string loss = "auto";           ///< auto | cross-entropy | mse | l1 (auto: from the targets)
   std::string precision = "auto";      ///< fp32 | bf16 | fp16 | auto | p=..,c=..,o=..
   std::string loss_scale = "default";  ///< default (from the policy) | dynamic | static:S | none
   std::string optimizer = "adamw";     ///< adamw | adam | sgd | rmsprop
@@ -44,19 +49,17 @@ struct TrainConfig {
   std::string checkpoint_activations = "none";
   // run control
   uint64_t seed = 0;
-  std::string out;      ///< run folder ("" = runs/<model>-<precision>-<time>)
+  std::string out;      ///< run folder ("" = runs/<model>-<precision>-<date>-<time>)
   bool resume = false;  ///< continue the run in `out`
-  bool force = false;   ///< reuse an `out` that holds a different run
+  bool force = false;   ///< start a fresh run in an `out` that holds another (never with resume)
   int64_t log_every = 50;
-  int64_t eval_every = 0;        ///< 0 = only at the end (and each epoch for mlp)
-  int64_t eval_batches = 50;     ///< gpt validation windows per evaluation (batches of `batch`)
-  int64_t checkpoint_every = 0;  ///< 0 = only at the end
+  int64_t eval_every = 0;            ///< 0 = only at the end (and each epoch for mlp)
+  int64_t eval_batches = 50;         ///< gpt validation windows per evaluation (batches of `batch`)
+  int64_t checkpoint_every = 0;      ///< every N steps (0: off)
+  double checkpoint_minutes = 10.0;  ///< every M minutes of training (0: off); and at the end
   int64_t keep_checkpoints = 2;
   int64_t diagnose_every = 0;       ///< gradient precision diagnostics every N steps (0 = off)
   int64_t nonfinite_patience = 20;  ///< abort after this many consecutive non-finite losses
-  bool progress = true;             ///< progress bar when stderr is a terminal
-  bool quiet = false;
-  int64_t stop_after = 0;  ///< testing aid: exit (as if killed) after this many steps
   /// testing aid: multiplies every initial weight (a model whose fp16 forward overflows)
   double init_scale = 1.0;
   /// testing aid: steps (1-based) whose gradients get a non-finite value written into the

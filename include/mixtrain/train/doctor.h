@@ -2,11 +2,14 @@
 // (per-layer fp16 underflow/overflow fractions at the initial loss scale) and a recommendation.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "mixtrain/amp/diagnostics.h"
+#include "mixtrain/data/source.h"
 #include "mixtrain/train/config.h"
+#include "mixtrain/train/model.h"
 
 namespace mixtrain::train {
 
@@ -20,8 +23,11 @@ struct DoctorResult {
   std::string to_json() const;
 };
 
-/// Runs `steps` steps of cfg's model and data in fp32 (the gradients as they truly are) and
-/// evaluates them against fp16's range at cfg.scale_init.
+/// Runs `steps` steps of cfg's model (registered) and data in fp32 (the gradients as they
+/// truly are) and evaluates them against fp16's range at cfg.scale_init.
 DoctorResult run_doctor(const TrainConfig& cfg, int64_t steps);
+/// The same for your model on your data.
+DoctorResult run_doctor(const TrainConfig& cfg, int64_t steps, const ModelFactory& model,
+                        std::shared_ptr<DataSource> data);
 
 }  // namespace mixtrain::train
