@@ -1,11 +1,14 @@
-// `mixtrain train / compare / doctor / export` run as a user would: outputs on disk, a run
-// killed mid-way (--stop-after) resumed to the same weights, exported weights loaded by Python.
+// `mixtrain train / compare / doctor / export / generate` run as a user would: outputs on disk,
+// a run killed mid-way (--stop-after) resumed with --resume alone to the same weights, exported
+// weights loaded by Python, the MLP on .npy classes and values, text generated from a GPT run.
 // Bad input: bad_input_test.cpp; SIGKILLs at random moments: kill_resume_test.cpp.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
 #include <unistd.h>
 #include "cli_run.h"
+#include "data_files.h"
+#include "mixtrain/random.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -115,4 +118,66 @@ TEST(CliTrain, DoctorReportsPerLayerFractions) {
   EXPECT_GT(j["tensors"].size(), 5u);
   EXPECT_TRUE(j.contains("recommended_scale"));
   fs::remove_all(out);
+}
+
+// The MLP sized from .npy data: integer labels train a classifier (accuracy reported), float
+// targets a regression (MSE, no accuracy).
+TEST(CliTrain, MlpTrainsFromNpyClassesAndValues) {
+  const std::string dir = tmp("npy");
+  fs::create_directories(dir);
+  const int64_t n = 1000, f = 4;
+  mixtrain::Rng rng(3);
+  std::vector<float> x(n * f), values(n);
+  std::vector<int64_t> labels(n);
+  for (float& v : x) v = 2 * rng.uniform() - 1;
+  double mean = 0, sq = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    const float* p = &x[r * f];
+    labels[r] = (p[0] + 0.5f * p[1] - p[2] > 0) + (p[3] > 0.3f);  // three classes
+    values[r] = p[0] * p[1] + 0.5f * p[2];
+    mean += values[r];
+    sq += values[r] * values[r];
+  }
+  const double variance = sq / n - (mean / n) * (mean / n);
+  using mixtrain::test::bytes_of;
+  using mixtrain::test::npy;
+  mixtrain::test::write_file(dir + "/x.npy", npy("<f4", {n, f}, bytes_of(x)));
+  mixtrain::test::write_file(dir + "/labels.npy", npy("<i8", {n}, bytes_of(labels)));
+  mixtrain::test::write_file(dir + "/values.npy", npy("<f4", {n, 1}, bytes_of(values)));
+  const std::string common = "--model mlp --hidden 32 --steps 300 --batch 32 --lr 1e-2 --quiet ";
+  Result c = run("train " + common + "--data npy:" + dir + "/x.npy," + dir + "/labels.npy --out " +
+                 dir + "/cls");
+  ASSERT_EQ(c.status, 0) << c.out;
+  auto jc = nlohmann::json::parse(c.out.substr(c.out.find('{')));
+  EXPECT_EQ(jc["loss"], "cross-entropy");
+  EXPECT_EQ(jc["parameters"], 4 * 32 + 32 + 32 * 3 + 3);  // sized from the data: 4 in, 3 out
+  EXPECT_GT(jc["test_accuracy"].get<double>(), 0.85);     // measured 0.94; chance 0.33 to 0.5
+  Result v = run("train " + common + "--data npy:" + dir + "/x.npy," + dir + "/values.npy --out " +
+                 dir + "/reg");
+  ASSERT_EQ(v.status, 0) << v.out;
+  auto jv = nlohmann::json::parse(v.out.substr(v.out.find('{')));
+  EXPECT_EQ(jv["loss"], "mse");
+  EXPECT_FALSE(jv.contains("test_accuracy"));
+  EXPECT_LT(jv["val_loss"].get<double>(), 0.1 * variance);  // predicting the mean scores 1.0x
+  fs::remove_all(dir);
+}
+
+TEST(CliTrain, GenerateContinuesAPromptFromAGptRun) {
+  const std::string a = tmp("gen");
+  ASSERT_EQ(run("train " + kTiny + "--precision bf16 --steps 20 --out " + a).status, 0);
+  Result g = run("generate " + a + " --prompt 'The ' --tokens 24 --temperature 0");
+  ASSERT_EQ(g.status, 0) << g.out;
+  EXPECT_NE(g.out.find("generate: 24 tokens from"), std::string::npos) << g.out;
+  EXPECT_NE(g.out.find("\nThe "), std::string::npos) << g.out;  // the prompt, then its sequel
+  EXPECT_EQ(run("generate " + a + " --prompt 'The ' --tokens 24 --temperature 0").out, g.out);
+  Result bad = run("generate " + a + " --tokens 0 --prompt x");
+  EXPECT_EQ(bad.status, 2) << bad.out;
+  EXPECT_NE(bad.out.find("--tokens"), std::string::npos) << bad.out;
+  fs::remove_all(a);
+}
+
+TEST(CliTrain, VersionNamesTheRelease) {
+  Result r = run("--version");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(r.out.rfind("mixtrain 0.", 0), 0u) << r.out;
 }

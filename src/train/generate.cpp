@@ -58,8 +58,9 @@ Generated generate(const std::string& run_dir, const GenerateOptions& o) {
   std::vector<int64_t> ids = o.prompt_tokens;
   if (bytes) {
     if (!ids.empty())
-      throw ConfigError("generate: --prompt-tokens is for token runs; this run reads bytes "
-                        "(text:), so give --prompt");
+      throw ConfigError(
+          "generate: --prompt-tokens is for token runs; this run reads bytes "
+          "(text:), so give --prompt");
     for (unsigned char c : o.prompt) ids.push_back(c);
   } else if (!o.prompt.empty()) {
     throw ConfigError(fmt::format(
@@ -87,8 +88,7 @@ Generated generate(const std::string& run_dir, const GenerateOptions& o) {
       out.warnings.push_back(fmt::format("skipping unreadable checkpoint: {}", e.what()));
     }
   }
-  if (!file)
-    throw IOError(fmt::format("generate: {} holds no readable checkpoint", run_dir));
+  if (!file) throw IOError(fmt::format("generate: {} holds no readable checkpoint", run_dir));
   nn::GPTConfig g;
   g.vocab = file->get("param.tok.weight").shape()[0];
   g.layers = cfg.layers;
@@ -101,9 +101,14 @@ Generated generate(const std::string& run_dir, const GenerateOptions& o) {
           fmt::format("generate: prompt token {} is outside the vocabulary [0, {})", id, g.vocab));
   Rng init(0);
   nn::GPT model(g, init);
+  // The checkpoint's weights are fp32 masters, or bf16 ones (master-free and split16 modes).
   for (auto& [name, p] : model.named_parameters()) {
-    file->require("param." + name, DType::f32, p->master.shape());
-    p->master.copy_from(file->get("param." + name));
+    const Tensor& w = file->get("param." + name);
+    if (w.shape() != p->master.shape() || !is_floating(w.dtype()))
+      throw IOError(fmt::format("{}: param.{} is {} {}, not a float {} (config.json: {})",
+                                out.checkpoint, name, dtype_name(w.dtype()), shape_str(w.shape()),
+                                shape_str(p->master.shape()), run_dir));
+    p->master.copy_from(w.to(p->master.dtype()));
   }
   const amp::Policy policy = amp::Policy::parse(cfg.precision);
   model.set_compute_dtype(policy.compute);

@@ -14,9 +14,12 @@ namespace mixtrain::train {
 
 const char* loss_name(Loss l) {
   switch (l) {
-    case Loss::cross_entropy: return "cross-entropy";
-    case Loss::mse: return "mse";
-    case Loss::l1: return "l1";
+    case Loss::cross_entropy:
+      return "cross-entropy";
+    case Loss::mse:
+      return "mse";
+    case Loss::l1:
+      return "l1";
   }
   return "?";
 }
@@ -36,8 +39,8 @@ Loss resolve_loss(const std::string& name, TargetKind targets) {
         fmt::format("--loss: unknown loss '{}' (auto, cross-entropy, mse or l1)", name));
   if (classes && l != Loss::cross_entropy)
     throw ConfigError(fmt::format(
-        "--loss {}: the data's targets are {} (integer indices), which take cross-entropy",
-        name, target_kind_name(targets)));
+        "--loss {}: the data's targets are {} (integer indices), which take cross-entropy", name,
+        target_kind_name(targets)));
   if (!classes && l == Loss::cross_entropy)
     throw ConfigError(
         "--loss cross-entropy: the data's targets are float values; use mse or l1 (or integer "
@@ -47,9 +50,12 @@ Loss resolve_loss(const std::string& name, TargetKind targets) {
 
 Variable compute_loss(Loss l, const Variable& outputs, const Variable& targets) {
   switch (l) {
-    case Loss::cross_entropy: return cross_entropy(outputs, targets);
-    case Loss::mse: return mse_loss(outputs, targets);
-    case Loss::l1: return l1_loss(outputs, targets);
+    case Loss::cross_entropy:
+      return cross_entropy(outputs, targets);
+    case Loss::mse:
+      return mse_loss(outputs, targets);
+    case Loss::l1:
+      return l1_loss(outputs, targets);
   }
   throw ConfigError("unknown loss");
 }
