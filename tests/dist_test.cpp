@@ -17,8 +17,11 @@
 #include <sstream>
 #include <thread>
 
+#include "data_files.h"
+#include "mixtrain/data/source.h"
 #include "mixtrain/dist/comm.h"
 #include "mixtrain/io/safetensors.h"
+#include "mixtrain/nn/layers.h"
 #include "mixtrain/train/trainer.h"
 #include "train/checkpoint.h"
 
@@ -127,7 +130,36 @@ void run_ranks(int np, const json& j) {
   ASSERT_EQ(rc, 0) << slurp(log);
 }
 
-void run_local(const json& j) { Trainer(tiny_gpt(j)).run(); }
+// A user's model (train::Model over nn::Sequential) on .npy classes, for "custom" runs.
+Model small_net(const TrainConfig&, const DataSource& data, Rng& init) {
+  auto net = std::make_shared<nn::Sequential>();
+  net->add<nn::Linear>(data.input_shape()[0], 32, true, init);
+  net->add<nn::Tanh>();
+  net->add<nn::Linear>(32, data.output_size(), true, init);
+  return Model::of(net);
+}
+
+// 512 rows of 6 features in [-1, 1) and a class from their signs; returns the npy: spec.
+std::string write_npy_classes(const fs::path& dir) {
+  fs::create_directories(dir);
+  Rng rng(5);
+  std::vector<float> x(512 * 6);
+  std::vector<int64_t> y(512);
+  for (float& v : x) v = 2 * rng.uniform() - 1;
+  for (int r = 0; r < 512; ++r) y[r] = (x[r * 6] > 0) + (x[r * 6 + 1] + x[r * 6 + 2] > 0);
+  test::write_file((dir / "x.npy").string(), test::npy("<f4", {512, 6}, test::bytes_of(x)));
+  test::write_file((dir / "y.npy").string(), test::npy("<i8", {512}, test::bytes_of(y)));
+  return "npy:" + (dir / "x.npy").string() + "," + (dir / "y.npy").string();
+}
+
+TrainSummary train_from(const json& j) {
+  TrainConfig c = tiny_gpt(j);
+  if (!j.contains("npy")) return Trainer(c).run();
+  c.model = "small-net";
+  return Trainer(c, &small_net, open_data(j.at("npy").get<std::string>())).run();
+}
+
+void run_local(const json& j) { train_from(j); }
 
 void expect_close(const std::vector<double>& a, const std::vector<double>& b, double rel,
                   const std::string& what) {
@@ -152,8 +184,7 @@ TEST(DistWorker, Train) {
     std::ofstream(fs::path(j["pid_dir"].get<std::string>()) /
                   fmt::format("rank{}.pid", dist::rank()))
         << ::getpid() << "\n";
-  TrainConfig c = tiny_gpt(j);
-  const TrainSummary s = Trainer(c).run();
+  const TrainSummary s = train_from(j);
   if (j.contains("report_dir"))  // every rank's own view of the loss scaler
     std::ofstream(fs::path(j["report_dir"].get<std::string>()) /
                   fmt::format("rank{}.json", dist::rank()))
@@ -224,6 +255,18 @@ TEST(Dist, TwoRanksMatchOneRankFp32) {
   EXPECT_EQ(m.at("optimizer_state_bytes_per_rank").get<int64_t>(), 12 * params);
   EXPECT_NEAR(mz.at("optimizer_state_bytes_per_rank").get<double>(), 6.0 * params, 12);
   EXPECT_NEAR(mz.at("master_bytes_per_rank").get<double>(), 2.0 * params, 4);
+}
+
+// A user's model on a user's data is data parallel like the built-ins: 2 ranks x 4 rows give
+// 1 rank x 8 rows' losses up to fp32 summation order (1e-5 relative, as above).
+TEST(Dist, YourModelOnTwoRanksMatchesOneRank) {
+  SKIP_WITHOUT_MPIRUN();
+  const fs::path data = fresh_dir("npy"), ref = fresh_dir("net1"), dp = fresh_dir("net2");
+  const std::string spec = write_npy_classes(data);
+  run_local({{"out", ref.string()}, {"npy", spec}, {"steps", 20}});
+  run_ranks(2, {{"out", dp.string()}, {"npy", spec}, {"steps", 20}});
+  expect_close(losses(dp), losses(ref), 1e-5, "2 ranks, a user's model");
+  EXPECT_EQ(metrics(dp).back().at("ranks").get<int>(), 2);
 }
 
 // bf16 compute with bf16 on the wire. Tolerance 2e-3 relative, half a bf16 ulp (2^-9): the
@@ -407,13 +450,14 @@ TEST(Dist, KilledRankEndsTheJob) {
   EXPECT_NE(rc, 0);
   const std::string text = slurp(log);
   EXPECT_TRUE(text.find("signal 9") != std::string::npos ||
-              text.find("mixtrain: rank") != std::string::npos)
+              text.find("rank 0 of 2: ") != std::string::npos)
       << text;
   expect_newest_checkpoint_loads(out);
 }
 
 // A rank that hangs (SIGSTOP: alive, silent) is caught by the collective deadline
-// (--comm-timeout 3): the waiting rank names the collective and aborts the job.
+// (--comm-timeout 3): the waiting rank's CommError names the collective, and its exit ends
+// the job.
 TEST(Dist, HungRankHitsTheCollectiveDeadline) {
   SKIP_WITHOUT_MPIRUN();
   const fs::path out = fresh_dir("hang"), pids = fresh_dir("hangpids"), log = out.string() + ".log";

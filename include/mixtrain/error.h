@@ -37,6 +37,13 @@ class NumericalError : public Error {
  public:
   using Error::Error;
 };
+/// A data-parallel job's process group failed: a collective errored (a peer rank died) or did
+/// not complete within its deadline (a peer hangs). The job cannot go on: a process that exits
+/// with its run in flight ends every rank (dist/comm.h).
+class CommError : public Error {
+ public:
+  using Error::Error;
+};
 /// A backend that this build or machine lacks (for example CUDA in a CPU-only build).
 class BackendError : public Error {
  public:

@@ -5,8 +5,9 @@
 //
 //   if (dist::size() > 1) dist::allreduce_sum(&loss, 1);
 //
-// Every collective waits at most timeout() seconds: a peer that died or hangs makes the job
-// stop with a message naming the collective, never a hang (MPI_Abort ends every rank).
+// Every collective waits at most timeout() seconds: a peer that died or hangs makes it throw
+// CommError naming the collective, never a hang; the process exiting with the run in flight
+// then ends every rank (MPI_Abort).
 #pragma once
 
 #include <cstdint>
@@ -60,16 +61,17 @@ Request iallgatherv_inplace(void* buf, const int64_t* bytes, const int64_t* off)
 /// Gives in-flight collectives a chance to progress (MPI moves data only inside MPI calls);
 /// true when `r` has completed (it must still be wait()ed).
 bool test(Request r);
-/// Waits for `r` at most timeout() seconds (then aborts the job naming `what`).
+/// Waits for `r` at most timeout() seconds (then throws CommError naming `what`).
 void wait(Request r, const char* what);
 
 /// Payload bytes this rank has sent to other ranks so far (collectives above, all kinds).
 int64_t bytes_sent();
 
-/// Prints "mixtrain: rank R: why" and ends every rank of the job with a non-zero status.
-[[noreturn]] void abort_job(const std::string& why);
-/// While a run is in flight, a process that exits without finishing it (an exception reached
-/// main, say) aborts the whole job instead of leaving its peers waiting in a collective.
+/// Throws CommError "rank R of N: why" (a collective failed or timed out).
+[[noreturn]] void fail(const std::string& why);
+/// While a run is in flight, a process that exits without finishing it (a CommError or any
+/// other exception reached main, say) ends the whole job (MPI_Abort, at exit) instead of
+/// leaving its peers waiting in a collective.
 void set_run_in_flight(bool on);
 
 }  // namespace mixtrain::dist

@@ -66,15 +66,9 @@ void at_exit() {
   int finalized = 0;
   mpi([&] { return MPI_Finalized(&finalized); });
   if (!s.inited || finalized) return;
-  if (s.in_flight && s.size > 1) {
-    // An error left the run unfinished on this rank: its peers would wait in a collective.
-    std::fprintf(stderr,
-                 "mixtrain: rank %d: exiting in the middle of a data-parallel run; "
-                 "aborting all ranks\n",
-                 s.rank);
-    std::fflush(stderr);
-    mpi([] { return MPI_Abort(MPI_COMM_WORLD, 1); });
-  }
+  // An error left the run unfinished on this rank (the process is exiting anyway): its peers
+  // would wait in a collective, so the job ends (MPI_Abort says which rank and why).
+  if (s.in_flight && s.size > 1) mpi([] { return MPI_Abort(MPI_COMM_WORLD, 1); });
   mpi([] { return MPI_Finalize(); });
 }
 
@@ -109,7 +103,7 @@ std::string mpi_error(int rc) {
 
 void check(int rc, const char* op) {
   if (rc != MPI_SUCCESS)
-    abort_job(fmt::format("{} failed: {} (a peer rank probably died)", op, mpi_error(rc)));
+    fail(fmt::format("{} failed: {} (a peer rank probably died)", op, mpi_error(rc)));
 }
 
 // Polls the request until it completes or the deadline passes. MPI moves a large message's
@@ -129,7 +123,7 @@ void wait_bounded(MPI_Request& req, const char* op) {
     const double waited =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (waited > s.timeout)
-      abort_job(fmt::format(
+      fail(fmt::format(
           "{} did not complete within {:g} s (--comm-timeout): a peer rank died or hangs", op,
           s.timeout));
     if (waited < 0.1) {
@@ -343,13 +337,9 @@ void gatherv(const void* send, int64_t send_bytes, void* recv, const int64_t* by
 
 int64_t bytes_sent() { return world().sent; }
 
-void abort_job(const std::string& why) {
+void fail(const std::string& why) {
   World& s = world();
-  std::fprintf(stderr, "mixtrain: rank %d of %d: %s; stopping the job\n", s.rank, s.size,
-               why.c_str());
-  std::fflush(stderr);
-  if (s.inited) mpi([] { return MPI_Abort(MPI_COMM_WORLD, 2); });
-  std::_Exit(2);
+  throw CommError(fmt::format("rank {} of {}: {}", s.rank, s.size, why));
 }
 
 void set_run_in_flight(bool on) { world().in_flight = on; }
