@@ -26,7 +26,7 @@ std::string bytes_of(const std::vector<T>& v) {
 // A .npy file as numpy writes it: magic, version, header length, the dict padded with spaces
 // to a multiple of 64 bytes and ended by '\n', then the data.
 inline std::string npy(const std::string& descr, const Shape& shape, const std::string& data,
-                int major = 1, bool fortran = false) {
+                       int major = 1, bool fortran = false) {
   std::string dims;
   for (const int64_t d : shape) dims += std::to_string(d) + ", ";
   if (shape.size() > 1) dims.resize(dims.size() - 2);  // "(3, 4)" but "(3,)"
@@ -49,7 +49,8 @@ inline std::string npy(const std::string& descr, const Shape& shape, const std::
 }
 
 // llm.c's token file: 256 int32 (magic, version, count), then the uint16 tokens.
-inline std::string llmc(const std::vector<uint16_t>& tokens, int32_t version = 1, int64_t count = -1) {
+inline std::string llmc(const std::vector<uint16_t>& tokens, int32_t version = 1,
+                        int64_t count = -1) {
   std::vector<int32_t> header(256, 0);
   header[0] = 20240520;
   header[1] = version;

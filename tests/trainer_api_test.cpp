@@ -223,8 +223,8 @@ TEST(TrainerApi, AStopAskedByACallbackResumesBitIdentical) {
 TEST(TrainerApi, ARegisteredModelTrainsByName) {
   const fs::path dir = fresh_dir("reg_model");
   const NpySet set = write_npy_set(dir / "data", true);
-  register_model({"tiny-net", "Linear, Tanh, Linear", set.spec, ModelEntry::Takes::examples,
-                  &make_net});
+  register_model(
+      {"tiny-net", "Linear, Tanh, Linear", set.spec, ModelEntry::Takes::examples, &make_net});
   TrainConfig c = base(dir / "run");
   c.model = "tiny-net";
   c.steps = 20;
