@@ -5,14 +5,15 @@
 # tsan.sh) need clang, its runtimes (libclang-rt-14-dev: ASan, UBSan, TSan, libFuzzer), LLVM's
 # OpenMP (libomp-dev: libomp and the archer tool for TSan) and llvm (llvm-symbolizer, which
 # turns the addresses in sanitizer and libFuzzer reports into file:line). clang-format (14)
-# checks the formatting of the sources (scripts/format.sh, a ctest test).
+# checks the formatting of the sources (scripts/format.sh, a ctest test). pkgconf: the install
+# check links a program through mixtrain.pc.
 set -euo pipefail
 
 PKGS=(build-essential cmake libgtest-dev libgmock-dev libbenchmark-dev
       libdnnl-dev ocl-icd-opencl-dev libcli11-dev libfmt-dev nlohmann-json3-dev zlib1g-dev
       libopenmpi-dev openmpi-bin dataset-fashion-mnist
       jargon-text python3-numpy python3-matplotlib python3-pip python3-torch
-      clang clang-format libclang-rt-14-dev libomp-dev llvm)
+      clang clang-format libclang-rt-14-dev libomp-dev llvm pkgconf)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -53,9 +53,9 @@ struct TrainConfig {
   bool resume = false;  ///< continue the run in `out`
   bool force = false;   ///< start a fresh run in an `out` that holds another (never with resume)
   int64_t log_every = 50;
-  int64_t eval_every = 0;            ///< 0 = only at the end (and each epoch for mlp)
-  int64_t eval_batches = 50;         ///< gpt validation windows per evaluation (batches of `batch`)
-  int64_t checkpoint_every = 0;      ///< every N steps (0: off)
+  int64_t eval_every = 0;        ///< 0 = at the end, and after each epoch for examples (not tokens)
+  int64_t eval_batches = 50;     ///< tokens: validation batches (of `batch` windows) per evaluation
+  int64_t checkpoint_every = 0;  ///< every N steps (0: off)
   double checkpoint_minutes = 10.0;  ///< every M minutes of training (0: off); and at the end
   int64_t keep_checkpoints = 2;
   int64_t diagnose_every = 0;       ///< gradient precision diagnostics every N steps (0 = off)

@@ -74,8 +74,9 @@ struct RunStart {
   const char* items_name = "samples";  ///< what throughput counts: samples or tokens
 };
 
-/// One logged step (each --log-every steps, each evaluation and the last step): the line also
-/// written to OUT/metrics.jsonl.
+/// One logged step (each --log-every steps, each evaluation during the run, and the last step):
+/// the line also written to OUT/metrics.jsonl. The evaluation after the last step is the
+/// summary's (on_end).
 struct StepLog {
   int64_t step = 0, total_steps = 0;
   double loss = NAN;       ///< this step's mean loss over its micro-batches (NaN: non-finite)
