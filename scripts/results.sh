@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates every figure in the README: runs the benchmarks and training comparisons, keeps
-# their JSON under results/, and rewrites the README's generated sections from that JSON.
+# Regenerates every figure in the README and docs/RESULTS.md: runs the benchmarks and training
+# comparisons, keeps their JSON under results/, and rewrites the generated sections
+# (scripts/update_readme.py) from that JSON.
 # Usage: bash scripts/results.sh [all|gemm|mlp|gpt|step|ckpt|readme]   (default all; ~55 min)
 # Environment: MLP_EPOCHS (10), GPT_STEPS (300), CKPT_RUNS (3); BIN (./build/mixtrain) with
 # SKIP_BUILD=1 measures an existing binary.

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Rewrites the README's generated sections (between <!-- X:begin --> and <!-- X:end -->) from
+"""Rewrites the generated sections (between <!-- X:begin --> and <!-- X:end -->) of the README
+(the headline tables), docs/RESULTS.md (every table) and docs/CLI.md (every command's --help) from
 the JSON files under results/ and the CLI's own --help. Never typed by hand."""
 import json, os, re, statistics, subprocess, sys
 
@@ -36,10 +37,10 @@ def mib(b):
     return "%.0f MiB" % (b / 2**20)
 
 
-def section(text, name, body):
+def section(text, name, body, where="README"):
     pat = re.compile(r"(<!-- %s:begin -->\n).*?(<!-- %s:end -->)" % (name, name), re.S)
     if not pat.search(text):
-        sys.exit("README lacks the %s markers" % name)
+        sys.exit("%s lacks the %s markers" % (where, name))
     return pat.sub(lambda m: m.group(1) + body.rstrip() + "\n" + m.group(2), text)
 
 
@@ -215,7 +216,8 @@ def cli_help():
     if not os.path.exists(exe):
         return "(build first)"
     parts = []
-    for args in ([], ["train"], ["compare"], ["doctor"], ["export"], ["bench"]):
+    for args in ([], ["train"], ["compare"], ["doctor"], ["generate"], ["export"], ["info"],
+                 ["bench"]):
         try:
             h = subprocess.run([exe] + args + ["--help"], capture_output=True, text=True).stdout
         except OSError:
@@ -241,8 +243,9 @@ def main():
         results.append("Each table comes from one run of its command; the machine (2 cores) may be shared, so "
                        "read ratios measured in the same run rather than absolute speeds.")
         results.append("")
-    results.append(compare_table("compare-mlp", "### Fashion-MNIST MLP 784-512-512-10, same seed and data order",
-                                 "mixtrain compare --model mlp --epochs 10 --precisions fp32,bf16,fp16,fp16:none --fp32-modules fc2 --seed 1   # the 10-way head kept in fp32"))
+    mlp_table = compare_table("compare-mlp", "### Fashion-MNIST MLP 784-512-512-10, same seed and data order",
+                              "mixtrain compare --model mlp --epochs 10 --precisions fp32,bf16,fp16,fp16:none --fp32-modules fc2 --seed 1   # the 10-way head kept in fp32")
+    results.append(mlp_table)
     mlp2 = load(os.path.join("compare-mlp-avx2", "compare.json"))
     if mlp2:
         results += ["", compare_table("compare-mlp-avx2", "### The same on an AVX2 CPU (no 16-bit arithmetic)",
@@ -251,9 +254,10 @@ def main():
                     "16-bit steps are not faster than fp32's; accuracy and memory are what this table "
                     "compares." % machine_str(load(os.path.join("compare-mlp-avx2", "info.json")))]
     results.append("")
-    results.append(compare_table("compare-gpt", "### Byte-level GPT (6 layers, width 384, 6 heads, context 256) on the Jargon File",
-                                 "mixtrain compare --model gpt --steps %d --batch 8 --lr 1e-3 --schedule cosine --warmup 20 --eval-batches 16 "
-                                 "--precisions fp32,bf16,fp16 --seed 1" % gpt_steps()))
+    gpt_table = compare_table("compare-gpt", "### Byte-level GPT (6 layers, width 384, 6 heads, context 256) on the Jargon File",
+                              "mixtrain compare --model gpt --steps %d --batch 8 --lr 1e-3 --schedule cosine --warmup 20 --eval-batches 16 "
+                              "--precisions fp32,bf16,fp16 --seed 1" % gpt_steps())
+    results.append(gpt_table)
     st = step_table()
     if st:
         results += ["", "### Training-step speed against PyTorch", "", st]
@@ -278,10 +282,18 @@ def main():
     if dt:
         results += ["", "### Data parallel (2 ranks on 2 cores)", "", dt]
     results += ["", "### Kernels", "", gemm_table()]
-    text = section(text, "results", "\n".join(results))
-    text = section(text, "cli", cli_help())
+    where = results[0].replace("; the AVX2 table below says its own", "") if info else ""
+    headline = ([where, ""] if info else []) + [mlp_table, "", gpt_table]
+    text = section(text, "headline", "\n".join(headline))
     open(path, "w").write(text)
-    print("README.md updated")
+    for name, marker, body in (("RESULTS.md", "results", "\n".join(results)),
+                               ("CLI.md", "cli", cli_help())):
+        doc = os.path.join(ROOT, "docs", name)
+        with open(doc) as f:
+            updated = section(f.read(), marker, body, "docs/" + name)
+        with open(doc, "w") as f:
+            f.write(updated)
+    print("README.md, docs/RESULTS.md and docs/CLI.md updated")
 
 
 if __name__ == "__main__":

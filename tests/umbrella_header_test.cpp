@@ -1,11 +1,13 @@
-// The README's C++ example, compiled and run as written (through the umbrella header only).
+// The low-level API through the umbrella header alone: a bf16 matmul under a policy, its fp32
+// loss and gradients. (The README's library example is built against an installed package by
+// scripts/install_check.sh.)
 #include <gtest/gtest.h>
 
 #include <mixtrain/mixtrain.h>
 
 using namespace mixtrain;
 
-TEST(Readme, ExampleRunsAsWritten) {
+TEST(UmbrellaHeader, ABf16MatmulUnderAPolicyHasFp32LossAndGradients) {
   Tensor a = Tensor::from_vector({1, 2, 3, 4}, {2, 2}, DType::bf16);  // rounded to bf16 (RNE)
   Variable w(Tensor::from_vector({0.5f, -1, 2, 0.25f}, {2, 2}), /*requires_grad=*/true);
   amp::PolicyScope bf16(amp::Policy::bf16());    // matmul runs in bf16, fp32 accumulation
