@@ -485,37 +485,6 @@ void DataParallel::load_state(optim::Optimizer& opt,
   }
 }
 
-std::unique_ptr<DataParallel> make_data_parallel(const train::TrainConfig& cfg, DType compute,
-                                                 std::vector<nn::Parameter*> params,
-                                                 optim::CommonOptions common) {
-  if (cfg.zero != 0 && cfg.zero != 1)
-    throw ConfigError(fmt::format("--zero: {} (expected 0 or 1)", cfg.zero));
-  if (cfg.allreduce != "fp32" && cfg.allreduce != "compute")
-    throw ConfigError(fmt::format("--allreduce: '{}' (expected fp32 or compute)", cfg.allreduce));
-  set_timeout(cfg.comm_timeout);
-  const int n = size();
-  const int64_t micro = cfg.batch / cfg.grad_accum;
-  if (micro % n != 0)
-    throw ConfigError(fmt::format(
-        "--batch {} / --grad-accum {} gives micro-batches of {} rows, which {} ranks cannot split "
-        "evenly (each rank takes an equal slice of every global micro-batch)",
-        cfg.batch, cfg.grad_accum, micro, n));
-  DataParallelOptions o;
-  o.zero = cfg.zero == 1;
-  // fp16 compute puts fp16 on the wire; an fp32 compute dtype makes "compute" mean fp32.
-  o.wire = cfg.allreduce == "compute" ? compute : DType::f32;
-  o.overlap = cfg.overlap_allreduce;
-  if (cfg.bucket_kib < 1)
-    throw ConfigError(fmt::format("--bucket-kib: {} (must be >= 1)", cfg.bucket_kib));
-  o.bucket_bytes = cfg.bucket_kib * 1024;
-  o.optimizer = cfg.optimizer;
-  o.lr = cfg.lr;
-  o.common = common;
-  o.weight_decay = cfg.weight_decay;
-  o.momentum = cfg.momentum;
-  return std::make_unique<DataParallel>(std::move(params), o);
-}
-
 void run_on_root(const std::function<void()>& fn) {
   std::string err;
   std::exception_ptr ep;

@@ -16,7 +16,6 @@
 #include "mixtrain/nn/parameter.h"
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/tensor.h"
-#include "mixtrain/train/config.h"
 
 namespace mixtrain::dist {
 
@@ -141,13 +140,6 @@ class DataParallel {
   int64_t comm_steps_ = 0;
 };
 
-/// The trainer's data-parallel engine for cfg (--zero, --allreduce fp32|compute,
-/// --overlap-allreduce, --bucket-kib, --comm-timeout), on this process's ranks. Throws
-/// ConfigError naming the flag (a ZeRO-1 run with a master-free --master, a micro-batch that
-/// the ranks cannot split evenly, ...).
-std::unique_ptr<DataParallel> make_data_parallel(const train::TrainConfig& cfg, DType compute,
-                                                 std::vector<nn::Parameter*> params,
-                                                 optim::CommonOptions common);
 /// Runs fn on rank 0 only; an exception there is rethrown on rank 0 and raised as a
 /// ConfigError with the same message on every other rank (no rank is left waiting).
 void run_on_root(const std::function<void()>& fn);

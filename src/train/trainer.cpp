@@ -484,6 +484,40 @@ struct Trainer::Impl {
 
 namespace {
 
+// The data-parallel engine for cfg (--zero, --allreduce fp32|compute, --overlap-allreduce,
+// --bucket-kib, --comm-timeout) on this process's ranks. ConfigError names the flag (a
+// micro-batch that the ranks cannot split evenly, ...).
+std::unique_ptr<dist::DataParallel> make_data_parallel(const TrainConfig& cfg, DType compute,
+                                                       std::vector<nn::Parameter*> params,
+                                                       optim::CommonOptions common) {
+  if (cfg.zero != 0 && cfg.zero != 1)
+    throw ConfigError(fmt::format("--zero: {} (expected 0 or 1)", cfg.zero));
+  if (cfg.allreduce != "fp32" && cfg.allreduce != "compute")
+    throw ConfigError(fmt::format("--allreduce: '{}' (expected fp32 or compute)", cfg.allreduce));
+  dist::set_timeout(cfg.comm_timeout);
+  const int n = dist::size();
+  const int64_t micro = cfg.batch / cfg.grad_accum;
+  if (micro % n != 0)
+    throw ConfigError(fmt::format(
+        "--batch {} / --grad-accum {} gives micro-batches of {} rows, which {} ranks cannot split "
+        "evenly (each rank takes an equal slice of every global micro-batch)",
+        cfg.batch, cfg.grad_accum, micro, n));
+  dist::DataParallelOptions o;
+  o.zero = cfg.zero == 1;
+  // fp16 compute puts fp16 on the wire; an fp32 compute dtype makes "compute" mean fp32.
+  o.wire = cfg.allreduce == "compute" ? compute : DType::f32;
+  o.overlap = cfg.overlap_allreduce;
+  if (cfg.bucket_kib < 1)
+    throw ConfigError(fmt::format("--bucket-kib: {} (must be >= 1)", cfg.bucket_kib));
+  o.bucket_bytes = cfg.bucket_kib * 1024;
+  o.optimizer = cfg.optimizer;
+  o.lr = cfg.lr;
+  o.common = common;
+  o.weight_decay = cfg.weight_decay;
+  o.momentum = cfg.momentum;
+  return std::make_unique<dist::DataParallel>(std::move(params), o);
+}
+
 amp::LossScaler make_scaler(const TrainConfig& cfg, const amp::Policy& policy) {
   // Loss scaling: the policy's default unless the flag says otherwise.
   amp::LossScalerOptions sc = amp::LossScaler::options_for(policy);
@@ -580,7 +614,7 @@ void Trainer::Impl::setup() {
   common.seed = s.cfg.seed;
   // Data parallel: every rank trains its slice of each global batch; with ZeRO-1 the real
   // update runs on this rank's shard and s.opt is its proxy (see dist/data_parallel.h).
-  s.dp = dist::make_data_parallel(s.cfg, s.policy.compute, s.task->module().parameters(), common);
+  s.dp = make_data_parallel(s.cfg, s.policy.compute, s.task->module().parameters(), common);
   for (const std::string& name : s.cfg.fp32_modules) {
     nn::Module* m = s.task->module().find(name);
     if (!m) {
