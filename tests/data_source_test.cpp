@@ -1,7 +1,8 @@
 // open_data() and its sources: .npy, token files, text, CSV and IDX sets written here in C++
 // (and, where numpy is installed, by numpy itself) and read back, every refused input with what
-// its message must name; Fashion-MNIST rows against ClassificationData::gather bit for bit;
-// EpochSampler against BatchIterator's order and across a saved state.
+// its message must name; the installed Fashion-MNIST against its IDX files read directly;
+// ClassificationData's decoding; EpochSampler against a reference copy of the old order, its
+// epochs and batches, and across a saved state.
 #include "mixtrain/data/source.h"
 
 #include <gmock/gmock.h>
@@ -13,13 +14,15 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <set>
 
 #include "data/formats.h"
 #include "data_files.h"
 #include "mixtrain/data/classification.h"
-#include "mixtrain/data/fashion_mnist.h"
+#include "mixtrain/data/idx.h"
 #include "mixtrain/data/text.h"
 #include "mixtrain/error.h"
+#include "mixtrain/io/safetensors.h"
 
 namespace fs = std::filesystem;
 using namespace mixtrain;
@@ -578,24 +581,44 @@ TEST(IdxSetSource, PlainAndGzipFilesOfAnotherShape) {
                         {dir.file("nowhere"), "no such directory"});
 }
 
-TEST(IdxSetSource, FashionMnistRowsAreGatherBitForBit) {
-  if (!fs::exists(std::string(kFashionMnistDir) + "/train-images-idx3-ubyte.gz"))
-    GTEST_SKIP() << kFashionMnistDir << " is not installed";
+TEST(IdxSetSource, InstalledFashionMnist) {
+  const std::string dir = kFashionMnistDir;
+  if (!fs::exists(dir + "/train-images-idx3-ubyte.gz")) GTEST_SKIP() << dir << " is not installed";
   const auto d = open_data("fashion-mnist");
-  const FashionMnist ref = load_fashion_mnist({});
+  EXPECT_EQ(d->target_kind(), TargetKind::classes);
   EXPECT_EQ(d->output_size(), 10);
   EXPECT_EQ(d->input_shape(), Shape{784});
   EXPECT_EQ(d->size(Split::train), 60000);
   EXPECT_EQ(d->size(Split::validation), 10000);
-  const std::vector<int64_t> idx{0, 59999, 12345, 7, 7, 30000};
-  const Examples tr = d->rows(Split::train, idx);
-  EXPECT_TRUE(same_bits(tr.inputs, ref.train.gather(idx.data(), 6)));
-  for (size_t i = 0; i < idx.size(); ++i)
-    EXPECT_EQ(ints(tr.targets)[i], ref.train.labels.data<int64_t>()[idx[i]]);
-  const std::vector<int64_t> tidx{9999, 0, 5000};
-  const Examples te = d->rows(Split::validation, tidx);
-  EXPECT_TRUE(same_bits(te.inputs, ref.test.gather(tidx.data(), 3)));
-  EXPECT_EQ(ints(te.targets)[1], ref.test.labels.data<int64_t>()[0]);
+  // Against the IDX files read directly: each row the image's pixels k as k / 255 in fp32 (bit
+  // for bit), each target its label.
+  auto check = [&](Split split, const std::string& stem, const std::vector<int64_t>& idx) {
+    SCOPED_TRACE(stem);
+    const Tensor images = read_idx_images(dir + "/" + stem + "-images-idx3-ubyte.gz");
+    const Tensor labels = read_idx_labels(dir + "/" + stem + "-labels-idx1-ubyte.gz");
+    ASSERT_EQ(images.shape(), (Shape{d->size(split), 28, 28}));
+    const Examples b = d->rows(split, idx);
+    ASSERT_EQ(b.inputs.shape(), (Shape{static_cast<int64_t>(idx.size()), 784}));
+    ASSERT_EQ(b.inputs.dtype(), DType::f32);
+    const std::vector<float> px = floats(b.inputs);
+    const std::vector<int64_t> targets = ints(b.targets);
+    for (size_t i = 0; i < idx.size(); ++i) {
+      EXPECT_EQ(targets[i], labels.data<uint8_t>()[idx[i]]) << idx[i];
+      const uint8_t* raw = images.data<uint8_t>() + idx[i] * 784;
+      for (int64_t j = 0; j < 784; ++j)
+        ASSERT_EQ(px[i * 784 + j], static_cast<float>(raw[j]) / 255.0f) << idx[i] << "," << j;
+    }
+  };
+  check(Split::train, "train", {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 59999, 12345, 7, 7, 30000});
+  check(Split::validation, "t10k", {9999, 0, 5000});
+  const Examples first = d->rows(Split::train, std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9});
+  EXPECT_EQ(ints(first.targets), (std::vector<int64_t>{9, 0, 0, 3, 0, 2, 7, 2, 5, 5}));
+  // Every class appears in the validation (t10k) split 1000 times.
+  std::vector<int64_t> all(10000);
+  for (int64_t i = 0; i < 10000; ++i) all[i] = i;
+  std::vector<int> counts(10);
+  for (int64_t t : ints(d->rows(Split::validation, all).targets)) ++counts.at(t);
+  EXPECT_EQ(counts, std::vector<int>(10, 1000));
 }
 
 // ---- the interface's checks ----
@@ -645,12 +668,71 @@ TEST(DataSource, SpecErrors) {
   EXPECT_STREQ(target_kind_name(TargetKind::next_token), "next_token");
 }
 
+// ---- ClassificationData ----
+
+TEST(ClassificationData, DecodesU8AndFloatFeaturesToFp32) {
+  // u8 pixels come out as v / 255 in fp32, then standardised when asked; bf16 features widened.
+  const int64_t n = 6, f = 4;
+  ClassificationData d{Tensor::empty({n, f}, DType::u8), Tensor::empty({n}, DType::i64)};
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = 0; j < f; ++j) d.features.data<uint8_t>()[i * f + j] = (i * 51 + j) % 256;
+    d.labels.data<int64_t>()[i] = i;
+  }
+  auto expect_rows = [&](const Tensor& rows, const std::vector<int64_t>& which, bool standard) {
+    ASSERT_EQ(rows.dtype(), DType::f32);
+    ASSERT_EQ(rows.shape(), (Shape{static_cast<int64_t>(which.size()), f}));
+    for (size_t r = 0; r < which.size(); ++r)
+      for (int64_t j = 0; j < f; ++j) {
+        float want = static_cast<float>(d.features.data<uint8_t>()[which[r] * f + j]) / 255.0f;
+        if (standard) want = (want - 0.25f) * 2.0f;
+        EXPECT_EQ(rows.data<float>()[r * f + j], want) << r << "," << j;
+      }
+  };
+  expect_rows(d.rows(0, 4), {0, 1, 2, 3}, false);
+  expect_rows(d.rows(5, 6), {5}, false);  // 255: exactly 1
+  EXPECT_EQ(d.rows(5, 6).data<float>()[0], 1.0f);
+
+  d.standardize = ClassificationData::Standardize{0.25f, 2.0f};
+  const ClassificationData tail = d.slice(4, 6);  // keeps u8 storage and the standardisation
+  EXPECT_EQ(tail.features.dtype(), DType::u8);
+  expect_rows(tail.rows(0, 2), {4, 5}, true);
+  const int64_t pick[] = {3, 0};
+  expect_rows(d.gather(pick, 2), {3, 0}, true);
+
+  ClassificationData half{d.features.to(DType::f32).to(DType::bf16), d.labels, std::nullopt};
+  EXPECT_EQ(half.rows(0, 1).data<float>()[1], half.features.to(DType::f32).data<float>()[1]);
+
+  ClassificationData i64s{Tensor::zeros({2, 3}, DType::i64), Tensor::zeros({2}, DType::i64), {}};
+  expect_error<DTypeError>([&] { i64s.rows(0, 2); }, {"i64"});
+}
+
+TEST(ClassificationData, ImagesToClassification) {
+  // u8 images [N, H, W] and labels [N]: u8 features [N, H*W] kept as they are, labels as i64.
+  Tensor images = Tensor::empty({2, 2, 3}, DType::u8);
+  for (int i = 0; i < 12; ++i) images.data<uint8_t>()[i] = static_cast<uint8_t>(i * 20);
+  Tensor labels = Tensor::empty({2}, DType::u8);
+  labels.data<uint8_t>()[0] = 7;
+  labels.data<uint8_t>()[1] = 200;
+  const ClassificationData d = images_to_classification(images, labels);
+  EXPECT_EQ(d.features.shape(), (Shape{2, 6}));
+  EXPECT_EQ(d.features.dtype(), DType::u8);
+  EXPECT_EQ(ints(d.labels), (std::vector<int64_t>{7, 200}));
+  EXPECT_EQ(d.rows(1, 2).data<float>()[5], 220.0f / 255.0f);
+  expect_error<ShapeError>([&] { images_to_classification(images, labels.slice(0, 0, 1)); },
+                           {"[2, 2, 3]", "[1]"});
+  expect_error<DTypeError>(
+      [&] {
+        images_to_classification(Tensor::zeros({2, 6}, DType::f32), labels);
+      },
+      {"images"});
+}
+
 // ---- EpochSampler ----
 
 namespace {
 
-// BatchIterator's order as it was written before it used EpochSampler: each epoch a
-// Fisher-Yates shuffle from a copy of the Rng, which then moves on by n - 1 draws.
+// The order as BatchIterator (since removed) was first written, before EpochSampler existed:
+// each epoch a Fisher-Yates shuffle from a copy of the Rng, which then moves on by n - 1 draws.
 std::vector<std::vector<int64_t>> reference_batches(int64_t n, int64_t batch, uint64_t seed,
                                                     int64_t count) {
   std::vector<std::vector<int64_t>> out;
@@ -672,38 +754,88 @@ std::vector<std::vector<int64_t>> reference_batches(int64_t n, int64_t batch, ui
   return out;
 }
 
-ClassificationData indexed(int64_t n) {
-  ClassificationData d{Tensor::empty({n, 1}, DType::f32), Tensor::empty({n}, DType::i64)};
-  for (int64_t i = 0; i < n; ++i) {
-    d.features.data<float>()[i] = static_cast<float>(i);
-    d.labels.data<int64_t>()[i] = i;
-  }
-  return d;
-}
-
 }  // namespace
 
-TEST(EpochSampler, SameOrderAsBatchIteratorOverThreeEpochs) {
+TEST(EpochSampler, SameOrderAsTheReferenceOverThreeEpochs) {
   for (const auto& [n, batch] : {std::pair<int64_t, int64_t>{23, 5}, {10, 10}, {7, 3}, {1, 4}}) {
     SCOPED_TRACE(fmt::format("n {} batch {}", n, batch));
     const uint64_t seed = 0x2000 ^ 1234;
     EpochSampler s(n, batch, seed);
-    const ClassificationData data = indexed(n);
-    BatchIterator it(data, batch, seed);
-    ASSERT_EQ(s.batches_per_epoch(), it.batches_per_epoch());
+    ASSERT_EQ(s.batches_per_epoch(), (n + batch - 1) / batch);
     const int64_t count = 3 * s.batches_per_epoch();
     const auto want = reference_batches(n, batch, seed, count);
     for (int64_t k = 0; k < count; ++k) {
       const std::vector<int64_t> got = s.next();
       EXPECT_EQ(got, want[k]) << k;
-      const Batch b = it.next();
-      EXPECT_EQ(ints(b.labels), want[k]) << k;
-      EXPECT_EQ(b.epoch, k / s.batches_per_epoch());
-      EXPECT_EQ(b.index, k % s.batches_per_epoch());
-      EXPECT_EQ(s.state(), it.state());
+      // The state after batch k of epoch e: epoch e, the examples up to this batch's end used.
+      const int64_t index = k % s.batches_per_epoch();
+      EXPECT_EQ(s.state().epoch, k / s.batches_per_epoch());
+      EXPECT_EQ(s.state().position, std::min(n, (index + 1) * batch));
     }
     EXPECT_EQ(s.state().epoch, 2);
   }
+}
+
+TEST(EpochSampler, EpochsArePermutationsAndDiffer) {
+  EpochSampler s(10, 4, 99);
+  EXPECT_EQ(s.batches_per_epoch(), 3);
+  std::vector<std::vector<int64_t>> epochs(2);
+  for (int e = 0; e < 2; ++e) {
+    for (int k = 0; k < 3; ++k) {
+      const std::vector<int64_t> b = s.next();
+      EXPECT_EQ(s.state().epoch, e);
+      EXPECT_EQ(b.size(), k < 2 ? 4u : 2u) << "the last batch holds what is left";
+      epochs[e].insert(epochs[e].end(), b.begin(), b.end());
+    }
+  }
+  for (const auto& ep : epochs)
+    EXPECT_EQ(std::set<int64_t>(ep.begin(), ep.end()),
+              (std::set<int64_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}))
+        << "each example once";
+  EXPECT_NE(epochs[0], epochs[1]) << "reshuffled each epoch";
+  std::vector<int64_t> identity(10);
+  for (int i = 0; i < 10; ++i) identity[i] = i;
+  EXPECT_NE(epochs[0], identity);
+  // Same seed, same order; another seed, another.
+  EpochSampler again(10, 4, 99), other(10, 4, 100);
+  EXPECT_EQ(again.next(), std::vector<int64_t>(epochs[0].begin(), epochs[0].begin() + 4));
+  EXPECT_EQ(again.order(), epochs[0]);
+  EXPECT_NE(other.order(), again.order());
+}
+
+TEST(EpochSampler, BatchesOfOpenDataRowsKeepFeaturesWithTargets) {
+  // A source whose feature 0 and class both encode the example index: the sampler's indices
+  // pick rows and targets together, the last partial batch included.
+  TempDir dir;
+  const int64_t n = 11;  // 10 train (one held out), batches of 4: 4, 4, 2
+  std::vector<float> x(n * 3);
+  std::vector<int64_t> y(n);
+  for (int64_t i = 0; i < n; ++i) {
+    x[i * 3] = static_cast<float>(i);
+    x[i * 3 + 1] = 0.5f;
+    x[i * 3 + 2] = -1.0f;
+    y[i] = i;
+  }
+  write_file(dir.file("x.npy"), npy("<f4", {n, 3}, bytes_of(x)));
+  write_file(dir.file("y.npy"), npy("<i8", {n}, bytes_of(y)));
+  const auto d = open_data("npy:" + dir.file("x.npy") + "," + dir.file("y.npy"));
+  ASSERT_EQ(d->size(Split::train), 10);
+  EpochSampler s(d->size(Split::train), 4, 99);
+  std::vector<int64_t> seen;
+  for (int k = 0; k < 3; ++k) {
+    const std::vector<int64_t> idx = s.next();
+    const Examples b = d->rows(Split::train, idx);
+    EXPECT_EQ(b.inputs.shape(), (Shape{k < 2 ? 4 : 2, 3}));
+    EXPECT_EQ(ints(b.targets), idx);
+    const std::vector<float> f = floats(b.inputs);
+    for (size_t r = 0; r < idx.size(); ++r) {
+      EXPECT_EQ(f[r * 3], static_cast<float>(idx[r]));
+      EXPECT_EQ(f[r * 3 + 2], -1.0f);
+    }
+    seen.insert(seen.end(), idx.begin(), idx.end());
+  }
+  EXPECT_EQ(seen, s.order());
+  EXPECT_EQ(std::set<int64_t>(seen.begin(), seen.end()).size(), 10u);
 }
 
 TEST(EpochSampler, ResumesFromASavedState) {
@@ -711,15 +843,19 @@ TEST(EpochSampler, ResumesFromASavedState) {
   std::vector<std::vector<int64_t>> expect;
   for (int i = 0; i < 20; ++i) expect.push_back(full.next());
 
+  // Stop after 7 batches (mid epoch 1), save the state through a checkpoint's safetensors
+  // metadata, resume.
   EpochSampler first(23, 5, 3);
   for (int i = 0; i < 7; ++i) EXPECT_EQ(first.next(), expect[i]);
   const auto meta = first.state().to_metadata("data.");
   EXPECT_EQ(meta.size(), 4u);
-  const auto loaded = EpochSampler::State::from_metadata(meta);
+  TempDir dir;
+  save_safetensors(dir.file("ckpt.safetensors"), {{"dummy", Tensor::zeros({1}, DType::f32)}}, meta);
+  const auto loaded =
+      EpochSampler::State::from_metadata(load_safetensors(dir.file("ckpt.safetensors")).metadata());
   EXPECT_EQ(loaded, first.state());
   EXPECT_EQ(loaded.epoch, 1);
-  // The keys are BatchIterator's: a checkpoint written by either restores the other.
-  EXPECT_EQ(BatchIterator::State::from_metadata(meta), loaded);
+  EXPECT_EQ(loaded.position, 10);
 
   EpochSampler second(23, 5, 999);  // another seed: restore() replaces it
   second.restore(loaded);
@@ -737,6 +873,10 @@ TEST(EpochSampler, ResumesFromASavedState) {
   broken["data.rng_counter"] = "12x";
   expect_error<ConfigError>([&] { EpochSampler::State::from_metadata(broken); },
                             {"data.rng_counter", "12x"});
+  broken = meta;
+  broken["data.position"] = "-3";
+  expect_error<ConfigError>([&] { EpochSampler::State::from_metadata(broken); },
+                            {"data.position", "-3"});
   expect_error<ConfigError>([] { EpochSampler(0, 4, 1); }, {"0 examples"});
   expect_error<ConfigError>([] { EpochSampler(4, 0, 1); }, {"batch size 0"});
 }
@@ -746,9 +886,10 @@ TEST(EpochSampler, DropLastAndNoShuffle) {
   EXPECT_EQ(s.batches_per_epoch(), 2);
   EXPECT_EQ(s.next(), (std::vector<int64_t>{0, 1, 2, 3}));
   EXPECT_EQ(s.next(), (std::vector<int64_t>{4, 5, 6, 7}));
-  EXPECT_EQ(s.next(), (std::vector<int64_t>{0, 1, 2, 3}));
+  EXPECT_EQ(s.next(), (std::vector<int64_t>{0, 1, 2, 3}));  // examples 8, 9 are dropped
   EXPECT_EQ(s.state().epoch, 1);
   expect_error<ConfigError>([] { EpochSampler(3, 4, 1, {.drop_last = true}); }, {"drop_last"});
+  expect_error<ConfigError>([] { EpochSampler(10, 11, 1, {.drop_last = true}); }, {"drop_last"});
 }
 
 // ---- files numpy wrote ----

@@ -1,5 +1,6 @@
-// IDX reader and Fashion-MNIST loader: the real Debian files, and corrupt or truncated samples
-// generated here (gzipped with zlib) that must fail with messages naming the file and fault.
+// IDX readers and an IDX set through open_data("fashion-mnist:DIR"): the real Debian files, and
+// corrupt or truncated samples generated here (gzipped with zlib) that must fail with messages
+// naming the file and fault.
 #include "mixtrain/data/idx.h"
 
 #include <gmock/gmock.h>
@@ -10,7 +11,8 @@
 #include <filesystem>
 #include <fstream>
 
-#include "mixtrain/data/fashion_mnist.h"
+#include "mixtrain/data/classification.h"
+#include "mixtrain/data/source.h"
 
 namespace fs = std::filesystem;
 using namespace mixtrain;
@@ -80,36 +82,34 @@ void expect_io_error(F&& f, const std::string& path, const std::string& fragment
 
 TEST(Idx, RealFashionMnistFiles) {
   if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-  const Tensor labels =
-      read_idx_labels(std::string(kFashionMnistDir) + "/t10k-labels-idx1-ubyte.gz");
+  const std::string dir = kFashionMnistDir;
+  const Tensor labels = read_idx_labels(dir + "/t10k-labels-idx1-ubyte.gz");
   ASSERT_EQ(labels.shape(), (Shape{10000}));
   const uint8_t first_test[] = {9, 2, 1, 1, 6, 1, 4, 6, 5, 7};
   for (int i = 0; i < 10; ++i) EXPECT_EQ(labels.data<uint8_t>()[i], first_test[i]) << i;
 
-  FashionMnistOptions opt;
-  opt.validation = 5000;
-  const FashionMnist d = load_fashion_mnist(opt);
-  ASSERT_EQ(d.train.size(), 55000);
-  ASSERT_EQ(d.validation.size(), 5000);
-  ASSERT_EQ(d.test.size(), 10000);
-  // The pixels are kept as u8 (55 MB for the 70000 images, not 220 MB in fp32).
-  EXPECT_EQ(d.train.features.shape(), (Shape{55000, 784}));
-  EXPECT_EQ(d.train.features.dtype(), DType::u8);
-  EXPECT_FALSE(d.train.standardize.has_value());
-  EXPECT_EQ(d.train.labels.dtype(), DType::i64);
+  // The training files as open_data("fashion-mnist") holds them: images_to_classification.
+  const ClassificationData train =
+      images_to_classification(read_idx_images(dir + "/train-images-idx3-ubyte.gz"),
+                               read_idx_labels(dir + "/train-labels-idx1-ubyte.gz"));
+  ASSERT_EQ(train.size(), 60000);
+  // The pixels are kept as u8 (47 MB for the 60000 images, not 188 MB in fp32).
+  EXPECT_EQ(train.features.shape(), (Shape{60000, 784}));
+  EXPECT_EQ(train.features.dtype(), DType::u8);
+  EXPECT_FALSE(train.standardize.has_value());
+  EXPECT_EQ(train.labels.dtype(), DType::i64);
   const int64_t first_train[] = {9, 0, 0, 3, 0, 2, 7, 2, 5, 5};
-  for (int i = 0; i < 10; ++i) EXPECT_EQ(d.train.labels.data<int64_t>()[i], first_train[i]) << i;
-  // Validation is the tail of the training file (labels 55000.. are 0 8 0 6 5).
-  const int64_t first_val[] = {0, 8, 0, 6, 5};
-  for (int i = 0; i < 5; ++i) EXPECT_EQ(d.validation.labels.data<int64_t>()[i], first_val[i]) << i;
-  EXPECT_EQ(d.test.labels.data<int64_t>()[0], 9);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(train.labels.data<int64_t>()[i], first_train[i]) << i;
+  // Labels 55000.. (the tail a held-out split would take) are 0 8 0 6 5.
+  const int64_t tail[] = {0, 8, 0, 6, 5};
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(train.labels.data<int64_t>()[55000 + i], tail[i]) << i;
   // Decoded pixels in [0, 1], both ends reached; the first image's pixel sum (299.0078 from
   // numpy); each the u8 value divided by 255 in fp32, as ToTensor().
-  const Tensor all = d.train.rows(0, d.train.size());
+  const Tensor all = train.rows(0, train.size());
   ASSERT_EQ(all.dtype(), DType::f32);
-  ASSERT_EQ(all.shape(), (Shape{55000, 784}));
+  ASSERT_EQ(all.shape(), (Shape{60000, 784}));
   const float* px = all.data<float>();
-  const uint8_t* raw = d.train.features.data<uint8_t>();
+  const uint8_t* raw = train.features.data<uint8_t>();
   float lo = 1, hi = 0;
   double first = 0;
   for (int64_t i = 0; i < all.numel(); ++i) {
@@ -121,51 +121,16 @@ TEST(Idx, RealFashionMnistFiles) {
   EXPECT_EQ(lo, 0.0f);
   EXPECT_EQ(hi, 1.0f);
   EXPECT_NEAR(first, 299.0078431, 1e-3);
-  // By index (as the batch iterator takes them): rows 7 and 3, in that order.
+  // By index (as a DataSource's rows() takes them): rows 7 and 3, in that order.
   const int64_t pick[] = {7, 3};
-  const Tensor two = d.train.gather(pick, 2);
+  const Tensor two = train.gather(pick, 2);
   for (int64_t j = 0; j < 784; ++j) {
     ASSERT_EQ(two.data<float>()[j], px[7 * 784 + j]);
     ASSERT_EQ(two.data<float>()[784 + j], px[3 * 784 + j]);
   }
-  const int64_t bad[] = {55000};
-  EXPECT_THROW(d.train.gather(bad, 1), ShapeError);
-  EXPECT_THROW(d.train.rows(10, 5), ShapeError);
-  // Statistics of the 55000 training images, from numpy in float64: mean 0.285817, std 0.352937.
-  EXPECT_NEAR(d.mean, 0.285817, 1e-5);
-  EXPECT_NEAR(d.std, 0.352937, 1e-5);
-  // Every class appears in the test set 1000 times.
-  std::vector<int> counts(10);
-  for (int64_t i = 0; i < 10000; ++i) ++counts[d.test.labels.data<int64_t>()[i]];
-  EXPECT_EQ(counts, std::vector<int>(10, 1000));
-}
-
-TEST(Idx, NormalizedFashionMnist) {
-  if (!have_fashion_mnist()) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
-  FashionMnistOptions opt;
-  opt.normalize = true;
-  const FashionMnist d = load_fashion_mnist(opt);
-  EXPECT_EQ(d.train.size(), 60000);
-  EXPECT_EQ(d.validation.size(), 0);
-  double sum = 0, sq = 0;
-  ASSERT_TRUE(d.train.standardize.has_value());
-  const Tensor all = d.train.rows(0, d.train.size());
-  const float* p = all.data<float>();
-  const uint8_t* raw = d.train.features.data<uint8_t>();
-  const float inv = 1.0f / d.std;
-  const int64_t n = all.numel();
-  for (int64_t i = 0; i < n; ++i) {
-    sum += p[i];
-    sq += static_cast<double>(p[i]) * p[i];
-    // Decoded as the fp32 features once stored were: divided, then standardised.
-    ASSERT_EQ(p[i], (static_cast<float>(raw[i]) / 255.0f - d.mean) * inv) << i;
-  }
-  // Standardised with its own statistics: mean 0, std 1 up to fp32 rounding of 47M values.
-  EXPECT_NEAR(sum / n, 0.0, 1e-5);
-  EXPECT_NEAR(std::sqrt(sq / n), 1.0, 1e-5);
-  EXPECT_NEAR(d.mean, 0.2860406, 1e-5);
-  // A black test pixel maps to -mean/std.
-  EXPECT_NEAR(d.test.rows(0, 1).data<float>()[0], -d.mean / d.std, 1e-6);
+  const int64_t bad[] = {60000};
+  EXPECT_THROW(train.gather(bad, 1), ShapeError);
+  EXPECT_THROW(train.rows(10, 5), ShapeError);
 }
 
 TEST(Idx, ValidSamplesGzippedAndPlain) {
@@ -223,16 +188,51 @@ TEST(Idx, CorruptSamplesGiveClearErrors) {
                   "No such file");
 }
 
-TEST(Idx, FashionMnistChecksCountsAndLabels) {
+TEST(Idx, FashionMnistSpecRefusesMalformedSets) {
+  // open_data("fashion-mnist:DIR") over four files written here: each fault names its file.
   TempDir dir;
-  write_gz(dir.file("train-images-idx3-ubyte.gz"),
-           idx_bytes(kIdxImagesMagic, {3, 28, 28}, 3 * 784));
-  write_gz(dir.file("train-labels-idx1-ubyte.gz"), idx_bytes(kIdxLabelsMagic, {4}, 4));
-  FashionMnistOptions opt;
-  opt.dir = dir.path();
-  expect_io_error([&] { load_fashion_mnist(opt); }, "train-labels-idx1-ubyte.gz", "holds 4 labels");
-  opt.validation = 60000;
-  EXPECT_THROW(load_fashion_mnist(opt), ConfigError);
+  const std::string spec = "fashion-mnist:" + dir.path();
+  const std::string train_images = dir.file("train-images-idx3-ubyte.gz"),
+                    train_labels = dir.file("train-labels-idx1-ubyte.gz"),
+                    test_images = dir.file("t10k-images-idx3-ubyte.gz"),
+                    test_labels = dir.file("t10k-labels-idx1-ubyte.gz");
+  auto write_set = [&] {
+    write_gz(train_images, idx_bytes(kIdxImagesMagic, {3, 28, 28}, 3 * 784));
+    write_gz(train_labels, idx_bytes(kIdxLabelsMagic, {3}, 3));
+    write_gz(test_images, idx_bytes(kIdxImagesMagic, {2, 28, 28}, 2 * 784));
+    write_gz(test_labels, idx_bytes(kIdxLabelsMagic, {2}, 2));
+  };
+  auto expect_refused = [&](const std::string& path, const std::vector<std::string>& fragments) {
+    for (const auto& f : fragments) expect_io_error([&] { open_data(spec); }, path, f);
+    write_set();  // whole again for the next case
+  };
+  write_set();
+  const auto d = open_data(spec);
+  EXPECT_EQ(d->size(Split::train), 3);
+  EXPECT_EQ(d->size(Split::validation), 2);
+  EXPECT_EQ(d->input_shape(), Shape{784});
+
+  // Counts that do not match: the images' and the labels' files and counts.
+  write_gz(train_labels, idx_bytes(kIdxLabelsMagic, {4}, 4));
+  expect_refused(train_labels, {"holds 4 labels", train_images, "holds 3 images"});
+  write_gz(test_labels, idx_bytes(kIdxLabelsMagic, {1}, 1));
+  expect_refused(test_labels, {"holds 1 labels", test_images, "holds 2 images"});
+  // A bad magic: a label file where the images should be, an image file for labels.
+  write_gz(train_images, idx_bytes(kIdxLabelsMagic, {3}, 3));
+  expect_refused(train_images, {"magic 0x00000801, expected 0x00000803"});
+  write_gz(test_labels, idx_bytes(kIdxImagesMagic, {2, 28, 28}, 2 * 784));
+  expect_refused(test_labels, {"expected 0x00000801 (labels"});
+  // Truncated data.
+  write_gz(test_images, idx_bytes(kIdxImagesMagic, {2, 28, 28}, 1000));
+  expect_refused(
+      test_images,
+      {"truncated: shape [2, 28, 28] needs 1568 data bytes but the file ends after 1000"});
+  // t10k images of another size than the training images: both files and shapes.
+  write_gz(test_images, idx_bytes(kIdxImagesMagic, {2, 14, 14}, 2 * 196));
+  expect_refused(test_images, {train_images, "[28, 28]", "[14, 14]"});
+  // A missing file: the directory and the names looked for.
+  fs::remove(train_labels);
+  expect_refused(dir.path(), {"neither train-labels-idx1-ubyte.gz nor train-labels-idx1-ubyte"});
 }
 
 TEST(Idx, FromMemoryGzippedAndPlain) {

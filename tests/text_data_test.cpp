@@ -1,6 +1,5 @@
 // Byte-level text data (split, seeded random windows, evaluation windows, errors) on the
-// committed Jargon File sample and the installed corpus, and the classification BatchIterator
-// (deterministic shuffles, epochs, resume from saved state).
+// committed Jargon File sample and the installed corpus.
 #include "mixtrain/data/text.h"
 
 #include <gmock/gmock.h>
@@ -12,10 +11,6 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <set>
-
-#include "mixtrain/data/classification.h"
-#include "mixtrain/io/safetensors.h"
 
 namespace fs = std::filesystem;
 using namespace mixtrain;
@@ -186,146 +181,4 @@ TEST(ByteText, InstalledCorpus) {
   std::ifstream in(kSample, std::ios::binary);
   const std::string sample((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_NE(d.bytes(TextSplit::train).find(sample), std::string_view::npos);
-}
-
-// ---- BatchIterator ----
-
-namespace {
-
-// n examples with 3 features each; feature 0 and the label both encode the example index.
-ClassificationData toy(int64_t n) {
-  ClassificationData d{Tensor::empty({n, 3}, DType::f32), Tensor::empty({n}, DType::i64)};
-  for (int64_t i = 0; i < n; ++i) {
-    d.features.data<float>()[i * 3] = static_cast<float>(i);
-    d.features.data<float>()[i * 3 + 1] = 0.5f;
-    d.features.data<float>()[i * 3 + 2] = -1.0f;
-    d.labels.data<int64_t>()[i] = i;
-  }
-  return d;
-}
-
-std::vector<int64_t> labels_of(const Batch& b) {
-  return std::vector<int64_t>(b.labels.data<int64_t>(),
-                              b.labels.data<int64_t>() + b.labels.numel());
-}
-
-}  // namespace
-
-TEST(BatchIterator, EpochsArePermutationsAndDiffer) {
-  const ClassificationData d = toy(10);
-  BatchIterator it(d, 4, 99);
-  EXPECT_EQ(it.batches_per_epoch(), 3);
-  std::vector<std::vector<int64_t>> epochs(2);
-  for (int e = 0; e < 2; ++e) {
-    for (int k = 0; k < 3; ++k) {
-      const Batch b = it.next();
-      EXPECT_EQ(b.epoch, e);
-      EXPECT_EQ(b.index, k);
-      EXPECT_EQ(b.features.shape(), (Shape{k < 2 ? 4 : 2, 3}));
-      for (int64_t r = 0; r < b.labels.numel(); ++r)  // features travel with their labels
-        EXPECT_EQ(b.features.data<float>()[r * 3], static_cast<float>(b.labels.data<int64_t>()[r]));
-      for (int64_t l : labels_of(b)) epochs[e].push_back(l);
-    }
-  }
-  for (const auto& ep : epochs) {
-    EXPECT_EQ(std::set<int64_t>(ep.begin(), ep.end()).size(), 10u) << "each example once";
-  }
-  EXPECT_NE(epochs[0], epochs[1]) << "reshuffled each epoch";
-  std::vector<int64_t> identity(10);
-  for (int i = 0; i < 10; ++i) identity[i] = i;
-  EXPECT_NE(epochs[0], identity);
-  // Same seed, same order; another seed, another.
-  BatchIterator again(d, 4, 99), other(d, 4, 100);
-  EXPECT_EQ(labels_of(again.next()),
-            std::vector<int64_t>(epochs[0].begin(), epochs[0].begin() + 4));
-  EXPECT_NE(other.order(), again.order());
-}
-
-TEST(BatchIterator, ResumeGivesTheSameStream) {
-  const ClassificationData d = toy(23);
-  BatchIterator full(d, 5, 3);
-  std::vector<std::vector<int64_t>> expect;
-  for (int i = 0; i < 20; ++i) expect.push_back(labels_of(full.next()));
-
-  // Stop after 7 batches (in epoch 1), save the state through safetensors metadata, resume.
-  BatchIterator first(d, 5, 3);
-  for (int i = 0; i < 7; ++i) EXPECT_EQ(labels_of(first.next()), expect[i]);
-  const auto meta = first.state().to_metadata();
-  const auto path =
-      (fs::temp_directory_path() / ("mixtrain_it_" + std::to_string(::getpid()) + ".safetensors"))
-          .string();
-  save_safetensors(path, {{"dummy", Tensor::zeros({1}, DType::f32)}}, meta);
-  const auto loaded = BatchIterator::State::from_metadata(load_safetensors(path).metadata());
-  fs::remove(path);
-  EXPECT_EQ(loaded, first.state());
-  EXPECT_EQ(loaded.epoch, 1);
-
-  BatchIterator second(d, 5, 12345);  // a different seed: restore() must replace it
-  second.restore(loaded);
-  for (int i = 7; i < 20; ++i) EXPECT_EQ(labels_of(second.next()), expect[i]) << i;
-
-  BatchIterator::State bad = loaded;
-  bad.position = 24;
-  EXPECT_THROW(second.restore(bad), ConfigError);
-  EXPECT_THROW(BatchIterator::State::from_metadata({{"data.epoch", "1"}}), ConfigError);
-  auto broken = meta;
-  broken["data.position"] = "-3";
-  EXPECT_THROW(BatchIterator::State::from_metadata(broken), ConfigError);
-}
-
-TEST(BatchIterator, DropLastAndNoShuffle) {
-  const ClassificationData d = toy(10);
-  BatchIterator it(d, 4, 1, {.shuffle = false, .drop_last = true});
-  EXPECT_EQ(it.batches_per_epoch(), 2);
-  EXPECT_EQ(labels_of(it.next()), (std::vector<int64_t>{0, 1, 2, 3}));
-  EXPECT_EQ(labels_of(it.next()), (std::vector<int64_t>{4, 5, 6, 7}));
-  const Batch b = it.next();  // examples 8, 9 are dropped: a new epoch starts
-  EXPECT_EQ(b.epoch, 1);
-  EXPECT_EQ(labels_of(b), (std::vector<int64_t>{0, 1, 2, 3}));
-  EXPECT_THROW(BatchIterator(d, 0, 1), ConfigError);
-  EXPECT_THROW(BatchIterator(d, 11, 1, {.shuffle = true, .drop_last = true}), ConfigError);
-  EXPECT_THROW(BatchIterator(ClassificationData{}, 4, 1), ConfigError);
-}
-
-TEST(BatchIterator, DecodesU8AndFloatFeaturesToFp32) {
-  // u8 pixels come out as v / 255 in fp32, then standardised when asked; bf16 features widened.
-  const int64_t n = 6, f = 4;
-  ClassificationData d{Tensor::empty({n, f}, DType::u8), Tensor::empty({n}, DType::i64)};
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < f; ++j) d.features.data<uint8_t>()[i * f + j] = (i * 51 + j) % 256;
-    d.labels.data<int64_t>()[i] = i;
-  }
-  auto expect_rows = [&](const Tensor& rows, const std::vector<int64_t>& which, bool standard) {
-    ASSERT_EQ(rows.dtype(), DType::f32);
-    ASSERT_EQ(rows.shape(), (Shape{static_cast<int64_t>(which.size()), f}));
-    for (size_t r = 0; r < which.size(); ++r)
-      for (int64_t j = 0; j < f; ++j) {
-        float want = static_cast<float>(d.features.data<uint8_t>()[which[r] * f + j]) / 255.0f;
-        if (standard) want = (want - 0.25f) * 2.0f;
-        EXPECT_EQ(rows.data<float>()[r * f + j], want) << r << "," << j;
-      }
-  };
-  BatchIterator it(d, 4, 1, {.shuffle = false, .drop_last = false});
-  Batch b = it.next();
-  expect_rows(b.features, {0, 1, 2, 3}, false);
-  expect_rows(d.rows(5, 6), {5}, false);  // 255: exactly 1
-  EXPECT_EQ(d.rows(5, 6).data<float>()[0], 1.0f);
-
-  d.standardize = ClassificationData::Standardize{0.25f, 2.0f};
-  const ClassificationData tail = d.slice(4, 6);  // keeps u8 storage and the standardisation
-  EXPECT_EQ(tail.features.dtype(), DType::u8);
-  expect_rows(tail.rows(0, 2), {4, 5}, true);
-  const int64_t pick[] = {3, 0};
-  expect_rows(d.gather(pick, 2), {3, 0}, true);
-
-  ClassificationData half{d.features.to(DType::f32).to(DType::bf16), d.labels, std::nullopt};
-  EXPECT_EQ(half.rows(0, 1).data<float>()[1], half.features.to(DType::f32).data<float>()[1]);
-
-  ClassificationData ints{Tensor::zeros({2, 3}, DType::i64), Tensor::zeros({2}, DType::i64), {}};
-  try {
-    ints.rows(0, 2);
-    FAIL() << "i64 features must be refused";
-  } catch (const DTypeError& e) {
-    EXPECT_NE(std::string(e.what()).find("i64"), std::string::npos) << e.what();
-  }
 }

@@ -7,7 +7,6 @@
 #include "mixtrain/autograd.h"
 #include "mixtrain/cpu.h"
 #include "mixtrain/data/classification.h"
-#include "mixtrain/data/fashion_mnist.h"
 #include "mixtrain/data/source.h"
 #include "mixtrain/data/text.h"
 #include "mixtrain/dtype.h"

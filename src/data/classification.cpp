@@ -1,5 +1,5 @@
-// ClassificationData slicing and decoding, shuffled_indices, and the BatchIterator (an
-// EpochSampler's order with the rows and labels it picks).
+// ClassificationData slicing and decoding, images_to_classification (an IDX set's images and
+// labels as one), and shuffled_indices (EpochSampler's shuffle).
 #include "mixtrain/data/classification.h"
 
 #include <fmt/format.h>
@@ -65,6 +65,24 @@ Tensor ClassificationData::gather(const int64_t* idx, int64_t n) const {
   return out;
 }
 
+ClassificationData images_to_classification(const Tensor& images, const Tensor& labels) {
+  images.check_dtype(DType::u8, "images_to_classification images");
+  labels.check_dtype(DType::u8, "images_to_classification labels");
+  if (images.dim() < 2 || labels.dim() != 1 || images.size(0) != labels.size(0))
+    throw ShapeError(fmt::format("images_to_classification: images {} and labels {} do not pair up",
+                                 shape_str(images.shape()), shape_str(labels.shape())));
+  const int64_t n = images.size(0);
+  const int64_t f = n ? images.numel() / n : 0;
+  ClassificationData d;
+  d.features = images.contiguous().reshape({n, f});  // the pixels as they are: decoded per batch
+  d.labels = Tensor::empty({n}, DType::i64);
+  const Tensor lab = labels.contiguous();
+  const uint8_t* lb = lab.data<uint8_t>();
+  int64_t* ol = d.labels.data<int64_t>();
+  for (int64_t i = 0; i < n; ++i) ol[i] = lb[i];
+  return d;
+}
+
 std::vector<int64_t> shuffled_indices(int64_t n, Rng& rng) {
   std::vector<int64_t> idx(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) idx[i] = i;
@@ -76,53 +94,5 @@ std::vector<int64_t> shuffled_indices(int64_t n, Rng& rng) {
   }
   return idx;
 }
-
-namespace {
-
-// BatchIterator's own checks, before its sampler is built: they name the data set's faults.
-int64_t checked_size(const ClassificationData& data, int64_t batch_size,
-                     const BatchIterator::Options& opt) {
-  if (batch_size < 1)
-    throw ConfigError(fmt::format("BatchIterator: batch size {} < 1", batch_size));
-  if (data.size() < 1) throw ConfigError("BatchIterator: the data set is empty");
-  if (data.features.dim() != 2 || data.labels.dim() != 1 ||
-      data.features.size(0) != data.labels.size(0))
-    throw ShapeError(fmt::format("BatchIterator: features {} and labels {} do not pair up",
-                                 shape_str(data.features.shape()), shape_str(data.labels.shape())));
-  data.labels.check_dtype(DType::i64, "BatchIterator labels");
-  if (opt.drop_last && data.size() < batch_size)
-    throw ConfigError(fmt::format(
-        "BatchIterator: drop_last with batch size {} but only {} examples: no batch at all",
-        batch_size, data.size()));
-  return data.size();
-}
-
-}  // namespace
-
-BatchIterator::BatchIterator(const ClassificationData& data, int64_t batch_size, uint64_t seed)
-    : BatchIterator(data, batch_size, seed, Options{}) {}
-
-BatchIterator::BatchIterator(const ClassificationData& data, int64_t batch_size, uint64_t seed,
-                             Options opt)
-    : data_(data), sampler_(checked_size(data, batch_size, opt), batch_size, seed, opt) {}
-
-int64_t BatchIterator::batches_per_epoch() const { return sampler_.batches_per_epoch(); }
-
-Batch BatchIterator::next() {
-  const std::vector<int64_t> picked = sampler_.next();
-  const int64_t b = static_cast<int64_t>(picked.size());
-  Batch out;
-  out.features = data_.gather(picked.data(), b);
-  out.labels = Tensor::empty({b}, DType::i64);
-  const Tensor labels = data_.labels.contiguous();
-  const int64_t* lab = labels.data<int64_t>();
-  int64_t* olab = out.labels.data<int64_t>();
-  for (int64_t i = 0; i < b; ++i) olab[i] = lab[picked[i]];
-  out.epoch = sampler_.state().epoch;
-  out.index = (sampler_.state().position - b) / sampler_.batch();
-  return out;
-}
-
-void BatchIterator::restore(const State& s) { sampler_.restore(s); }
 
 }  // namespace mixtrain

@@ -12,7 +12,6 @@
 
 #include "data/formats.h"
 #include "mixtrain/data/classification.h"
-#include "mixtrain/data/fashion_mnist.h"
 #include "mixtrain/data/idx.h"
 #include "mixtrain/data/text.h"
 #include "mixtrain/error.h"
@@ -220,7 +219,13 @@ std::string idx_path(const std::string& dir, const std::string& stem) {
   throw IOError(fmt::format("fashion-mnist {}: neither {}.gz nor {} is there", dir, stem, stem));
 }
 
-ClassificationData read_idx_pair(const std::string& dir, const std::string& stem) {
+struct IdxPair {
+  ClassificationData data;
+  std::string images_path;
+  Shape image_shape;  // one image's: [rows, cols] for an idx3 file
+};
+
+IdxPair read_idx_pair(const std::string& dir, const std::string& stem) {
   const std::string ipath = idx_path(dir, stem + "-images-idx3-ubyte");
   const std::string lpath = idx_path(dir, stem + "-labels-idx1-ubyte");
   const Tensor images = read_idx_images(ipath);
@@ -228,7 +233,8 @@ ClassificationData read_idx_pair(const std::string& dir, const std::string& stem
   if (images.size(0) != labels.size(0))
     throw IOError(fmt::format("fashion-mnist: {} holds {} images but {} holds {} labels", ipath,
                               images.size(0), lpath, labels.size(0)));
-  return images_to_classification(images, labels);
+  const Shape shape(images.shape().begin() + 1, images.shape().end());
+  return {images_to_classification(images, labels), ipath, shape};
 }
 
 std::shared_ptr<DataSource> open_idx_set(const std::string& spec, const std::string& dir) {
@@ -238,14 +244,17 @@ std::shared_ptr<DataSource> open_idx_set(const std::string& spec, const std::str
     throw IOError(fmt::format(
         "fashion-mnist {}: no such directory{}", dir,
         dir == kFashionMnistDir ? " (Debian's dataset-fashion-mnist package installs it)" : ""));
-  // The trainer's MLP reads the same files through load_fashion_mnist (which insists on
-  // Fashion-MNIST's 60000 + 10000 28x28 images): both go through images_to_classification,
-  // so the rows are the same bits.
-  ClassificationData train = read_idx_pair(dir, "train");
-  ClassificationData test = read_idx_pair(dir, "t10k");
-  if (train.num_features() != test.num_features())
-    throw IOError(fmt::format("fashion-mnist {}: training images have {} pixels, t10k images {}",
-                              dir, train.num_features(), test.num_features()));
+  // Any image shape and number of examples: the training and t10k images need only agree. Both
+  // splits go through images_to_classification, so the rows are ClassificationData::gather's.
+  IdxPair train_pair = read_idx_pair(dir, "train");
+  IdxPair test_pair = read_idx_pair(dir, "t10k");
+  if (train_pair.data.num_features() != test_pair.data.num_features())
+    throw IOError(fmt::format(
+        "fashion-mnist {}: {} holds {} images but {} holds {} images: the splits must agree", dir,
+        train_pair.images_path, shape_str(train_pair.image_shape), test_pair.images_path,
+        shape_str(test_pair.image_shape)));
+  const ClassificationData& train = train_pair.data;
+  const ClassificationData& test = test_pair.data;
   int64_t classes = 0;
   for (const ClassificationData* d : {&train, &test})
     for (int64_t i = 0; i < d->size(); ++i)

@@ -22,6 +22,7 @@
 //   Examples b = data->rows(Split::train, idx);  // inputs f32 [3, F], targets i64 [3]
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -83,6 +84,13 @@ class DataSource {
   std::vector<std::string> warnings_;
 };
 
+/// Where open_data("fashion-mnist") looks (Debian's dataset-fashion-mnist package), and the
+/// names of Fashion-MNIST's 10 classes, by label.
+inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+inline constexpr std::array<const char*, 10> kFashionMnistClasses = {
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+
 struct DataOptions {
   /// Sources without a validation split of their own (all but fashion-mnist and tokens with
   /// VAL) hold out this fraction from the end, rounded down, keeping at least one example or
@@ -101,8 +109,7 @@ std::shared_ptr<DataSource> open_data(const std::string& spec, const DataOptions
 /// The examples of a split in shuffled epochs, resumable: the order of epoch e is a
 /// Fisher-Yates shuffle of 0..n-1 drawn from the counter-based Rng (shuffled_indices), and the
 /// next epoch's Rng continues where that shuffle stopped (counter + n - 1), so a resumed run
-/// draws exactly the batches an uninterrupted one would. BatchIterator walks its data set with
-/// one, so both give the same order for the same n, batch and seed.
+/// draws exactly the batches an uninterrupted one would.
 ///   EpochSampler s(data->size(Split::train), 128, seed);
 ///   Examples b = data->rows(Split::train, s.next());
 ///   auto meta = s.state().to_metadata();  // in a checkpoint; later s.restore(from_metadata)
