@@ -74,6 +74,7 @@ TrainConfig tiny_gpt(const json& j) {
   c.allreduce = j.value("allreduce", "fp32");
   c.steps = j.value("steps", c.steps);
   c.clip_grad = j.value("clip_grad", 0.0);
+  c.grad_accum = j.value("grad_accum", 1);
   c.checkpoint_every = j.value("checkpoint_every", 0);
   c.comm_timeout = j.value("comm_timeout", 60.0);
   c.overlap_allreduce = j.value("overlap", false);
@@ -194,25 +195,27 @@ TEST(DistWorker, Train) {
 // ZeRO-1 on one rank runs the shard update over the whole model: it must reproduce the
 // ordinary optimizer bit for bit (same kernels, same multiplier), and hold the same state.
 TEST(Dist, ZeroOnOneRankIsBitIdenticalToPlain) {
-  const fs::path a = fresh_dir("plain1"), b = fresh_dir("zero1");
-  // ZeRO-1 shards an fp32 master (--master auto takes fp32 with it): the plain run names it.
-  run_local({{"out", a.string()}, {"precision", "bf16"}, {"master", "fp32"}});
-  run_local({{"out", b.string()}, {"precision", "bf16"}, {"zero", 1}});
-  SafetensorsFile fa = load_safetensors(list_checkpoints(a).front().string());
-  SafetensorsFile fb = load_safetensors(list_checkpoints(b).front().string());
-  ASSERT_EQ(fa.names(), fb.names());
-  for (const auto& n : fa.names()) {
-    const Tensor &x = fa.get(n), &y = fb.get(n);
-    ASSERT_EQ(x.nbytes(), y.nbytes()) << n;
-    EXPECT_EQ(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()), 0) << n;
+  for (int stage : {1, 2}) {
+    const fs::path a = fresh_dir("plain1"), b = fresh_dir(fmt::format("zero{}on1", stage));
+    // ZeRO shards an fp32 master (--master auto takes fp32 with it): the plain run names it.
+    run_local({{"out", a.string()}, {"precision", "bf16"}, {"master", "fp32"}});
+    run_local({{"out", b.string()}, {"precision", "bf16"}, {"zero", stage}});
+    SafetensorsFile fa = load_safetensors(list_checkpoints(a).front().string());
+    SafetensorsFile fb = load_safetensors(list_checkpoints(b).front().string());
+    ASSERT_EQ(fa.names(), fb.names());
+    for (const auto& n : fa.names()) {
+      const Tensor &x = fa.get(n), &y = fb.get(n);
+      ASSERT_EQ(x.nbytes(), y.nbytes()) << n;
+      EXPECT_EQ(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()), 0) << n;
+    }
+    EXPECT_EQ(losses(a), losses(b));
+    // metrics of a ZeRO run report the state it holds: fp32 master + 2 Adam moments.
+    const json last = metrics(b).back();
+    EXPECT_EQ(last.at("ranks").get<int>(), 1);
+    const int64_t params = json::parse(slurp(a / "summary.json")).at("parameters").get<int64_t>();
+    EXPECT_EQ(last.at("optimizer_state_bytes_per_rank").get<int64_t>(), 12 * params);
+    EXPECT_EQ(last.at("master_bytes_per_rank").get<int64_t>(), 4 * params);
   }
-  EXPECT_EQ(losses(a), losses(b));
-  // metrics of a ZeRO run report the state it holds: fp32 master + 2 Adam moments.
-  const json last = metrics(b).back();
-  EXPECT_EQ(last.at("ranks").get<int>(), 1);
-  const int64_t params = json::parse(slurp(a / "summary.json")).at("parameters").get<int64_t>();
-  EXPECT_EQ(last.at("optimizer_state_bytes_per_rank").get<int64_t>(), 12 * params);
-  EXPECT_EQ(last.at("master_bytes_per_rank").get<int64_t>(), 4 * params);
 }
 
 // fp32: 2 ranks x 4 rows give the loss trajectory of 1 rank x 8 rows up to summation order
@@ -257,6 +260,55 @@ TEST(Dist, TwoRanksMatchOneRankFp32) {
   EXPECT_NEAR(mz.at("master_bytes_per_rank").get<double>(), 2.0 * params, 4);
 }
 
+// ZeRO-2 shards the fp32 gradients as well: each micro-batch is reduce-scattered into its
+// owner's shard and the model's gradients are released. With one micro-batch a step it sums
+// exactly what ZeRO-1 sums (bit-identical); with two it accumulates sharded (each micro-batch
+// summed over the ranks first), which moves fp32 rounding only (1e-5 of the one-rank run).
+TEST(Dist, ZeroTwoShardsTheGradientsAndMatchesOneRank) {
+  SKIP_WITHOUT_MPIRUN();
+  const fs::path ref = fresh_dir("z2ref"), z1 = fresh_dir("z2z1"), z2 = fresh_dir("z2"),
+                 ref_acc = fresh_dir("z2refacc"), z2_acc = fresh_dir("z2acc"),
+                 z2_ov = fresh_dir("z2ov");
+  run_local({{"out", ref.string()}, {"clip_grad", 0.5}});
+  run_ranks(2, {{"out", z1.string()}, {"clip_grad", 0.5}, {"zero", 1}});
+  run_ranks(2, {{"out", z2.string()}, {"clip_grad", 0.5}, {"zero", 2}});
+  expect_close(losses(z2), losses(ref), 1e-5, "2 ranks fp32 ZeRO-2");
+  EXPECT_EQ(losses(z2), losses(z1)) << "one micro-batch: ZeRO-2 sums what ZeRO-1 sums";
+  {
+    SafetensorsFile fa = load_safetensors(list_checkpoints(z1).front().string());
+    SafetensorsFile fb = load_safetensors(list_checkpoints(z2).front().string());
+    ASSERT_EQ(fa.names(), fb.names());
+    for (const auto& n : fa.names())
+      EXPECT_EQ(std::memcmp(fa.get(n).raw_data(), fb.get(n).raw_data(), fa.get(n).nbytes()), 0)
+          << n;
+  }
+  // Two micro-batches a step, accumulated in the shard; overlapped in 16 KiB buckets, the same
+  // bits (sums element-wise in rank order, whenever each bucket starts).
+  run_local({{"out", ref_acc.string()}, {"grad_accum", 2}});
+  run_ranks(2, {{"out", z2_acc.string()}, {"grad_accum", 2}, {"zero", 2}});
+  run_ranks(2, {{"out", z2_ov.string()},
+                {"grad_accum", 2},
+                {"zero", 2},
+                {"overlap", true},
+                {"bucket_kib", 16}});
+  expect_close(losses(z2_acc), losses(ref_acc), 1e-5, "2 ranks fp32 ZeRO-2, 2 micro-batches");
+  EXPECT_EQ(losses(z2_ov), losses(z2_acc)) << "ZeRO-2 overlapped in 16 KiB buckets";
+  // What a rank holds: fp32 weights (4 B/param, they are the masters), its half of the fp32
+  // gradients (2) and of the moments (4); ZeRO-1 keeps the whole gradient (4).
+  const int64_t params = json::parse(slurp(ref / "summary.json")).at("parameters").get<int64_t>();
+  const json s1 = json::parse(slurp(z1 / "summary.json")),
+             s2 = json::parse(slurp(z2 / "summary.json"));
+  EXPECT_EQ(s2.at("zero_stage"), 2);
+  EXPECT_EQ(s1.at("gradient_bytes_per_rank").get<int64_t>(), 4 * params);
+  EXPECT_NEAR(s2.at("gradient_bytes_per_rank").get<double>(), 2.0 * params, 4);
+  EXPECT_NEAR(s2.at("model_state_bytes_per_rank").get<double>(), 10.0 * params, 12);
+  const json plain = json::parse(slurp(ref / "summary.json"));
+  EXPECT_EQ(plain.at("model_state_bytes_per_rank").get<int64_t>(), 16 * params);
+  // Per-rank traffic is ZeRO-1's (the gradient reduce-scatter and the weight all-gather).
+  EXPECT_EQ(metrics(z2).back().at("comm_bytes_per_step"),
+            metrics(z1).back().at("comm_bytes_per_step"));
+}
+
 // A user's model on a user's data is data parallel like the built-ins: 2 ranks x 4 rows give
 // 1 rank x 8 rows' losses up to fp32 summation order (1e-5 relative, as above).
 TEST(Dist, YourModelOnTwoRanksMatchesOneRank) {
@@ -297,6 +349,16 @@ TEST(Dist, TwoRanksMatchOneRankBf16) {
                 {"bucket_kib", 8}});
   expect_close(losses(dp), losses(ref), 2e-3, "2 ranks bf16, bf16 all-reduce");
   expect_close(losses(z), losses(ref), 2e-3, "2 ranks bf16, ZeRO-1");
+  {  // ZeRO-2, two micro-batches a step: within the tolerance ZeRO-1 meets
+    const fs::path r2 = fresh_dir("ref16acc"), z2 = fresh_dir("zero2bf16");
+    run_local({{"out", r2.string()}, {"precision", "bf16"}, {"master", "fp32"}, {"grad_accum", 2}});
+    run_ranks(2, {{"out", z2.string()},
+                  {"precision", "bf16"},
+                  {"allreduce", "compute"},
+                  {"zero", 2},
+                  {"grad_accum", 2}});
+    expect_close(losses(z2), losses(r2), 2e-3, "2 ranks bf16, ZeRO-2, 2 micro-batches");
+  }
   EXPECT_EQ(losses(zo), losses(z)) << "ZeRO-1 overlapped in 8 KiB buckets";
   expect_close(losses(d32), losses(ref), 2e-3, "2 ranks bf16, fp32 all-reduce");
   // The default master in bf16 is split16: the fp32 master's bits, so the same losses as the
@@ -377,6 +439,14 @@ TEST(Dist, CheckpointsResumeAcrossRankCounts) {
   expect_close(losses(a), losses(ref), 1e-5, "2 ranks ZeRO-1 -> 1 rank");
   expect_close(losses(b), losses(ref), 1e-5, "1 rank -> 2 ranks ZeRO-1");
   expect_close(losses(c), losses(ref), 1e-5, "2 ranks -> 1 rank ZeRO-1");
+  // ZeRO-2 writes the same format: 2 ranks at stage 2, then 1 rank without ZeRO, and back.
+  const fs::path d = fresh_dir("ck21z2"), e = fresh_dir("ck12z2");
+  run_ranks(2, {{"out", d.string()}, {"steps", 6}, {"zero", 2}});
+  run_local({{"out", d.string()}, {"steps", 12}, {"resume", true}});
+  run_local({{"out", e.string()}, {"steps", 6}});
+  run_ranks(2, {{"out", e.string()}, {"steps", 12}, {"resume", true}, {"zero", 2}});
+  expect_close(losses(d), losses(ref), 1e-5, "2 ranks ZeRO-2 -> 1 rank");
+  expect_close(losses(e), losses(ref), 1e-5, "1 rank -> 2 ranks ZeRO-2");
 }
 
 namespace {

@@ -1,4 +1,4 @@
-// Data-parallel gradient reduction and ZeRO-1 (see data_parallel.h).
+// Data-parallel gradient reduction, ZeRO-1 and ZeRO-2 (see data_parallel.h).
 //
 // One scheme serves both. The flat gradient (all parameters in order) is cut into buckets of
 // whole parameters, in reverse parameter order (the order backward finishes them). Each
@@ -8,6 +8,13 @@
 // the wire dtype (all-gather), so every rank unpacks the same bits. With ZeRO the regions are
 // the bucket's intersections with the ranks' shards: the owner keeps the fp32 sum as its
 // shard optimizer's gradient, and after the update the compute-dtype weights are all-gathered.
+// ZeRO-2 runs the same reduce-scatter after every micro-batch instead of once a step: the sums
+// accumulate in the rank's fp32 gradient shard (written by the first micro-batch, added to by
+// the rest), and each bucket's model gradients are released once packed for the wire, so no
+// rank holds a whole gradient between micro-batches. The accumulation is thereby sharded: each
+// micro-batch is summed over the ranks first and over the micro-batches second, where stages 0
+// and 1 sum each rank's micro-batches first (fp32 rounding differs; with one micro-batch a step
+// the two are the same bits).
 // Sums are element-wise in rank order, so neither the bucket size nor when a bucket starts
 // (during backward or after it) changes a bit of the result.
 //
@@ -65,10 +72,13 @@ DataParallel::DataParallel(std::vector<nn::Parameter*> params, DataParallelOptio
   flat_begin_.push_back(0);
   for (auto* p : params_) flat_begin_.push_back(flat_begin_.back() + p->numel());
   had_grad_.assign(params_.size(), 0);
+  if (opt_.zero < 0 || opt_.zero > 2)
+    throw ConfigError(fmt::format("--zero: stage {} (expected 0, 1 or 2)", opt_.zero));
+  reached_.assign(params_.size(), 0);
   const int64_t total = flat_begin_.back();
   if (opt_.zero && total < size_)
-    throw ConfigError(
-        fmt::format("--zero 1: {} parameters cannot be sharded over {} ranks", total, size_));
+    throw ConfigError(fmt::format("--zero {}: {} parameters cannot be sharded over {} ranks",
+                                  opt_.zero, total, size_));
   for (int j = 0; j <= size_; ++j) shard_lo_.push_back(total * j / size_);
   lo_ = shard_lo_[rank_];
   hi_ = shard_lo_[rank_ + 1];
@@ -122,16 +132,17 @@ std::unique_ptr<optim::Optimizer> DataParallel::make_optimizer() {
                                  opt_.common);
   if (opt_.common.master != optim::MasterMode::fp32)
     throw ConfigError(
-        fmt::format("--zero 1 shards the fp32 master: --master {} is not supported "
+        fmt::format("--zero {} shards the fp32 master: --master {} is not supported "
                     "with it (use --master fp32)",
-                    optim::master_mode_name(opt_.common.master)));
+                    opt_.zero, optim::master_mode_name(opt_.common.master)));
+  if (sharded_grads()) grad_shard_ = Tensor::empty({hi_ - lo_}, DType::f32, comm_device());
   shard_pieces_ = pieces_in(lo_, hi_);
   shard_.reserve(shard_pieces_.size());  // the optimizer keeps pointers into it
   for (const Piece& pc : shard_pieces_) {
     nn::Parameter& p = *params_[pc.param];
     if (p.master.dtype() != DType::f32)
-      throw DTypeError(fmt::format("--zero 1: parameter '{}' master is {} (expected f32)", p.name,
-                                   p.master.str()));
+      throw DTypeError(fmt::format("--zero {}: parameter '{}' master is {} (expected f32)",
+                                   opt_.zero, p.name, p.master.str()));
     const Tensor w = flat_view(p.weight.data(), "weight of " + p.name).slice(0, pc.begin, pc.end);
     nn::Parameter& sp = shard_.emplace_back();
     sp.name = p.name;
@@ -151,7 +162,7 @@ std::unique_ptr<optim::Optimizer> DataParallel::make_optimizer() {
 }
 
 void DataParallel::before_backward(bool last) {
-  if (!opt_.overlap || size_ == 1 || !last) return;
+  if (!opt_.overlap || size_ == 1 || (!last && !sharded_grads())) return;
   for (Bucket& k : buckets_) k.pending = static_cast<int64_t>(k.p1 - k.p0);
   armed_ = true;
 }
@@ -184,6 +195,10 @@ void DataParallel::launch(Bucket& k) {
       throw ShapeError(fmt::format("data parallel: gradient of '{}' is {} (expected {} contiguous)",
                                    params_[i]->name, g.str(), len));
     d.copy_from(g.view({-1}));  // into the wire dtype, across devices if need be
+    if (sharded_grads()) {      // ZeRO-2: its sum lives in the owner's shard from here on
+      reached_[i] = 1;
+      params_[i]->zero_grad();
+    }
   }
   const int64_t len = k.region[rank_ + 1] - k.region[rank_];
   k.sb.resize(size_);
@@ -216,6 +231,15 @@ void DataParallel::sum_received(Bucket& k) {
     else
       be.add_into(acc, part);
   }
+  if (sharded_grads()) {
+    if (len == 0) return;  // the bucket lies outside this rank's shard
+    Tensor dst = grad_shard_.slice(0, k.region[rank_] - lo_, k.region[rank_ + 1] - lo_);
+    if (first_micro_)
+      dst.copy_from(acc);
+    else
+      be.add_into(dst, acc);
+    return;
+  }
   if (opt_.zero) {
     // The owner's sums go into its own gradient tensors (the shard optimizer's gradients are
     // views of them): no second gradient-sized buffer.
@@ -233,6 +257,32 @@ void DataParallel::sum_received(Bucket& k) {
   k.ag = iallgatherv_inplace(k.send.raw_data(), k.sb.data(), k.so.data());
 }
 
+void DataParallel::reduce_buckets() {
+  for (Bucket& k : buckets_)
+    if (!k.launched) launch(k);
+  for (Bucket& k : buckets_) sum_received(k);
+  for (Bucket& k : buckets_) {
+    k.launched = false;
+    if (opt_.zero) continue;
+    wait(k.ag, "gradient all-gather (allgatherv)");
+    k.ag = 0;
+    for (size_t i = k.p0; i < k.p1; ++i) {
+      if (!had_grad_[i]) continue;
+      const int64_t at = flat_begin_[i] - k.a;
+      Tensor g = params_[i]->grad().view({-1});
+      g.copy_from(k.send.slice(0, at, at + params_[i]->numel()));
+    }
+  }
+}
+
+void DataParallel::after_backward() {
+  if (!sharded_grads()) return;
+  Timed timed{comm_seconds_};
+  armed_ = false;
+  reduce_buckets();
+  first_micro_ = false;
+}
+
 void DataParallel::reduce_gradients() {
   Timed timed{comm_seconds_};
   ++comm_steps_;
@@ -242,31 +292,23 @@ void DataParallel::reduce_gradients() {
     // One rank: the shard is the whole model and nothing goes on the wire (no wire rounding).
     for (size_t i = 0; i < params_.size(); ++i) had_grad_[i] = params_[i]->grad().defined();
   } else {
-    for (Bucket& k : buckets_)
-      if (!k.launched) launch(k);
-    for (Bucket& k : buckets_) sum_received(k);
-    for (Bucket& k : buckets_) {
-      k.launched = false;
-      if (opt_.zero) continue;
-      wait(k.ag, "gradient all-gather (allgatherv)");
-      k.ag = 0;
-      for (size_t i = k.p0; i < k.p1; ++i) {
-        if (!had_grad_[i]) continue;
-        const int64_t at = flat_begin_[i] - k.a;
-        Tensor g = params_[i]->grad().view({-1});
-        g.copy_from(k.send.slice(0, at, at + params_[i]->numel()));
-      }
-    }
+    reduce_buckets();
   }
   if (!opt_.zero) return;
   for (size_t s = 0; s < shard_.size(); ++s) {
     const Piece& pc = shard_pieces_[s];
     // As Optimizer::step: a parameter backward did not reach keeps its value and state.
     const nn::Parameter& p = *params_[pc.param];
-    shard_[s].weight.grad() =
-        had_grad_[pc.param]
-            ? flat_view(p.grad(), "gradient of " + p.name).slice(0, pc.begin, pc.end)
-            : Tensor();
+    if (sharded_grads())
+      shard_[s].weight.grad() =
+          reached_[pc.param]
+              ? grad_shard_.slice(0, pc.flat - lo_, pc.flat - lo_ + (pc.end - pc.begin))
+              : Tensor();
+    else
+      shard_[s].weight.grad() =
+          had_grad_[pc.param]
+              ? flat_view(p.grad(), "gradient of " + p.name).slice(0, pc.begin, pc.end)
+              : Tensor();
   }
   reduce_stats();
 }
@@ -317,8 +359,8 @@ void DataParallel::after_step(const optim::StepResult& r) {
     for (size_t i = k.p0; i < k.p1; ++i) {
       const Tensor& w = params_[i]->weight.data();
       if (!w.is_contiguous())
-        throw ShapeError(
-            fmt::format("--zero 1: weight of '{}' is not contiguous", params_[i]->name));
+        throw ShapeError(fmt::format("--zero {}: weight of '{}' is not contiguous", opt_.zero,
+                                     params_[i]->name));
       wbegin.push_back(wbegin.back() + w.numel() * static_cast<int64_t>(w.element_size()));
     }
     auto byte_of = [&](int64_t e) {  // flat element e of the bucket -> its byte in the buffer
@@ -360,6 +402,15 @@ void DataParallel::after_step(const optim::StepResult& r) {
 
 void DataParallel::zero_grad() {
   for (auto* p : params_) p->zero_grad();
+  first_micro_ = true;
+  std::fill(reached_.begin(), reached_.end(), 0);
+}
+
+int64_t DataParallel::gradient_bytes() const {
+  if (sharded_grads()) return (hi_ - lo_) * 4;
+  int64_t b = 0;
+  for (auto* p : params_) b += p->numel() * static_cast<int64_t>(dtype_size(p->grad_dtype));
+  return b;
 }
 
 StateBytes DataParallel::state_bytes(const optim::Optimizer& opt) const {
@@ -373,9 +424,29 @@ StateBytes DataParallel::state_bytes(const optim::Optimizer& opt) const {
   return b;
 }
 
+ModelStateBytes DataParallel::model_state_bytes(const optim::Optimizer& opt) const {
+  ModelStateBytes b;
+  for (auto* p : params_) b.weights += static_cast<int64_t>(p->weight.data().nbytes());
+  b.gradients = gradient_bytes();
+  for (const auto& [n, t] : opt.state_tensors()) {
+    if (t.dtype() == DType::f32) b.moments += static_cast<int64_t>(t.nbytes());
+    if (t.dtype() == DType::bf16) b.master += static_cast<int64_t>(t.nbytes());  // split16/kahan
+  }
+  if (opt.master_mode() == optim::MasterMode::fp32) {
+    if (opt_.zero) {
+      for (const Piece& pc : shard_pieces_)
+        if (!params_[pc.param]->shares_master()) b.master += (pc.end - pc.begin) * 4;
+    } else {
+      for (auto* p : params_)
+        if (!p->shares_master()) b.master += p->numel() * 4;
+    }
+  }
+  return b;
+}
+
 std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state(
     const optim::Optimizer& opt) {
-  if (!opt_.zero) throw Error("DataParallel::gather_state: only with ZeRO-1");
+  if (!opt_.zero) throw Error("DataParallel::gather_state: only with ZeRO");
   const int64_t total = flat_begin_.back();
   std::map<std::string, Tensor> mine;
   for (const auto& [n, t] : opt.state_tensors()) mine[n] = t;
@@ -439,19 +510,19 @@ std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state(
 
 void DataParallel::load_state(optim::Optimizer& opt,
                               const std::vector<std::pair<std::string, Tensor>>& tensors) {
-  if (!opt_.zero) throw Error("DataParallel::load_state: only with ZeRO-1");
+  if (!opt_.zero) throw Error("DataParallel::load_state: only with ZeRO");
   std::map<std::string, const Tensor*> by_name;
   for (const auto& [n, t] : tensors) by_name[n] = &t;
   auto find = [&](const std::string& n) -> const Tensor& {
     auto it = by_name.find(n);
     if (it == by_name.end())
-      throw IOError(fmt::format("--zero 1 load_state: tensor '{}' is missing", n));
+      throw IOError(fmt::format("ZeRO load_state: tensor '{}' is missing", n));
     return *it->second;
   };
   auto full = [&](const std::string& n, const nn::Parameter& p) {
     const Tensor& t = find(n);
     if (t.shape() != p.weight.shape() || t.dtype() != DType::f32)
-      throw ShapeError(fmt::format("--zero 1 load_state: tensor '{}' is {} (expected f32 {})", n,
+      throw ShapeError(fmt::format("ZeRO load_state: tensor '{}' is {} (expected f32 {})", n,
                                    t.str(), shape_str(p.weight.shape())));
     return t.contiguous().view({-1});
   };
@@ -471,7 +542,7 @@ void DataParallel::load_state(optim::Optimizer& opt,
           found = true;
           break;
         }
-    if (!found) throw Error(fmt::format("--zero 1 load_state: unexpected state tensor '{}'", n));
+    if (!found) throw Error(fmt::format("ZeRO load_state: unexpected state tensor '{}'", n));
   }
   std::vector<Tensor> masters;
   for (auto* p : params_) masters.push_back(full("param." + p->name, *p));

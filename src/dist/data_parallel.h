@@ -1,7 +1,9 @@
 // Data-parallel training on top of dist/comm.h: bucketed gradient reduction (fp32 or compute
-// dtype on the wire, summed in fp32 on arrival, optionally started during the backward pass)
-// and ZeRO-1 (fp32 master and moments sharded across ranks: reduce-scatter, the real optimizer
-// updates this rank's shard, all-gather the compute-dtype weights).
+// dtype on the wire, summed in fp32 on arrival, optionally started during the backward pass),
+// ZeRO-1 (fp32 master and moments sharded across ranks: reduce-scatter, the real optimizer
+// updates this rank's shard, all-gather the compute-dtype weights) and ZeRO-2 (the fp32
+// gradients sharded too: every micro-batch's gradients are reduce-scattered into the owner's
+// shard as backward finishes them, and released).
 #pragma once
 
 #include <algorithm>
@@ -20,7 +22,7 @@
 namespace mixtrain::dist {
 
 struct DataParallelOptions {
-  bool zero = false;
+  int zero = 0;                    ///< ZeRO stage: 0, 1 (optimizer state) or 2 (and gradients)
   DType wire = DType::f32;         ///< f32, bf16 or f16: gradient elements on the wire
   int64_t bucket_bytes = 4 << 20;  ///< gradient bucket (wire bytes), whole parameters
   bool overlap = false;            ///< start a bucket's reduction from the backward pass
@@ -38,6 +40,15 @@ struct StateBytes {
   int64_t total() const { return master + moments; }
 };
 
+/// What one rank holds of the model's training state at a step's peak, by part: the compute
+/// weights (every rank holds them all up to ZeRO-2), the fp32 gradients it keeps (the model's,
+/// or its shard with ZeRO-2), the fp32 masters held apart from the weights (none when the
+/// weights are fp32: they are the masters) with any 16-bit master auxiliaries, and the moments.
+struct ModelStateBytes {
+  int64_t weights = 0, gradients = 0, master = 0, moments = 0;
+  int64_t total() const { return weights + gradients + master + moments; }
+};
+
 class DataParallel {
  public:
   DataParallel(std::vector<nn::Parameter*> params, DataParallelOptions opt);
@@ -47,7 +58,9 @@ class DataParallel {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
-  bool zero() const { return opt_.zero; }
+  /// ZeRO on (stage 1 or 2): the optimizer state is sharded.
+  bool zero() const { return opt_.zero > 0; }
+  int zero_stage() const { return opt_.zero; }
   DType wire() const { return opt_.wire; }
 
   /// The optimizer the trainer drives through the loss scaler. Without ZeRO: the ordinary one
@@ -59,8 +72,14 @@ class DataParallel {
   std::unique_ptr<optim::Optimizer> make_optimizer();
 
   /// Before each micro-batch's backward; `last`: the accumulation boundary. With overlap on,
-  /// the last backward starts each bucket's reduce-scatter once all its gradients are final.
+  /// the last backward (ZeRO-2: every backward) starts each bucket's reduce-scatter once all
+  /// its gradients are final.
   void before_backward(bool last);
+  /// After each micro-batch's backward but the last (which reduce_gradients() finishes).
+  /// ZeRO-2: reduces this micro-batch's gradients into the shard (fp32 sums accumulate there
+  /// over the micro-batches) and releases them; otherwise nothing (gradients accumulate
+  /// unsharded, in the model, and are reduced once).
+  void after_backward();
   /// After the last backward: finishes every bucket. Without ZeRO every rank ends with the
   /// same summed gradients (bit for bit); with ZeRO the shard optimizer's gradients hold this
   /// rank's fp32 sums and reduced_stats() the global verdict. The 1/N of the mean is folded
@@ -72,8 +91,12 @@ class DataParallel {
   /// ZeRO-1, after the loss scaler's step: all-gathers the compute-dtype weights each rank
   /// updated (nothing when the step was skipped).
   void after_step(const optim::StepResult& r);
-  /// Clears the model's gradients (with ZeRO the optimizer only knows its shard's).
+  /// Clears the model's gradients (with ZeRO the optimizer only knows its shard's) and, with
+  /// ZeRO-2, the shard's accumulated ones.
   void zero_grad();
+  /// Bytes of fp32 gradient this rank keeps between micro-batches and until the update: the
+  /// model's gradients (stages 0 and 1), its shard of them (stage 2).
+  int64_t gradient_bytes() const;
 
   /// Mean seconds per step spent in reduce_gradients() and after_step() since the last call:
   /// waiting for collectives, packing, fp32 sums, the all-gather (the optimizer not included).
@@ -86,6 +109,8 @@ class DataParallel {
 
   /// fp32 master and moment bytes this rank holds (`opt`: what make_optimizer() returned).
   StateBytes state_bytes(const optim::Optimizer& opt) const;
+  /// The model state this rank holds, by part (`opt`: what make_optimizer() returned).
+  ModelStateBytes model_state_bytes(const optim::Optimizer& opt) const;
 
   /// ZeRO-1 checkpoint (collective): on rank 0 the tensors a plain run saves — "param.<name>"
   /// (fp32 masters) and "optim.*" — gathered from every rank's shard, so the file is the same
@@ -117,6 +142,9 @@ class DataParallel {
   std::vector<Piece> pieces_in(int64_t a, int64_t b) const;
   void launch(Bucket& k);
   void sum_received(Bucket& k);
+  void reduce_buckets();  ///< launches what is left and finishes every bucket
+  /// ZeRO-2 over several ranks: gradients live in grad_shard_ (one rank keeps the model's).
+  bool sharded_grads() const { return opt_.zero == 2 && size_ > 1; }
   void on_grad_ready(size_t param);
   void reduce_stats();
 
@@ -124,7 +152,8 @@ class DataParallel {
   DataParallelOptions opt_;
   int rank_ = 0, size_ = 1;
   std::vector<int64_t> flat_begin_;  ///< per parameter, plus the total at the end
-  std::vector<char> had_grad_;       ///< per parameter: reached by this step's backward
+  std::vector<char> had_grad_;       ///< per parameter: reached by this micro-batch's backward
+  std::vector<char> reached_;        ///< ZeRO-2, per parameter: by any micro-batch of the step
   std::vector<Bucket> buckets_;      ///< in launch order (reverse parameter order)
   std::vector<size_t> bucket_of_;    ///< per parameter
   bool armed_ = false;               ///< overlap: the last backward is running
@@ -132,8 +161,13 @@ class DataParallel {
   std::vector<int64_t> shard_lo_;  ///< per rank, plus the total at the end
   int64_t lo_ = 0, hi_ = 0;
   std::vector<Piece> shard_pieces_;
-  /// One per piece: master, a view of the weight, a view of the model's (reduced) gradient.
+  /// One per piece: master, a view of the weight, a view of the model's (reduced) gradient
+  /// (ZeRO-2: of grad_shard_).
   std::vector<nn::Parameter> shard_;
+  /// ZeRO-2: this rank's fp32 gradient sums, [lo_, hi_) of the flat vector; the first
+  /// micro-batch of a step writes it, later ones add.
+  Tensor grad_shard_;
+  bool first_micro_ = true;
   optim::GradStats stats_;
   bool made_optimizer_ = false;
   double comm_seconds_ = 0;

@@ -70,12 +70,17 @@ std::string TrainSummary::to_json() const {
             {"peak_tensor_bytes", peak_tensor_bytes},
             {"peak_rss_bytes", peak_rss_bytes},
             {"activation_bytes", activation_bytes},
+            {"model_state_bytes_per_rank", model_state_bytes_per_rank},
+            {"weight_bytes_per_rank", weight_bytes_per_rank},
+            {"gradient_bytes_per_rank", gradient_bytes_per_rank},
+            {"moment_bytes_per_rank", moment_bytes_per_rank},
             {"out_dir", out_dir}};
   if (test_accuracy >= 0) j["test_accuracy"] = test_accuracy;
   if (stopped) j["stopped"] = true;
   if (ranks > 1 || zero) {  // data parallel: this rank's traffic and state
     j["ranks"] = ranks;
     j["zero"] = zero;
+    j["zero_stage"] = zero_stage;
     j["comm_bytes_per_step"] = comm_bytes_per_step;
     j["optimizer_state_bytes_per_rank"] = optimizer_state_bytes_per_rank;
     j["master_bytes_per_rank"] = master_bytes_per_rank;
@@ -490,8 +495,15 @@ namespace {
 std::unique_ptr<dist::DataParallel> make_data_parallel(const TrainConfig& cfg, DType compute,
                                                        std::vector<nn::Parameter*> params,
                                                        optim::CommonOptions common) {
-  if (cfg.zero != 0 && cfg.zero != 1)
-    throw ConfigError(fmt::format("--zero: {} (expected 0 or 1)", cfg.zero));
+  if (cfg.zero < 0 || cfg.zero > 2)
+    throw ConfigError(fmt::format("--zero: {} (expected 0, 1 or 2)", cfg.zero));
+  // ZeRO-2 on several ranks keeps no whole gradient on any rank after backward.
+  if (cfg.zero == 2 && dist::size() > 1 && cfg.diagnose_every > 0)
+    throw ConfigError(
+        "--diagnose-every: the gradient diagnostics read whole gradients, which --zero 2 shards "
+        "across the ranks; use --zero 1 (or one rank) to diagnose");
+  if (cfg.zero == 2 && dist::size() > 1 && !cfg.inject_nonfinite_grad.empty())
+    throw ConfigError("--inject-nonfinite-grad: not with --zero 2 on several ranks");
   if (cfg.allreduce != "fp32" && cfg.allreduce != "compute")
     throw ConfigError(fmt::format("--allreduce: '{}' (expected fp32 or compute)", cfg.allreduce));
   dist::set_timeout(cfg.comm_timeout);
@@ -503,7 +515,7 @@ std::unique_ptr<dist::DataParallel> make_data_parallel(const TrainConfig& cfg, D
         "evenly (each rank takes an equal slice of every global micro-batch)",
         cfg.batch, cfg.grad_accum, micro, n));
   dist::DataParallelOptions o;
-  o.zero = cfg.zero == 1;
+  o.zero = static_cast<int>(cfg.zero);
   // fp16 compute puts fp16 on the wire; an fp32 compute dtype makes "compute" mean fp32.
   o.wire = cfg.allreduce == "compute" ? compute : DType::f32;
   o.overlap = cfg.overlap_allreduce;
@@ -757,6 +769,7 @@ TrainSummary Trainer::run() {
       // With N ranks the seed also carries 1/N: the summed gradients are the global mean.
       s.dp->before_backward(m + 1 == s.cfg.grad_accum);
       loss.backward(scale / static_cast<float>(s.cfg.grad_accum * s.dp->size()));
+      if (m + 1 < s.cfg.grad_accum) s.dp->after_backward();  // ZeRO-2: into the shard
     }
     s.dp->reduce_gradients();
     step_loss = dist::mean_over_ranks(step_loss);
@@ -838,6 +851,12 @@ TrainSummary Trainer::run() {
                    {"skipped_total", log.skipped_total},
                    {"grad_norm", num(log.grad_norm)},
                    {"throughput", log.throughput}};
+      {  // the model state this rank holds (every run: one rank and no ZeRO too)
+        const dist::ModelStateBytes ms = s.dp->model_state_bytes(*s.opt);
+        line["model_state_bytes_per_rank"] = ms.total();
+        line["weight_bytes_per_rank"] = ms.weights;
+        line["gradient_bytes_per_rank"] = ms.gradients;
+      }
       if (s.dp->size() > 1 || s.dp->zero()) {  // data parallel: this rank's traffic and state
         line["ranks"] = s.dp->size();
         line["comm_bytes_per_step"] = step_bytes;
@@ -916,6 +935,12 @@ TrainSummary Trainer::run() {
   sum.out_dir = s.out.string();
   sum.ranks = s.dp->size();
   sum.zero = s.dp->zero();
+  sum.zero_stage = s.dp->zero_stage();
+  const dist::ModelStateBytes ms = s.dp->model_state_bytes(*s.opt);
+  sum.model_state_bytes_per_rank = ms.total();
+  sum.weight_bytes_per_rank = ms.weights;
+  sum.gradient_bytes_per_rank = ms.gradients;
+  sum.moment_bytes_per_rank = ms.moments;
   sum.comm_bytes_per_step = last_step_bytes;
   const dist::StateBytes sb = s.dp->state_bytes(*s.opt);
   sum.optimizer_state_bytes_per_rank = sb.total();

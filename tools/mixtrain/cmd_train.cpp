@@ -189,8 +189,10 @@ void add_train_flags(CLI::App* c, TrainFlags& f, bool with_precision = true) {
       ->capture_default_str();
   c->add_flag("--quiet", f.quiet, "no progress output");
   // data parallel (under mpirun -np N; see include/mixtrain/dist/comm.h)
-  f.add(c, "--zero", &TrainConfig::zero, "ZeRO stage: 0, or 1 (shard the fp32 master and moments)")
-      ->check(CLI::IsMember({0, 1}))
+  f.add(c, "--zero", &TrainConfig::zero,
+        "ZeRO stage: 0, 1 (shard the fp32 master and moments) or 2 (and the fp32 gradients, "
+        "reduce-scattered after every micro-batch)")
+      ->check(CLI::IsMember({0, 1, 2}))
       ->capture_default_str();
   f.add(c, "--allreduce", &TrainConfig::allreduce, "gradient dtype on the wire: fp32 | compute")
       ->check(CLI::IsMember({"fp32", "compute"}))

@@ -66,7 +66,7 @@ struct TrainConfig {
   /// first parameter's gradient (+Inf, or NaN at odd positions of the list) before unscaling
   std::vector<int64_t> inject_nonfinite_grad;
   // data parallel (under mpirun; see include/mixtrain/dist/comm.h)
-  int zero = 0;                    ///< 0 | 1: ZeRO-1 shards the fp32 master and moments
+  int zero = 0;  ///< ZeRO stage: 1 shards the fp32 master and moments, 2 also the gradients
   std::string allreduce = "fp32";  ///< fp32 | compute: gradient dtype on the wire
   double comm_timeout = 120.0;     ///< seconds a collective may wait before the job is aborted
   bool overlap_allreduce = false;  ///< start each bucket's reduction during backward

@@ -48,6 +48,10 @@ struct TrainSummary {
   /// ({"bf16": n, ...}; the largest micro-batch of the run): what activation checkpointing
   /// and 16-bit activations shrink.
   std::map<std::string, int64_t> activation_bytes;
+  /// The model state this rank holds (every run): compute weights + the fp32 gradients it keeps
+  /// (its shard with ZeRO-2) + fp32 masters held apart from the weights + optimizer moments.
+  int64_t model_state_bytes_per_rank = 0;
+  int64_t weight_bytes_per_rank = 0, gradient_bytes_per_rank = 0, moment_bytes_per_rank = 0;
   std::string out_dir;
   /// Callbacks::on_step asked to stop: the run was checkpointed at `steps` and not evaluated
   /// (summary.json is not written); Trainer::run on the same folder with resume continues it.
@@ -55,7 +59,8 @@ struct TrainSummary {
   // data parallel (reported when ranks > 1 or zero): rank 0's figures
   int64_t ranks = 1;
   bool zero = false;
-  int64_t comm_bytes_per_step = 0;             ///< payload bytes this rank sent in the last step
+  int64_t zero_stage = 0;           ///< 0, 1 (optimizer state sharded) or 2 (and gradients)
+  int64_t comm_bytes_per_step = 0;  ///< payload bytes this rank sent in the last step
   int64_t optimizer_state_bytes_per_rank = 0;  ///< fp32 master + moments this rank holds
   int64_t master_bytes_per_rank = 0;           ///< of which fp32 master
   /// The summary as a JSON object (the contents of summary.json).
