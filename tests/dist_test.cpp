@@ -304,7 +304,13 @@ TEST(Dist, ZeroTwoShardsTheGradientsAndMatchesOneRank) {
   EXPECT_NEAR(s2.at("model_state_bytes_per_rank").get<double>(), 10.0 * params, 12);
   const json plain = json::parse(slurp(ref / "summary.json"));
   EXPECT_EQ(plain.at("model_state_bytes_per_rank").get<int64_t>(), 16 * params);
-  // Per-rank traffic is ZeRO-1's (the gradient reduce-scatter and the weight all-gather).
+  // Per-rank traffic is ZeRO-1's, split by collective: the gradient reduce-scatter (alltoallv)
+  // and the weight all-gather each send (N-1)/N x 4 bytes per parameter, plus scalars
+  // (allreduce: the loss, the verdict and the norm; broadcast: the checkpoint decision).
+  const json by = metrics(z2).back().at("comm_bytes_by_collective");
+  EXPECT_NEAR(by.at("alltoallv").get<double>(), 2.0 * params, 0.001 * params);
+  EXPECT_NEAR(by.at("allgatherv").get<double>(), 2.0 * params, 0.001 * params);
+  EXPECT_LT(by.at("allreduce").get<int64_t>(), 100);
   EXPECT_EQ(metrics(z2).back().at("comm_bytes_per_step"),
             metrics(z1).back().at("comm_bytes_per_step"));
 }

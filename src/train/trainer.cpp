@@ -741,6 +741,8 @@ TrainSummary Trainer::run() {
   while (s.step < s.total_steps) {
     const auto t0 = Clock::now();
     const int64_t bytes0 = dist::bytes_sent();
+    int64_t by0[dist::kCollectives];
+    for (int c = 0; c < dist::kCollectives; ++c) by0[c] = dist::bytes_sent(dist::Collective(c));
     // Forward, backward and update: the same buffers every step (evaluation and checkpoints,
     // after it, are not part of the plan).
     std::optional<StepMemoryScope> step_memory(std::in_place);
@@ -792,6 +794,10 @@ TrainSummary Trainer::run() {
     if (s.dp->zero()) s.dp->zero_grad();
     step_memory.reset();
     const int64_t step_bytes = dist::bytes_sent() - bytes0;
+    std::map<std::string, int64_t> step_bytes_by;  // the step's bytes by collective
+    for (int c = 0; c < dist::kCollectives; ++c)
+      if (const int64_t b = dist::bytes_sent(dist::Collective(c)) - by0[c])
+        step_bytes_by[dist::collective_name(dist::Collective(c))] = b;
     last_step_bytes = step_bytes;
     if (!r.applied) ++s.skipped;
     s.schedule->step(r);
@@ -860,6 +866,7 @@ TrainSummary Trainer::run() {
       if (s.dp->size() > 1 || s.dp->zero()) {  // data parallel: this rank's traffic and state
         line["ranks"] = s.dp->size();
         line["comm_bytes_per_step"] = step_bytes;
+        line["comm_bytes_by_collective"] = step_bytes_by;
         line["comm_seconds_per_step"] = s.dp->take_comm_seconds();
         const dist::StateBytes sb = s.dp->state_bytes(*s.opt);
         line["optimizer_state_bytes_per_rank"] = sb.total();

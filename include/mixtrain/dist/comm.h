@@ -66,6 +66,18 @@ void wait(Request r, const char* what);
 
 /// Payload bytes this rank has sent to other ranks so far (collectives above, all kinds).
 int64_t bytes_sent();
+/// The collectives, for accounting: alltoallv is data parallelism's reduce-scatter, allgatherv
+/// its all-gathers (of reduced gradients, or of ZeRO's updated weights).
+enum class Collective : int { allreduce, broadcast, alltoallv, allgatherv, gatherv };
+inline constexpr int kCollectives = 5;
+/// "allreduce", "broadcast", "alltoallv", "allgatherv", "gatherv".
+inline const char* collective_name(Collective c) {
+  constexpr const char* names[kCollectives] = {"allreduce", "broadcast", "alltoallv", "allgatherv",
+                                               "gatherv"};
+  return names[static_cast<int>(c)];
+}
+/// Of bytes_sent(), the bytes of one kind of collective.
+int64_t bytes_sent(Collective c);
 
 /// Throws CommError "rank R of N: why" (a collective failed or timed out).
 [[noreturn]] void fail(const std::string& why);

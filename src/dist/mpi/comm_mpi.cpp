@@ -45,8 +45,14 @@ struct World {
   int rank = 0, size = 1;
   double timeout = 120.0;
   int64_t sent = 0;
+  int64_t sent_by[kCollectives] = {};  ///< the same bytes, by collective
   bool in_flight = false;
 };
+
+void add_sent(World& s, Collective c, int64_t bytes) {
+  s.sent += bytes;
+  s.sent_by[static_cast<int>(c)] += bytes;
+}
 
 World& w() {
   static World world;
@@ -193,7 +199,7 @@ void allreduce_sum(double* data, int64_t n) {
         }),
         "MPI_Iallreduce");
   wait_bounded(req, "allreduce (sum)");
-  s.sent += 2 * n * 8 * (s.size - 1) / s.size;
+  add_sent(s, Collective::allreduce, 2 * n * 8 * (s.size - 1) / s.size);
 }
 
 void allreduce_max(int64_t* data, int64_t n) {
@@ -206,7 +212,7 @@ void allreduce_max(int64_t* data, int64_t n) {
         }),
         "MPI_Iallreduce");
   wait_bounded(req, "allreduce (max)");
-  s.sent += 2 * n * 8 * (s.size - 1) / s.size;
+  add_sent(s, Collective::allreduce, 2 * n * 8 * (s.size - 1) / s.size);
 }
 
 void broadcast(void* data, int64_t bytes, int root) {
@@ -218,7 +224,7 @@ void broadcast(void* data, int64_t bytes, int root) {
         }),
         "MPI_Ibcast");
   wait_bounded(req, "broadcast");
-  if (s.rank == root) s.sent += bytes * (s.size - 1);
+  if (s.rank == root) add_sent(s, Collective::broadcast, bytes * (s.size - 1));
 }
 
 void barrier() {
@@ -243,7 +249,7 @@ Request ialltoallv(const void* send, const int64_t* send_bytes, const int64_t* s
     p.o0[j] = to_int(send_off[j], "alltoallv");
     p.c1[j] = to_int(recv_bytes[j], "alltoallv");
     p.o1[j] = to_int(recv_off[j], "alltoallv");
-    if (j != s.rank) s.sent += send_bytes[j];
+    if (j != s.rank) add_sent(s, Collective::alltoallv, send_bytes[j]);
   }
   if (s.size == 1) {
     std::copy_n(static_cast<const char*>(send) + p.o0[0], p.c0[0],
@@ -273,7 +279,7 @@ Request iallgatherv_inplace(void* buf, const int64_t* bytes, const int64_t* off)
     p.c0[j] = to_int(bytes[j], "allgatherv");
     p.o0[j] = to_int(off[j], "allgatherv");
   }
-  s.sent += bytes[s.rank] * (s.size - 1);
+  add_sent(s, Collective::allgatherv, bytes[s.rank] * (s.size - 1));
   check(mpi([&] {
           return MPI_Iallgatherv(MPI_IN_PLACE, 0, MPI_BYTE, buf, p.c0.data(), p.o0.data(), MPI_BYTE,
                                  MPI_COMM_WORLD, &p.req);
@@ -324,7 +330,7 @@ void gatherv(const void* send, int64_t send_bytes, void* recv, const int64_t* by
       o[j] = to_int(off[j], "gatherv");
     }
   } else {
-    s.sent += send_bytes;
+    add_sent(s, Collective::gatherv, send_bytes);
   }
   MPI_Request req;
   check(mpi([&] {
@@ -336,6 +342,7 @@ void gatherv(const void* send, int64_t send_bytes, void* recv, const int64_t* by
 }
 
 int64_t bytes_sent() { return world().sent; }
+int64_t bytes_sent(Collective c) { return world().sent_by[static_cast<int>(c)]; }
 
 void fail(const std::string& why) {
   World& s = world();
