@@ -91,6 +91,11 @@ struct Node {
   /// `backward`, it re-runs a checkpointed block's forward with the tape on, so `backward` can
   /// walk that block's own graph. Empty for ordinary ops.
   std::function<void()> recompute;
+  /// Run by the tape walker before `recompute` and `backward`: the hook that was current
+  /// (BeforeBackwardScope) when the op was recorded. Sharded data parallelism gathers a unit's
+  /// parameters with it before the backward of the ops its forward recorded. Shared by every
+  /// op of that forward, so it must be cheap once its work is done.
+  std::shared_ptr<const std::function<void()>> before_backward;
 };
 
 /// Whether ops record the tape (thread-local; on by default).
@@ -118,6 +123,20 @@ class GradModeGuard {
 
  private:
   bool prev_;
+};
+
+/// Ops recorded while one is alive on this thread carry `hook` (Node::before_backward); the
+/// previous hook is current again when it goes. A null hook leaves the current one in place.
+class BeforeBackwardScope {
+ public:
+  explicit BeforeBackwardScope(std::shared_ptr<const std::function<void()>> hook);
+  ~BeforeBackwardScope();
+  BeforeBackwardScope(const BeforeBackwardScope&) = delete;
+  BeforeBackwardScope& operator=(const BeforeBackwardScope&) = delete;
+
+ private:
+  std::shared_ptr<const std::function<void()>> prev_;
+  bool set_ = false;
 };
 
 /// Builds an op's output: records a Node if grad is enabled and any input requires grad.

@@ -49,9 +49,18 @@ class Storage {
   size_t nbytes() const { return nbytes_; }
   Device device() const { return device_; }
 
+  /// Frees the bytes while tensors that view them live on, and materialize() allocates them
+  /// again (contents undefined): a sharded parameter's gathered weights between uses, which
+  /// the ops that saved them for backward still name. A released storage's tensors throw on
+  /// any access to their data.
+  void release();
+  void materialize();
+  bool resident() const { return !released_; }
+
  private:
   void* data_ = nullptr;
   size_t nbytes_ = 0;
+  bool released_ = false;
   DType dtype_;
   Device device_;
 };
@@ -107,6 +116,10 @@ class Tensor {
   /// A view of the same storage with the given shape, element strides and element offset
   /// (relative to this view's offset); throws ShapeError if it reaches outside the storage.
   Tensor as_strided(const Shape& shape, const Shape& strides, int64_t offset = 0) const;
+  /// A contiguous `dtype` view of `shape` over this contiguous tensor's bytes from
+  /// `byte_offset` on (a multiple of dtype's size): parameters of several dtypes side by side
+  /// in one flat buffer of bytes. Shares storage; throws ShapeError past its end.
+  Tensor view_bytes(int64_t byte_offset, const Shape& shape, DType dtype) const;
   /// Same data, contiguous (returns *this when already contiguous).
   Tensor contiguous() const;
   /// A contiguous copy.

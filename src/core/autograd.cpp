@@ -17,6 +17,7 @@ namespace mixtrain {
 namespace {
 thread_local bool g_grad_enabled = true;
 thread_local bool g_keep_activations = false;
+thread_local std::shared_ptr<const std::function<void()>> g_before_backward;
 
 // dst += src elementwise (same shape, any float dtypes), computed in fp32 and rounded once
 // into dst's dtype, by dst's backend. dst is a gradient this walker made or a leaf's
@@ -48,6 +49,15 @@ KeepActivationsGuard::KeepActivationsGuard(bool keep) : prev_(g_keep_activations
   g_keep_activations = g_keep_activations || keep;
 }
 KeepActivationsGuard::~KeepActivationsGuard() { g_keep_activations = prev_; }
+BeforeBackwardScope::BeforeBackwardScope(std::shared_ptr<const std::function<void()>> hook) {
+  if (!hook) return;
+  prev_ = std::move(g_before_backward);
+  g_before_backward = std::move(hook);
+  set_ = true;
+}
+BeforeBackwardScope::~BeforeBackwardScope() {
+  if (set_) g_before_backward = std::move(prev_);
+}
 
 Variable::Variable(Tensor data, bool requires_grad, std::string name)
     : impl_(std::make_shared<VariableImpl>()) {
@@ -69,6 +79,7 @@ Variable make_op_result(Tensor out, std::vector<Variable> inputs, const char* op
     node->inputs.reserve(inputs.size());
     for (const Variable& v : inputs) node->inputs.push_back(v.impl_ptr());
     node->backward = std::move(backward);
+    node->before_backward = g_before_backward;
     result.impl()->grad_fn = std::move(node);
     if (!g_keep_activations) {
       // The handles share one token; its deleter runs when the last handle goes and drops the
@@ -138,6 +149,7 @@ void Variable::backward(const Tensor& seed) const {
           "backward of {}: this graph was already walked by an earlier backward, which released "
           "what its ops saved; run the forward again",
           node.op));
+    if (node.before_backward) (*node.before_backward)();
     if (node.recompute) node.recompute();
     const auto t_bwd = profile::enabled() ? std::chrono::steady_clock::now()
                                           : std::chrono::steady_clock::time_point{};
@@ -147,6 +159,7 @@ void Variable::backward(const Tensor& seed) const {
     // is then the forward's activations, not activations plus every gradient).
     node.backward = nullptr;
     node.recompute = nullptr;
+    node.before_backward = nullptr;
     if (profile::enabled())
       profile::add("bwd " + node.op,
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t_bwd).count());

@@ -59,7 +59,22 @@ Storage::Storage(size_t nbytes, DType dtype, Device device)
   data_ = memory::allocate(nbytes, dtype, device);
 }
 
-Storage::~Storage() { memory::deallocate(data_, nbytes_, dtype_, device_); }
+Storage::~Storage() {
+  if (!released_) memory::deallocate(data_, nbytes_, dtype_, device_);
+}
+
+void Storage::release() {
+  if (released_) return;
+  memory::deallocate(data_, nbytes_, dtype_, device_);
+  data_ = nullptr;
+  released_ = true;
+}
+
+void Storage::materialize() {
+  if (!released_) return;
+  data_ = memory::allocate(nbytes_, dtype_, device_);
+  released_ = false;
+}
 
 // ---- Tensor ----
 
@@ -136,6 +151,11 @@ std::string Tensor::str() const {
 
 void* Tensor::raw_data() const {
   if (!defined()) throw Error("raw_data: tensor is undefined");
+  if (!borrowed_ && !storage_->resident())
+    throw Error(fmt::format(
+        "{}: its storage is released (a sharded parameter read outside its unit's forward or "
+        "backward, where its weights are gathered)",
+        str()));
   char* base = static_cast<char*>(borrowed_ ? borrowed_ : storage_->data());
   return base + offset_ * static_cast<int64_t>(dtype_size(dtype_));
 }
@@ -218,6 +238,22 @@ Tensor Tensor::as_strided(const Shape& shape, const Shape& strides, int64_t offs
   if (!empty && (lo < 0 || (storage_->nbytes() > 0 && hi >= cap)))
     throw ShapeError(fmt::format("as_strided: shape {} strides {} offset {} reaches outside {}",
                                  shape_str(shape), shape_str(strides), offset, str()));
+  return t;
+}
+
+Tensor Tensor::view_bytes(int64_t byte_offset, const Shape& shape, DType dtype) const {
+  if (!is_contiguous()) throw ShapeError(fmt::format("view_bytes: {} is not contiguous", str()));
+  const auto es = static_cast<int64_t>(dtype_size(dtype));
+  const int64_t start = offset_ * static_cast<int64_t>(element_size()) + byte_offset;
+  const int64_t len = shape_numel(shape) * es;
+  if (byte_offset < 0 || start % es != 0 || byte_offset + len > static_cast<int64_t>(nbytes()))
+    throw ShapeError(fmt::format("view_bytes: {} {} at byte {} does not fit {}", dtype_name(dtype),
+                                 shape_str(shape), byte_offset, str()));
+  Tensor t = *this;
+  t.dtype_ = dtype;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.offset_ = start / es;
   return t;
 }
 

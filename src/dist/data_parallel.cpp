@@ -62,8 +62,12 @@ Tensor flat_view(const Tensor& t, const std::string& what) {
 
 }  // namespace
 
-DataParallel::DataParallel(std::vector<nn::Parameter*> params, DataParallelOptions opt)
-    : params_(std::move(params)), opt_(std::move(opt)), rank_(dist::rank()), size_(dist::size()) {
+DataParallel::DataParallel(nn::Module& model, DataParallelOptions opt)
+    : model_(model),
+      params_(model.parameters()),
+      opt_(std::move(opt)),
+      rank_(dist::rank()),
+      size_(dist::size()) {
   if (opt_.wire != DType::f32 && opt_.wire != DType::bf16 && opt_.wire != DType::f16)
     throw ConfigError(fmt::format("--allreduce: wire dtype {} (expected f32, bf16 or f16)",
                                   dtype_name(opt_.wire)));
@@ -72,8 +76,8 @@ DataParallel::DataParallel(std::vector<nn::Parameter*> params, DataParallelOptio
   flat_begin_.push_back(0);
   for (auto* p : params_) flat_begin_.push_back(flat_begin_.back() + p->numel());
   had_grad_.assign(params_.size(), 0);
-  if (opt_.zero < 0 || opt_.zero > 2)
-    throw ConfigError(fmt::format("--zero: stage {} (expected 0, 1 or 2)", opt_.zero));
+  if (opt_.zero < 0 || opt_.zero > 3)
+    throw ConfigError(fmt::format("--zero: stage {} (expected 0, 1, 2 or 3)", opt_.zero));
   reached_.assign(params_.size(), 0);
   const int64_t total = flat_begin_.back();
   if (opt_.zero && total < size_)
@@ -82,9 +86,63 @@ DataParallel::DataParallel(std::vector<nn::Parameter*> params, DataParallelOptio
   for (int j = 0; j <= size_; ++j) shard_lo_.push_back(total * j / size_);
   lo_ = shard_lo_[rank_];
   hi_ = shard_lo_[rank_ + 1];
+  bucket_of_.assign(params_.size(), 0);
+  if (sharded_weights()) {
+    // ZeRO-3 units: the root's own parameters, then each child holding any, in parameter
+    // order (named_parameters lists a module's own parameters first, then each child's). A
+    // unit's gradients are one bucket, split evenly: the reduce-scatter lands each rank's part
+    // where its weights shard is.
+    std::vector<std::pair<std::string, nn::Module*>> mods{{"(root)", &model_}};
+    for (auto& c : model_.children()) mods.push_back(c);
+    size_t p = 0;
+    for (size_t m = 0; m < mods.size(); ++m) {
+      // (parameters() would rename them relative to the child: count the variables)
+      const size_t n = m == 0 ? mods[m].second->own_parameters().size()
+                              : mods[m].second->parameter_variables().size();
+      if (n == 0) continue;
+      Unit u;
+      u.module = mods[m].second;
+      u.name = mods[m].first;
+      u.p0 = p;
+      u.p1 = p += n;
+      u.a = flat_begin_[u.p0];
+      u.b = flat_begin_[u.p1];
+      if (u.b - u.a < size_)
+        throw ConfigError(
+            fmt::format("--zero 3: unit '{}' holds {} parameters, fewer than the {} "
+                        "ranks it is sharded over",
+                        u.name, u.b - u.a, size_));
+      units_.push_back(std::move(u));
+    }
+    if (p != params_.size())
+      throw Error(fmt::format("--zero 3: the units of a {} cover {} of its {} parameters",
+                              model_.type(), p, params_.size()));
+    // Buckets in reverse unit order: a guess at backward's; each launches when its unit's
+    // gradients are final, whatever the order.
+    unit_of_.assign(params_.size(), 0);
+    for (size_t ui = units_.size(); ui-- > 0;) {
+      Unit& u = units_[ui];
+      Bucket k;
+      k.p0 = u.p0;
+      k.p1 = u.p1;
+      k.a = u.a;
+      k.b = u.b;
+      for (int j = 0; j <= size_; ++j) k.region.push_back(k.a + (k.b - k.a) * j / size_);
+      for (size_t i = k.p0; i < k.p1; ++i) {
+        bucket_of_[i] = buckets_.size();
+        unit_of_[i] = ui;
+      }
+      u.bucket = buckets_.size();
+      buckets_.push_back(std::move(k));
+    }
+    fwd_pos_.assign(units_.size(), -1);
+    for (size_t i = 0; i < params_.size(); ++i)
+      params_[i]->weight.impl()->grad_ready_hook = [this, i](VariableImpl&) { on_grad_ready(i); };
+    set_run_in_flight(true);
+    return;
+  }
   // Buckets of whole parameters, from the last parameter back (backward's finishing order).
   const auto ws = static_cast<int64_t>(dtype_size(opt_.wire));
-  bucket_of_.assign(params_.size(), 0);
   for (size_t p1 = params_.size(); p1 > 0;) {
     size_t p0 = p1;
     int64_t bytes = 0;
@@ -111,6 +169,7 @@ DataParallel::DataParallel(std::vector<nn::Parameter*> params, DataParallelOptio
 DataParallel::~DataParallel() {
   for (auto* p : params_)
     if (p->weight.defined()) p->weight.impl()->grad_ready_hook = nullptr;
+  for (Unit& u : units_) u.module->set_hooks({});
   // An exception on its way out keeps the flag: exiting then aborts the whole job.
   if (std::uncaught_exceptions() == 0) set_run_in_flight(false);
 }
@@ -135,26 +194,55 @@ std::unique_ptr<optim::Optimizer> DataParallel::make_optimizer() {
         fmt::format("--zero {} shards the fp32 master: --master {} is not supported "
                     "with it (use --master fp32)",
                     opt_.zero, optim::master_mode_name(opt_.common.master)));
-  if (sharded_grads()) grad_shard_ = Tensor::empty({hi_ - lo_}, DType::f32, comm_device());
-  shard_pieces_ = pieces_in(lo_, hi_);
-  shard_.reserve(shard_pieces_.size());  // the optimizer keeps pointers into it
-  for (const Piece& pc : shard_pieces_) {
-    nn::Parameter& p = *params_[pc.param];
+  std::vector<char> shares(params_.size());
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const nn::Parameter& p = *params_[i];
     if (p.master.dtype() != DType::f32)
       throw DTypeError(fmt::format("--zero {}: parameter '{}' master is {} (expected f32)",
                                    opt_.zero, p.name, p.master.str()));
-    const Tensor w = flat_view(p.weight.data(), "weight of " + p.name).slice(0, pc.begin, pc.end);
+    shares[i] = p.shares_master();
+  }
+  if (sharded_weights()) {
+    // Each unit's region of this rank, in unit order, is its part of the flat space.
+    int64_t off = 0;
+    for (const Unit& u : units_) {
+      const Bucket& k = buckets_[u.bucket];
+      for (const Piece& pc : pieces_in(k.region[rank_], k.region[rank_ + 1]))
+        shard_pieces_.push_back(pc);
+      unit_goff_.push_back(off);
+      off += k.region[rank_ + 1] - k.region[rank_];
+    }
+    grad_shard_ = Tensor::empty({off}, DType::f32, comm_device());
+    shard_weights();
+  } else {
+    if (sharded_grads()) grad_shard_ = Tensor::empty({hi_ - lo_}, DType::f32, comm_device());
+    shard_pieces_ = pieces_in(lo_, hi_);
+  }
+  shard_.reserve(shard_pieces_.size());  // the optimizer keeps pointers into it
+  for (const Piece& pc : shard_pieces_) {
+    nn::Parameter& p = *params_[pc.param];
+    Tensor w;
+    if (sharded_weights()) {  // its piece of the unit's shard of bytes
+      const Unit& u = units_[unit_of_[pc.param]];
+      const DType dt = p.weight.dtype();
+      w = u.shard.view_bytes(u.lead + u.pbyte[pc.param - u.p0] - u.edge[rank_] +
+                                 pc.begin * static_cast<int64_t>(dtype_size(dt)),
+                             {pc.end - pc.begin}, dt);
+    } else {
+      w = flat_view(p.weight.data(), "weight of " + p.name).slice(0, pc.begin, pc.end);
+    }
     nn::Parameter& sp = shard_.emplace_back();
     sp.name = p.name;
     // fp32 compute: the weight is the master, updated in place (the kernel then writes no copy).
-    sp.master = p.shares_master()
+    sp.master = shares[pc.param]
                     ? w
                     : flat_view(p.master, "master of " + p.name).slice(0, pc.begin, pc.end).clone();
     sp.weight = Variable(w, true, p.name);
   }
-  // The model's own fp32 masters go: each rank keeps only its shard's (the point of ZeRO-1).
-  for (auto* p : params_)
-    if (!p->shares_master()) p->master = Tensor();
+  // The model's own fp32 masters go: each rank keeps only its shard's (the point of ZeRO-1);
+  // with ZeRO-3 an fp32 master shared with the weight goes too (the shard holds its piece).
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (!shares[i] || sharded_weights()) params_[i]->master = Tensor();
   std::vector<nn::Parameter*> ptrs;
   for (auto& sp : shard_) ptrs.push_back(&sp);
   return optim::make_optimizer(opt_.optimizer, ptrs, opt_.lr, opt_.weight_decay, opt_.momentum,
@@ -162,6 +250,12 @@ std::unique_ptr<optim::Optimizer> DataParallel::make_optimizer() {
 }
 
 void DataParallel::before_backward(bool last) {
+  if (sharded_weights()) {  // every micro-batch: each unit reduces as its backward finishes
+    for (Bucket& k : buckets_) k.pending = static_cast<int64_t>(k.p1 - k.p0);
+    for (Unit& u : units_) u.backward_done = false;
+    armed_ = true;
+    return;
+  }
   if (!opt_.overlap || size_ == 1 || (!last && !sharded_grads())) return;
   for (Bucket& k : buckets_) k.pending = static_cast<int64_t>(k.p1 - k.p0);
   armed_ = true;
@@ -171,7 +265,18 @@ void DataParallel::on_grad_ready(size_t param) {
   if (!armed_) return;
   Timed timed{comm_seconds_};
   Bucket& k = buckets_[bucket_of_[param]];
-  if (--k.pending == 0 && !k.launched) launch(k);
+  if (--k.pending == 0 && !k.launched) {
+    launch(k);
+    if (sharded_weights()) {
+      // Its backward is done: its weights go, and older reductions finish (their receive
+      // buffers go), so at most this unit's gradients are in flight while backward goes on.
+      Unit& u = units_[unit_of_[param]];
+      u.backward_done = true;
+      release(u);
+      for (Bucket& o : buckets_)
+        if (&o != &k && o.launched && !o.summed) sum_received(o);
+    }
+  }
   // MPI moves data only inside MPI calls: poke the buckets in flight while backward goes on.
   for (Bucket& o : buckets_)
     if (o.launched && o.rs) test(o.rs);
@@ -180,6 +285,12 @@ void DataParallel::on_grad_ready(size_t param) {
 void DataParallel::launch(Bucket& k) {
   k.launched = true;
   const int64_t n = k.b - k.a, ws = static_cast<int64_t>(dtype_size(opt_.wire));
+  if (sharded_weights()) {  // the unreduced gradients held now: this unit's (and any other's)
+    int64_t held = 0;
+    for (auto* p : params_)
+      if (p->grad().defined()) held += static_cast<int64_t>(p->grad().nbytes());
+    peak_unreduced_bytes_ = std::max(peak_unreduced_bytes_, held);
+  }
   if (!k.send.defined() || k.send.numel() != n)
     k.send = Tensor::empty({n}, opt_.wire, comm_device());
   for (size_t i = k.p0; i < k.p1; ++i) {
@@ -221,6 +332,7 @@ void DataParallel::launch(Bucket& k) {
 void DataParallel::sum_received(Bucket& k) {
   wait(k.rs, "gradient reduce-scatter (alltoallv)");
   k.rs = 0;
+  k.summed = true;
   const int64_t len = k.region[rank_ + 1] - k.region[rank_];
   Tensor acc = Tensor::empty({len}, DType::f32, comm_device());
   Backend& be = backend_for(comm_device());
@@ -232,8 +344,13 @@ void DataParallel::sum_received(Bucket& k) {
       be.add_into(acc, part);
   }
   if (sharded_grads()) {
+    // The wire buffers go until the next micro-batch: kept, every bucket's would add up to the
+    // whole gradient again in the wire dtype.
+    k.send = Tensor();
+    k.recv = Tensor();
     if (len == 0) return;  // the bucket lies outside this rank's shard
-    Tensor dst = grad_shard_.slice(0, k.region[rank_] - lo_, k.region[rank_ + 1] - lo_);
+    const int64_t o = shard_offset(k.region[rank_]);
+    Tensor dst = grad_shard_.slice(0, o, o + len);
     if (first_micro_)
       dst.copy_from(acc);
     else
@@ -260,9 +377,11 @@ void DataParallel::sum_received(Bucket& k) {
 void DataParallel::reduce_buckets() {
   for (Bucket& k : buckets_)
     if (!k.launched) launch(k);
-  for (Bucket& k : buckets_) sum_received(k);
+  for (Bucket& k : buckets_)
+    if (!k.summed) sum_received(k);
   for (Bucket& k : buckets_) {
     k.launched = false;
+    k.summed = false;
     if (opt_.zero) continue;
     wait(k.ag, "gradient all-gather (allgatherv)");
     k.ag = 0;
@@ -279,6 +398,7 @@ void DataParallel::after_backward() {
   if (!sharded_grads()) return;
   Timed timed{comm_seconds_};
   armed_ = false;
+  release_all();
   reduce_buckets();
   first_micro_ = false;
 }
@@ -292,6 +412,7 @@ void DataParallel::reduce_gradients() {
     // One rank: the shard is the whole model and nothing goes on the wire (no wire rounding).
     for (size_t i = 0; i < params_.size(); ++i) had_grad_[i] = params_[i]->grad().defined();
   } else {
+    release_all();
     reduce_buckets();
   }
   if (!opt_.zero) return;
@@ -300,10 +421,10 @@ void DataParallel::reduce_gradients() {
     // As Optimizer::step: a parameter backward did not reach keeps its value and state.
     const nn::Parameter& p = *params_[pc.param];
     if (sharded_grads())
-      shard_[s].weight.grad() =
-          reached_[pc.param]
-              ? grad_shard_.slice(0, pc.flat - lo_, pc.flat - lo_ + (pc.end - pc.begin))
-              : Tensor();
+      shard_[s].weight.grad() = reached_[pc.param]
+                                    ? grad_shard_.slice(0, shard_offset(pc.flat),
+                                                        shard_offset(pc.flat) + (pc.end - pc.begin))
+                                    : Tensor();
     else
       shard_[s].weight.grad() =
           had_grad_[pc.param]
@@ -346,7 +467,7 @@ void DataParallel::reduce_stats() {
 }
 
 void DataParallel::after_step(const optim::StepResult& r) {
-  if (!opt_.zero || !r.applied || size_ == 1) return;
+  if (!opt_.zero || !r.applied || size_ == 1 || sharded_weights()) return;
   Timed timed{comm_seconds_};
   // Bucket by bucket, each rank's region of the compute weights (its shard's intersection with
   // the bucket) is all-gathered as bytes: parameters may differ in compute dtype, so a bucket's
@@ -407,7 +528,7 @@ void DataParallel::zero_grad() {
 }
 
 int64_t DataParallel::gradient_bytes() const {
-  if (sharded_grads()) return (hi_ - lo_) * 4;
+  if (sharded_grads()) return grad_shard_.defined() ? grad_shard_.numel() * 4 : 0;
   int64_t b = 0;
   for (auto* p : params_) b += p->numel() * static_cast<int64_t>(dtype_size(p->grad_dtype));
   return b;
@@ -419,29 +540,164 @@ StateBytes DataParallel::state_bytes(const optim::Optimizer& opt) const {
     if (t.dtype() == DType::f32) b.moments += static_cast<int64_t>(t.nbytes());
     if (t.dtype() == DType::bf16) b.master += static_cast<int64_t>(t.nbytes());  // split16/kahan
   }
-  if (opt.master_mode() == optim::MasterMode::fp32)
-    b.master += (opt_.zero ? hi_ - lo_ : flat_begin_.back()) * 4;
+  if (opt.master_mode() == optim::MasterMode::fp32) {
+    if (!opt_.zero) return b.master += flat_begin_.back() * 4, b;
+    for (const Piece& pc : shard_pieces_) b.master += (pc.end - pc.begin) * 4;
+  }
   return b;
 }
 
 ModelStateBytes DataParallel::model_state_bytes(const optim::Optimizer& opt) const {
   ModelStateBytes b;
-  for (auto* p : params_) b.weights += static_cast<int64_t>(p->weight.data().nbytes());
-  b.gradients = gradient_bytes();
+  if (sharded_weights()) {
+    for (const Unit& u : units_) b.weights += u.edge[rank_ + 1] - u.edge[rank_];
+    b.gathered_weights = peak_gathered_bytes_;
+    b.unreduced_gradients = peak_unreduced_bytes_;
+    b.weights += b.gathered_weights;
+  } else {
+    for (auto* p : params_) b.weights += static_cast<int64_t>(p->weight.data().nbytes());
+  }
+  b.gradients = gradient_bytes() + b.unreduced_gradients;
   for (const auto& [n, t] : opt.state_tensors()) {
     if (t.dtype() == DType::f32) b.moments += static_cast<int64_t>(t.nbytes());
     if (t.dtype() == DType::bf16) b.master += static_cast<int64_t>(t.nbytes());  // split16/kahan
   }
   if (opt.master_mode() == optim::MasterMode::fp32) {
     if (opt_.zero) {
-      for (const Piece& pc : shard_pieces_)
-        if (!params_[pc.param]->shares_master()) b.master += (pc.end - pc.begin) * 4;
+      for (const nn::Parameter& sp : shard_)
+        if (sp.master.storage() != sp.weight.data().storage()) b.master += sp.master.numel() * 4;
     } else {
       for (auto* p : params_)
         if (!p->shares_master()) b.master += p->numel() * 4;
     }
   }
   return b;
+}
+
+// ---- ZeRO-3: unit buffers, gathers and the module hooks -----------------------------------
+
+// Flat element e of the unit (or its end) -> its byte in the unit's buffer.
+int64_t DataParallel::unit_byte_of(const Unit& u, int64_t e) const {
+  if (e >= u.b) return u.pbyte.back();
+  const auto i = static_cast<size_t>(
+      std::upper_bound(flat_begin_.begin() + u.p0, flat_begin_.begin() + u.p1 + 1, e) -
+      flat_begin_.begin() - 1);
+  return u.pbyte[i - u.p0] +
+         (e - flat_begin_[i]) * static_cast<int64_t>(dtype_size(params_[i]->weight.dtype()));
+}
+
+int64_t DataParallel::shard_offset(int64_t e) const {
+  if (!sharded_weights()) return e - lo_;
+  const auto i = static_cast<size_t>(std::upper_bound(flat_begin_.begin(), flat_begin_.end(), e) -
+                                     flat_begin_.begin() - 1);
+  const size_t ui = unit_of_[i];
+  return unit_goff_[ui] + e - buckets_[units_[ui].bucket].region[rank_];
+}
+
+// Lays each unit's weights out as one buffer of bytes (each parameter 64-byte aligned, in its
+// compute dtype, so a --fp32-modules unit gathers fp32), keeps this rank's region of it, makes
+// the model's weights views of the buffer and releases it: from here a unit's weights are
+// resident only between its gather and its release.
+void DataParallel::shard_weights() {
+  for (size_t ui = 0; ui < units_.size(); ++ui) {
+    Unit& u = units_[ui];
+    const Bucket& k = buckets_[u.bucket];
+    int64_t at = 0;
+    for (size_t i = u.p0; i < u.p1; ++i) {
+      const Tensor& w = params_[i]->weight.data();
+      if (!w.is_contiguous())
+        throw ShapeError(fmt::format("--zero 3: weight of '{}' is not contiguous ({})",
+                                     params_[i]->name, w.str()));
+      at = (at + 63) / 64 * 64;
+      u.pbyte.push_back(at);
+      at += static_cast<int64_t>(w.nbytes());
+    }
+    u.pbyte.push_back(at);
+    for (int j = 0; j <= size_; ++j) u.edge.push_back(unit_byte_of(u, k.region[j]));
+    for (int j = 0; j < size_; ++j) u.bytes.push_back(u.edge[j + 1] - u.edge[j]);
+    u.full = Tensor::zeros({at}, DType::u8, comm_device());
+    for (size_t i = u.p0; i < u.p1; ++i) {
+      Tensor& w = params_[i]->weight.data();
+      Tensor v = u.full.view_bytes(u.pbyte[i - u.p0], w.shape(), w.dtype());
+      v.copy_from(w);
+      w = v;  // the same Variable (its hooks, its gradient) over the unit's buffer
+    }
+    const int64_t n = u.edge[rank_ + 1] - u.edge[rank_];
+    u.lead = u.edge[rank_] % 64;
+    u.shard = Tensor::empty({u.lead + n}, DType::u8, comm_device());
+    u.shard.slice(0, u.lead, u.lead + n)
+        .copy_from(u.full.slice(0, u.edge[rank_], u.edge[rank_] + n));
+    u.full.storage()->release();
+    nn::ModuleHooks h;
+    h.pre_forward = [this, ui] { pre_forward(ui); };
+    h.post_forward = [this, ui] { post_forward(ui); };
+    h.pre_backward =
+        std::make_shared<const std::function<void()>>([this, ui] { pre_backward(ui); });
+    u.module->set_hooks(std::move(h));
+  }
+}
+
+// Allocates the unit's buffer, puts this rank's region in place and starts the all-gather.
+void DataParallel::start_gather(Unit& u) {
+  if (u.state != Unit::State::sharded) return;
+  Timed timed{comm_seconds_};
+  u.full.storage()->materialize();
+  gathered_bytes_ += static_cast<int64_t>(u.full.nbytes());
+  peak_gathered_bytes_ = std::max(peak_gathered_bytes_, gathered_bytes_);
+  const int64_t n = u.edge[rank_ + 1] - u.edge[rank_];
+  u.full.slice(0, u.edge[rank_], u.edge[rank_] + n).copy_from(u.shard.slice(0, u.lead, u.lead + n));
+  u.ag = iallgatherv_inplace(u.full.raw_data(), u.bytes.data(), u.edge.data());
+  u.state = Unit::State::gathering;
+}
+
+void DataParallel::finish_gather(Unit& u) {
+  if (u.state != Unit::State::gathering) return;
+  Timed timed{comm_seconds_};
+  const std::string what = "parameter all-gather (allgatherv) of unit " + u.name;
+  wait(u.ag, what.c_str());
+  u.ag = 0;
+  u.state = Unit::State::gathered;
+}
+
+void DataParallel::release(Unit& u) {
+  if (u.state == Unit::State::sharded) return;
+  finish_gather(u);  // never free a buffer a collective is writing
+  u.full.storage()->release();
+  gathered_bytes_ -= static_cast<int64_t>(u.full.nbytes());
+  u.state = Unit::State::sharded;
+}
+
+void DataParallel::release_all() {
+  for (Unit& u : units_) release(u);
+}
+
+void DataParallel::pre_forward(size_t ui) {
+  if (fwd_pos_[ui] < 0) {
+    fwd_pos_[ui] = static_cast<int64_t>(fwd_order_.size());
+    fwd_order_.push_back(ui);
+  }
+  Unit& u = units_[ui];
+  start_gather(u);
+  const auto next = static_cast<size_t>(fwd_pos_[ui] + 1);
+  if (opt_.prefetch && next < fwd_order_.size()) start_gather(units_[fwd_order_[next]]);
+  finish_gather(u);
+}
+
+void DataParallel::post_forward(size_t ui) {
+  // Without a tape no backward follows (evaluation): the weights go whatever the flag says.
+  if (opt_.reshard_after_forward || !grad_enabled()) release(units_[ui]);
+}
+
+void DataParallel::pre_backward(size_t ui) {
+  Unit& u = units_[ui];
+  // Ops of its forward that read no weight may come after its gradients are done.
+  if (u.backward_done) return;
+  start_gather(u);
+  if (opt_.prefetch && fwd_pos_[ui] > 0) {
+    Unit& prev = units_[fwd_order_[static_cast<size_t>(fwd_pos_[ui] - 1)]];
+    if (!prev.backward_done) start_gather(prev);
+  }
+  finish_gather(u);
 }
 
 std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state(
@@ -454,6 +710,38 @@ std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state(
   std::vector<std::string> bufs;
   for (const char* b : kBuffers)
     if (mine.count(fmt::format("optim.{}.{}", shard_[0].name, b))) bufs.emplace_back(b);
+  if (sharded_weights()) {
+    // Parameter by parameter: each rank holds at most one piece of it (its region of the unit).
+    std::vector<std::pair<std::string, Tensor>> out;
+    auto gather_param = [&](size_t i, const std::string& name,
+                            const std::function<Tensor(size_t)>& piece) {
+      const Bucket& k = buckets_[units_[unit_of_[i]].bucket];
+      std::vector<int64_t> bytes(size_), off(size_);
+      for (int j = 0; j < size_; ++j) {
+        const int64_t a = std::clamp(k.region[j], flat_begin_[i], flat_begin_[i + 1]);
+        const int64_t b = std::clamp(k.region[j + 1], flat_begin_[i], flat_begin_[i + 1]);
+        off[j] = (a - flat_begin_[i]) * 4;
+        bytes[j] = (b - a) * 4;
+      }
+      Tensor send = Tensor::empty({bytes[rank_] / 4}, DType::f32, comm_device());
+      for (size_t s = 0; s < shard_.size(); ++s)
+        if (shard_pieces_[s].param == i) send.copy_from(piece(s).view({-1}).to(DType::f32));
+      Tensor full =
+          Tensor::empty({rank_ == 0 ? params_[i]->numel() : 0}, DType::f32, comm_device());
+      gatherv(send.raw_data(), bytes[rank_], full.raw_data(), bytes.data(), off.data(), 0);
+      if (rank_ == 0) out.emplace_back(name, full.view(params_[i]->weight.shape()));
+    };
+    for (size_t i = 0; i < params_.size(); ++i)
+      gather_param(i, "param." + params_[i]->name, [&](size_t s) { return shard_[s].master; });
+    for (size_t i = 0; i < params_.size(); ++i)
+      for (const auto& b : bufs) {
+        const std::string n = fmt::format("optim.{}.{}", params_[i]->name, b);
+        gather_param(i, n, [&](size_t) { return mine.at(n); });
+      }
+    if (rank_ != 0) return {};
+    for (const char* n : {"optim.step", "optim.rng_step"}) out.emplace_back(n, mine.at(n));
+    return out;
+  }
   // One gather to rank 0 per kind (master, then each buffer): the full flat vector exists on
   // rank 0 only. Each goes in chunks of at most kChunk elements of every rank's shard, so the
   // staging buffer stays small beside it (every rank makes the same number of calls: the
@@ -511,6 +799,7 @@ std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state(
 void DataParallel::load_state(optim::Optimizer& opt,
                               const std::vector<std::pair<std::string, Tensor>>& tensors) {
   if (!opt_.zero) throw Error("DataParallel::load_state: only with ZeRO");
+  if (sharded_weights()) throw Error("DataParallel::load_state: not with ZeRO-3");
   std::map<std::string, const Tensor*> by_name;
   for (const auto& [n, t] : tensors) by_name[n] = &t;
   auto find = [&](const std::string& n) -> const Tensor& {

@@ -1,9 +1,16 @@
 // Data-parallel training on top of dist/comm.h: bucketed gradient reduction (fp32 or compute
 // dtype on the wire, summed in fp32 on arrival, optionally started during the backward pass),
 // ZeRO-1 (fp32 master and moments sharded across ranks: reduce-scatter, the real optimizer
-// updates this rank's shard, all-gather the compute-dtype weights) and ZeRO-2 (the fp32
+// updates this rank's shard, all-gather the compute-dtype weights), ZeRO-2 (the fp32
 // gradients sharded too: every micro-batch's gradients are reduce-scattered into the owner's
-// shard as backward finishes them, and released).
+// shard as backward finishes them, and released) and ZeRO-3, which is FSDP (the compute-dtype
+// weights sharded too, per unit: each unit's are all-gathered before its forward and again
+// before its backward, and released after).
+//
+// The precision roles, named as FSDP2's MixedPrecisionPolicy names them: the param dtype (what
+// a unit's weights are all-gathered in) is each parameter's compute dtype (fp32 for
+// --fp32-modules units); the reduce dtype is `wire` (what gradients travel in; they are always
+// summed in fp32 on arrival); the output dtype is the compute dtype of the policy in force.
 #pragma once
 
 #include <algorithm>
@@ -15,6 +22,7 @@
 #include <vector>
 
 #include "mixtrain/dist/comm.h"
+#include "mixtrain/nn/module.h"
 #include "mixtrain/nn/parameter.h"
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/tensor.h"
@@ -22,10 +30,17 @@
 namespace mixtrain::dist {
 
 struct DataParallelOptions {
-  int zero = 0;                    ///< ZeRO stage: 0, 1 (optimizer state) or 2 (and gradients)
-  DType wire = DType::f32;         ///< f32, bf16 or f16: gradient elements on the wire
+  /// ZeRO stage: 0, 1 (optimizer state), 2 (and gradients) or 3 (and weights: FSDP)
+  int zero = 0;
+  DType wire = DType::f32;  ///< the reduce dtype: f32, bf16 or f16, gradient elements on the wire
   int64_t bucket_bytes = 4 << 20;  ///< gradient bucket (wire bytes), whole parameters
   bool overlap = false;            ///< start a bucket's reduction from the backward pass
+  /// ZeRO-3: release a unit's gathered weights after its forward (gathered again for its
+  /// backward); false keeps them from the forward to the end of the unit's backward.
+  bool reshard_after_forward = true;
+  /// ZeRO-3: start the next unit's all-gather (forward order, reversed in backward) while the
+  /// current one computes.
+  bool prefetch = true;
   // the optimizer (optim::make_optimizer's arguments)
   std::string optimizer = "adamw";
   double lr = 1e-3, weight_decay = 0.0, momentum = 0.9;
@@ -41,24 +56,31 @@ struct StateBytes {
 };
 
 /// What one rank holds of the model's training state at a step's peak, by part: the compute
-/// weights (every rank holds them all up to ZeRO-2), the fp32 gradients it keeps (the model's,
-/// or its shard with ZeRO-2), the fp32 masters held apart from the weights (none when the
-/// weights are fp32: they are the masters) with any 16-bit master auxiliaries, and the moments.
+/// weights (every rank holds them all up to ZeRO-2; with ZeRO-3 its shard plus the most ever
+/// gathered at once), the fp32 gradients it keeps (the model's; its shard with ZeRO-2; with
+/// ZeRO-3 its shard plus the most ever held unreduced at once, a unit's), the fp32 masters held
+/// apart from the weights (none when the weights are fp32: they are the masters) with any
+/// 16-bit master auxiliaries, and the moments.
 struct ModelStateBytes {
   int64_t weights = 0, gradients = 0, master = 0, moments = 0;
+  int64_t gathered_weights = 0;     ///< of weights: ZeRO-3's peak of gathered units
+  int64_t unreduced_gradients = 0;  ///< of gradients: ZeRO-3's peak of a unit's before reduction
   int64_t total() const { return weights + gradients + master + moments; }
 };
 
 class DataParallel {
  public:
-  DataParallel(std::vector<nn::Parameter*> params, DataParallelOptions opt);
+  /// Over every parameter of `model`; with ZeRO-3 its units are the root's children that hold
+  /// parameters (a GPT block, an embedding, the head; an MLP's layers), plus the root's own
+  /// parameters as one unit. The model must outlive this object.
+  DataParallel(nn::Module& model, DataParallelOptions opt);
   ~DataParallel();
   DataParallel(const DataParallel&) = delete;
   DataParallel& operator=(const DataParallel&) = delete;
 
   int rank() const { return rank_; }
   int size() const { return size_; }
-  /// ZeRO on (stage 1 or 2): the optimizer state is sharded.
+  /// ZeRO on (stage 1, 2 or 3): the optimizer state is sharded.
   bool zero() const { return opt_.zero > 0; }
   int zero_stage() const { return opt_.zero; }
   DType wire() const { return opt_.wire; }
@@ -68,7 +90,11 @@ class DataParallel {
   /// the same optimizer class over this rank's shard — one shard parameter per piece of a
   /// model parameter inside the rank's flat range, holding the piece's fp32 master, a view of
   /// its compute weight and its reduced fp32 gradient — so the shard update runs the same
-  /// fused kernels; the model's own fp32 masters are released (16-bit compute). Call once.
+  /// fused kernels; the model's own fp32 masters are released (16-bit compute). ZeRO-3 on
+  /// several ranks: the shard's compute weights are this rank's part of each unit's flat weight
+  /// buffer, the model's weights become views of the unit buffers (resident only while
+  /// gathered), and the units' hooks are installed. Call once, after any per-module precision
+  /// override is set.
   std::unique_ptr<optim::Optimizer> make_optimizer();
 
   /// Before each micro-batch's backward; `last`: the accumulation boundary. With overlap on,
@@ -88,8 +114,8 @@ class DataParallel {
   /// ZeRO-1: the global found-Inf/NaN verdict, first offending parameter and sum of squares
   /// (multiplier 1) of the reduced gradients, for LossScaler::unscale(opt, stats).
   const optim::GradStats& reduced_stats() const { return stats_; }
-  /// ZeRO-1, after the loss scaler's step: all-gathers the compute-dtype weights each rank
-  /// updated (nothing when the step was skipped).
+  /// ZeRO-1 and 2, after the loss scaler's step: all-gathers the compute-dtype weights each
+  /// rank updated (nothing when the step was skipped; ZeRO-3 gathers a unit when it runs).
   void after_step(const optim::StepResult& r);
   /// Clears the model's gradients (with ZeRO the optimizer only knows its shard's) and, with
   /// ZeRO-2, the shard's accumulated ones.
@@ -133,21 +159,55 @@ class DataParallel {
     std::vector<int64_t> region;  ///< size()+1 flat edges: rank j sums [region[j], region[j+1])
     int64_t pending = 0;          ///< parameters whose gradient is not final yet (overlap)
     bool launched = false;
+    bool summed = false;
     /// 1-d wire-dtype tensors on the collectives' device, kept between steps (as PyTorch
     /// DDP's buckets): the gradient once in the wire dtype plus N copies of this rank's region
     Tensor send, recv;
     std::vector<int64_t> sb, so, rb, ro;  ///< byte counts and offsets per rank
     Request rs = 0, ag = 0;               ///< reduce-scatter (alltoallv), then all-gather (no ZeRO)
   };
+  /// A ZeRO-3 unit: parameters [p0, p1), flat elements [a, b), one flat weight buffer of bytes
+  /// (each parameter at a 64-byte-aligned offset, in its compute dtype) of which this rank
+  /// keeps its region's bytes.
+  struct Unit {
+    nn::Module* module;
+    std::string name;
+    size_t p0, p1;
+    int64_t a, b;
+    size_t bucket;               ///< its gradients' bucket (the same parameters)
+    std::vector<int64_t> pbyte;  ///< per parameter: its byte offset in the buffer
+    std::vector<int64_t> edge;   ///< size()+1: byte edges of the ranks' regions
+    std::vector<int64_t> bytes;  ///< allgatherv arguments: edge differences
+    Tensor full;                 ///< u8 buffer; its storage is resident only while gathered
+    Tensor shard;                ///< u8, kept: this rank's region (after `lead` pad bytes)
+    int64_t lead = 0;            ///< edge[rank] % 64: keeps the shard's views aligned as in full
+    enum class State { sharded, gathering, gathered } state = State::sharded;
+    Request ag = 0;
+    bool backward_done = false;  ///< this micro-batch's backward finished its gradients
+  };
   std::vector<Piece> pieces_in(int64_t a, int64_t b) const;
+  /// ZeRO-3 over several ranks: weights are sharded per unit.
+  bool sharded_weights() const { return opt_.zero == 3 && size_ > 1; }
+  void shard_weights();
+  int64_t unit_byte_of(const Unit& u, int64_t e) const;
+  void start_gather(Unit& u);
+  void finish_gather(Unit& u);
+  void release(Unit& u);
+  void release_all();
+  void pre_forward(size_t u);
+  void post_forward(size_t u);
+  void pre_backward(size_t u);
+  /// Where flat element e (owned by this rank) lives in grad_shard_.
+  int64_t shard_offset(int64_t e) const;
   void launch(Bucket& k);
   void sum_received(Bucket& k);
   void reduce_buckets();  ///< launches what is left and finishes every bucket
-  /// ZeRO-2 over several ranks: gradients live in grad_shard_ (one rank keeps the model's).
-  bool sharded_grads() const { return opt_.zero == 2 && size_ > 1; }
+  /// ZeRO-2 and 3 over several ranks: gradients live in grad_shard_ (one rank keeps the model's).
+  bool sharded_grads() const { return opt_.zero >= 2 && size_ > 1; }
   void on_grad_ready(size_t param);
   void reduce_stats();
 
+  nn::Module& model_;
   std::vector<nn::Parameter*> params_;
   DataParallelOptions opt_;
   int rank_ = 0, size_ = 1;
@@ -157,9 +217,16 @@ class DataParallel {
   std::vector<Bucket> buckets_;      ///< in launch order (reverse parameter order)
   std::vector<size_t> bucket_of_;    ///< per parameter
   bool armed_ = false;               ///< overlap: the last backward is running
-  // ZeRO-1: shard [lo_, hi_) of the flat parameter vector
+  // ZeRO-1 and 2: shard [lo_, hi_) of the flat parameter vector (ZeRO-3: each unit's region)
   std::vector<int64_t> shard_lo_;  ///< per rank, plus the total at the end
   int64_t lo_ = 0, hi_ = 0;
+  // ZeRO-3
+  std::vector<Unit> units_;
+  std::vector<size_t> unit_of_;     ///< per parameter
+  std::vector<int64_t> unit_goff_;  ///< per unit: its region's offset in grad_shard_
+  std::vector<size_t> fwd_order_;   ///< units in the order forward first ran them
+  std::vector<int64_t> fwd_pos_;    ///< per unit: its place in fwd_order_, or -1
+  int64_t gathered_bytes_ = 0, peak_gathered_bytes_ = 0, peak_unreduced_bytes_ = 0;
   std::vector<Piece> shard_pieces_;
   /// One per piece: master, a view of the weight, a view of the model's (reduced) gradient
   /// (ZeRO-2: of grad_shard_).

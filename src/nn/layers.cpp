@@ -39,12 +39,12 @@ void Linear::init_normal(float std, Rng& rng) {
 }
 
 Variable Linear::forward(const Variable& x) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   return linear(x, weight.weight, bias ? bias->weight : Variable());
 }
 
 Variable Linear::forward_gelu(const Variable& x) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   return gelu_linear(x, weight.weight, bias ? bias->weight : Variable());
 }
 
@@ -52,7 +52,7 @@ Embedding::Embedding(int64_t num, int64_t dim, float std, Rng& rng)
     : weight(register_parameter("weight", normal_tensor({num, dim}, std, rng))) {}
 
 Variable Embedding::forward(const Variable& ids) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   return embedding(ids, weight.weight);
 }
 
@@ -62,27 +62,27 @@ LayerNorm::LayerNorm(int64_t dim, float eps_)
       eps(eps_) {}
 
 Variable LayerNorm::forward(const Variable& x) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   return layer_norm(x, weight.weight, bias.weight, eps);
 }
 
 Variable ReLU::forward(const Variable& x) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   return relu(x);
 }
 
 Variable GELU::forward(const Variable& x) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   return gelu(x);
 }
 
 Variable Tanh::forward(const Variable& x) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   return tanh(x);
 }
 
 Variable Sequential::forward(const Variable& x) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   Variable h = x;
   for (const auto& step : steps_) h = step(h);
   return h;

@@ -17,7 +17,7 @@ MLP::MLP(const std::vector<int64_t>& sizes, bool gelu_, Rng& rng) : gelu(gelu_) 
 }
 
 Variable MLP::forward(const Variable& x) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   Variable h = x;
   for (size_t i = 0; i < layers.size(); ++i) {
     h = layers[i]->forward(h);
@@ -32,7 +32,7 @@ CausalSelfAttention::CausalSelfAttention(const GPTConfig& cfg, Rng& rng)
       heads(cfg.heads) {}
 
 Variable CausalSelfAttention::forward(const Variable& x) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   return proj.forward(attention_qkv(qkv.forward(x), heads, true));
 }
 
@@ -46,12 +46,14 @@ Block::Block(const GPTConfig& cfg, Rng& rng)
       dropout(cfg.dropout) {}
 
 Variable Block::forward(const Variable& x, Rng& drng) const {
+  // The scope is here, not in the body, so the checkpoint's own node is recorded under the
+  // block's hooks and precision (the recompute runs the body under the policy saved at entry).
+  ForwardScope scope(*this);
   return checkpoint(*this, x, drng,
                     [this](const Variable& v, Rng& r) { return forward_body(v, r); });
 }
 
 Variable Block::forward_body(const Variable& x, Rng& drng) const {
-  PrecisionScope scope(*this);
   Variable h = add(x, mixtrain::dropout(attn.forward(ln1.forward(x)), dropout, training(), drng));
   const Variable u = fc.forward(ln2.forward(h));
   Variable m = recompute_gelu ? fc_proj.forward_gelu(u) : fc_proj.forward(gelu(u));
@@ -92,7 +94,7 @@ void GPT::set_recompute_gelu(bool on) {
 }
 
 Variable GPT::forward(const Variable& ids, Rng& drng) const {
-  PrecisionScope scope(*this);
+  ForwardScope scope(*this);
   const int64_t B = ids.size(0), T = ids.size(1);
   if (T > cfg.context)
     throw ShapeError(fmt::format("GPT: sequence length {} exceeds the context {}", T, cfg.context));

@@ -83,13 +83,33 @@ std::vector<std::string> Module::module_names() const {
   return out;
 }
 
-Module::PrecisionScope::PrecisionScope(const Module& m) {
+Module::ForwardScope::ForwardScope(const Module& m) : m_(m) {
+  if (m.forward_depth_++ == 0) {
+    if (m.hooks_.pre_forward) m.hooks_.pre_forward();
+    if (m.hooks_.pre_backward) backward_.emplace(m.hooks_.pre_backward);
+  }
   if (m.override_) {
     amp::Policy p = amp::current_policy() ? *amp::current_policy() : amp::Policy::fp32();
     p.compute = *m.override_;
     p.op_overrides.clear();
     scope_.emplace(p);
   }
+}
+
+Module::ForwardScope::~ForwardScope() {
+  if (--m_.forward_depth_ == 0 && m_.hooks_.post_forward) m_.hooks_.post_forward();
+}
+
+std::vector<Parameter*> Module::own_parameters() const {
+  std::vector<Parameter*> out;
+  for (const auto& [n, p] : params_) out.push_back(p.get());
+  return out;
+}
+
+std::vector<std::pair<std::string, Module*>> Module::children() const {
+  std::vector<std::pair<std::string, Module*>> out;
+  for (const auto& [n, c] : children_) out.emplace_back(n, c.get());
+  return out;
 }
 
 void save_module(Module& m, const std::string& path) {

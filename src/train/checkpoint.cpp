@@ -51,6 +51,8 @@ json run_identity(const json& config) {
   j.erase("allreduce");
   j.erase("overlap_allreduce");
   j.erase("bucket_kib");
+  j.erase("reshard_after_forward");
+  j.erase("prefetch");
   // Recomputing activations changes memory, not one bit of the run: a resume may switch it.
   j.erase("checkpoint_activations");
   if (!j.contains("grad_dtype")) j["grad_dtype"] = "fp32";  // runs from before the flag

@@ -74,6 +74,8 @@ std::string TrainSummary::to_json() const {
             {"weight_bytes_per_rank", weight_bytes_per_rank},
             {"gradient_bytes_per_rank", gradient_bytes_per_rank},
             {"moment_bytes_per_rank", moment_bytes_per_rank},
+            {"gathered_weight_bytes_per_rank", gathered_weight_bytes_per_rank},
+            {"unreduced_gradient_bytes_per_rank", unreduced_gradient_bytes_per_rank},
             {"out_dir", out_dir}};
   if (test_accuracy >= 0) j["test_accuracy"] = test_accuracy;
   if (stopped) j["stopped"] = true;
@@ -234,6 +236,8 @@ json config_to_json(const TrainConfig& c) {
          {"allreduce", c.allreduce},
          {"overlap_allreduce", c.overlap_allreduce},
          {"bucket_kib", c.bucket_kib}};
+  if (!c.reshard_after_forward) j["reshard_after_forward"] = false;
+  if (!c.prefetch) j["prefetch"] = false;
   // Fields added later, and testing aids, are written only when they differ from the default,
   // so runs from before them keep their identity and still resume.
   if (c.vocab != 0) j["vocab"] = c.vocab;
@@ -304,6 +308,8 @@ TrainConfig config_from_json(const json& j, const std::string& where) {
   get("allreduce", c.allreduce);
   get("overlap_allreduce", c.overlap_allreduce);
   get("bucket_kib", c.bucket_kib);
+  get("reshard_after_forward", c.reshard_after_forward);
+  get("prefetch", c.prefetch);
   get("init_scale", c.init_scale);
   get("inject_nonfinite_grad", c.inject_nonfinite_grad);
   get("log_every", c.log_every);
@@ -493,17 +499,19 @@ namespace {
 // --bucket-kib, --comm-timeout) on this process's ranks. ConfigError names the flag (a
 // micro-batch that the ranks cannot split evenly, ...).
 std::unique_ptr<dist::DataParallel> make_data_parallel(const TrainConfig& cfg, DType compute,
-                                                       std::vector<nn::Parameter*> params,
+                                                       nn::Module& model,
                                                        optim::CommonOptions common) {
-  if (cfg.zero < 0 || cfg.zero > 2)
-    throw ConfigError(fmt::format("--zero: {} (expected 0, 1 or 2)", cfg.zero));
-  // ZeRO-2 on several ranks keeps no whole gradient on any rank after backward.
-  if (cfg.zero == 2 && dist::size() > 1 && cfg.diagnose_every > 0)
+  if (cfg.zero < 0 || cfg.zero > 3)
+    throw ConfigError(fmt::format("--zero: {} (expected 0, 1, 2 or 3)", cfg.zero));
+  // ZeRO-2 and 3 on several ranks keep no whole gradient on any rank after backward.
+  if (cfg.zero >= 2 && dist::size() > 1 && cfg.diagnose_every > 0)
+    throw ConfigError(fmt::format(
+        "--diagnose-every: the gradient diagnostics read whole gradients, which --zero {} shards "
+        "across the ranks; use --zero 1 (or one rank) to diagnose",
+        cfg.zero));
+  if (cfg.zero >= 2 && dist::size() > 1 && !cfg.inject_nonfinite_grad.empty())
     throw ConfigError(
-        "--diagnose-every: the gradient diagnostics read whole gradients, which --zero 2 shards "
-        "across the ranks; use --zero 1 (or one rank) to diagnose");
-  if (cfg.zero == 2 && dist::size() > 1 && !cfg.inject_nonfinite_grad.empty())
-    throw ConfigError("--inject-nonfinite-grad: not with --zero 2 on several ranks");
+        fmt::format("--inject-nonfinite-grad: not with --zero {} on several ranks", cfg.zero));
   if (cfg.allreduce != "fp32" && cfg.allreduce != "compute")
     throw ConfigError(fmt::format("--allreduce: '{}' (expected fp32 or compute)", cfg.allreduce));
   dist::set_timeout(cfg.comm_timeout);
@@ -519,6 +527,8 @@ std::unique_ptr<dist::DataParallel> make_data_parallel(const TrainConfig& cfg, D
   // fp16 compute puts fp16 on the wire; an fp32 compute dtype makes "compute" mean fp32.
   o.wire = cfg.allreduce == "compute" ? compute : DType::f32;
   o.overlap = cfg.overlap_allreduce;
+  o.reshard_after_forward = cfg.reshard_after_forward;
+  o.prefetch = cfg.prefetch;
   if (cfg.bucket_kib < 1)
     throw ConfigError(fmt::format("--bucket-kib: {} (must be >= 1)", cfg.bucket_kib));
   o.bucket_bytes = cfg.bucket_kib * 1024;
@@ -527,7 +537,7 @@ std::unique_ptr<dist::DataParallel> make_data_parallel(const TrainConfig& cfg, D
   o.common = common;
   o.weight_decay = cfg.weight_decay;
   o.momentum = cfg.momentum;
-  return std::make_unique<dist::DataParallel>(std::move(params), o);
+  return std::make_unique<dist::DataParallel>(model, o);
 }
 
 amp::LossScaler make_scaler(const TrainConfig& cfg, const amp::Policy& policy) {
@@ -626,7 +636,7 @@ void Trainer::Impl::setup() {
   common.seed = s.cfg.seed;
   // Data parallel: every rank trains its slice of each global batch; with ZeRO-1 the real
   // update runs on this rank's shard and s.opt is its proxy (see dist/data_parallel.h).
-  s.dp = make_data_parallel(s.cfg, s.policy.compute, s.task->module().parameters(), common);
+  s.dp = make_data_parallel(s.cfg, s.policy.compute, s.task->module(), common);
   for (const std::string& name : s.cfg.fp32_modules) {
     nn::Module* m = s.task->module().find(name);
     if (!m) {
@@ -862,6 +872,8 @@ TrainSummary Trainer::run() {
         line["model_state_bytes_per_rank"] = ms.total();
         line["weight_bytes_per_rank"] = ms.weights;
         line["gradient_bytes_per_rank"] = ms.gradients;
+        line["gathered_weight_bytes_per_rank"] = ms.gathered_weights;
+        line["unreduced_gradient_bytes_per_rank"] = ms.unreduced_gradients;
       }
       if (s.dp->size() > 1 || s.dp->zero()) {  // data parallel: this rank's traffic and state
         line["ranks"] = s.dp->size();
@@ -948,6 +960,8 @@ TrainSummary Trainer::run() {
   sum.weight_bytes_per_rank = ms.weights;
   sum.gradient_bytes_per_rank = ms.gradients;
   sum.moment_bytes_per_rank = ms.moments;
+  sum.gathered_weight_bytes_per_rank = ms.gathered_weights;
+  sum.unreduced_gradient_bytes_per_rank = ms.unreduced_gradients;
   sum.comm_bytes_per_step = last_step_bytes;
   const dist::StateBytes sb = s.dp->state_bytes(*s.opt);
   sum.optimizer_state_bytes_per_rank = sb.total();

@@ -190,9 +190,17 @@ void add_train_flags(CLI::App* c, TrainFlags& f, bool with_precision = true) {
   c->add_flag("--quiet", f.quiet, "no progress output");
   // data parallel (under mpirun -np N; see include/mixtrain/dist/comm.h)
   f.add(c, "--zero", &TrainConfig::zero,
-        "ZeRO stage: 0, 1 (shard the fp32 master and moments) or 2 (and the fp32 gradients, "
-        "reduce-scattered after every micro-batch)")
-      ->check(CLI::IsMember({0, 1, 2}))
+        "ZeRO stage: 0, 1 (shard the fp32 master and moments), 2 (and the fp32 gradients, "
+        "reduce-scattered after every micro-batch) or 3 (FSDP: and the compute weights, "
+        "all-gathered per unit for its forward and its backward)")
+      ->check(CLI::IsMember({0, 1, 2, 3}))
+      ->capture_default_str();
+  f.add(c, "--reshard-after-forward", &TrainConfig::reshard_after_forward,
+        "--zero 3: release a unit's gathered weights after its forward (gathered again for its "
+        "backward); false keeps them until its backward is done")
+      ->capture_default_str();
+  f.add(c, "--prefetch", &TrainConfig::prefetch,
+        "--zero 3: start the next unit's all-gather while the current one computes")
       ->capture_default_str();
   f.add(c, "--allreduce", &TrainConfig::allreduce, "gradient dtype on the wire: fp32 | compute")
       ->check(CLI::IsMember({"fp32", "compute"}))

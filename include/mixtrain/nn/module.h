@@ -2,6 +2,7 @@
 // per-module precision override (say, keep the output head in fp32).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -13,6 +14,16 @@
 #include "mixtrain/nn/parameter.h"
 
 namespace mixtrain::nn {
+
+/// What runs around a module's forward and before the backward of what it recorded: the seam
+/// sharded data parallelism (dist/) uses to gather a unit's parameters just before they are
+/// read and release them after. Each may be empty.
+struct ModuleHooks {
+  std::function<void()> pre_forward;   ///< at the start of forward
+  std::function<void()> post_forward;  ///< at its end (also when it throws)
+  /// Before the backward of every op the module's forward recorded (Node::before_backward).
+  std::shared_ptr<const std::function<void()>> pre_backward;
+};
 
 class Module {
  public:
@@ -49,6 +60,13 @@ class Module {
   bool checkpointed() const { return checkpoint_; }
   /// The working copies (Parameter::weight) of every parameter, depth first.
   std::vector<Variable> parameter_variables() const;
+  /// This module's own parameters (not its children's) and its children, in registration
+  /// order: named_parameters() lists the own ones first, then each child's, depth first.
+  std::vector<Parameter*> own_parameters() const;
+  std::vector<std::pair<std::string, Module*>> children() const;
+
+  /// Replaces the hooks its forward runs (ForwardScope); an empty ModuleHooks clears them.
+  void set_hooks(ModuleHooks h) { hooks_ = std::move(h); }
 
  protected:
   Parameter& register_parameter(const std::string& name, const Tensor& init);
@@ -58,13 +76,20 @@ class Module {
     children_.emplace_back(name, std::move(m));
     return ref;
   }
-  /// Put `PrecisionScope scope(*this);` at the top of forward(): applies the override.
-  class PrecisionScope {
+  /// Put `ForwardScope scope(*this);` at the top of forward(): applies the precision override
+  /// and runs the module's hooks (the outermost scope of a module does, when forwards of one
+  /// module nest).
+  class ForwardScope {
    public:
-    explicit PrecisionScope(const Module& m);
+    explicit ForwardScope(const Module& m);
+    ~ForwardScope();
+    ForwardScope(const ForwardScope&) = delete;
+    ForwardScope& operator=(const ForwardScope&) = delete;
 
    private:
+    const Module& m_;
     std::optional<amp::PolicyScope> scope_;
+    std::optional<BeforeBackwardScope> backward_;
   };
 
  private:
@@ -74,6 +99,8 @@ class Module {
   bool training_ = true;
   bool checkpoint_ = false;
   std::optional<DType> override_;
+  ModuleHooks hooks_;
+  mutable int forward_depth_ = 0;
 };
 
 /// Writes every parameter's value as fp32 (the master; a module trained master-free holds its

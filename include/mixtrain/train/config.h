@@ -66,11 +66,15 @@ struct TrainConfig {
   /// first parameter's gradient (+Inf, or NaN at odd positions of the list) before unscaling
   std::vector<int64_t> inject_nonfinite_grad;
   // data parallel (under mpirun; see include/mixtrain/dist/comm.h)
-  int zero = 0;  ///< ZeRO stage: 1 shards the fp32 master and moments, 2 also the gradients
-  std::string allreduce = "fp32";  ///< fp32 | compute: gradient dtype on the wire
-  double comm_timeout = 120.0;     ///< seconds a collective may wait before the job is aborted
-  bool overlap_allreduce = false;  ///< start each bucket's reduction during backward
-  int64_t bucket_kib = 4096;       ///< gradient bucket size (wire bytes / 1024)
+  /// ZeRO stage: 1 shards the fp32 master and moments, 2 also the gradients, 3 also the
+  /// compute weights (FSDP: each unit gathered for its forward and its backward)
+  int zero = 0;
+  bool reshard_after_forward = true;  ///< ZeRO-3: release a unit's weights after its forward
+  bool prefetch = true;               ///< ZeRO-3: gather the next unit while this one computes
+  std::string allreduce = "fp32";     ///< fp32 | compute: gradient dtype on the wire
+  double comm_timeout = 120.0;        ///< seconds a collective may wait before the job is aborted
+  bool overlap_allreduce = false;     ///< start each bucket's reduction during backward
+  int64_t bucket_kib = 4096;          ///< gradient bucket size (wire bytes / 1024)
 };
 
 }  // namespace mixtrain::train

@@ -52,6 +52,9 @@ struct TrainSummary {
   /// (its shard with ZeRO-2) + fp32 masters held apart from the weights + optimizer moments.
   int64_t model_state_bytes_per_rank = 0;
   int64_t weight_bytes_per_rank = 0, gradient_bytes_per_rank = 0, moment_bytes_per_rank = 0;
+  /// ZeRO-3, of the weights and gradients: the most gathered at once, the most held before
+  /// their reduce-scatter at once
+  int64_t gathered_weight_bytes_per_rank = 0, unreduced_gradient_bytes_per_rank = 0;
   std::string out_dir;
   /// Callbacks::on_step asked to stop: the run was checkpointed at `steps` and not evaluated
   /// (summary.json is not written); Trainer::run on the same folder with resume continues it.
@@ -59,8 +62,8 @@ struct TrainSummary {
   // data parallel (reported when ranks > 1 or zero): rank 0's figures
   int64_t ranks = 1;
   bool zero = false;
-  int64_t zero_stage = 0;           ///< 0, 1 (optimizer state sharded) or 2 (and gradients)
-  int64_t comm_bytes_per_step = 0;  ///< payload bytes this rank sent in the last step
+  int64_t zero_stage = 0;  ///< 0, 1 (optimizer state sharded), 2 (and gradients), 3 (weights)
+  int64_t comm_bytes_per_step = 0;             ///< payload bytes this rank sent in the last step
   int64_t optimizer_state_bytes_per_rank = 0;  ///< fp32 master + moments this rank holds
   int64_t master_bytes_per_rank = 0;           ///< of which fp32 master
   /// The summary as a JSON object (the contents of summary.json).
