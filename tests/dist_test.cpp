@@ -649,26 +649,32 @@ void expect_newest_checkpoint_loads(const fs::path& out) {
 // status and a message; the checkpoints already written stay loadable.
 TEST(Dist, KilledRankEndsTheJob) {
   SKIP_WITHOUT_MPIRUN();
-  const fs::path out = fresh_dir("kill"), pids = fresh_dir("killpids"), log = out.string() + ".log";
-  fs::create_directories(pids);
-  const pid_t job = spawn(mpirun_cmd(2,
-                                     {{"out", out.string()},
-                                      {"steps", 1000000},
-                                      {"checkpoint_every", 5},
-                                      {"pid_dir", pids.string()}},
-                                     log));
-  const pid_t victim = wait_for_rank_pid(pids, 1, out);
-  ASSERT_GT(victim, 0) << slurp(log);
-  kill(victim, SIGKILL);
-  double took = 0;
-  const int rc = wait_for(job, 60, &took);
-  ASSERT_NE(rc, -1) << "the job did not end within 60 s of the kill\n" << slurp(log);
-  EXPECT_NE(rc, 0);
-  const std::string text = slurp(log);
-  EXPECT_TRUE(text.find("signal 9") != std::string::npos ||
-              text.find("rank 0 of 2: ") != std::string::npos)
-      << text;
-  expect_newest_checkpoint_loads(out);
+  // ZeRO-3 too: there a rank dies inside a unit's all-gather or reduce-scatter.
+  for (int stage : {0, 3}) {
+    SCOPED_TRACE(fmt::format("--zero {}", stage));
+    const fs::path out = fresh_dir(fmt::format("kill{}", stage)),
+                   pids = fresh_dir(fmt::format("killpids{}", stage)), log = out.string() + ".log";
+    fs::create_directories(pids);
+    const pid_t job = spawn(mpirun_cmd(2,
+                                       {{"out", out.string()},
+                                        {"steps", 1000000},
+                                        {"checkpoint_every", 5},
+                                        {"zero", stage},
+                                        {"pid_dir", pids.string()}},
+                                       log));
+    const pid_t victim = wait_for_rank_pid(pids, 1, out);
+    ASSERT_GT(victim, 0) << slurp(log);
+    kill(victim, SIGKILL);
+    double took = 0;
+    const int rc = wait_for(job, 60, &took);
+    ASSERT_NE(rc, -1) << "the job did not end within 60 s of the kill\n" << slurp(log);
+    EXPECT_NE(rc, 0);
+    const std::string text = slurp(log);
+    EXPECT_TRUE(text.find("signal 9") != std::string::npos ||
+                text.find("rank 0 of 2: ") != std::string::npos)
+        << text;
+    expect_newest_checkpoint_loads(out);
+  }
 }
 
 // A rank that hangs (SIGSTOP: alive, silent) is caught by the collective deadline
@@ -676,24 +682,33 @@ TEST(Dist, KilledRankEndsTheJob) {
 // the job.
 TEST(Dist, HungRankHitsTheCollectiveDeadline) {
   SKIP_WITHOUT_MPIRUN();
-  const fs::path out = fresh_dir("hang"), pids = fresh_dir("hangpids"), log = out.string() + ".log";
-  fs::create_directories(pids);
-  const pid_t job = spawn(mpirun_cmd(2,
-                                     {{"out", out.string()},
-                                      {"steps", 1000000},
-                                      {"checkpoint_every", 5},
-                                      {"comm_timeout", 3.0},
-                                      {"pid_dir", pids.string()}},
-                                     log));
-  const pid_t victim = wait_for_rank_pid(pids, 1, out);
-  ASSERT_GT(victim, 0) << slurp(log);
-  kill(victim, SIGSTOP);
-  double took = 0;
-  const int rc = wait_for(job, 60, &took);
-  kill(victim, SIGKILL);  // in case mpirun left it stopped
-  ASSERT_NE(rc, -1) << "the job did not end within 60 s\n" << slurp(log);
-  EXPECT_NE(rc, 0);
-  const std::string text = slurp(log);
-  EXPECT_NE(text.find("did not complete within 3 s"), std::string::npos) << text;
-  expect_newest_checkpoint_loads(out);
+  for (int stage : {0, 3}) {
+    SCOPED_TRACE(fmt::format("--zero {}", stage));
+    const fs::path out = fresh_dir(fmt::format("hang{}", stage)),
+                   pids = fresh_dir(fmt::format("hangpids{}", stage)), log = out.string() + ".log";
+    fs::create_directories(pids);
+    const pid_t job = spawn(mpirun_cmd(2,
+                                       {{"out", out.string()},
+                                        {"steps", 1000000},
+                                        {"checkpoint_every", 5},
+                                        {"comm_timeout", 3.0},
+                                        {"zero", stage},
+                                        {"pid_dir", pids.string()}},
+                                       log));
+    const pid_t victim = wait_for_rank_pid(pids, 1, out);
+    ASSERT_GT(victim, 0) << slurp(log);
+    kill(victim, SIGSTOP);
+    double took = 0;
+    const int rc = wait_for(job, 60, &took);
+    kill(victim, SIGKILL);  // in case mpirun left it stopped
+    ASSERT_NE(rc, -1) << "the job did not end within 60 s\n" << slurp(log);
+    EXPECT_NE(rc, 0);
+    const std::string text = slurp(log);
+    EXPECT_NE(text.find("did not complete within 3 s"), std::string::npos) << text;
+    if (stage == 3)  // the step's collectives are a unit's all-gathers and reduce-scatters
+      EXPECT_TRUE(text.find("all-gather") != std::string::npos ||
+                  text.find("reduce-scatter") != std::string::npos)
+          << text;
+    expect_newest_checkpoint_loads(out);
+  }
 }

@@ -114,3 +114,58 @@ TEST(ModuleState, LoadRefusesAnotherStructureAndChangesNothing) {
     EXPECT_NE(std::string(e.what()).find("6.weight"), std::string::npos) << e.what();
   }
 }
+
+// The seam sharded data parallelism stands on: a module's hooks run around its forward (once
+// when forwards of one module nest) and before the backward of each op its forward recorded,
+// and a parameter's storage can be released and materialized again under the tensors the
+// tape saved.
+TEST(ModuleHooks, RunAroundForwardAndBeforeTheBackwardOfWhatItRecorded) {
+  Rng rng(3);
+  nn::Linear fc(4, 3, true, rng);
+  std::vector<std::string> events;
+  nn::ModuleHooks h;
+  h.pre_forward = [&] { events.push_back("pre_forward"); };
+  h.post_forward = [&] { events.push_back("post_forward"); };
+  h.pre_backward =
+      std::make_shared<const std::function<void()>>([&] { events.push_back("pre_backward"); });
+  fc.set_hooks(h);
+  const Variable x(Tensor::full({2, 4}, 0.5f, DType::f32), true);
+  Variable y = fc.forward(x);
+  ASSERT_EQ(events, (std::vector<std::string>{"pre_forward", "post_forward"}));
+  // An op recorded outside the forward carries no hook.
+  Variable loss = sum(mul(y, y));
+  events.clear();
+  loss.backward();
+  // The linear op (one node) ran its hook once before its backward; sum and mul none.
+  EXPECT_EQ(events, std::vector<std::string>{"pre_backward"});
+  EXPECT_TRUE(fc.weight.grad().defined());
+  fc.set_hooks({});
+  events.clear();
+  (void)fc.forward(x);
+  EXPECT_TRUE(events.empty());
+}
+
+TEST(ModuleHooks, ReleasedWeightsThrowUntilMaterializedAgain) {
+  Rng rng(4);
+  nn::Linear fc(4, 3, false, rng);
+  const Variable x(Tensor::full({2, 4}, 0.25f, DType::f32), true);
+  const std::vector<float> want = fc.forward(x).data().to_vector();
+  Variable y = sum(fc.forward(x));  // the tape keeps the weight for the input's gradient
+  const std::shared_ptr<Storage> st = fc.weight.weight.data().storage();
+  const std::vector<float> w = fc.weight.weight.data().to_vector();
+  st->release();
+  EXPECT_FALSE(st->resident());
+  try {
+    (void)fc.forward(x);
+    FAIL() << "a released weight was read";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("storage is released"), std::string::npos) << e.what();
+  }
+  // Materialized and refilled (as an all-gather does), the same tensors serve forward and
+  // the backward recorded before the release.
+  st->materialize();
+  fc.weight.weight.data().copy_from(Tensor::from_vector(w, fc.weight.weight.shape()));
+  EXPECT_EQ(fc.forward(x).data().to_vector(), want);
+  y.backward();
+  EXPECT_TRUE(x.grad().defined());
+}
