@@ -211,6 +211,41 @@ def dist_table():
     return with_provenance(out, "dist.json")
 
 
+def zero_table():
+    d = load("zero.json")
+    if not d:
+        return ""
+    out = ["`bash scripts/zero_bench.sh`: the GPT at two sizes on 1, 2 and 4 ranks (`mpirun -np N -x "
+           "OMP_NUM_THREADS=1`, sharing the 2 cores), ZeRO stages 0-3, bf16 compute, bf16 gradients on "
+           "the wire (`--allreduce compute`), fp32 master and Adam moments; context 64, batch 4, %d "
+           "steps. Figures are rank 0's. Theory: P parameters; stage 0 holds 18P (2 bf16 weights + 4 "
+           "fp32 gradients + 4 master + 8 moments), stage 1 6P + 12P/N, stage 2 2P + 16P/N, stage 3 "
+           "18P/N plus the two largest units gathered at once (bf16) and the largest unit's fp32 "
+           "gradients before its reduce-scatter; wire bytes sent per step (N-1)/N x 2P per "
+           "reduce-scatter or all-gather: the all-reduce is two, stages 1-2 one of each, stage 3 "
+           "three (its weights are gathered for forward and again for backward). Step time is the "
+           "median over the steps after the first; the ranks share two cores, so compare stages at "
+           "one rank count." % len(d[0]["step_ms"] + [0]), "",
+           "", "Rows marked accum 2 take each step in 2 micro-batches: stages 0-1 accumulate each rank's "
+           "gradients unsharded and reduce once; stages 2-3 accumulate sharded (every micro-batch "
+           "reduce-scattered into the fp32 shard) and stage 3 gathers the weights for each.", "",
+           "| model | ranks | ZeRO | model state / rank | ÷ theory | of it gathered | wire bytes / step | "
+           "÷ theory | peak RSS | ms / step | × stage 0 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in d:
+        ts, tw = r["theory_model_state_bytes_per_rank"], r["theory_comm_bytes_per_step"]
+        out.append("| %s (%.1fM)%s | %d | %d | %s | %.3f | %s | %s | %s | %s | %.0f | %s |" % (
+            r["model"], r["parameters"] / 1e6, ", accum 2" if r.get("grad_accum", 1) > 1 else "",
+            r["ranks"], r["zero"],
+            mib(r["model_state_bytes_per_rank"]), r["model_state_bytes_per_rank"] / ts,
+            mib(r["gathered_weight_bytes_per_rank"]) if r["gathered_weight_bytes_per_rank"] else "-",
+            mib(r["comm_bytes_per_step"]) if r["comm_bytes_per_step"] else "0",
+            "%.3f" % (r["comm_bytes_per_step"] / tw) if tw else "-",
+            mib(r["peak_rss_bytes"]), r["median_step_ms"],
+            "%.2f" % r["step_vs_stage0"] if "step_vs_stage0" in r else "-"))
+    return with_provenance(out, "zero.json")
+
+
 def cli_help():
     exe = os.environ.get("MIXTRAIN_BIN", os.path.join(ROOT, "build", "mixtrain"))
     if not os.path.exists(exe):
@@ -281,6 +316,10 @@ def main():
     dt = dist_table()
     if dt:
         results += ["", "### Data parallel (2 ranks on 2 cores)", "", dt]
+    zt = zero_table()
+    if zt:
+        results += ["", "### Sharded data parallel (ZeRO 0-3)", "", zt]
+        text = section(text, "zero", zt)
     results += ["", "### Kernels", "", gemm_table()]
     where = results[0].replace("; the AVX2 table below says its own", "") if info else ""
     headline = ([where, ""] if info else []) + [mlp_table, "", gpt_table]
