@@ -50,10 +50,6 @@ struct Timed {
   ~Timed() { acc += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(); }
 };
 
-// The fp32 state buffers an optimizer may keep, in Optimizer::state_tensors() order.
-constexpr const char* kBuffers[] = {"exp_avg", "exp_avg_sq", "momentum_buffer", "square_avg",
-                                    "grad_avg"};
-
 Tensor flat_view(const Tensor& t, const std::string& what) {
   if (!t.is_contiguous())
     throw ShapeError(fmt::format("data parallel: {} is not contiguous ({})", what, t.str()));
@@ -442,118 +438,6 @@ ModelStateBytes DataParallel::model_state_bytes(const optim::Optimizer& opt) con
     }
   }
   return b;
-}
-
-std::vector<std::pair<std::string, Tensor>> DataParallel::gather_state(
-    const optim::Optimizer& opt) {
-  if (!opt_.zero) throw Error("DataParallel::gather_state: only with ZeRO");
-  const int64_t total = flat_begin_.back();
-  std::map<std::string, Tensor> mine;
-  for (const auto& [n, t] : opt.state_tensors()) mine[n] = t;
-  // Every rank holds at least one piece (checked at construction) of the same optimizer.
-  std::vector<std::string> bufs;
-  for (const char* b : kBuffers)
-    if (mine.count(fmt::format("optim.{}.{}", shard_[0].name, b))) bufs.emplace_back(b);
-  // One gather to rank 0 per kind (master, then each buffer): the full flat vector exists on
-  // rank 0 only. Each goes in chunks of at most kChunk elements of every rank's shard, so the
-  // staging buffer stays small beside it (every rank makes the same number of calls: the
-  // largest shard's).
-  constexpr int64_t kChunk = int64_t{1} << 18;
-  int64_t most = 0;
-  for (int j = 0; j < size_; ++j) most = std::max(most, shard_lo_[j + 1] - shard_lo_[j]);
-  auto gather = [&](const std::function<const Tensor&(size_t)>& piece) {
-    Tensor full = Tensor::empty({rank_ == 0 ? total : 0}, DType::f32, comm_device());
-    Tensor send = Tensor::empty({std::min(kChunk, hi_ - lo_)}, DType::f32, comm_device());
-    std::vector<int64_t> cbytes(size_), coff(size_);
-    for (int64_t c0 = 0; c0 < most; c0 += kChunk) {
-      // This rank's chunk [lo_ + c0, lo_ + c1) of the flat vector, from the pieces it meets.
-      const int64_t c1 = std::min(hi_ - lo_, c0 + kChunk);
-      for (size_t s = 0; s < shard_.size(); ++s) {
-        const int64_t p0 = shard_pieces_[s].flat - lo_, n = piece(s).numel();
-        const int64_t a = std::max(p0, c0), b = std::min(p0 + n, c1);
-        if (a < b)
-          send.slice(0, a - c0, b - c0).copy_from(piece(s).view({-1}).slice(0, a - p0, b - p0));
-      }
-      for (int j = 0; j < size_; ++j) {
-        const int64_t shard = shard_lo_[j + 1] - shard_lo_[j];
-        coff[j] = (shard_lo_[j] + std::min(c0, shard)) * 4;
-        cbytes[j] = (std::min(c0 + kChunk, shard) - std::min(c0, shard)) * 4;
-      }
-      gatherv(send.raw_data(), std::max<int64_t>(0, c1 - c0) * 4, full.raw_data(), cbytes.data(),
-              coff.data(), 0);
-    }
-    return full;
-  };
-  // Each parameter's tensor is its range of the gathered flat vector (a view, no copy).
-  auto split = [&](const Tensor& full, size_t i) {
-    return full.slice(0, flat_begin_[i], flat_begin_[i + 1]).view(params_[i]->weight.shape());
-  };
-  std::vector<std::pair<std::string, Tensor>> out;
-  {
-    const auto m = gather([&](size_t s) -> const Tensor& { return shard_[s].master; });
-    if (rank_ == 0)
-      for (size_t i = 0; i < params_.size(); ++i)
-        out.emplace_back("param." + params_[i]->name, split(m, i));
-  }
-  std::vector<Tensor> full;
-  for (const auto& b : bufs)
-    full.push_back(gather([&](size_t s) -> const Tensor& {
-      return mine.at(fmt::format("optim.{}.{}", shard_[s].name, b));
-    }));
-  if (rank_ != 0) return {};
-  for (size_t i = 0; i < params_.size(); ++i)  // per parameter, its buffers: a plain run's order
-    for (size_t j = 0; j < bufs.size(); ++j)
-      out.emplace_back(fmt::format("optim.{}.{}", params_[i]->name, bufs[j]), split(full[j], i));
-  for (const char* n : {"optim.step", "optim.rng_step"}) out.emplace_back(n, mine.at(n));
-  return out;
-}
-
-void DataParallel::load_state(optim::Optimizer& opt,
-                              const std::vector<std::pair<std::string, Tensor>>& tensors) {
-  if (!opt_.zero) throw Error("DataParallel::load_state: only with ZeRO");
-  std::map<std::string, const Tensor*> by_name;
-  for (const auto& [n, t] : tensors) by_name[n] = &t;
-  auto find = [&](const std::string& n) -> const Tensor& {
-    auto it = by_name.find(n);
-    if (it == by_name.end())
-      throw IOError(fmt::format("ZeRO load_state: tensor '{}' is missing", n));
-    return *it->second;
-  };
-  auto full = [&](const std::string& n, const nn::Parameter& p) {
-    const Tensor& t = find(n);
-    if (t.shape() != p.weight.shape() || t.dtype() != DType::f32)
-      throw ShapeError(fmt::format("ZeRO load_state: tensor '{}' is {} (expected f32 {})", n,
-                                   t.str(), shape_str(p.weight.shape())));
-    return t.contiguous().view({-1});
-  };
-  // The shard optimizer's state: this rank's slice of each full tensor, plus its counters.
-  std::vector<std::pair<std::string, Tensor>> sliced;
-  for (const auto& [n, t] : opt.state_tensors()) {
-    if (t.dtype() == DType::i64) {
-      sliced.emplace_back(n, find(n));
-      continue;
-    }
-    bool found = false;
-    for (size_t s = 0; s < shard_.size() && !found; ++s)
-      for (const char* b : kBuffers)
-        if (n == fmt::format("optim.{}.{}", shard_[s].name, b)) {
-          const Piece& pc = shard_pieces_[s];
-          sliced.emplace_back(n, full(n, *params_[pc.param]).slice(0, pc.begin, pc.end));
-          found = true;
-          break;
-        }
-    if (!found) throw Error(fmt::format("ZeRO load_state: unexpected state tensor '{}'", n));
-  }
-  std::vector<Tensor> masters;
-  for (auto* p : params_) masters.push_back(full("param." + p->name, *p));
-  opt.load_state(sliced);  // validates before changing anything
-  for (size_t i = 0; i < params_.size(); ++i)
-    params_[i]->weight.data().copy_from(masters[i].view(params_[i]->weight.shape()));
-  for (size_t s = 0; s < shard_.size(); ++s) {
-    const Piece& pc = shard_pieces_[s];
-    if (!params_[pc.param]->shares_master())  // fp32 compute: the weight copy above was it
-      shard_[s].master.copy_from(masters[pc.param].slice(0, pc.begin, pc.end));
-  }
 }
 
 void run_on_root(const std::function<void()>& fn) {
