@@ -755,12 +755,15 @@ std::optional<RestoredCounters> load_latest_checkpoint(const fs::path& out,
   for (const auto& file : files) {
     std::optional<Staged> staged;
     std::string err;
+    // Any fault here is this checkpoint's (the ranks must stay in step: no exception leaves
+    // before agree()).
     try {
-      staged =
-          fs::is_directory(file) ? stage_sharded(file, st, config) : stage_file(file, st, config);
+      std::error_code ec;
+      staged = fs::is_directory(file, ec) ? stage_sharded(file, st, config)
+                                          : stage_file(file, st, config);
     } catch (const Error& e) {
       err = e.what();
-    } catch (const json::exception& e) {
+    } catch (const std::exception& e) {
       err = fmt::format("{}: {}", file.string(), e.what());
     }
     err = agree(st, err);
