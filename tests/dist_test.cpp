@@ -22,6 +22,7 @@
 #include "mixtrain/dist/comm.h"
 #include "mixtrain/io/safetensors.h"
 #include "mixtrain/nn/layers.h"
+#include "mixtrain/train/generate.h"
 #include "mixtrain/train/trainer.h"
 #include "train/checkpoint.h"
 
@@ -555,6 +556,15 @@ TEST(Dist, ShardedCheckpointConsolidatesBitForBit) {
   EXPECT_EQ(rb.source, single.string());
   EXPECT_GT(ra.tensors, 0);
   expect_same_tensors(read_checkpoint(ea), read_checkpoint(eb));
+  // generate reads the shards too: the same tokens from the same weights.
+  GenerateOptions go;
+  go.prompt = "The ";
+  go.tokens = 16;
+  go.temperature = 0;
+  const Generated ga = generate(a.string(), go), gb = generate(b.string(), go);
+  EXPECT_EQ(ga.checkpoint, sharded.string());
+  EXPECT_EQ(ga.tokens, gb.tokens);
+  EXPECT_EQ(ga.tokens.size(), 16u);
 }
 
 namespace {
@@ -568,31 +578,35 @@ struct Recorder : Callbacks {
 
 }  // namespace
 
-// A step directory without its manifest (a save killed before rank 0 finished) or with a
-// truncated shard is skipped with a warning naming it, and the checkpoint before it loads.
+// A step directory without its manifest (a save killed before rank 0 finished), with a
+// truncated shard or without one is skipped with a warning naming it, and the checkpoint
+// before it loads.
 TEST(Dist, IncompleteShardedCheckpointFallsBackToThePreviousOne) {
   SKIP_WITHOUT_MPIRUN();
   const fs::path a = fresh_dir("inc");
   run_ranks(2, {{"out", a.string()}, {"steps", 6}, {"checkpoint_every", 3}, {"zero", 1}});
   ASSERT_EQ(list_checkpoints(a).size(), 2u);
-  for (const std::string fault : {"manifest", "truncated"}) {
+  for (const std::string fault : {"manifest", "truncated", "missing"}) {
     const fs::path b = fresh_dir("inc" + fault);
     fs::copy(a, b, fs::copy_options::recursive);
     const fs::path dir = b / "checkpoints" / "step-00000006";
     const fs::path shard = dir / "rank-1-of-2.safetensors";
     if (fault == "manifest")
       fs::remove(dir / "manifest.json");
-    else
+    else if (fault == "truncated")
       fs::resize_file(shard, fs::file_size(shard) / 2);
+    else
+      fs::remove(shard);
     Recorder rec;
     TrainConfig c = tiny_gpt({{"out", b.string()}, {"steps", 6}, {"resume", true}, {"zero", 1}});
     Trainer(c, &rec).run();
     EXPECT_EQ(rec.resumed_at, 3) << fault;
     ASSERT_EQ(rec.warnings.size(), 1u) << fault;
-    EXPECT_NE(rec.warnings[0].find(fault == "manifest" ? "step-00000006: no manifest.json"
-                                                       : shard.string()),
-              std::string::npos)
-        << rec.warnings[0];
+    const std::string named = fault == "manifest" ? "step-00000006: no manifest.json"
+                              : fault == "missing"
+                                  ? fmt::format("shard file {} is missing", shard.string())
+                                  : shard.string();
+    EXPECT_NE(rec.warnings[0].find(named), std::string::npos) << rec.warnings[0];
     // Steps 4 to 6 again, on one rank: the 2-rank run's losses up to fp32 summation order.
     expect_close(losses(b), losses(a), 1e-5, "resumed from step 3 after a bad step 6");
     // The save at step 6 replaced the bad directory with a complete one.
