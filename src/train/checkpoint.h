@@ -69,7 +69,9 @@ nlohmann::json run_identity(const nlohmann::json& config);
 /// Creates OUT (and OUT/checkpoints) and checks both can be written. Refuses (ConfigError) an
 /// OUT that already holds a run unless resuming a run with the same config, or `force` (which
 /// deletes the old run's checkpoints and metrics and starts a fresh one; never with resume),
-/// and a resume of an OUT that holds no run. Removes temp files left by a save that was killed.
+/// and a resume of an OUT that holds no run. Removes temp files left by a save that was killed,
+/// and sharded step directories a killed save left without a manifest when a newer checkpoint
+/// is complete.
 void prepare_run_dir(const std::filesystem::path& out, const nlohmann::json& config, bool resume,
                      bool force);
 
