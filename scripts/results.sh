@@ -2,7 +2,8 @@
 # Regenerates every figure in the README and docs/RESULTS.md: runs the benchmarks and training
 # comparisons, keeps their JSON under results/, and rewrites the generated sections
 # (scripts/update_readme.py) from that JSON.
-# Usage: bash scripts/results.sh [all|gemm|mlp|gpt|step|ckpt|readme]   (default all; ~55 min)
+# Usage: bash scripts/results.sh [all|gemm|mlp|gpt|step|ckpt|dist|zero|readme]   (default all;
+# ~75 min)
 # Environment: MLP_EPOCHS (10), GPT_STEPS (300), CKPT_RUNS (3); BIN (./build/mixtrain) with
 # SKIP_BUILD=1 measures an existing binary.
 set -euo pipefail
@@ -181,5 +182,10 @@ print(json.dumps(out, indent=2))
 PY
   rm -rf "$tmp"
   stamp results/dist.json
+fi
+if [[ $what == all || $what == zero ]] && command -v mpirun >/dev/null; then
+  # Sharded data parallel (`zero`): the GPT at two sizes, 1/2/4 ranks, ZeRO stages 0-3.
+  SKIP_BUILD=1 BIN=$BIN bash scripts/zero_bench.sh
+  stamp results/zero.json
 fi
 /usr/bin/python3 scripts/update_readme.py

@@ -22,6 +22,7 @@
 #include "mixtrain/dist/comm.h"
 #include "mixtrain/io/safetensors.h"
 #include "mixtrain/nn/layers.h"
+#include "mixtrain/train/generate.h"
 #include "mixtrain/train/trainer.h"
 #include "train/checkpoint.h"
 
@@ -174,6 +175,21 @@ void expect_close(const std::vector<double>& a, const std::vector<double>& b, do
     EXPECT_NEAR(a[i], b[i], rel * std::fabs(b[i])) << what << " at step " << i + 1;
 }
 
+// Two checkpoints' full tensors (either layout) are the same names, in the same order, with
+// the same bits.
+void expect_same_tensors(const CheckpointContents& a, const CheckpointContents& b) {
+  ASSERT_EQ(a.tensors.size(), b.tensors.size());
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    const auto& [n, x] = a.tensors[i];
+    const auto& [m, y] = b.tensors[i];
+    ASSERT_EQ(n, m);
+    ASSERT_EQ(x.shape(), y.shape()) << n;
+    ASSERT_EQ(x.dtype(), y.dtype()) << n;
+    const Tensor xc = x.contiguous(), yc = y.contiguous();
+    EXPECT_EQ(std::memcmp(xc.raw_data(), yc.raw_data(), xc.nbytes()), 0) << n;
+  }
+}
+
 #define SKIP_WITHOUT_MPIRUN() \
   if (!have_mpirun()) GTEST_SKIP() << "no MPI build or no mpirun on this machine"
 
@@ -190,10 +206,15 @@ TEST(DistWorker, Train) {
                   fmt::format("rank{}.pid", dist::rank()))
         << ::getpid() << "\n";
   const TrainSummary s = train_from(j);
-  if (j.contains("report_dir"))  // every rank's own view of the loss scaler
+  if (j.contains("report_dir")) {  // every rank's own view of the loss scaler
     std::ofstream(fs::path(j["report_dir"].get<std::string>()) /
                   fmt::format("rank{}.json", dist::rank()))
         << s.to_json();
+    // and the bytes it sent to rank 0 in gathers (checkpoints)
+    std::ofstream(fs::path(j["report_dir"].get<std::string>()) /
+                  fmt::format("rank{}.gatherv", dist::rank()))
+        << dist::bytes_sent(dist::Collective::gatherv) << "\n";
+  }
 }
 
 // ZeRO-1 on one rank runs the shard update over the whole model: it must reproduce the
@@ -204,14 +225,11 @@ TEST(Dist, ZeroOnOneRankIsBitIdenticalToPlain) {
     // ZeRO shards an fp32 master (--master auto takes fp32 with it): the plain run names it.
     run_local({{"out", a.string()}, {"precision", "bf16"}, {"master", "fp32"}});
     run_local({{"out", b.string()}, {"precision", "bf16"}, {"zero", stage}});
-    SafetensorsFile fa = load_safetensors(list_checkpoints(a).front().string());
-    SafetensorsFile fb = load_safetensors(list_checkpoints(b).front().string());
-    ASSERT_EQ(fa.names(), fb.names());
-    for (const auto& n : fa.names()) {
-      const Tensor &x = fa.get(n), &y = fb.get(n);
-      ASSERT_EQ(x.nbytes(), y.nbytes()) << n;
-      EXPECT_EQ(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()), 0) << n;
-    }
+    // (The ZeRO run's checkpoint is sharded, rank-0-of-1: read back whole, it holds the
+    // plain run's tensors.)
+    ASSERT_TRUE(fs::is_directory(list_checkpoints(b).front()));
+    expect_same_tensors(read_checkpoint(list_checkpoints(a).front()),
+                        read_checkpoint(list_checkpoints(b).front()));
     EXPECT_EQ(losses(a), losses(b));
     // metrics of a ZeRO run report the state it holds: fp32 master + 2 Adam moments.
     const json last = metrics(b).back();
@@ -279,12 +297,8 @@ TEST(Dist, ZeroTwoShardsTheGradientsAndMatchesOneRank) {
   expect_close(losses(z2), losses(ref), 1e-5, "2 ranks fp32 ZeRO-2");
   EXPECT_EQ(losses(z2), losses(z1)) << "one micro-batch: ZeRO-2 sums what ZeRO-1 sums";
   {
-    SafetensorsFile fa = load_safetensors(list_checkpoints(z1).front().string());
-    SafetensorsFile fb = load_safetensors(list_checkpoints(z2).front().string());
-    ASSERT_EQ(fa.names(), fb.names());
-    for (const auto& n : fa.names())
-      EXPECT_EQ(std::memcmp(fa.get(n).raw_data(), fb.get(n).raw_data(), fa.get(n).nbytes()), 0)
-          << n;
+    expect_same_tensors(read_checkpoint(list_checkpoints(z1).front()),
+                        read_checkpoint(list_checkpoints(z2).front()));
   }
   // Two micro-batches a step, accumulated in the shard; overlapped in 16 KiB buckets, the same
   // bits (sums element-wise in rank order, whenever each bucket starts).
@@ -517,10 +531,9 @@ TEST(Dist, TwoRanksMatchOneRankBf16) {
   EXPECT_NEAR(b16 / b32, 0.5, 0.01);
   // ZeRO-1 really shards: each of 2 ranks holds half the fp32 master and moments, and the
   // model's full fp32 masters are gone (bf16 compute): 6 bytes per parameter fewer through the
-  // steps. The run's peak is then rank 0's end-of-run checkpoint, which gathers the full fp32
-  // master and moments (12 B/param) beside the shard, where the plain run writes its own
-  // tensors; the peak still drops (here by ~1.8 B/param: asserted at least 1). The gradient
-  // buckets (4 B/param here) count in both.
+  // steps. Its checkpoints write each rank's shard as it is (nothing is gathered), so the
+  // peak drops too (asserted by at least 1 B/param). The gradient buckets (4 B/param here)
+  // count in both.
   const json s_dp = json::parse(slurp(dp / "summary.json")),
              s_z = json::parse(slurp(z / "summary.json"));
   const int64_t params = s_dp.at("parameters").get<int64_t>();
@@ -565,7 +578,7 @@ TEST(Dist, RanksSkipTheSameStepsAndKeepOneScale) {
   }
 }
 
-// A checkpoint written by 2 ranks (ZeRO-1 shards gathered) resumes on 1 rank, and the
+// A checkpoint written by 2 ranks (ZeRO: one shard file per rank) resumes on 1 rank, and the
 // reverse, each landing on the uninterrupted single-process trajectory.
 TEST(Dist, CheckpointsResumeAcrossRankCounts) {
   SKIP_WITHOUT_MPIRUN();
@@ -578,14 +591,14 @@ TEST(Dist, CheckpointsResumeAcrossRankCounts) {
   // 1 rank for 6 steps, then 2 ranks (ZeRO-1: the shards are sliced from the full state).
   run_local({{"out", b.string()}, {"steps", 6}});
   run_ranks(2, {{"out", b.string()}, {"steps", 12}, {"resume", true}, {"zero", 1}});
-  // 2 ranks without ZeRO for 6 steps, then 1 rank with ZeRO-1 (the same file format).
+  // 2 ranks without ZeRO for 6 steps (one file), then 1 rank with ZeRO-1.
   const fs::path c = fresh_dir("ck21z");
   run_ranks(2, {{"out", c.string()}, {"steps", 6}});
   run_local({{"out", c.string()}, {"steps", 12}, {"resume", true}, {"zero", 1}});
   expect_close(losses(a), losses(ref), 1e-5, "2 ranks ZeRO-1 -> 1 rank");
   expect_close(losses(b), losses(ref), 1e-5, "1 rank -> 2 ranks ZeRO-1");
   expect_close(losses(c), losses(ref), 1e-5, "2 ranks -> 1 rank ZeRO-1");
-  // ZeRO-2 writes the same format: 2 ranks at stage 2, then 1 rank without ZeRO, and back.
+  // ZeRO-2 (sharded too): 2 ranks at stage 2, then 1 rank without ZeRO, and back.
   const fs::path d = fresh_dir("ck21z2"), e = fresh_dir("ck12z2");
   run_ranks(2, {{"out", d.string()}, {"steps", 6}, {"zero", 2}});
   run_local({{"out", d.string()}, {"steps", 12}, {"resume", true}});
@@ -593,6 +606,153 @@ TEST(Dist, CheckpointsResumeAcrossRankCounts) {
   run_ranks(2, {{"out", e.string()}, {"steps", 12}, {"resume", true}, {"zero", 2}});
   expect_close(losses(d), losses(ref), 1e-5, "2 ranks ZeRO-2 -> 1 rank");
   expect_close(losses(e), losses(ref), 1e-5, "1 rank -> 2 ranks ZeRO-2");
+  // Across stages on the same ranks: 2 ranks at stage 2 for 6 steps, then stage 1 to 12, is
+  // an uninterrupted 2-rank ZeRO-1 run bit for bit (one micro-batch: stage 2 sums what stage
+  // 1 sums), each rank reading its pieces from the shards.
+  const fs::path z1 = fresh_dir("ckz1"), f = fresh_dir("ck22z1");
+  run_ranks(2, {{"out", z1.string()}, {"steps", 12}, {"zero", 1}});
+  run_ranks(2, {{"out", f.string()}, {"steps", 6}, {"zero", 2}});
+  ASSERT_TRUE(fs::is_directory(list_checkpoints(f).front()));
+  run_ranks(2, {{"out", f.string()}, {"steps", 12}, {"resume", true}, {"zero", 1}});
+  EXPECT_EQ(losses(f), losses(z1)) << "2 ranks ZeRO-2 -> 2 ranks ZeRO-1";
+  // 2 shards re-cut into 4 (the new pieces begin inside the old files).
+  const fs::path g = fresh_dir("ck24");
+  run_ranks(2, {{"out", g.string()}, {"steps", 6}, {"zero", 1}});
+  run_ranks(4, {{"out", g.string()}, {"steps", 12}, {"resume", true}, {"zero", 2}});
+  expect_close(losses(g), losses(ref), 1e-5, "2 ranks ZeRO-1 -> 4 ranks ZeRO-2");
+}
+
+// With ZeRO every rank writes only what it holds: checkpoints/step-N/ holds rank-R-of-N files
+// with about 1/N of the fp32 masters and moments each, and a manifest; nothing is gathered to
+// rank 0 (rank 1 sends it only its piece list).
+TEST(Dist, ShardedCheckpointsHoldEachRanksOwnPieces) {
+  SKIP_WITHOUT_MPIRUN();
+  for (int stage : {1, 2}) {
+    const fs::path out = fresh_dir(fmt::format("shard{}", stage)),
+                   rep = fresh_dir(fmt::format("shard{}rep", stage));
+    fs::create_directories(rep);
+    run_ranks(2, {{"out", out.string()},
+                  {"steps", 6},
+                  {"checkpoint_every", 3},
+                  {"zero", stage},
+                  {"report_dir", rep.string()}});
+    const int64_t params = json::parse(slurp(out / "summary.json")).at("parameters").get<int64_t>();
+    const auto cks = list_checkpoints(out);
+    ASSERT_EQ(cks.size(), 2u);  // steps 3 and 6 (the last 2 kept)
+    const fs::path dir = cks.front();
+    EXPECT_EQ(dir.filename(), "step-00000006");
+    ASSERT_TRUE(fs::is_directory(dir));
+    const json mf = json::parse(slurp(dir / "manifest.json"));
+    EXPECT_EQ(mf.at("format"), "mixtrain-sharded-checkpoint");
+    EXPECT_EQ(mf.at("step"), 6);
+    EXPECT_EQ(mf.at("ranks"), 2);
+    EXPECT_EQ(mf.at("zero_stage"), stage);
+    EXPECT_EQ(mf.at("files"), json({"rank-0-of-2.safetensors", "rank-1-of-2.safetensors"}));
+    EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator{}), 3);
+    int64_t total = 0;
+    for (int r : {0, 1}) {
+      const SafetensorsFile f =
+          load_safetensors((dir / fmt::format("rank-{}-of-2.safetensors", r)).string());
+      int64_t masters = 0, moments = 0;
+      for (const auto& n : f.names()) {
+        if (n.rfind("param.", 0) == 0) masters += f.get(n).numel();
+        if (n.rfind("optim.", 0) == 0 && f.get(n).dtype() == DType::f32)
+          moments += f.get(n).numel();
+      }
+      // The flat split of the parameters: half each, to one element; AdamW's two moments.
+      EXPECT_NEAR(static_cast<double>(masters), params / 2.0, 1.0) << "rank " << r;
+      EXPECT_EQ(moments, 2 * masters) << "rank " << r;
+      EXPECT_EQ(f.contains("loss_scaler.scale"), r == 0);
+      total += masters;
+    }
+    EXPECT_EQ(total, params);
+    // Two checkpoints' piece lists (names and ranges, about 3.5 KB each here); a gather of
+    // rank 1's half of the masters and moments would be 6 bytes per parameter (~260 KB).
+    int64_t gathered = -1;
+    std::ifstream(rep / "rank1.gatherv") >> gathered;
+    EXPECT_GT(gathered, 0);
+    EXPECT_LT(gathered, params / 2) << "stage " << stage;
+  }
+}
+
+// A sharded checkpoint read back whole is the state itself: resumed on one rank without ZeRO
+// and saved again at the same step (a single file), every tensor is the same bits, and
+// `export` of either gives the same weights.
+TEST(Dist, ShardedCheckpointConsolidatesBitForBit) {
+  SKIP_WITHOUT_MPIRUN();
+  const fs::path a = fresh_dir("cons2"), b = fresh_dir("cons1");
+  run_ranks(2, {{"out", a.string()}, {"steps", 6}, {"zero", 2}});
+  fs::copy(a, b, fs::copy_options::recursive);
+  run_local({{"out", b.string()}, {"steps", 6}, {"resume", true}});
+  const fs::path sharded = list_checkpoints(a).front();
+  const fs::path single = list_checkpoints(b).front();
+  ASSERT_TRUE(fs::is_directory(sharded));
+  ASSERT_EQ(single.filename(), "step-00000006.safetensors");
+  expect_same_tensors(read_checkpoint(sharded), read_checkpoint(single));
+  const fs::path ea = a / "export.safetensors", eb = b / "export.safetensors";
+  const ExportResult ra = export_weights(a.string(), "fp32", ea.string());
+  const ExportResult rb = export_weights(b.string(), "fp32", eb.string());
+  EXPECT_EQ(ra.source, sharded.string());
+  EXPECT_EQ(rb.source, single.string());
+  EXPECT_GT(ra.tensors, 0);
+  expect_same_tensors(read_checkpoint(ea), read_checkpoint(eb));
+  // generate reads the shards too: the same tokens from the same weights.
+  GenerateOptions go;
+  go.prompt = "The ";
+  go.tokens = 16;
+  go.temperature = 0;
+  const Generated ga = generate(a.string(), go), gb = generate(b.string(), go);
+  EXPECT_EQ(ga.checkpoint, sharded.string());
+  EXPECT_EQ(ga.tokens, gb.tokens);
+  EXPECT_EQ(ga.tokens.size(), 16u);
+}
+
+namespace {
+
+struct Recorder : Callbacks {
+  int64_t resumed_at = -2;
+  std::vector<std::string> warnings;
+  void on_start(const RunStart& s) override { resumed_at = s.resumed_at; }
+  void on_warning(const std::string& w) override { warnings.push_back(w); }
+};
+
+}  // namespace
+
+// A step directory without its manifest (a save killed before rank 0 finished), with a
+// truncated shard or without one is skipped with a warning naming it, and the checkpoint
+// before it loads.
+TEST(Dist, IncompleteShardedCheckpointFallsBackToThePreviousOne) {
+  SKIP_WITHOUT_MPIRUN();
+  const fs::path a = fresh_dir("inc");
+  run_ranks(2, {{"out", a.string()}, {"steps", 6}, {"checkpoint_every", 3}, {"zero", 1}});
+  ASSERT_EQ(list_checkpoints(a).size(), 2u);
+  for (const std::string fault : {"manifest", "truncated", "missing"}) {
+    const fs::path b = fresh_dir("inc" + fault);
+    fs::copy(a, b, fs::copy_options::recursive);
+    const fs::path dir = b / "checkpoints" / "step-00000006";
+    const fs::path shard = dir / "rank-1-of-2.safetensors";
+    if (fault == "manifest")
+      fs::remove(dir / "manifest.json");
+    else if (fault == "truncated")
+      fs::resize_file(shard, fs::file_size(shard) / 2);
+    else
+      fs::remove(shard);
+    Recorder rec;
+    TrainConfig c = tiny_gpt({{"out", b.string()}, {"steps", 6}, {"resume", true}, {"zero", 1}});
+    Trainer(c, &rec).run();
+    EXPECT_EQ(rec.resumed_at, 3) << fault;
+    ASSERT_EQ(rec.warnings.size(), 1u) << fault;
+    const std::string named = fault == "manifest" ? "step-00000006: no manifest.json"
+                              : fault == "missing"
+                                  ? fmt::format("shard file {} is missing", shard.string())
+                                  : shard.string();
+    EXPECT_NE(rec.warnings[0].find(named), std::string::npos) << rec.warnings[0];
+    // Steps 4 to 6 again, on one rank: the 2-rank run's losses up to fp32 summation order.
+    expect_close(losses(b), losses(a), 1e-5, "resumed from step 3 after a bad step 6");
+    // The save at step 6 replaced the bad directory with a complete one.
+    EXPECT_TRUE(fs::exists(dir / "manifest.json")) << fault;
+    EXPECT_NO_THROW(read_checkpoint(dir)) << fault;
+  }
 }
 
 namespace {

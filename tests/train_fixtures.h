@@ -24,16 +24,16 @@ inline std::filesystem::path fresh_run_dir(const std::string& suite, const std::
   return p;
 }
 
-/// Every tensor of the newest checkpoint in `out`, by name, as raw bytes.
+/// Every tensor of the newest checkpoint in `out` (a sharded one put back together), by name,
+/// as raw bytes.
 inline std::map<std::string, std::vector<uint8_t>> newest_checkpoint_tensors(
     const std::filesystem::path& out) {
   const auto files = train::list_checkpoints(out);
   EXPECT_FALSE(files.empty()) << out;
   std::map<std::string, std::vector<uint8_t>> w;
   if (files.empty()) return w;
-  SafetensorsFile f = load_safetensors(files.front().string());
-  for (const auto& n : f.names()) {
-    const Tensor& t = f.get(n);
+  for (const auto& [n, tensor] : train::read_checkpoint(files.front()).tensors) {
+    const Tensor t = tensor.contiguous();
     const auto* p = static_cast<const uint8_t*>(t.raw_data());
     w[n] = std::vector<uint8_t>(p, p + t.nbytes());
   }

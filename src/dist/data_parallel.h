@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -138,14 +139,30 @@ class DataParallel {
   /// The model state this rank holds, by part (`opt`: what make_optimizer() returned).
   ModelStateBytes model_state_bytes(const optim::Optimizer& opt) const;
 
-  /// ZeRO-1 checkpoint (collective): on rank 0 the tensors a plain run saves — "param.<name>"
-  /// (fp32 masters) and "optim.*" — gathered from every rank's shard, so the file is the same
-  /// format with or without ZeRO; empty on the other ranks.
-  std::vector<std::pair<std::string, Tensor>> gather_state(const optim::Optimizer& opt);
-  /// ZeRO-1 resume from a checkpoint's tensors (any rank count, with or without ZeRO): the
-  /// compute weights, this rank's slice of the masters and of the optimizer state. Throws
-  /// IOError/ShapeError naming a missing or mis-shaped tensor, before changing anything.
-  void load_state(optim::Optimizer& opt, const std::vector<std::pair<std::string, Tensor>>& t);
+  // ---- Sharded checkpoints (src/dist/sharded_state.cpp): each rank saves and loads only the
+  // pieces it holds; nothing is gathered.
+  /// Every parameter's full compute weight is on every rank (stages 0 to 2).
+  bool full_weights_resident() const { return opt_.zero < 3; }
+  /// A piece of a parameter this rank holds, and the checkpoint tensors that describe it.
+  struct StatePiece {
+    std::string param;           ///< the parameter's name
+    int64_t begin = 0, end = 0;  ///< element range of the flattened parameter
+    /// "param.<name>" (the fp32 master) and "optim.<name>.<buf>", each 1-d of end - begin
+    std::vector<std::string> tensors;
+  };
+  /// ZeRO: this rank's pieces (at most one per parameter), in parameter order.
+  std::vector<StatePiece> state_pieces(const optim::Optimizer& opt) const;
+  /// ZeRO: this rank's state under the names state_pieces() lists (views of the fp32 masters
+  /// and moments, 1-d), then "optim.step" and "optim.rng_step". No collective.
+  std::vector<std::pair<std::string, Tensor>> shard_state(const optim::Optimizer& opt) const;
+  /// ZeRO resume, any rank count and stage having written the checkpoint: `pieces` holds the
+  /// tensors state_pieces() names (1-d fp32) plus "optim.step" and "optim.rng_step"; `full` the
+  /// full fp32 master of every parameter by name, needed when full_weights_resident() (the
+  /// compute weights are written from it), ignored otherwise. Throws IOError/ShapeError naming
+  /// a missing or mis-shaped tensor before changing anything. No collective.
+  void load_shard_state(optim::Optimizer& opt,
+                        const std::vector<std::pair<std::string, Tensor>>& pieces,
+                        const std::map<std::string, Tensor>& full);
 
  private:
   struct Piece {

@@ -73,24 +73,32 @@ Generated generate(const std::string& run_dir, const GenerateOptions& o) {
   // The newest checkpoint that reads whole; the vocabulary is its token table's rows.
   Generated out;
   out.bytes = bytes;
-  std::optional<SafetensorsFile> file;
+  std::optional<std::map<std::string, Tensor>> file;
+  auto get = [&](const std::string& n) -> const Tensor& {
+    auto it = file->find(n);
+    if (it == file->end())
+      throw IOError(fmt::format("{}: holds no tensor '{}'", out.checkpoint, n));
+    return it->second;
+  };
   for (const auto& f : list_checkpoints(run_dir)) {
     try {
-      file = load_safetensors(f.string());
-      const Tensor& tok = file->get("param.tok.weight");
+      out.checkpoint = f.string();
+      file.emplace();
+      for (auto& [n, t] : read_checkpoint(f, "param.").tensors) (*file)[n] = t;
+      const Tensor& tok = get("param.tok.weight");
       if (tok.dim() != 2 || tok.shape()[1] != cfg.width)
         throw IOError(fmt::format("{}: param.tok.weight is {}, not [vocab, {}]", f.string(),
                                   shape_str(tok.shape()), cfg.width));
-      out.checkpoint = f.string();
       break;
     } catch (const Error& e) {
       file.reset();
+      out.checkpoint.clear();
       out.warnings.push_back(fmt::format("skipping unreadable checkpoint: {}", e.what()));
     }
   }
   if (!file) throw IOError(fmt::format("generate: {} holds no readable checkpoint", run_dir));
   nn::GPTConfig g;
-  g.vocab = file->get("param.tok.weight").shape()[0];
+  g.vocab = get("param.tok.weight").shape()[0];
   g.layers = cfg.layers;
   g.width = cfg.width;
   g.heads = cfg.heads;
@@ -103,7 +111,7 @@ Generated generate(const std::string& run_dir, const GenerateOptions& o) {
   nn::GPT model(g, init);
   // The checkpoint's weights are fp32 masters, or bf16 ones (master-free and split16 modes).
   for (auto& [name, p] : model.named_parameters()) {
-    const Tensor& w = file->get("param." + name);
+    const Tensor& w = get("param." + name);
     if (w.shape() != p->master.shape() || !is_floating(w.dtype()))
       throw IOError(fmt::format("{}: param.{} is {} {}, not a float {} (config.json: {})",
                                 out.checkpoint, name, dtype_name(w.dtype()), shape_str(w.shape()),

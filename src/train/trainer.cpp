@@ -1047,21 +1047,21 @@ ExportResult export_weights(const std::string& run_dir, const std::string& dtype
     throw ConfigError(fmt::format("export: --dtype {} (expected fp32, bf16 or fp16)", dtype));
   const auto files = list_checkpoints(run_dir);
   if (files.empty())
-    throw IOError(
-        fmt::format("export: {} holds no checkpoint (checkpoints/step-*.safetensors)", run_dir));
+    throw IOError(fmt::format(
+        "export: {} holds no checkpoint (checkpoints/step-*.safetensors or step-*/)", run_dir));
   // The newest checkpoint that reads whole, as resume picks it.
   ExportResult res;
   std::string why;
   for (const auto& file : files) {
     try {
-      SafetensorsFile f = load_safetensors(file.string());
+      // A sharded checkpoint's pieces are put back together here (no MPI needed).
+      const CheckpointContents c = read_checkpoint(file, "param.");
       std::vector<std::pair<std::string, Tensor>> out;
-      for (const auto& n : f.names())
-        if (n.rfind("param.", 0) == 0) out.emplace_back(n.substr(6), f.get(n).to(dt));
+      for (const auto& [n, t] : c.tensors) out.emplace_back(n.substr(6), t.to(dt));
       if (out.empty()) throw IOError(fmt::format("{}: holds no parameters", file.string()));
       std::map<std::string, std::string> meta;
-      auto it = f.metadata().find("mixtrain.config");
-      if (it != f.metadata().end()) meta["mixtrain.config"] = it->second;
+      auto it = c.metadata.find("mixtrain.config");
+      if (it != c.metadata.end()) meta["mixtrain.config"] = it->second;
       meta["mixtrain.source"] = file.string();
       save_safetensors(out_path, out, meta);
       res.tensors = static_cast<int64_t>(out.size());
