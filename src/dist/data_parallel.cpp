@@ -1,6 +1,6 @@
-// Data-parallel gradient reduction, ZeRO-1 and ZeRO-2 (see data_parallel.h).
+// Data-parallel gradient reduction, ZeRO-1, ZeRO-2 and ZeRO-3 (see data_parallel.h).
 //
-// One scheme serves both. The flat gradient (all parameters in order) is cut into buckets of
+// One scheme serves all. The flat gradient (all parameters in order) is cut into buckets of
 // whole parameters, in reverse parameter order (the order backward finishes them). Each
 // bucket's elements are split into one region per rank; an alltoallv sends every rank its
 // region in the wire dtype (a reduce-scatter) and that rank sums the N copies in fp32, in rank
@@ -26,6 +26,16 @@
 // can be a third of the model), and a contiguous slice is what the reduce-scatter delivers.
 // A parameter split between ranks simply gives each a piece; the fused optimizer kernels
 // take pointers and lengths, so a piece is a pointer offset.
+//
+// ZeRO-3 cuts differently: per unit (a child module), because a unit's weights are gathered as
+// a whole just before it runs. Each unit's elements are split evenly, so every all-gather and
+// reduce-scatter is balanced; a rank's shard is its region of every unit, and its pieces are
+// the same kind of pointer offsets (into its bytes of each unit's flat weight buffer). A unit's
+// gradients are one bucket whose regions are those same splits, so the reduce-scatter lands
+// each rank's sums where its weights and masters are. Bytes sent per rank per micro-batch:
+// (N-1)/N x (gradients x wire size + 2 x weights x compute size), the weights gathered for
+// forward and again for backward (once with --reshard-after-forward false); none after the
+// update.
 #include "dist/data_parallel.h"
 
 #include <fmt/format.h>
