@@ -225,7 +225,7 @@ def zero_table():
            "reduce-scatter or all-gather: the all-reduce is two, stages 1-2 one of each, stage 3 "
            "three (its weights are gathered for forward and again for backward). Step time is the "
            "median over the steps after the first; the ranks share two cores, so compare stages at "
-           "one rank count." % len(d[0]["step_ms"] + [0]), "",
+           "one rank count." % len(d[0]["step_ms"] + [0]),
            "", "Rows marked accum 2 take each step in 2 micro-batches: stages 0-1 accumulate each rank's "
            "gradients unsharded and reduce once; stages 2-3 accumulate sharded (every micro-batch "
            "reduce-scattered into the fp32 shard) and stage 3 gathers the weights for each.", "",

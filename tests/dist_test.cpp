@@ -389,6 +389,7 @@ TEST(Dist, ZeroThreeShardsTheWeightsAndMatchesOneRank) {
   // largest units (a block and its prefetched neighbour) and one block.
   const json s3 = json::parse(slurp(z3 / "summary.json"));
   EXPECT_EQ(s3.at("zero_stage"), 3);
+  EXPECT_EQ(s3.at("comm_bytes_by_collective"), metrics(z3).back().at("comm_bytes_by_collective"));
   const double block = 12.0 * 32 * 32 + 13 * 32;  // width 32
   const double gathered = s3.at("gathered_weight_bytes_per_rank").get<double>();
   const double unreduced = s3.at("unreduced_gradient_bytes_per_rank").get<double>();

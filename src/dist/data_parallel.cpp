@@ -74,9 +74,10 @@ DataParallel::DataParallel(nn::Module& model, DataParallelOptions opt)
       opt_(std::move(opt)),
       rank_(dist::rank()),
       size_(dist::size()) {
-  if (opt_.wire != DType::f32 && opt_.wire != DType::bf16 && opt_.wire != DType::f16)
+  if (opt_.reduce_dtype != DType::f32 && opt_.reduce_dtype != DType::bf16 &&
+      opt_.reduce_dtype != DType::f16)
     throw ConfigError(fmt::format("--allreduce: wire dtype {} (expected f32, bf16 or f16)",
-                                  dtype_name(opt_.wire)));
+                                  dtype_name(opt_.reduce_dtype)));
   if (opt_.bucket_bytes < 1)
     throw ConfigError(fmt::format("--bucket-kib: {} bytes (must be > 0)", opt_.bucket_bytes));
   flat_begin_.push_back(0);
@@ -148,7 +149,7 @@ DataParallel::DataParallel(nn::Module& model, DataParallelOptions opt)
     return;
   }
   // Buckets of whole parameters, from the last parameter back (backward's finishing order).
-  const auto ws = static_cast<int64_t>(dtype_size(opt_.wire));
+  const auto ws = static_cast<int64_t>(dtype_size(opt_.reduce_dtype));
   for (size_t p1 = params_.size(); p1 > 0;) {
     size_t p0 = p1;
     int64_t bytes = 0;
@@ -290,7 +291,7 @@ void DataParallel::on_grad_ready(size_t param) {
 
 void DataParallel::launch(Bucket& k) {
   k.launched = true;
-  const int64_t n = k.b - k.a, ws = static_cast<int64_t>(dtype_size(opt_.wire));
+  const int64_t n = k.b - k.a, ws = static_cast<int64_t>(dtype_size(opt_.reduce_dtype));
   if (sharded_weights()) {  // the unreduced gradients held now: this unit's (and any other's)
     int64_t held = 0;
     for (auto* p : params_)
@@ -298,7 +299,7 @@ void DataParallel::launch(Bucket& k) {
     peak_unreduced_bytes_ = std::max(peak_unreduced_bytes_, held);
   }
   if (!k.send.defined() || k.send.numel() != n)
-    k.send = Tensor::empty({n}, opt_.wire, comm_device());
+    k.send = Tensor::empty({n}, opt_.reduce_dtype, comm_device());
   for (size_t i = k.p0; i < k.p1; ++i) {
     const Tensor& g = params_[i]->grad();
     had_grad_[i] = g.defined();
@@ -329,7 +330,7 @@ void DataParallel::launch(Bucket& k) {
     k.ro[j] = j * len * ws;
   }
   if (!k.recv.defined() || k.recv.numel() != size_ * len)
-    k.recv = Tensor::empty({size_ * len}, opt_.wire, comm_device());
+    k.recv = Tensor::empty({size_ * len}, opt_.reduce_dtype, comm_device());
   k.rs = ialltoallv(k.send.raw_data(), k.sb.data(), k.so.data(), k.recv.raw_data(), k.rb.data(),
                     k.ro.data());
 }

@@ -9,8 +9,8 @@
 //
 // The precision roles, named as FSDP2's MixedPrecisionPolicy names them: the param dtype (what
 // a unit's weights are all-gathered in) is each parameter's compute dtype (fp32 for
-// --fp32-modules units); the reduce dtype is `wire` (what gradients travel in; they are always
-// summed in fp32 on arrival); the output dtype is the compute dtype of the policy in force.
+// --fp32-modules units); the reduce dtype is `reduce_dtype` (what gradients travel in; they are
+// always summed in fp32 on arrival); the output dtype is the compute dtype of the policy in force.
 #pragma once
 
 #include <algorithm>
@@ -33,7 +33,8 @@ namespace mixtrain::dist {
 struct DataParallelOptions {
   /// ZeRO stage: 0, 1 (optimizer state), 2 (and gradients) or 3 (and weights: FSDP)
   int zero = 0;
-  DType wire = DType::f32;  ///< the reduce dtype: f32, bf16 or f16, gradient elements on the wire
+  /// FSDP2's reduce dtype: f32, bf16 or f16, gradient elements on the wire (summed in fp32)
+  DType reduce_dtype = DType::f32;
   int64_t bucket_bytes = 4 << 20;  ///< gradient bucket (wire bytes), whole parameters
   bool overlap = false;            ///< start a bucket's reduction from the backward pass
   /// ZeRO-3: release a unit's gathered weights after its forward (gathered again for its
@@ -84,7 +85,7 @@ class DataParallel {
   /// ZeRO on (stage 1, 2 or 3): the optimizer state is sharded.
   bool zero() const { return opt_.zero > 0; }
   int zero_stage() const { return opt_.zero; }
-  DType wire() const { return opt_.wire; }
+  DType reduce_dtype() const { return opt_.reduce_dtype; }
 
   /// The optimizer the trainer drives through the loss scaler. Without ZeRO: the ordinary one
   /// over every parameter (the reduced gradients are identical on every rank). With ZeRO-1:
@@ -176,9 +177,10 @@ class DataParallel {
     std::vector<int64_t> region;  ///< size()+1 flat edges: rank j sums [region[j], region[j+1])
     int64_t pending = 0;          ///< parameters whose gradient is not final yet (overlap)
     bool launched = false;
-    bool summed = false;
-    /// 1-d wire-dtype tensors on the collectives' device, kept between steps (as PyTorch
-    /// DDP's buckets): the gradient once in the wire dtype plus N copies of this rank's region
+    bool summed = false;  ///< its reduce-scatter is done and summed
+    /// 1-d wire-dtype tensors on the collectives' device: the gradient once in the wire dtype
+    /// plus N copies of this rank's region. Kept between steps (as PyTorch DDP's buckets)
+    /// unless the gradients are sharded (ZeRO-2 and 3 release them after each reduction).
     Tensor send, recv;
     std::vector<int64_t> sb, so, rb, ro;  ///< byte counts and offsets per rank
     Request rs = 0, ag = 0;               ///< reduce-scatter (alltoallv), then all-gather (no ZeRO)

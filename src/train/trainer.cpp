@@ -84,6 +84,7 @@ std::string TrainSummary::to_json() const {
     j["zero"] = zero;
     j["zero_stage"] = zero_stage;
     j["comm_bytes_per_step"] = comm_bytes_per_step;
+    j["comm_bytes_by_collective"] = comm_bytes_by_collective;
     j["optimizer_state_bytes_per_rank"] = optimizer_state_bytes_per_rank;
     j["master_bytes_per_rank"] = master_bytes_per_rank;
   }
@@ -525,7 +526,7 @@ std::unique_ptr<dist::DataParallel> make_data_parallel(const TrainConfig& cfg, D
   dist::DataParallelOptions o;
   o.zero = static_cast<int>(cfg.zero);
   // fp16 compute puts fp16 on the wire; an fp32 compute dtype makes "compute" mean fp32.
-  o.wire = cfg.allreduce == "compute" ? compute : DType::f32;
+  o.reduce_dtype = cfg.allreduce == "compute" ? compute : DType::f32;
   o.overlap = cfg.overlap_allreduce;
   o.reshard_after_forward = cfg.reshard_after_forward;
   o.prefetch = cfg.prefetch;
@@ -742,6 +743,7 @@ TrainSummary Trainer::run() {
   EvalResult last_eval;
   const int64_t micro = s.cfg.batch / s.cfg.grad_accum;
   int64_t last_step_bytes = 0;
+  std::map<std::string, int64_t> last_step_bytes_by;
   // --checkpoint-minutes counts training time since the last checkpoint (or the start).
   double checkpoint_due_s = s.cfg.checkpoint_minutes * 60.0;
   const auto t_checkpoint = Clock::now();
@@ -809,6 +811,7 @@ TrainSummary Trainer::run() {
       if (const int64_t b = dist::bytes_sent(dist::Collective(c)) - by0[c])
         step_bytes_by[dist::collective_name(dist::Collective(c))] = b;
     last_step_bytes = step_bytes;
+    last_step_bytes_by = step_bytes_by;
     if (!r.applied) ++s.skipped;
     s.schedule->step(r);
     ++s.step;
@@ -963,6 +966,7 @@ TrainSummary Trainer::run() {
   sum.gathered_weight_bytes_per_rank = ms.gathered_weights;
   sum.unreduced_gradient_bytes_per_rank = ms.unreduced_gradients;
   sum.comm_bytes_per_step = last_step_bytes;
+  sum.comm_bytes_by_collective = last_step_bytes_by;
   const dist::StateBytes sb = s.dp->state_bytes(*s.opt);
   sum.optimizer_state_bytes_per_rank = sb.total();
   sum.master_bytes_per_rank = sb.master;

@@ -63,7 +63,10 @@ struct TrainSummary {
   int64_t ranks = 1;
   bool zero = false;
   int64_t zero_stage = 0;  ///< 0, 1 (optimizer state sharded), 2 (and gradients), 3 (weights)
-  int64_t comm_bytes_per_step = 0;             ///< payload bytes this rank sent in the last step
+  int64_t comm_bytes_per_step = 0;  ///< payload bytes this rank sent in the last step
+  /// of which, by collective ("alltoallv": the gradient reduce-scatter; "allgatherv": the
+  /// weight all-gathers; "allreduce": scalars)
+  std::map<std::string, int64_t> comm_bytes_by_collective;
   int64_t optimizer_state_bytes_per_rank = 0;  ///< fp32 master + moments this rank holds
   int64_t master_bytes_per_rank = 0;           ///< of which fp32 master
   /// The summary as a JSON object (the contents of summary.json).
