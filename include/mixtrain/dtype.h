@@ -25,6 +25,8 @@
 #include <string>
 #include <string_view>
 
+#include "mixtrain/detail/scalar.h"
+
 namespace mixtrain {
 
 /// The element type of a tensor, chosen at run time.
@@ -39,109 +41,13 @@ DType parse_dtype(std::string_view name);
 /// True for the floating-point dtypes.
 bool is_floating(DType dt);
 
-namespace detail {
-
-inline uint32_t f32_bits(float f) { return std::bit_cast<uint32_t>(f); }
-inline float f32_from_bits(uint32_t u) { return std::bit_cast<float>(u); }
-
-/// RNE of fp32 to a format with E exponent and M mantissa bits (E < 8), as an unsigned code.
-/// kHasInf: IEEE-like (all-ones exponent is Inf/NaN). Otherwise OCP "fn": only the all-ones
-/// code is NaN and overflow gives NaN, or the largest finite value when `saturate`.
-template <int E, int M, bool kHasInf>
-constexpr uint32_t encode_small_float(float f, bool saturate) {
-  constexpr int kBias = (1 << (E - 1)) - 1;
-  constexpr uint32_t kSignBit = 1u << (E + M);
-  constexpr uint32_t kAllOnes = (1u << (E + M)) - 1;  // magnitude bits all set
-  constexpr uint32_t kInf = kHasInf ? ((1u << E) - 1) << M : 0;
-  constexpr uint32_t kMaxFinite = kHasInf ? kInf - 1 : kAllOnes - 1;
-  constexpr uint32_t kNaN = kHasInf ? kInf | (1u << (M - 1)) : kAllOnes;
-
-  const uint32_t u = std::bit_cast<uint32_t>(f);
-  const uint32_t sign = (u >> 31) ? kSignBit : 0;
-  const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) {  // NaN: quiet it, keep the top payload bits
-    if constexpr (kHasInf) return sign | kNaN | ((a & 0x7fffffu) >> (23 - M));
-    return sign | kNaN;
-  }
-  if (a == 0x7f800000u) return sign | (kHasInf ? kInf : (saturate ? kMaxFinite : kNaN));
-  const int exp32 = static_cast<int>(a >> 23);
-  if (exp32 == 0) return sign;  // fp32 subnormals are far below every target's half-ulp
-  const int e = exp32 - 127;
-  const uint32_t m = (a & 0x7fffffu) | 0x800000u;  // 24 significant bits
-  constexpr int kMinNormalExp = 1 - kBias;
-  const bool subnormal = e < kMinNormalExp;
-  const int shift = (23 - M) + (subnormal ? kMinNormalExp - e : 0);
-  if (shift > 24) return sign;  // below half the smallest subnormal: rounds to zero
-  uint32_t q = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1);
-  const uint32_t half = 1u << (shift - 1);
-  if (rem > half || (rem == half && (q & 1u))) ++q;
-  // Normal: the implicit bit in q carries into the exponent field, so a mantissa that rounds
-  // up to 2.0 correctly bumps the exponent. Subnormal: q is the code (and may become the
-  // smallest normal).
-  const uint32_t code = subnormal ? q : (static_cast<uint32_t>(e + kBias - 1) << M) + q;
-  if (code > kMaxFinite) return sign | (kHasInf ? kInf : (saturate ? kMaxFinite : kNaN));
-  return sign | code;
-}
-
-/// Exact decode of a small float code to fp32 (every such value is representable in fp32).
-template <int E, int M, bool kHasInf>
-constexpr float decode_small_float(uint32_t code) {
-  constexpr int kBias = (1 << (E - 1)) - 1;
-  const uint32_t sign = (code >> (E + M)) & 1u;
-  const uint32_t exp = (code >> M) & ((1u << E) - 1);
-  const uint32_t man = code & ((1u << M) - 1);
-  uint32_t out;
-  if (exp == (1u << E) - 1 && (kHasInf || man == (1u << M) - 1)) {
-    if (kHasInf && man == 0)
-      out = 0x7f800000u;
-    else  // NaN: keep the payload in the top mantissa bits (quiet)
-      out = 0x7fc00000u | (kHasInf ? man << (23 - M) : 0);
-  } else if (exp == 0) {
-    if (man == 0) {
-      out = 0;
-    } else {  // subnormal: normalise
-      int e = 1 - kBias;
-      uint32_t mm = man;
-      while (!(mm & (1u << M))) {
-        mm <<= 1;
-        --e;
-      }
-      out = (static_cast<uint32_t>(e + 127) << 23) | ((mm & ((1u << M) - 1)) << (23 - M));
-    }
-  } else {
-    out = (static_cast<uint32_t>(static_cast<int>(exp) - kBias + 127) << 23) | (man << (23 - M));
-  }
-  return std::bit_cast<float>(out | (sign << 31));
-}
-
-/// RNE fp32 -> bf16 bits. bf16 shares fp32's exponent, so rounding the top half is enough;
-/// carries into the exponent give the right result up to and including overflow to Inf.
-constexpr uint16_t bf16_bits_rne(float f) {
-  const uint32_t u = std::bit_cast<uint32_t>(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-/// Stochastic rounding to a format whose values are fp32 values with the low `drop` bits
-/// cleared: add `random` (uniform in [0, 2^drop)) to the magnitude and truncate. Rounds up
-/// with probability equal to the fraction dropped, so E[result] = x.
-inline uint32_t stochastic_truncate(uint32_t u, uint32_t random, int drop) {
-  const uint32_t mask = (1u << drop) - 1;
-  return (u + (random & mask)) & ~mask;
-}
-
-}  // namespace detail
-
 /// bfloat16: 1 sign, 8 exponent, 7 mantissa bits.
 struct bf16 {
   uint16_t x = 0;
   bf16() = default;
   /// Round to nearest even.
   explicit constexpr bf16(float f) : x(detail::bf16_bits_rne(f)) {}
-  explicit constexpr operator float() const {
-    return std::bit_cast<float>(static_cast<uint32_t>(x) << 16);
-  }
+  explicit constexpr operator float() const { return detail::bf16_bits_to_f32(x); }
   static constexpr bf16 from_bits(uint16_t b) {
     bf16 r;
     r.x = b;
@@ -154,9 +60,7 @@ struct bf16 {
   /// go as in bf16(f); a finite value above the largest bf16 rounds up to Inf with the same
   /// rule, Inf taking the place of the next value 2^128.
   static bf16 round_stochastic(float f, uint32_t random) {
-    const uint32_t u = detail::f32_bits(f);
-    if ((u & 0x7f800000u) == 0x7f800000u) return bf16(f);
-    return from_bits(static_cast<uint16_t>(detail::stochastic_truncate(u, random, 16) >> 16));
+    return from_bits(detail::bf16_bits_stochastic(f, random));
   }
 };
 

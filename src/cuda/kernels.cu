@@ -1,12 +1,13 @@
 // The CUDA backend's element-wise kernels: fill and the strided converting copy (kernels.h).
-// Conversions round as the host's (dtype.h): bf16 by integer RNE with NaN quieted and its top
-// payload kept, fp16 by the same encoder the host uses; so a tensor converted on the device has
-// the host's bits.
+// Conversions are the host's own functions (mixtrain/detail/scalar.h, shared by both backends
+// and checked exhaustively by the CPU tests), so a tensor converted on the device has the
+// host's bits.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "cuda/kernels.h"
+#include "mixtrain/detail/scalar.h"
 
 namespace mixtrain::cuda {
 
@@ -42,67 +43,12 @@ __device__ int64_t offset_of(const View& v, int64_t i) {
   return off;
 }
 
-__device__ float bf16_to_f32(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
-
-// dtype.h's bf16_bits_rne: RNE on the top half; NaN quieted with its sign and top payload.
-__device__ uint16_t f32_to_bf16(float f) {
-  const uint32_t u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
-// dtype.h's encode_small_float<5, 10, true> (IEEE binary16, RNE, subnormals exact).
-__device__ uint16_t f32_to_f16(float f) {
-  const uint32_t u = __float_as_uint(f);
-  const uint32_t sign = (u >> 31) ? 0x8000u : 0u;
-  const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((a & 0x7fffffu) >> 13));
-  if (a == 0x7f800000u) return static_cast<uint16_t>(sign | 0x7c00u);
-  const int exp32 = static_cast<int>(a >> 23);
-  if (exp32 == 0) return static_cast<uint16_t>(sign);
-  const int e = exp32 - 127;
-  const uint32_t m = (a & 0x7fffffu) | 0x800000u;
-  const bool subnormal = e < -14;
-  const int shift = 13 + (subnormal ? -14 - e : 0);
-  if (shift > 24) return static_cast<uint16_t>(sign);
-  uint32_t q = m >> shift;
-  const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-  if (rem > half || (rem == half && (q & 1u))) ++q;
-  const uint32_t code = subnormal ? q : (static_cast<uint32_t>(e + 14) << 10) + q;
-  if (code > 0x7bffu) return static_cast<uint16_t>(sign | 0x7c00u);
-  return static_cast<uint16_t>(sign | code);
-}
-
-__device__ float f16_to_f32(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu;
-  uint32_t out;
-  if (exp == 0x1fu) {
-    out = man == 0 ? 0x7f800000u : 0x7fc00000u | (man << 13);
-  } else if (exp == 0) {
-    if (man == 0) {
-      out = 0;
-    } else {  // subnormal: normalise
-      int e = -14;
-      uint32_t mm = man;
-      while (!(mm & 0x400u)) {
-        mm <<= 1;
-        --e;
-      }
-      out = (static_cast<uint32_t>(e + 127) << 23) | ((mm & 0x3ffu) << 13);
-    }
-  } else {
-    out = ((exp - 15 + 127) << 23) | (man << 13);
-  }
-  return __uint_as_float(out | sign);
-}
-
 __device__ float load_f32(const char* p, int dt) {
   switch (dt) {
     case kBf16:
-      return bf16_to_f32(*reinterpret_cast<const uint16_t*>(p));
+      return detail::bf16_bits_to_f32(*reinterpret_cast<const uint16_t*>(p));
     case kF16:
-      return f16_to_f32(*reinterpret_cast<const uint16_t*>(p));
+      return detail::f16_bits_to_f32(*reinterpret_cast<const uint16_t*>(p));
     default:
       return *reinterpret_cast<const float*>(p);
   }
@@ -111,10 +57,10 @@ __device__ float load_f32(const char* p, int dt) {
 __device__ void store_f32(char* p, int dt, float v) {
   switch (dt) {
     case kBf16:
-      *reinterpret_cast<uint16_t*>(p) = f32_to_bf16(v);
+      *reinterpret_cast<uint16_t*>(p) = detail::bf16_bits_rne(v);
       break;
     case kF16:
-      *reinterpret_cast<uint16_t*>(p) = f32_to_f16(v);
+      *reinterpret_cast<uint16_t*>(p) = detail::f16_bits_rne(v);
       break;
     default:
       *reinterpret_cast<float*>(p) = v;

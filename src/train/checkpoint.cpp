@@ -754,7 +754,13 @@ std::optional<RestoredCounters> load_latest_checkpoint(const fs::path& out,
                                                        std::vector<std::string>* warnings) {
   const auto files = list_checkpoints(out);
   std::string why;
+  // A sharded directory without its manifest is a save that never finished, not a checkpoint:
+  // a run whose every save was interrupted so has none and starts over, as a run whose single
+  // file was never renamed into place does.
+  int64_t complete = 0;
   for (const auto& file : files) {
+    std::error_code ec;
+    if (!fs::is_directory(file, ec) || fs::exists(file / "manifest.json", ec)) ++complete;
     std::optional<Staged> staged;
     std::string err;
     // Any fault here is this checkpoint's (the ranks must stay in step: no exception leaves
@@ -780,11 +786,11 @@ std::optional<RestoredCounters> load_latest_checkpoint(const fs::path& out,
     why += fmt::format("\n  {}", err);
   }
   // Checkpoints exist but none loads: starting over silently would throw the run away.
-  if (!files.empty())
+  if (complete > 0)
     throw IOError(fmt::format(
         "{}: none of its {} checkpoint(s) could be loaded:{}\nuse --force without --resume to "
         "start the run over",
-        out.string(), files.size(), why));
+        out.string(), complete, why));
   return std::nullopt;
 }
 
