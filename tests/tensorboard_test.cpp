@@ -88,9 +88,11 @@ json read_with_tensorboard(const std::string& dir) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   const int st = pclose(p);
   EXPECT_EQ(st, 0) << out;
-  const auto brace = out.find('{');  // TensorBoard may warn before the JSON
-  if (st != 0 || brace == std::string::npos) return {};
-  return json::parse(out.substr(brace));
+  // The JSON is the last line (TensorBoard may log warnings before it).
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  const auto nl = out.rfind('\n');
+  if (st != 0) return {};
+  return json::parse(nl == std::string::npos ? out : out.substr(nl + 1));
 }
 
 std::vector<json> jsonl(const std::string& path) {
