@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs every system dependency of mixtrain from Debian's packages, plus the optional
-# Python reference libraries (ml_dtypes, safetensors) for /usr/bin/python3. Idempotent and
+# Python reference libraries (ml_dtypes, safetensors, tensorboard) for /usr/bin/python3. Idempotent and
 # quiet when everything is already there. The sanitizer builds (scripts/sanitize.sh, fuzz.sh,
 # tsan.sh) need clang, its runtimes (libclang-rt-14-dev: ASan, UBSan, TSan, libFuzzer), LLVM's
 # OpenMP (libomp-dev: libomp and the archer tool for TSan) and llvm (llvm-symbolizer, which
@@ -33,4 +33,12 @@ if ! /usr/bin/python3 -c "import ml_dtypes, safetensors" 2>/dev/null; then
   /usr/bin/python3 -m pip install -q --break-system-packages --disable-pip-version-check \
     "ml_dtypes<0.5" "numpy<2" safetensors >/dev/null 2>&1 ||
     echo "setup: warning: pip install of ml_dtypes/safetensors failed; their optional tests will skip"
+fi
+# TensorBoard's own reader, for the test that reads the event files back (it skips, visibly,
+# without it).
+if ! /usr/bin/python3 -c "import tensorboard" 2>/dev/null; then
+  echo "setup: installing tensorboard for /usr/bin/python3"
+  /usr/bin/python3 -m pip install -q --break-system-packages --disable-pip-version-check \
+    "numpy<2" tensorboard >/dev/null 2>&1 ||
+    echo "setup: warning: pip install of tensorboard failed; Tensorboard.*ReadsBack tests will skip"
 fi

@@ -73,7 +73,7 @@ json run_identity(const json& config) {
   // Run control: how often to log, evaluate and checkpoint, how long a collective may wait.
   for (const char* k :
        {"log_every", "eval_every", "eval_batches", "checkpoint_every", "checkpoint_minutes",
-        "keep_checkpoints", "diagnose_every", "nonfinite_patience", "comm_timeout"})
+        "keep_checkpoints", "diagnose_every", "nonfinite_patience", "comm_timeout", "tensorboard"})
     j.erase(k);
   // How the run is spread over ranks is not part of its identity: a checkpoint resumes with
   // or without ZeRO-1, on any number of ranks.

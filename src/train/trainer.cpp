@@ -25,12 +25,14 @@
 #include "mixtrain/dist/comm.h"
 #include "mixtrain/io/atomic_file.h"
 #include "mixtrain/io/safetensors.h"
+#include "mixtrain/io/tensorboard.h"
 #include "mixtrain/nn/checkpoint.h"
 #include "mixtrain/ops.h"
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/optim/schedule.h"
 #include "train/checkpoint.h"
 #include "train/overflow.h"
+#include "train/range_view.h"
 #include "train/task.h"
 
 namespace fs = std::filesystem;
@@ -261,7 +263,8 @@ json run_control_to_json(const TrainConfig& c) {
           {"keep_checkpoints", c.keep_checkpoints},
           {"diagnose_every", c.diagnose_every},
           {"nonfinite_patience", c.nonfinite_patience},
-          {"comm_timeout", c.comm_timeout}};
+          {"comm_timeout", c.comm_timeout},
+          {"tensorboard", c.tensorboard}};
 }
 
 TrainConfig config_from_json(const json& j, const std::string& where) {
@@ -322,6 +325,7 @@ TrainConfig config_from_json(const json& j, const std::string& where) {
   get("diagnose_every", c.diagnose_every);
   get("nonfinite_patience", c.nonfinite_patience);
   get("comm_timeout", c.comm_timeout);
+  get("tensorboard", c.tensorboard);
   return c;
 }
 
@@ -413,6 +417,10 @@ struct Trainer::Impl {
   double diagnose_seconds = 0.0;  ///< inside train_seconds: the --diagnose-every passes
   std::map<std::string, int64_t> activation_bytes;  ///< kept by the tape at the end of forward
   std::ofstream diagnostics;                        ///< OUT/diagnostics.jsonl
+  fs::path tensorboard_dir;                         ///< "" = OUT/tensorboard
+  std::unique_ptr<io::EventWriter> tb;              ///< rank 0, with cfg.tensorboard
+  /// On a diagnose step: each parameter's fp32 weights before the update (for log2|update|).
+  std::vector<std::pair<nn::Parameter*, std::vector<float>>> weights_before;
 
   std::string forward_overflow;  ///< an fp16 forward overflow seen after the first steps
   Callbacks none;                ///< when the caller gives none
@@ -463,6 +471,10 @@ struct Trainer::Impl {
 
   // Precision diagnostics of this step's gradients (they still carry the loss scale): one line
   // of OUT/diagnostics.jsonl with the whole-model fractions, the worst tensors and the advice.
+  void log_gradient_ranges(int64_t at_step, float scale);
+  void log_updates(int64_t at_step);
+  static std::vector<float> current_weights(const nn::Parameter& p);
+
   void diagnose(int64_t at_step, float scale) {
     const auto t0 = std::chrono::steady_clock::now();
     const amp::GradientReport rep = amp::diagnose_gradients(task->module().parameters(), scale);
@@ -489,10 +501,59 @@ struct Trainer::Impl {
     if (!diagnostics.is_open()) diagnostics.open(out / "diagnostics.jsonl", std::ios::app);
     diagnostics << line.dump() << "\n";
     diagnostics.flush();
+    if (tb) log_gradient_ranges(at_step, scale);
     diagnose_seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
 };
+
+// TensorBoard, on a diagnose step: per parameter, the histogram of log2|g| (unscaled) with
+// the formats' ranges in its description, and the fractions each format would flush to zero
+// or overflow at this step's loss scale. The weights are kept for the update's histogram.
+void Trainer::Impl::log_gradient_ranges(int64_t at_step, float scale) {
+  const auto& formats = format_ranges();
+  weights_before.clear();
+  for (nn::Parameter* p : task->module().parameters()) {
+    if (!p->grad().defined()) continue;
+    const RangeView v = range_view(p->grad().to(DType::f32).to_vector(), scale);
+    tb->histogram(
+        "grad/" + p->name, at_step, v.log2,
+        range_description(v, fmt::format("Gradient of {} at step {}", p->name, at_step), scale));
+    for (size_t f = 0; f < formats.size(); ++f) {
+      if (std::string(formats[f].name) == "bf16") continue;  // never within reach of gradients
+      tb->scalar(fmt::format("range/{}_underflow/{}", formats[f].name, p->name), at_step,
+                 v.underflow[f]);
+      tb->scalar(fmt::format("range/{}_overflow/{}", formats[f].name, p->name), at_step,
+                 v.overflow[f]);
+    }
+    weights_before.emplace_back(p, current_weights(*p));
+  }
+  tb->flush();
+}
+
+// A parameter's weights as fp32 values: the master where this rank holds it whole (its high
+// half for split16), else the compute copy.
+std::vector<float> Trainer::Impl::current_weights(const nn::Parameter& p) {
+  const Tensor& w =
+      p.master.defined() && p.master.numel() == p.weight.numel() ? p.master : p.weight.data();
+  return w.to(DType::f32).to_vector();
+}
+
+// After the diagnose step's update: the histogram of log2|w_after - w_before| per parameter.
+void Trainer::Impl::log_updates(int64_t at_step) {
+  for (auto& [p, before] : weights_before) {
+    std::vector<float> d = current_weights(*p);
+    if (d.size() != before.size()) continue;
+    for (size_t i = 0; i < d.size(); ++i) d[i] -= before[i];
+    const RangeView v = range_view(d, 1.0);
+    tb->histogram(
+        "update/" + p->name, at_step, v.log2,
+        range_description(
+            v, fmt::format("Update of {} at step {} (w after - w before)", p->name, at_step), 1.0));
+  }
+  weights_before.clear();
+  tb->flush();
+}
 
 namespace {
 
@@ -690,6 +751,7 @@ std::string Trainer::policy_description() const {
 const TrainConfig& Trainer::config() const { return impl_->cfg; }
 nn::Module& Trainer::module() { return impl_->task->module(); }
 const DataSource& Trainer::data() const { return impl_->task->data(); }
+void Trainer::set_tensorboard_dir(const std::string& dir) { impl_->tensorboard_dir = dir; }
 
 TrainSummary Trainer::run() {
   Impl& s = *impl_;
@@ -726,6 +788,13 @@ TrainSummary Trainer::run() {
   if (s.dp->rank() == 0) metrics.open(s.out / "metrics.jsonl", std::ios::app);
   if (s.dp->rank() == 0 && !metrics)
     throw IOError(fmt::format("cannot open {}", (s.out / "metrics.jsonl").string()));
+  if (s.dp->rank() == 0 && s.cfg.tensorboard) {
+    s.tb = std::make_unique<io::EventWriter>(
+        (s.tensorboard_dir.empty() ? s.out / "tensorboard" : s.tensorboard_dir).string());
+    // What an earlier process logged after the checkpoint this one resumes from (or anything
+    // a run replaced by --force logged) is dropped by TensorBoard from the first step on.
+    s.tb->session_start(s.step + 1);
+  }
   start.model = s.cfg.model;
   start.data = s.cfg.data;
   start.out_dir = s.out.string();
@@ -801,6 +870,7 @@ TrainSummary Trainer::run() {
     s.schedule->apply(*s.opt);
     optim::StepResult r = s.scaler.step(*s.opt);
     s.dp->after_step(r);  // ZeRO-1: all-gather the updated compute weights
+    if (s.tb && !s.weights_before.empty()) s.log_updates(s.step + 1);
     s.scaler.update();
     s.opt->zero_grad();
     if (s.dp->zero()) s.dp->zero_grad();
@@ -896,6 +966,20 @@ TrainSummary Trainer::run() {
       if (metrics.is_open()) {
         metrics << line.dump() << "\n";
         metrics.flush();
+      }
+      if (s.tb) {  // the same values as the metrics line (non-finite ones left out, as null there)
+        auto scalar = [&](const char* tag, double v) {
+          if (std::isfinite(v)) s.tb->scalar(tag, log.step, v);
+        };
+        scalar("loss", log.loss);
+        if (eval_now) scalar("val_loss", last_eval.loss);
+        if (eval_now && last_eval.accuracy >= 0) scalar("test_accuracy", last_eval.accuracy);
+        scalar("lr", log.lr);
+        scalar("loss_scale", log.loss_scale);
+        scalar("skipped_steps", static_cast<double>(log.skipped_total));
+        scalar("grad_norm", log.grad_norm);
+        scalar(fmt::format("throughput/{}_per_s", log.items_name).c_str(), log.throughput);
+        s.tb->flush();
       }
       s.cb->on_log(log);
       window_loss = 0;
@@ -1002,6 +1086,7 @@ std::vector<CompareRun> compare_runs(const TrainConfig& cfg,
       if (ch == ':') ch = '-';
     c.out = out + "/" + dir;
     std::unique_ptr<Trainer> t = make(c);
+    t->set_tensorboard_dir(out + "/tensorboard/" + dir);
     runs.push_back({label, t->run()});
   }
   if (dist::rank() == 0) {

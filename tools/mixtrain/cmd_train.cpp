@@ -183,6 +183,11 @@ void add_train_flags(CLI::App* c, TrainFlags& f, bool with_precision = true) {
         "gradient precision diagnostics every N steps into OUT/diagnostics.jsonl (0: off)")
       ->check(kNonNegative)
       ->capture_default_str();
+  f.add(c, "--tensorboard", &TrainConfig::tensorboard,
+        "TensorBoard event files in OUT/tensorboard: the logged scalars, and with "
+        "--diagnose-every per-parameter histograms of log2|gradient| and log2|update| against "
+        "fp16's, bf16's and fp8's ranges")
+      ->capture_default_str();
   f.add(c, "--nonfinite-patience", &TrainConfig::nonfinite_patience,
         "abort after N consecutive non-finite losses")
       ->check(kPositive)

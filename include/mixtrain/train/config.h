@@ -58,7 +58,10 @@ struct TrainConfig {
   int64_t checkpoint_every = 0;  ///< every N steps (0: off)
   double checkpoint_minutes = 10.0;  ///< every M minutes of training (0: off); and at the end
   int64_t keep_checkpoints = 2;
-  int64_t diagnose_every = 0;       ///< gradient precision diagnostics every N steps (0 = off)
+  int64_t diagnose_every = 0;  ///< gradient precision diagnostics every N steps (0 = off)
+  /// TensorBoard event files in OUT/tensorboard (rank 0): the logged scalars, and on diagnose
+  /// steps per-parameter histograms of log2|gradient| and log2|update| with range fractions
+  bool tensorboard = true;
   int64_t nonfinite_patience = 20;  ///< abort after this many consecutive non-finite losses
   /// testing aid: multiplies every initial weight (a model whose fp16 forward overflows)
   double init_scale = 1.0;

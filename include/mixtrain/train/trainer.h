@@ -163,6 +163,9 @@ class Trainer {
   /// The model being trained: after run(), its trained weights (save with nn::save_module).
   nn::Module& module();
   const DataSource& data() const;
+  /// Where the TensorBoard event files go (cfg.tensorboard; default OUT/tensorboard). compare
+  /// points each precision at its own sub-folder of one folder, so TensorBoard overlays them.
+  void set_tensorboard_dir(const std::string& dir);
 
  private:
   struct Impl;
@@ -171,6 +174,7 @@ class Trainer {
 
 /// Runs cfg once per precision (same seed, same data order), fp32 first as the control when
 /// listed; each run in OUT/<precision>. A spec PREC:MODE sets the loss scaling ("fp16:none").
+/// With cfg.tensorboard the event files go to OUT/tensorboard/<precision>.
 struct CompareRun {
   std::string label;
   TrainSummary summary;
