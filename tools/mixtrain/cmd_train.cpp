@@ -445,7 +445,7 @@ fig.tight_layout(); fig.savefig(png, dpi=110)
 )PY";
 
 // The merged gradient histogram against the formats' ranges: fp16's at the loss scale S as
-// lines; fp8's (unscaled) and bf16's as labelled bands along the bottom.
+// lines over it; below, one bar per format (light: subnormals), fp8's unscaled.
 const char* kPlotDoctor = R"PY(
 import json, math, sys
 try:
@@ -457,31 +457,35 @@ except Exception as e:
 rep, png = json.load(open(sys.argv[1])), sys.argv[2]
 h = rep["histogram"]; lo = h["min_exp"]; bins = h["bins"]; s = rep["fp16_scale"]
 xs = [lo + k + 0.5 for k in range(len(bins))]
-fig, ax = plt.subplots(figsize=(13, 5))
-ax.bar(xs, bins, width=0.9, color="#4a7ab5", label="|gradient| (fp32, all steps)", zorder=3)
+fig, (ax, rx) = plt.subplots(2, 1, figsize=(13, 6.5), sharex=True,
+                             gridspec_kw={"height_ratios": [4, 1.5]})
+ax.bar(xs, bins, width=0.9, color="#4a7ab5", label="|gradient| (fp32, all steps)")
 ls2 = math.log2(s)
 lines = [(-24 - ls2, "fp16 flush to zero (2^-24 / S)", "#c0392b"),
          (-14 - ls2, "fp16 smallest normal (2^-14 / S)", "#e67e22"),
          (math.log2(65504) - ls2, "fp16 max (65504 / S)", "#8e44ad")]
 for x, name, c in lines:
     ax.axvline(x, color=c, ls="--", label=name)
+    rx.axvline(x, color=c, ls="--", lw=0.8)
 if s != 1:
     ax.axvline(-24, color="gray", ls=":", label="fp16 flush to zero without scaling (2^-24)")
 left = min([lo - 1] + [x - 1 for x, _, _ in lines]); right = max(h["max_exp"] + 1, lines[-1][0] + 1)
 ax.set_xlim(left, right)
-# fp8 (unscaled: a per-tensor scale shifts them): subnormals light, normals dark.
-for (name, sub, nrm, mx, c, y0) in [("e4m3", -9, -6, 448.0, "#16a085", 0.0),
-                                     ("e5m2", -16, -14, 57344.0, "#d35400", 0.07)]:
-    top = math.log2(mx)
-    ax.axvspan(sub, nrm, ymin=y0, ymax=y0 + 0.06, color=c, alpha=0.25, zorder=1)
-    ax.axvspan(nrm, top, ymin=y0, ymax=y0 + 0.06, color=c, alpha=0.6, zorder=1,
-               label="%s (unscaled): subnormal 2^%d, normal 2^%d .. max %g" % (name, sub, nrm, mx))
-# bf16 has fp32's exponents: 2^-133 (subnormal) .. 3.4e38, wider than this axis.
-ax.axvspan(left, right, ymin=0.14, ymax=0.2, color="#27ae60", alpha=0.3, zorder=1,
-           label="bf16 / fp32: 2^-133 .. 3.4e38 (beyond this axis both ways)")
-ax.set_yscale("log"); ax.set_xlabel("log2 |gradient|"); ax.set_ylabel("count")
-ax.set_title("gradient magnitudes vs fp16's range at loss scale S = %g, and fp8's and bf16's" % s)
-ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)); fig.tight_layout(); fig.savefig(png, dpi=110)
+ax.set_yscale("log"); ax.set_ylabel("count")
+ax.set_title("gradient magnitudes vs fp16's range at loss scale S = %g; fp8's and bf16's below" % s)
+ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+# (name, smallest subnormal, smallest normal, max) as log2 of |g|; bf16 has fp32's exponents.
+fmts = [("fp16 at S: 2^-24 | 2^-14 .. 65504, / S", -24 - ls2, -14 - ls2, math.log2(65504) - ls2, "#8e44ad"),
+        ("e4m3 (unscaled): 2^-9 | 2^-6 .. 448", -9, -6, math.log2(448), "#16a085"),
+        ("e5m2 (unscaled): 2^-16 | 2^-14 .. 57344", -16, -14, math.log2(57344), "#d35400"),
+        ("bf16: 2^-133 | 2^-126 .. 3.4e38 (whole axis)", -133, -126, 128, "#27ae60")]
+for y, (name, sub, nrm, top, c) in enumerate(fmts):
+    rx.barh(y, nrm - sub, left=sub, height=0.6, color=c, alpha=0.3)
+    rx.barh(y, top - nrm, left=nrm, height=0.6, color=c, alpha=0.8)
+rx.set_yticks(range(len(fmts))); rx.set_yticklabels([f[0] for f in fmts], fontsize=7)
+rx.set_ylim(-0.6, len(fmts) - 0.4); rx.invert_yaxis()
+rx.set_xlabel("log2 |gradient|  (light: subnormal)"); rx.set_xlim(left, right)
+fig.tight_layout(); fig.savefig(png, dpi=110)
 )PY";
 
 void plot(const std::string& script, const std::vector<std::string>& args, const std::string& png) {
