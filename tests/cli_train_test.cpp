@@ -216,7 +216,8 @@ TEST(CliTrain, DoctorNumelIsTheParameterCountAndTheSpanMatchesTheTable) {
   EXPECT_EQ(j["total"]["numel"].get<int64_t>(), sum);
   // The text's numel column shows the same counts.
   EXPECT_NE(r.out.find(" 8192 "), std::string::npos) << r.out;
-  EXPECT_EQ(r.out.find(" " + std::to_string(steps * 8192) + " "), std::string::npos) << r.out;
+  const std::string times_steps = std::to_string(steps * 8192);
+  EXPECT_EQ(r.out.find(" " + times_steps + " "), std::string::npos) << r.out;
   // The span [2^lo, 2^hi) holds the table's max|g| in its top binade and starts at the
   // histogram's lowest nonzero bin.
   ASSERT_TRUE(j["span_log2"].is_array());
@@ -241,6 +242,20 @@ TEST(CliTrain, DoctorNumelIsTheParameterCountAndTheSpanMatchesTheTable) {
               std::string::npos)
         << r.out;
   if (matplotlib_importable()) EXPECT_TRUE(is_png(out + "/gradient_histogram.png")) << r.out;
+  // At the recommended scale, the advice's flushed share of all values is the table's f16->0%
+  // for the total (the same fp32 steps: the scale only changes where fp16 is evaluated).
+  const double rs = j["recommended_scale"];
+  Result again = run("doctor " + kTiny + "--doctor-steps " + std::to_string(steps) +
+                     " --scale-init " + std::to_string(rs) + " --out " + out);
+  ASSERT_EQ(again.status, 0) << again.out;
+  auto k = nlohmann::json::parse(std::ifstream(out + "/doctor.json"));
+  EXPECT_EQ(k["fp16_scale"].get<double>(), rs);
+  EXPECT_EQ(k["total"]["max_abs"], j["total"]["max_abs"]);
+  char share[64];
+  std::snprintf(share, sizeof share, "(%.3g%% of all values)",
+                100 * k["total"]["fp16_flush_to_zero"].get<double>());
+  EXPECT_NE(k["why"].get<std::string>().find(share), std::string::npos) << share << "\n"
+                                                                        << k["why"];
   fs::remove_all(out);
 }
 

@@ -117,6 +117,9 @@ void GradientReport::recommend() {
     if (GradHistogram::kMinExp + k + kexp >= 16) over += h.bins[k];
   const double fu = static_cast<double>(under) / nonzero;
   const double fo = static_cast<double>(over) / nonzero;
+  // The same count over all values, the table's denominator: at the table's scale this is its
+  // f16->0% column.
+  const double fu_all = h.frac(under);
   rep.recommended_scale = std::ldexp(1.0f, kexp);
   std::string nf = rep.first_nonfinite.empty()
                        ? std::string()
@@ -128,15 +131,15 @@ void GradientReport::recommend() {
     int lo = 0, hi = 0;
     h.span(lo, hi);
     rep.why = fmt::format(
-        "nonzero gradients span 2^{}..2^{} (max |g| {:.3g}); at scale 2^{} fp16 holds all but "
-        "{:.3g}% of them{}",
-        lo, hi, h.max_abs, kexp, 100 * fu, nf);
+        "nonzero gradients span 2^{}..2^{} (max |g| {:.3g}); at scale 2^{} fp16 flushes {:.3g}% "
+        "of them to zero ({:.3g}% of all values){}",
+        lo, hi, h.max_abs, kexp, 100 * fu, 100 * fu_all, nf);
   } else {
     rep.recommended = DType::bf16;
     rep.why = fmt::format(
-        "at the best fp16 scale 2^{} {:.3g}% of the nonzero gradients would flush to zero and "
-        "{:.3g}% overflow: the range needs bf16{}",
-        kexp, 100 * fu, 100 * fo, nf);
+        "at the best fp16 scale 2^{} {:.3g}% of the nonzero gradients ({:.3g}% of all values) "
+        "would flush to zero and {:.3g}% overflow: the range needs bf16{}",
+        kexp, 100 * fu, 100 * fu_all, 100 * fo, nf);
   }
 }
 
