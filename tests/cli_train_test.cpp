@@ -10,6 +10,7 @@
 #include "data_files.h"
 #include "mixtrain/random.h"
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -109,6 +110,78 @@ TEST(CliTrain, CompareWritesATableJsonAndOneRunPerPrecision) {
   fs::remove_all(out);
 }
 
+bool matplotlib_importable() {
+  return access("/usr/bin/python3", X_OK) == 0 &&
+         std::system("/usr/bin/python3 -c 'import matplotlib' 2>/dev/null") == 0;
+}
+
+bool is_png(const std::string& path) { return read(path).rfind("\x89PNG\r\n\x1a\n", 0) == 0; }
+
+// compare keeps every step's loss whatever --log-every says, and the gap to the fp32 control
+// at each step, raw and as the documented trailing mean, in compare.json; its plot is a PNG.
+TEST(CliTrain, CompareJsonHoldsEveryStepAndTheGapToFp32) {
+  const std::string out = tmp("compare_gap");
+  const int n = 40;  // smoothing window max(1, 40 / 20) = 2
+  Result r = run("compare " + kTiny + "--steps " + std::to_string(n) +
+                 " --log-every 10 --precisions fp32,bf16 --out " + out);
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(std::ifstream(out + "/compare.json"));
+  ASSERT_EQ(j["runs"].size(), 2u);
+  EXPECT_EQ(j["gap_reference"], "fp32");
+  ASSERT_EQ(j["smoothing_window"], 2);
+  for (const auto& rj : j["runs"]) {
+    const auto& p = rj["per_step"];
+    ASSERT_EQ(p["steps"].size(), static_cast<size_t>(n)) << rj["label"];
+    for (const char* key : {"loss", "gap_to_fp32", "gap_to_fp32_smoothed"})
+      ASSERT_EQ(p[key].size(), static_cast<size_t>(n)) << key;
+    for (int i = 0; i < n; ++i) EXPECT_EQ(p["steps"][i], i + 1);
+  }
+  // metrics.jsonl keeps the --log-every cadence (steps 10..40, the evaluations among them).
+  std::ifstream metrics(out + "/fp32/metrics.jsonl");
+  int lines = 0;
+  for (std::string l; std::getline(metrics, l);) ++lines;
+  EXPECT_GE(lines, 4);
+  EXPECT_LT(lines, n);
+  const auto& f = j["runs"][0]["per_step"];
+  const auto& b = j["runs"][1]["per_step"];
+  bool differs = false;
+  for (int i = 0; i < n; ++i) {
+    const double lf = f["loss"][i], lb = b["loss"][i];
+    EXPECT_EQ(f["gap_to_fp32"][i].get<double>(), 0.0) << i;
+    EXPECT_EQ(f["gap_to_fp32_smoothed"][i].get<double>(), 0.0) << i;
+    EXPECT_DOUBLE_EQ(b["gap_to_fp32"][i].get<double>(), lb - lf) << i;
+    const double want =
+        i == 0
+            ? lb - lf
+            : ((lb - lf) + (b["loss"][i - 1].get<double>() - f["loss"][i - 1].get<double>())) / 2;
+    EXPECT_NEAR(b["gap_to_fp32_smoothed"][i].get<double>(), want, 1e-12) << i;
+    differs |= lb != lf;
+  }
+  EXPECT_TRUE(differs) << "bf16's 8 significant bits should move the loss off fp32's";
+  const std::string png = out + "/loss_curves.png";
+  if (!matplotlib_importable()) {
+    fs::remove_all(out);
+    GTEST_SKIP() << "matplotlib not importable by /usr/bin/python3: the plot is not checked";
+  }
+  EXPECT_TRUE(is_png(png)) << r.out;
+  fs::remove_all(out);
+}
+
+// Without an fp32 run there is no control: compare.json says so and holds no gap arrays.
+TEST(CliTrain, CompareWithoutFp32SaysThereIsNoGap) {
+  const std::string out = tmp("compare_nofp32");
+  Result r = run("compare " + kTiny + "--steps 3 --precisions bf16 --out " + out);
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(std::ifstream(out + "/compare.json"));
+  EXPECT_TRUE(j["gap_reference"].is_null());
+  EXPECT_NE(j["gap_note"].get<std::string>().find("no fp32 run"), std::string::npos);
+  const auto& p = j["runs"][0]["per_step"];
+  EXPECT_EQ(p["loss"].size(), 3u);
+  EXPECT_FALSE(p.contains("gap_to_fp32"));
+  if (matplotlib_importable()) EXPECT_TRUE(is_png(out + "/loss_curves.png")) << r.out;
+  fs::remove_all(out);
+}
+
 TEST(CliTrain, DoctorReportsPerLayerFractions) {
   const std::string out = tmp("doctor");
   Result r = run("doctor " + kTiny + "--doctor-steps 2 --out " + out);
@@ -117,6 +190,72 @@ TEST(CliTrain, DoctorReportsPerLayerFractions) {
   auto j = nlohmann::json::parse(std::ifstream(out + "/doctor.json"));
   EXPECT_GT(j["tensors"].size(), 5u);
   EXPECT_TRUE(j.contains("recommended_scale"));
+  fs::remove_all(out);
+}
+
+// The doctor's figures agree: numel is each tensor's parameter count (not times the steps),
+// and the span line covers the table's max|g| and the histogram's lowest nonzero bin.
+TEST(CliTrain, DoctorNumelIsTheParameterCountAndTheSpanMatchesTheTable) {
+  const std::string out = tmp("doctor_span");
+  const int steps = 3;
+  Result r = run("doctor " + kTiny + "--doctor-steps " + std::to_string(steps) + " --out " + out);
+  ASSERT_EQ(r.status, 0) << r.out;
+  auto j = nlohmann::json::parse(std::ifstream(out + "/doctor.json"));
+  int64_t sum = 0;
+  bool head = false;
+  for (const auto& t : j["tensors"]) {
+    EXPECT_EQ(t["values"].get<int64_t>(), steps * t["numel"].get<int64_t>()) << t["name"];
+    sum += t["numel"].get<int64_t>();
+    if (t["name"] == "head.weight") {
+      head = true;
+      EXPECT_EQ(t["numel"], 256 * 32);  // vocabulary x width
+    }
+    EXPECT_LE(t["max_abs"].get<double>(), j["total"]["max_abs"].get<double>());
+  }
+  EXPECT_TRUE(head);
+  EXPECT_EQ(j["total"]["numel"].get<int64_t>(), sum);
+  // The text's numel column shows the same counts.
+  EXPECT_NE(r.out.find(" 8192 "), std::string::npos) << r.out;
+  const std::string times_steps = std::to_string(steps * 8192);
+  EXPECT_EQ(r.out.find(" " + times_steps + " "), std::string::npos) << r.out;
+  // The span [2^lo, 2^hi) holds the table's max|g| in its top binade and starts at the
+  // histogram's lowest nonzero bin.
+  ASSERT_TRUE(j["span_log2"].is_array());
+  const int lo = j["span_log2"][0], hi = j["span_log2"][1];
+  const double mx = j["total"]["max_abs"];
+  EXPECT_LT(mx, std::ldexp(1.0, hi));
+  EXPECT_GE(mx, std::ldexp(1.0, hi - 1));
+  const auto& h = j["histogram"];
+  int first = -1;
+  for (size_t k = 0; k < h["bins"].size(); ++k)
+    if (h["bins"][k].get<int64_t>() > 0) {
+      first = static_cast<int>(k);
+      break;
+    }
+  ASSERT_GE(first, 0);
+  EXPECT_EQ(lo,
+            h["below"].get<int64_t>() ? h["min_exp"].get<int>() : h["min_exp"].get<int>() + first);
+  const std::string span = "|g| in [2^" + std::to_string(lo) + ", 2^" + std::to_string(hi) + ")";
+  EXPECT_NE(r.out.find(span), std::string::npos) << span << "\n" << r.out;
+  if (j["recommended"] == "f16")  // the advice names the same span
+    EXPECT_NE(r.out.find("span 2^" + std::to_string(lo) + "..2^" + std::to_string(hi)),
+              std::string::npos)
+        << r.out;
+  if (matplotlib_importable()) EXPECT_TRUE(is_png(out + "/gradient_histogram.png")) << r.out;
+  // At the recommended scale, the advice's flushed share of all values is the table's f16->0%
+  // for the total (the same fp32 steps: the scale only changes where fp16 is evaluated).
+  const double rs = j["recommended_scale"];
+  Result again = run("doctor " + kTiny + "--doctor-steps " + std::to_string(steps) +
+                     " --scale-init " + std::to_string(rs) + " --out " + out);
+  ASSERT_EQ(again.status, 0) << again.out;
+  auto k = nlohmann::json::parse(std::ifstream(out + "/doctor.json"));
+  EXPECT_EQ(k["fp16_scale"].get<double>(), rs);
+  EXPECT_EQ(k["total"]["max_abs"], j["total"]["max_abs"]);
+  char share[64];
+  std::snprintf(share, sizeof share, "(%.3g%% of all values)",
+                100 * k["total"]["fp16_flush_to_zero"].get<double>());
+  EXPECT_NE(k["why"].get<std::string>().find(share), std::string::npos) << share << "\n"
+                                                                        << k["why"];
   fs::remove_all(out);
 }
 

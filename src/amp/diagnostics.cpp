@@ -27,6 +27,24 @@ void GradHistogram::merge(const GradHistogram& o) {
   fp16_overflow += o.fp16_overflow;
 }
 
+void GradHistogram::merge_step(const GradHistogram& o) {
+  merge(o);
+  steps += o.steps;
+}
+
+bool GradHistogram::span(int& lo, int& hi) const {
+  int first = -1, last = -1;
+  for (int k = 0; k < kBins; ++k)
+    if (bins[k]) {
+      if (first < 0) first = k;
+      last = k;
+    }
+  if (first < 0 && !below && !above) return false;
+  lo = below ? kMinExp : first >= 0 ? kMinExp + first : kMaxExp;
+  hi = above ? kMaxExp : last >= 0 ? kMinExp + last + 1 : kMinExp;
+  return true;
+}
+
 GradientReport diagnose_gradients(const std::vector<std::pair<std::string, Tensor>>& grads,
                                   float carried_scale, float fp16_scale) {
   if (!(carried_scale > 0) || !std::isfinite(carried_scale))
@@ -62,6 +80,12 @@ GradientReport diagnose_gradients(const std::vector<std::pair<std::string, Tenso
   rep.total.name = "total";
   for (const auto& h : rep.tensors) rep.total.merge(h);
 
+  rep.recommend();
+  return rep;
+}
+
+void GradientReport::recommend() {
+  GradientReport& rep = *this;
   // Recommendation. Pick the largest power-of-two scale that keeps the largest gradient one
   // binade under fp16's top (|g| * S < 2^15; headroom for the next steps' growth), then ask
   // what share of the nonzero gradients would still fall under fp16's smallest subnormal
@@ -73,7 +97,7 @@ GradientReport diagnose_gradients(const std::vector<std::pair<std::string, Tenso
     rep.recommended = DType::f16;
     rep.recommended_scale = 65536.0f;
     rep.why = "no nonzero finite gradients to judge by: fp16 with the default scale 2^16";
-    return rep;
+    return;
   }
   int emax = GradHistogram::kMaxExp;
   if (h.above == 0) {
@@ -93,6 +117,9 @@ GradientReport diagnose_gradients(const std::vector<std::pair<std::string, Tenso
     if (GradHistogram::kMinExp + k + kexp >= 16) over += h.bins[k];
   const double fu = static_cast<double>(under) / nonzero;
   const double fo = static_cast<double>(over) / nonzero;
+  // The same count over all values, the table's denominator: at the table's scale this is its
+  // f16->0% column.
+  const double fu_all = h.frac(under);
   rep.recommended_scale = std::ldexp(1.0f, kexp);
   std::string nf = rep.first_nonfinite.empty()
                        ? std::string()
@@ -100,26 +127,20 @@ GradientReport diagnose_gradients(const std::vector<std::pair<std::string, Tenso
                                      rep.first_nonfinite_nan ? "NaN" : "Inf");
   if (fu <= 1e-3 && fo == 0) {
     rep.recommended = DType::f16;
-    rep.why =
-        fmt::format("gradients span 2^{}..2^{}; at scale 2^{} fp16 holds all but {:.3g}% of them{}",
-                    emax - 30, emax + 1, kexp, 100 * fu, nf);
-    // The lower end printed above is a placeholder span; refine with the lowest bin.
-    for (int k = 0; k < GradHistogram::kBins; ++k)
-      if (h.bins[k]) {
-        rep.why = fmt::format(
-            "gradients span 2^{}..2^{}; at scale 2^{} fp16 holds all but {:.3g}% of them{}",
-            h.below ? GradHistogram::kMinExp : GradHistogram::kMinExp + k, emax + 1, kexp, 100 * fu,
-            nf);
-        break;
-      }
+    // The span from the same histogram the table's rows sum to: 2^hi is above max|g|.
+    int lo = 0, hi = 0;
+    h.span(lo, hi);
+    rep.why = fmt::format(
+        "nonzero gradients span 2^{}..2^{} (max |g| {:.3g}); at scale 2^{} fp16 flushes {:.3g}% "
+        "of them to zero ({:.3g}% of all values){}",
+        lo, hi, h.max_abs, kexp, 100 * fu, 100 * fu_all, nf);
   } else {
     rep.recommended = DType::bf16;
     rep.why = fmt::format(
-        "at the best fp16 scale 2^{} {:.3g}% of the nonzero gradients would flush to zero and "
-        "{:.3g}% overflow: the range needs bf16{}",
-        kexp, 100 * fu, 100 * fo, nf);
+        "at the best fp16 scale 2^{} {:.3g}% of the nonzero gradients ({:.3g}% of all values) "
+        "would flush to zero and {:.3g}% overflow: the range needs bf16{}",
+        kexp, 100 * fu, 100 * fu_all, 100 * fo, nf);
   }
-  return rep;
 }
 
 GradientReport diagnose_gradients(const std::vector<nn::Parameter*>& params, float carried_scale,
@@ -136,7 +157,7 @@ std::string GradientReport::str() const {
                   "max|g|", "zero%", "f16->0%", "f16sub%", "f16ovf%", "inf/nan");
   auto row = [&](const GradHistogram& h) {
     s += fmt::format("{:<28} {:>10} {:>9.3g} {:>9.3g} {:>8.3g} {:>8.3g} {:>8.3g} {:>6}\n", h.name,
-                     h.numel, h.max_abs, 100 * h.frac(h.zero), 100 * h.frac(h.fp16_zero),
+                     h.size(), h.max_abs, 100 * h.frac(h.zero), 100 * h.frac(h.fp16_zero),
                      100 * h.frac(h.fp16_subnormal), 100 * h.frac(h.fp16_overflow), h.inf + h.nan);
   };
   for (const auto& h : tensors) row(h);

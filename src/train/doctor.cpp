@@ -34,8 +34,8 @@ DoctorResult doctor(const TrainConfig& cfg, int64_t steps, std::unique_ptr<Task>
       res.report = r;
     } else {
       for (size_t i = 0; i < r.tensors.size() && i < res.report.tensors.size(); ++i)
-        res.report.tensors[i].merge(r.tensors[i]);
-      res.report.total.merge(r.total);
+        res.report.tensors[i].merge_step(r.tensors[i]);
+      res.report.total.merge_step(r.total);
       if (res.report.first_nonfinite.empty()) res.report.first_nonfinite = r.first_nonfinite;
     }
     opt->prepare_gradients(1.0f);
@@ -43,9 +43,9 @@ DoctorResult doctor(const TrainConfig& cfg, int64_t steps, std::unique_ptr<Task>
     opt->zero_grad();
     res.activation_max_abs = std::max(res.activation_max_abs, task->last_output_max_abs());
   }
-  // Recommendation from the merged histogram: re-run the rule on the merged gradients is not
-  // possible (they are gone), so keep the last step's recommendation, which saw the trained
-  // state closest to what follows.
+  // The advice from the merged histograms, so that its span and fractions speak of the same
+  // gradients as the table (the first step's alone can disagree with the table's max|g|).
+  res.report.recommend();
   res.steps = steps;
   return res;
 }
@@ -72,7 +72,15 @@ std::string DoctorResult::str() const {
   std::string s = fmt::format("gradients of {} fp32 steps, fp16 evaluated at loss scale {:g}\n\n",
                               steps, report.fp16_scale);
   s += report.str();
-  s += "(counts are summed over the steps)\n";
+  int lo = 0, hi = 0;
+  if (report.total.span(lo, hi))
+    s += fmt::format(
+        "nonzero finite gradients of all {} steps: |g| in [2^{}, 2^{}), max|g| {:.3g}\n", steps, lo,
+        hi, report.total.max_abs);
+  s += fmt::format(
+      "(numel: the tensor's parameters; max|g| and the percentages are over all {} steps' "
+      "gradients)\n",
+      steps);
   // The gradients decide whether fp16 can work and at what scale; the CPU decides which 16-bit
   // type is fast. bf16 needs no loss scale (fp32's exponent range).
   if (cpu_features().native_bf16())
@@ -101,7 +109,8 @@ std::string DoctorResult::to_json() const {
   json tensors = json::array();
   auto hist = [](const amp::GradHistogram& h) {
     return json{{"name", h.name},
-                {"numel", h.numel},
+                {"numel", h.size()},
+                {"values", h.numel},
                 {"max_abs", h.max_abs},
                 {"zero", h.frac(h.zero)},
                 {"fp16_flush_to_zero", h.frac(h.fp16_zero)},
@@ -112,6 +121,9 @@ std::string DoctorResult::to_json() const {
   for (const auto& t : report.tensors) tensors.push_back(hist(t));
   json bins = json::array();
   for (int k = 0; k < amp::GradHistogram::kBins; ++k) bins.push_back(report.total.bins[k]);
+  // The nonzero finite gradients lie in [2^lo, 2^hi) (null when there are none).
+  int lo = 0, hi = 0;
+  const json span = report.total.span(lo, hi) ? json::array({lo, hi}) : json(nullptr);
   json j = {{"steps", steps},
             {"fp16_scale", report.fp16_scale},
             {"recommended", dtype_name(report.recommended)},
@@ -120,6 +132,7 @@ std::string DoctorResult::to_json() const {
             {"first_nonfinite", report.first_nonfinite},
             {"activation_max_abs", activation_max_abs},
             {"total", hist(report.total)},
+            {"span_log2", span},
             {"histogram",
              {{"min_exp", amp::GradHistogram::kMinExp},
               {"max_exp", amp::GradHistogram::kMaxExp},

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -991,6 +992,7 @@ TrainSummary Trainer::run() {
     // After every step the caller may ask to stop (ignored after the last: the run is done).
     // Rank 0 decides whether to checkpoint or stop here (the ranks' clocks and callbacks may
     // differ; a checkpoint and a stop are collective) and tells the others.
+    s.cb->on_train_loss(s.step, step_loss);
     const bool keep_going = s.cb->on_step(s.step);
     if (s.step == s.total_steps) break;  // the final checkpoint follows the loop
     uint8_t decide[2] = {0, 0};
@@ -1061,16 +1063,63 @@ TrainSummary Trainer::run() {
   return sum;
 }
 
+int64_t compare_smoothing_window(int64_t steps) { return std::max<int64_t>(1, steps / 20); }
+
+std::vector<double> trailing_mean(const std::vector<double>& v, int64_t window) {
+  if (window < 1) throw ConfigError(fmt::format("trailing_mean: window {} (must be >= 1)", window));
+  std::vector<double> out(v.size(), NAN);
+  double sum = 0;
+  int64_t finite = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (std::isfinite(v[i])) sum += v[i], ++finite;
+    if (i >= static_cast<size_t>(window) && std::isfinite(v[i - window]))
+      sum -= v[i - window], --finite;
+    if (finite) out[i] = sum / static_cast<double>(finite);
+  }
+  return out;
+}
+
 namespace {
+
+// Passes everything on to the caller's callbacks and keeps every step's training loss, so
+// compare has whole curves while the console and metrics.jsonl keep the user's --log-every.
+class LossRecorder : public Callbacks {
+ public:
+  explicit LossRecorder(Callbacks* inner) : inner_(inner ? inner : &none_) {}
+  void on_start(const RunStart& r) override { inner_->on_start(r); }
+  void on_log(const StepLog& l) override { inner_->on_log(l); }
+  bool on_step(int64_t step) override { return inner_->on_step(step); }
+  void on_train_loss(int64_t step, double loss) override {
+    steps.push_back(step);
+    losses.push_back(loss);
+    inner_->on_train_loss(step, loss);
+  }
+  void on_warning(const std::string& m) override { inner_->on_warning(m); }
+  void on_end(const TrainSummary& s) override { inner_->on_end(s); }
+  std::vector<int64_t> steps;
+  std::vector<double> losses;
+
+ private:
+  Callbacks none_;
+  Callbacks* inner_;
+};
+
+json finite_or_null(const std::vector<double>& v) {
+  json a = json::array();
+  for (double x : v) a.push_back(std::isfinite(x) ? json(x) : json(nullptr));
+  return a;
+}
 
 template <class MakeTrainer>
 std::vector<CompareRun> compare_runs(const TrainConfig& cfg,
                                      const std::vector<std::string>& precisions,
-                                     const std::string& model_name, MakeTrainer make) {
+                                     const std::string& model_name, Callbacks* callbacks,
+                                     MakeTrainer make) {
   if (precisions.empty()) throw ConfigError("--precisions: none given");
   const std::string out =
       cfg.out.empty() ? fmt::format("runs/compare-{}-seed{}", model_name, cfg.seed) : cfg.out;
   std::vector<CompareRun> runs;
+  int control = -1;  // the fp32 run the gaps are measured against
   for (const std::string& spec : precisions) {
     // "fp16:none" = fp16 with loss scaling off (to see what scaling buys).
     TrainConfig c = cfg;
@@ -1081,22 +1130,63 @@ std::vector<CompareRun> compare_runs(const TrainConfig& cfg,
       c.loss_scale = spec.substr(colon + 1);
       label = c.precision + " (loss scale " + c.loss_scale + ")";
     }
+    if (control < 0 && spec == "fp32") control = static_cast<int>(runs.size());
     std::string dir = spec;
     for (char& ch : dir)
       if (ch == ':') ch = '-';
     c.out = out + "/" + dir;
-    std::unique_ptr<Trainer> t = make(c);
+    LossRecorder rec(callbacks);
+    std::unique_ptr<Trainer> t = make(c, &rec);
     t->set_tensorboard_dir(out + "/tensorboard/" + dir);
-    runs.push_back({label, t->run()});
+    CompareRun run{label, t->run()};
+    run.steps = std::move(rec.steps);
+    run.loss = std::move(rec.losses);
+    runs.push_back(std::move(run));
+  }
+  // The gap to the control at the same step (the runs share steps unless one stopped early).
+  int64_t longest = 0;
+  for (const CompareRun& r : runs) longest = std::max<int64_t>(longest, r.steps.size());
+  const int64_t window = compare_smoothing_window(longest);
+  if (control >= 0) {
+    std::map<int64_t, double> ref;
+    for (size_t i = 0; i < runs[control].steps.size(); ++i)
+      ref[runs[control].steps[i]] = runs[control].loss[i];
+    for (CompareRun& r : runs) {
+      r.gap_to_fp32.assign(r.steps.size(), NAN);
+      for (size_t i = 0; i < r.steps.size(); ++i) {
+        const auto it = ref.find(r.steps[i]);
+        if (it != ref.end() && std::isfinite(it->second) && std::isfinite(r.loss[i]))
+          r.gap_to_fp32[i] = r.loss[i] - it->second;
+      }
+      r.gap_to_fp32_smoothed = trailing_mean(r.gap_to_fp32, window);
+    }
   }
   if (dist::rank() == 0) {
-    json j = {{"runs", json::array()},
-              {"seed", cfg.seed},
-              {"model", runs[0].summary.model},
-              {"data", runs[0].summary.data}};
+    json j = {
+        {"runs", json::array()},
+        {"seed", cfg.seed},
+        {"model", runs[0].summary.model},
+        {"data", runs[0].summary.data},
+        {"smoothing_window", window},
+        {"smoothing",
+         "gap_to_fp32_smoothed[i]: the mean of the finite gap_to_fp32 values among steps "
+         "i-smoothing_window+1..i (fewer at the start); smoothing_window = max(1, steps/20)"}};
+    if (control >= 0) {
+      j["gap_reference"] = runs[control].label;
+    } else {
+      j["gap_reference"] = nullptr;
+      j["gap_note"] = "no fp32 run among the precisions: no gap to an fp32 control";
+    }
     for (const CompareRun& r : runs) {
       json x = json::parse(r.summary.to_json());
       x["label"] = r.label;
+      // Beside the summary (whose "steps" and "loss" are a count and the loss's name).
+      json per_step = {{"steps", r.steps}, {"loss", finite_or_null(r.loss)}};
+      if (control >= 0) {
+        per_step["gap_to_fp32"] = finite_or_null(r.gap_to_fp32);
+        per_step["gap_to_fp32_smoothed"] = finite_or_null(r.gap_to_fp32_smoothed);
+      }
+      x["per_step"] = per_step;
       j["runs"].push_back(x);
     }
     const std::string text = j.dump(2) + "\n";
@@ -1112,16 +1202,16 @@ std::vector<CompareRun> compare(const TrainConfig& cfg, const std::vector<std::s
                                 Callbacks* callbacks) {
   const std::string name =
       cfg.model.empty() || cfg.model == TrainConfig{}.model ? "custom" : cfg.model;
-  return compare_runs(cfg, precisions, name, [&](const TrainConfig& c) {
-    return std::make_unique<Trainer>(c, model, data, callbacks);
+  return compare_runs(cfg, precisions, name, callbacks, [&](const TrainConfig& c, Callbacks* rec) {
+    return std::make_unique<Trainer>(c, model, data, rec);
   });
 }
 
 std::vector<CompareRun> compare(const TrainConfig& cfg, const std::vector<std::string>& precisions,
                                 Callbacks* callbacks) {
-  return compare_runs(cfg, precisions, cfg.model, [&](const TrainConfig& c) {
-    return std::make_unique<Trainer>(c, callbacks);
-  });
+  return compare_runs(
+      cfg, precisions, cfg.model, callbacks,
+      [](const TrainConfig& c, Callbacks* rec) { return std::make_unique<Trainer>(c, rec); });
 }
 
 ExportResult export_weights(const std::string& run_dir, const std::string& dtype,

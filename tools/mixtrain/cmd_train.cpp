@@ -404,6 +404,8 @@ bool run_python(const std::string& script, const std::vector<std::string>& args,
   return true;
 }
 
+// Top: every step's training loss per precision. Below: each one's loss minus the fp32
+// control's, smoothed (the raw per-step gap faint behind it), around a zero line.
 const char* kPlotCompare = R"PY(
 import json, sys
 try:
@@ -413,23 +415,44 @@ try:
 except Exception as e:
     print("matplotlib is not installed:", e); sys.exit(3)
 compare, png = sys.argv[1], sys.argv[2]
-runs = json.load(open(compare))["runs"]
-fig, ax = plt.subplots(figsize=(8, 5))
+j = json.load(open(compare))
+runs, ref, w = j["runs"], j.get("gap_reference"), j.get("smoothing_window", 1)
+nan = float("nan")
+num = lambda xs: [nan if x is None else x for x in xs]
+if ref is not None:
+    fig, (ax, gx) = plt.subplots(2, 1, figsize=(9, 7.5), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 2]})
+else:
+    fig, ax = plt.subplots(figsize=(9, 5))
 for r in runs:
-    steps, losses = [], []
-    for line in open(r["out_dir"] + "/metrics.jsonl"):
-        m = json.loads(line)
-        if m.get("mean_loss") is not None:
-            steps.append(m["step"]); losses.append(m["mean_loss"])
-    ax.plot(steps, losses, label=r["label"])
-ax.set_xlabel("step"); ax.set_ylabel("training loss (mean over the logging window)")
-ax.set_title("mixtrain: %s, same seed and data order" % runs[0]["model"])
-ax.grid(alpha=0.3); ax.legend()
+    p = r["per_step"]
+    line, = ax.plot(p["steps"], num(p["loss"]), lw=1, label=r["label"])
+    if ref is not None and r["label"] != ref:
+        c = line.get_color()
+        gx.plot(p["steps"], num(p["gap_to_fp32"]), color=c, lw=0.8, alpha=0.25)
+        gx.plot(p["steps"], num(p["gap_to_fp32_smoothed"]), color=c, lw=1.6, label=r["label"])
+ax.set_ylabel("training loss (every step)")
+title = "mixtrain: %s, same seed and data order" % j["model"]
+if ref is None:
+    title += "\n(no fp32 run among the precisions: no gap panel)"
+ax.set_title(title); ax.grid(alpha=0.3); ax.legend()
+if ref is not None:
+    gx.axhline(0, color="black", lw=0.8)
+    gx.set_ylabel("loss - %s loss" % ref)
+    gx.set_title("gap to the %s control: trailing mean over %d step%s (faint: every step)"
+                 % (ref, w, "" if w == 1 else "s"), fontsize=10)
+    gx.grid(alpha=0.3)
+    if len(runs) > 1: gx.legend(fontsize=8)
+    gx.set_xlabel("step")
+else:
+    ax.set_xlabel("step")
 fig.tight_layout(); fig.savefig(png, dpi=110)
 )PY";
 
+// The merged gradient histogram against the formats' ranges: fp16's at the loss scale S as
+// lines over it; below, one bar per format (light: subnormals), fp8's unscaled.
 const char* kPlotDoctor = R"PY(
-import json, sys
+import json, math, sys
 try:
     import matplotlib
     matplotlib.use("Agg")
@@ -438,20 +461,36 @@ except Exception as e:
     print("matplotlib is not installed:", e); sys.exit(3)
 rep, png = json.load(open(sys.argv[1])), sys.argv[2]
 h = rep["histogram"]; lo = h["min_exp"]; bins = h["bins"]; s = rep["fp16_scale"]
-import math
 xs = [lo + k + 0.5 for k in range(len(bins))]
-fig, ax = plt.subplots(figsize=(9, 4.5))
-ax.bar(xs, bins, width=0.9, color="#4a7ab5", label="|gradient| (fp32)")
+fig, (ax, rx) = plt.subplots(2, 1, figsize=(13, 6.5), sharex=True,
+                             gridspec_kw={"height_ratios": [4, 1.5]})
+ax.bar(xs, bins, width=0.9, color="#4a7ab5", label="|gradient| (fp32, all steps)")
 ls2 = math.log2(s)
-for x, name, c in [(-24 - ls2, "fp16 flush to zero (2^-24 / S)", "#c0392b"),
-                   (-14 - ls2, "fp16 normal floor (6.1e-5 / S)", "#e67e22"),
-                   (math.log2(65504) - ls2, "fp16 max (65504 / S)", "#8e44ad")]:
+lines = [(-24 - ls2, "fp16 flush to zero (2^-24 / S)", "#c0392b"),
+         (-14 - ls2, "fp16 smallest normal (2^-14 / S)", "#e67e22"),
+         (math.log2(65504) - ls2, "fp16 max (65504 / S)", "#8e44ad")]
+for x, name, c in lines:
     ax.axvline(x, color=c, ls="--", label=name)
+    rx.axvline(x, color=c, ls="--", lw=0.8)
 if s != 1:
     ax.axvline(-24, color="gray", ls=":", label="fp16 flush to zero without scaling (2^-24)")
-ax.set_yscale("log"); ax.set_xlabel("log2 |gradient|"); ax.set_ylabel("count")
-ax.set_title("gradient magnitudes vs fp16's range at loss scale S = %g" % s)
-ax.legend(fontsize=8); fig.tight_layout(); fig.savefig(png, dpi=110)
+left = min([lo - 1] + [x - 1 for x, _, _ in lines]); right = max(h["max_exp"] + 1, lines[-1][0] + 1)
+ax.set_xlim(left, right)
+ax.set_yscale("log"); ax.set_ylabel("count")
+ax.set_title("gradient magnitudes vs fp16's range at loss scale S = %g; fp8's and bf16's below" % s)
+ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+# (name, smallest subnormal, smallest normal, max) as log2 of |g|; bf16 has fp32's exponents.
+fmts = [("fp16 at S: 2^-24 | 2^-14 .. 65504, / S", -24 - ls2, -14 - ls2, math.log2(65504) - ls2, "#8e44ad"),
+        ("e4m3 (unscaled): 2^-9 | 2^-6 .. 448", -9, -6, math.log2(448), "#16a085"),
+        ("e5m2 (unscaled): 2^-16 | 2^-14 .. 57344", -16, -14, math.log2(57344), "#d35400"),
+        ("bf16: 2^-133 | 2^-126 .. 3.4e38 (whole axis)", -133, -126, 128, "#27ae60")]
+for y, (name, sub, nrm, top, c) in enumerate(fmts):
+    rx.barh(y, nrm - sub, left=sub, height=0.6, color=c, alpha=0.3)
+    rx.barh(y, top - nrm, left=nrm, height=0.6, color=c, alpha=0.8)
+rx.set_yticks(range(len(fmts))); rx.set_yticklabels([f[0] for f in fmts], fontsize=7)
+rx.set_ylim(-0.6, len(fmts) - 0.4); rx.invert_yaxis()
+rx.set_xlabel("log2 |gradient|  (light: subnormal)"); rx.set_xlim(left, right)
+fig.tight_layout(); fig.savefig(png, dpi=110)
 )PY";
 
 void plot(const std::string& script, const std::vector<std::string>& args, const std::string& png) {
@@ -493,7 +532,9 @@ int run_compare(const TrainConfig& base, const std::vector<std::string>& precisi
              "train loss", "val loss", cls ? "test acc" : "val Δ%", cls ? "Δ vs fp32" : "",
              "wall s", "speed-up", "peak tensor", "skipped");
   const train::TrainSummary& ref = runs[0].summary;
-  for (const auto& [label, s] : runs) {
+  for (const train::CompareRun& run : runs) {
+    const std::string& label = run.label;
+    const train::TrainSummary& s = run.summary;
     const double speedup = s.throughput / std::max(ref.throughput, 1e-12);
     if (cls)
       fmt::print("{:<28} {:>10.4f} {:>9.4f} {:>10.4f} {:>+10.4f} {:>8.1f} {:>7.2f}x {:>11} {:>8}\n",

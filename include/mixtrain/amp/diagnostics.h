@@ -35,8 +35,20 @@ struct GradHistogram {
   int64_t fp16_zero = 0;       ///< nonzero values below 2^-24 (fp16's smallest subnormal)
   int64_t fp16_subnormal = 0;  ///< nonzero values below 2^-14 = 6.1e-5 (includes fp16_zero)
   int64_t fp16_overflow = 0;   ///< values above 65504 (and Inf)
+  /// How many gradients of the tensor the counts cover (steps merged by merge_step): numel
+  /// and every count are summed over them, so the fractions are over all of them.
+  int64_t steps = 1;
   double frac(int64_t count) const { return numel ? static_cast<double>(count) / numel : 0.0; }
+  /// The tensor's element count (numel over the steps merged).
+  int64_t size() const { return steps ? numel / steps : numel; }
+  /// Adds another tensor's counts (the same step: `total` is every tensor merged).
   void merge(const GradHistogram& o);
+  /// Adds the same tensor's counts at another step.
+  void merge_step(const GradHistogram& o);
+  /// The lowest and highest binade holding a nonzero finite value: the span is 2^lo..2^hi
+  /// with every such |g| in [2^lo, 2^hi) (kMinExp / kMaxExp stand for below / above the
+  /// bins). False when there is none.
+  bool span(int& lo, int& hi) const;
 };
 
 struct GradientReport {
@@ -51,6 +63,9 @@ struct GradientReport {
   std::string why;                     ///< one sentence
   /// A table (one row per tensor: range, fp16 fractions) and the recommendation.
   std::string str() const;
+  /// Sets recommended, recommended_scale and why from `total` (diagnose_gradients calls it;
+  /// call it again after merging steps, so the advice speaks of the same gradients).
+  void recommend();
 };
 
 /// Gradients as (name, tensor) (f32/bf16/f16, any layout). `carried_scale`: the loss scale

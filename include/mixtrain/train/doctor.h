@@ -19,7 +19,8 @@ struct DoctorResult {
   double activation_max_abs = 0;  ///< largest |logit| seen in the fp32 forward passes
   /// The report as text: table, recommendation, and an activation-overflow warning if any.
   std::string str() const;
-  /// The report as a JSON object (per tensor: numel, fractions, max; the total histogram).
+  /// The report as a JSON object (per tensor: numel (its parameters), values (numel x steps), the
+  /// fractions of those values, max; the total histogram and span_log2 [lo, hi]).
   std::string to_json() const;
 };
 

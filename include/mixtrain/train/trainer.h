@@ -115,6 +115,10 @@ class Callbacks {
   /// After every optimizer step; false stops the run: it is checkpointed and run() returns
   /// with summary.stopped set (under mpirun every rank must answer alike).
   virtual bool on_step(int64_t step) { return true; }
+  /// After every optimizer step, just before on_step, whatever log_every says: the step's
+  /// training loss (the mean over its micro-batches and ranks; NaN or Inf when non-finite).
+  /// compare records the curves this way without logging every step.
+  virtual void on_train_loss(int64_t step, double loss) {}
   /// Something worth saying that does not stop the run (a skipped corrupt checkpoint, a data
   /// file that looks like another format), one sentence.
   virtual void on_warning(const std::string& message) {}
@@ -174,11 +178,24 @@ class Trainer {
 
 /// Runs cfg once per precision (same seed, same data order), fp32 first as the control when
 /// listed; each run in OUT/<precision>. A spec PREC:MODE sets the loss scaling ("fp16:none").
-/// With cfg.tensorboard the event files go to OUT/tensorboard/<precision>.
+/// With cfg.tensorboard the event files go to OUT/tensorboard/<precision>. OUT/compare.json
+/// holds the summaries and, per run, these per-step curves ("per_step").
 struct CompareRun {
   std::string label;
   TrainSummary summary;
+  std::vector<int64_t> steps;  ///< every step the run took
+  std::vector<double> loss;    ///< its training loss at each of them (NaN: non-finite)
+  /// loss minus the fp32 control's at the same step (the first plain "fp32" spec; 0 for the
+  /// control itself, NaN where either is non-finite); empty when no fp32 run is compared.
+  std::vector<double> gap_to_fp32;
+  /// gap_to_fp32 smoothed by a trailing mean over compare_smoothing_window steps.
+  std::vector<double> gap_to_fp32_smoothed;
 };
+/// The window of compare's smoothed gap for runs of `steps` steps: max(1, steps / 20).
+int64_t compare_smoothing_window(int64_t steps);
+/// A trailing moving average: out[i] is the mean of the finite values among v[i-window+1..i]
+/// (fewer at the start), NaN when there are none.
+std::vector<double> trailing_mean(const std::vector<double>& v, int64_t window);
 std::vector<CompareRun> compare(const TrainConfig& cfg, const std::vector<std::string>& precisions,
                                 ModelFactory model, std::shared_ptr<DataSource> data,
                                 Callbacks* callbacks = nullptr);
