@@ -10,6 +10,7 @@
 #include "cpu/backend.h"
 #include "cpu/rows.h"
 #include "cpu/vmath.h"
+#include "mixtrain/detail/map_math.h"
 #include "mixtrain/random.h"
 
 namespace mixtrain::cpu {
@@ -187,15 +188,15 @@ void CpuBackend::map(MapOp op, std::span<const Tensor> ins, float s, const Tenso
     case MapOp::mul_scalar:
       return map_each<1>(ins, out, [s](F x, F, F) { return x * s; });
     case MapOp::relu:
-      return map_each<1>(ins, out, [](F x, F, F) { return x > 0.0f ? x : 0.0f; });
+      return map_each<1>(ins, out, [](F x, F, F) { return mixtrain::detail::relu(x); });
     case MapOp::tanh:
-      return map_each<1>(ins, out, [](F x, F, F) { return std::tanh(x); });
+      return map_each<1>(ins, out, [](F x, F, F) { return mixtrain::detail::tanh_f32(x); });
     case MapOp::abs:
       return map_each<1>(ins, out, [](F x, F, F) { return std::fabs(x); });
     case MapOp::exp:
-      return map_each<1>(ins, out, [](F x, F, F) { return std::exp(x); });
+      return map_each<1>(ins, out, [](F x, F, F) { return mixtrain::detail::exp_f32(x); });
     case MapOp::log:
-      return map_each<1>(ins, out, [](F x, F, F) { return std::log(x); });
+      return map_each<1>(ins, out, [](F x, F, F) { return mixtrain::detail::log_f32(x); });
     case MapOp::gelu:  // the vectorised kernel on each tile (cpu/vmath.h)
       return map_tiles<1>(ins, out,
                           [](const float* a, const float*, const float*, float* o, int64_t n) {
@@ -205,23 +206,23 @@ void CpuBackend::map(MapOp op, std::span<const Tensor> ins, float s, const Tenso
       if (ins[0].dtype() == out.dtype() && ins[1].dtype() == out.dtype() &&
           same_layout(ins[0], ins[1]) && same_layout(ins[0], out))
         return relu_grad_select(ins[0], ins[1], out);
-      return map_each<2>(ins, out, [](F g, F y, F) { return y > 0.0f ? g : 0.0f; });
+      return map_each<2>(ins, out, [](F g, F y, F) { return mixtrain::detail::relu_grad(g, y); });
     case MapOp::tanh_grad:
-      return map_each<2>(ins, out, [](F g, F y, F) { return g * (1.0f - y * y); });
+      return map_each<2>(ins, out, [](F g, F y, F) { return mixtrain::detail::tanh_grad(g, y); });
     case MapOp::abs_grad:
-      return map_each<2>(ins, out,
-                         [](F g, F x, F) { return x > 0.0f ? g : (x < 0.0f ? -g : 0.0f); });
+      return map_each<2>(ins, out, [](F g, F x, F) { return mixtrain::detail::abs_grad(g, x); });
     case MapOp::exp_grad:
       return map_each<2>(ins, out, [](F g, F y, F) { return g * y; });
     case MapOp::log_grad:
-      return map_each<2>(ins, out, [](F g, F x, F) { return g * (1.0f / x); });
+      return map_each<2>(ins, out, [](F g, F x, F) { return mixtrain::detail::log_grad(g, x); });
     case MapOp::gelu_grad:
       return map_tiles<2>(ins, out,
                           [](const float* g, const float* x, const float*, float* o, int64_t n) {
                             vmath().gelu_grad(x, g, o, n);
                           });
     case MapOp::div_grad_b:
-      return map_each<3>(ins, out, [](F g, F a, F b) { return -g * a / (b * b); });
+      return map_each<3>(ins, out,
+                         [](F g, F a, F b) { return mixtrain::detail::div_grad_b(g, a, b); });
   }
   throw Error(fmt::format("map: unknown op {}", static_cast<int>(op)));
 }

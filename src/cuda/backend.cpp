@@ -1,7 +1,10 @@
 // The CUDA backend (built with MIXTRAIN_CUDA=ON): device memory from cudaMalloc under the
-// library's step planner, host <-> device transfers, and the element-wise fill and strided
-// converting copy (kernels.cu), so tensors live on the GPU and move and convert there exactly
-// as on the host. The op kernels are not written yet: each names itself in a BackendError.
+// library's step planner, host <-> device transfers, the element-wise fill and strided
+// converting copy, the element-wise maps and gradient accumulation (kernels.cu, with the CPU's
+// per-element math from mixtrain/detail/), so tensors live on the GPU and move and convert there
+// exactly as on the host. The maps and accumulation have not run on a GPU yet (the op harness,
+// tests/test_backend_ops.cpp, checks them where one is present); the other op kernels are not
+// written yet: each names itself in a BackendError.
 #include <cuda_runtime_api.h>
 
 #include <fmt/format.h>
@@ -51,6 +54,21 @@ cuda::View view_of(const Tensor& t) {
   return v;
 }
 
+// An input of a map as a view of out's rank and shape: numpy broadcasting, right-aligned, a
+// broadcast dimension read with stride 0.
+cuda::View broadcast_view(const Tensor& t, const Tensor& out) {
+  cuda::View v = view_of(out);
+  v.data = t.raw_data();
+  v.dtype = static_cast<int>(t.dtype());
+  const int64_t lead = out.dim() - t.dim();
+  for (int k = 0; k < v.rank; ++k) {
+    const int64_t j = k - lead;
+    v.strides[k] =
+        j < 0 || t.shape()[static_cast<size_t>(j)] == 1 ? 0 : t.strides()[static_cast<size_t>(j)];
+  }
+  return v;
+}
+
 [[noreturn]] void missing(const char* op) {
   throw BackendError(fmt::format(
       "cuda: {} has no CUDA kernel yet (the CUDA backend holds and moves tensors; its op kernels "
@@ -94,13 +112,26 @@ class CudaBackend final : public Backend {
     if (bytes) check(cudaMemcpy(host, device_src, bytes, cudaMemcpyDeviceToHost), "download");
   }
 
-  void map(MapOp op, std::span<const Tensor>, float, const Tensor&) override {
-    throw BackendError(fmt::format(
-        "cuda: the element-wise map '{}' has no CUDA kernel yet (the CUDA backend holds and "
-        "moves tensors; its op kernels are to come)",
-        map_op_name(op)));
+  void map(MapOp op, std::span<const Tensor> ins, float s, const Tensor& out) override {
+    static_assert(static_cast<int>(MapOp::add) == 0 && static_cast<int>(MapOp::gelu) == 12 &&
+                      static_cast<int>(MapOp::div_grad_b) == 19,
+                  "kernels.cu's Op list follows MapOp");
+    cuda::View v[3];
+    for (size_t k = 0; k < ins.size() && k < 3; ++k) v[k] = broadcast_view(ins[k], out);
+    const int rc =
+        cuda::launch_map(static_cast<int>(op), v, static_cast<int>(ins.size()), s, view_of(out));
+    if (rc < 0)
+      throw BackendError(fmt::format("cuda: map '{}' into {}: f32, bf16 and f16 only",
+                                     map_op_name(op), out.str()));
+    check(static_cast<cudaError_t>(rc), map_op_name(op));
   }
-  void add_into(const Tensor&, const Tensor&) override { missing("gradient accumulation"); }
+  void add_into(const Tensor& dst, const Tensor& src) override {
+    const int rc = cuda::launch_add_into(view_of(dst), view_of(src));
+    if (rc < 0)
+      throw BackendError(fmt::format("cuda: gradient accumulation {} += {}: f32, bf16 and f16 only",
+                                     dst.str(), src.str()));
+    check(static_cast<cudaError_t>(rc), "gradient accumulation");
+  }
   void dropout(const Tensor&, uint64_t, uint64_t, float, float, const Tensor&) override {
     missing("dropout");
   }

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "cuda/kernels.h"
+#include "mixtrain/detail/map_math.h"
 #include "mixtrain/detail/scalar.h"
 
 namespace mixtrain::cuda {
@@ -115,6 +116,108 @@ __global__ void copy_kernel(View src, View dst, int64_t n) {
   }
 }
 
+// MapOp's values (backend/backend.h; backend.cpp checks the correspondence).
+enum Op : int {
+  kAdd,
+  kSub,
+  kMul,
+  kDiv,
+  kNeg,
+  kAddScalar,
+  kMulScalar,
+  kRelu,
+  kTanh,
+  kAbs,
+  kExp,
+  kLog,
+  kGelu,
+  kReluGrad,
+  kTanhGrad,
+  kAbsGrad,
+  kExpGrad,
+  kLogGrad,
+  kGeluGrad,
+  kDivGradB
+};
+
+__device__ float apply(int op, float a, float b, float c, float s) {
+  switch (op) {
+    case kAdd:
+      return a + b;
+    case kSub:
+      return a - b;
+    case kMul:
+      return a * b;
+    case kDiv:
+      return a / b;
+    case kNeg:
+      return -a;
+    case kAddScalar:
+      return a + s;
+    case kMulScalar:
+      return a * s;
+    case kRelu:
+      return detail::relu(a);
+    case kTanh:
+      return detail::tanh_f32(a);
+    case kAbs:
+      return fabsf(a);
+    case kExp:
+      return detail::exp_f32(a);
+    case kLog:
+      return detail::log_f32(a);
+    case kGelu:
+      return detail::gelu(a);
+    case kReluGrad:
+      return detail::relu_grad(a, b);
+    case kTanhGrad:
+      return detail::tanh_grad(a, b);
+    case kAbsGrad:
+      return detail::abs_grad(a, b);
+    case kExpGrad:
+      return a * b;
+    case kLogGrad:
+      return detail::log_grad(a, b);
+    case kGeluGrad:
+      return detail::gelu_grad(a, b);
+    default:
+      return detail::div_grad_b(a, b, c);
+  }
+}
+
+struct MapArgs {
+  View in[3];
+  int n_ins;
+};
+
+// One thread per element; a uniform switch (every thread runs the same op), so no divergence.
+__global__ void map_kernel(int op, MapArgs args, float s, View out, int64_t n) {
+  const int os = element_size(out.dtype);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v[3] = {0.0f, 0.0f, 0.0f};
+    for (int k = 0; k < args.n_ins; ++k) {
+      const View& in = args.in[k];
+      v[k] = load_f32(static_cast<const char*>(in.data) + offset_of(in, i) * element_size(in.dtype),
+                      in.dtype);
+    }
+    store_f32(static_cast<char*>(out.data) + offset_of(out, i) * os, out.dtype,
+              apply(op, v[0], v[1], v[2], s));
+  }
+}
+
+__global__ void add_into_kernel(View dst, View src, int64_t n) {
+  const int ds = element_size(dst.dtype), ss = element_size(src.dtype);
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    char* d = static_cast<char*>(dst.data) + offset_of(dst, i) * ds;
+    const float a = load_f32(d, dst.dtype);
+    const float b =
+        load_f32(static_cast<const char*>(src.data) + offset_of(src, i) * ss, src.dtype);
+    store_f32(d, dst.dtype, a + b);
+  }
+}
+
 int64_t numel(const View& v) {
   int64_t n = 1;
   for (int k = 0; k < v.rank; ++k) n *= v.shape[k];
@@ -144,6 +247,28 @@ int launch_copy(const View& src, const View& dst) {
   const int64_t n = numel(dst);
   if (n == 0) return 0;
   copy_kernel<<<blocks_for(n), 256>>>(src, dst, n);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int launch_map(int op, const View* ins, int n_ins, float s, const View& out) {
+  if (n_ins < 0 || n_ins > 3 || !is_float16_or_32(out.dtype)) return -1;
+  MapArgs args{};
+  args.n_ins = n_ins;
+  for (int k = 0; k < n_ins; ++k) {
+    if (!is_float16_or_32(ins[k].dtype)) return -1;
+    args.in[k] = ins[k];
+  }
+  const int64_t n = numel(out);
+  if (n == 0) return 0;
+  map_kernel<<<blocks_for(n), 256>>>(op, args, s, out, n);
+  return static_cast<int>(cudaGetLastError());
+}
+
+int launch_add_into(const View& dst, const View& src) {
+  if (!is_float16_or_32(dst.dtype) || !is_float16_or_32(src.dtype)) return -1;
+  const int64_t n = numel(dst);
+  if (n == 0) return 0;
+  add_into_kernel<<<blocks_for(n), 256>>>(dst, src, n);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -1,5 +1,6 @@
 // The CUDA backend's kernels (kernels.cu), behind plain launchers the host code (backend.cpp)
-// calls: element-wise fill and the strided, converting copy. Host-side header, no CUDA types.
+// calls: element-wise fill, the strided converting copy, the element-wise maps and gradient
+// accumulation. Host-side header, no CUDA types.
 #pragma once
 
 #include <cstddef>
@@ -25,5 +26,11 @@ int launch_fill(const View& dst, uint64_t pattern, int bytes);
 /// among themselves with one RNE rounding, bit-identical to the host's (dtype.h). Returns the
 /// launch's error as an int; -1 for a dtype pair it does not convert.
 int launch_copy(const View& src, const View& dst);
+/// out = op(ins[0], ins[1], ins[2]) element by element, read as fp32 and rounded once into
+/// out's dtype (f32, bf16, f16). `op` is mixtrain::MapOp's value; the n_ins inputs are views of
+/// out's rank and shape (a broadcast dimension has stride 0); `s` is the map's scalar.
+int launch_map(int op, const View* ins, int n_ins, float s, const View& out);
+/// dst += src element by element (same shape, float dtypes), in fp32, rounded once into dst.
+int launch_add_into(const View& dst, const View& src);
 
 }  // namespace mixtrain::cuda

@@ -1138,7 +1138,9 @@ std::vector<CompareRun> compare_runs(const TrainConfig& cfg,
     LossRecorder rec(callbacks);
     std::unique_ptr<Trainer> t = make(c, &rec);
     t->set_tensorboard_dir(out + "/tensorboard/" + dir);
-    CompareRun run{label, t->run()};
+    CompareRun run;
+    run.label = label;
+    run.summary = t->run();
     run.steps = std::move(rec.steps);
     run.loss = std::move(rec.losses);
     runs.push_back(std::move(run));

@@ -7,7 +7,7 @@
 #pragma once
 
 #include <cstdint>
-#if !defined(__CUDA_ARCH__)
+#if !defined(__CUDACC__)
 #include <bit>
 #endif
 
@@ -19,9 +19,14 @@
 
 namespace mixtrain::detail {
 
+// nvcc compiles the CUDA sources as C++17 (the CMake it is built with knows no newer CUDA
+// dialect), where std::bit_cast is missing: its host pass uses the builtin std::bit_cast is
+// made of, its device pass the intrinsics.
 MIXTRAIN_HD constexpr uint32_t f32_bits(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
+#elif defined(__CUDACC__)
+  return __builtin_bit_cast(uint32_t, f);
 #else
   return std::bit_cast<uint32_t>(f);
 #endif
@@ -29,6 +34,8 @@ MIXTRAIN_HD constexpr uint32_t f32_bits(float f) {
 MIXTRAIN_HD constexpr float f32_from_bits(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);
+#elif defined(__CUDACC__)
+  return __builtin_bit_cast(float, u);
 #else
   return std::bit_cast<float>(u);
 #endif
