@@ -10,6 +10,7 @@
 
 #include "cpu/isa.h"
 #include "cpu/vmath.h"
+#include "mixtrain/detail/map_math.h"
 
 using namespace mixtrain;
 using cpu::Isa;
@@ -146,5 +147,25 @@ TEST(Vmath, GeluAndItsGradientMatchDoubleFormula) {
     std::printf("gelu level %s checksum %016llx %016llx\n", cpu::isa_name(level),
                 static_cast<unsigned long long>(checksum(y)),
                 static_cast<unsigned long long>(checksum(dx)));
+  }
+}
+
+// The per-element GELU the CUDA kernels use (mixtrain/detail/map_math.h), held to the double
+// formula with the vectorised kernel's tolerances (libm's expf instead of vmath's exp: a few
+// fp32 roundings, ~1e-6 relative, plus |2u|·2^-23 per rounding of the exp argument).
+TEST(Vmath, SharedGeluForTheDeviceMatchesDoubleFormula) {
+  const double k = std::sqrt(2.0 / M_PI);
+  for (int i = -20000; i <= 20000; ++i) {
+    const float xf = static_cast<float>(i) * 1e-3f;
+    const float gf = 1.0f - 2.0f * static_cast<float>(i & 1);
+    const double v = xf;
+    const double u = k * (v + 0.044715 * v * v * v);
+    const double sg = 1.0 / (1.0 + std::exp(-2.0 * u));
+    const double want = v * sg;
+    const double dwant = gf * (sg + 2.0 * v * sg * (1 - sg) * k * (1 + 3 * 0.044715 * v * v));
+    const double rel = 2e-6 + 3.0 * std::fabs(2.0 * u) * 0x1p-23;
+    EXPECT_NEAR(mixtrain::detail::gelu(xf), want, rel * std::fabs(want) + 1e-37) << "x " << v;
+    EXPECT_NEAR(mixtrain::detail::gelu_grad(gf, xf), dwant, rel * std::fabs(dwant) + 2e-6)
+        << "x " << v;
   }
 }
