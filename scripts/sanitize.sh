@@ -14,8 +14,8 @@ SAN_BUILD_DIR=$BUILD_DIR bash scripts/san_build.sh
 # reports name no library. The MPI backend runs its own calls with leak tracking off
 # (src/dist/mpi/comm_mpi.cpp); what is left is OpenMPI's progress thread (libevent), whose
 # stacks run through libraries built without frame pointers: matching them needs the slow
-# unwinder at malloc, which only the Dist tests (the only ones under mpirun) get, in a second
-# ctest run, and only 12 frames deep. Those 7 tests took 68 s with the full stacks and the old
+# unwinder at malloc, which only the tests under mpirun get, in a second ctest run, and only 12
+# frames deep. Those 7 tests took 68 s with the full stacks and the old
 # list of MPI libraries to suppress, 32 s so; a leak injected into comm_mpi.cpp is still reported.
 SUPP="$PWD/$BUILD_DIR/lsan.supp"
 echo "leak:libevent" >"$SUPP"
@@ -33,7 +33,9 @@ export MIXTRAIN_EXHAUSTIVE_STRIDE=${MIXTRAIN_EXHAUSTIVE_STRIDE:-17}
 cd "$BUILD_DIR"
 status=0
 JOBS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
-ASAN_OPTIONS="$ASAN_BASE" ctest --output-on-failure -j"$JOBS" -E '^Dist\.' || status=$?
+# The tests that run ranks under mpirun: the Dist tests and the sharded kill-and-resume test.
+MPIRUN_TESTS='^Dist\.|^KillResume\.Sharded'
+ASAN_OPTIONS="$ASAN_BASE" ctest --output-on-failure -j"$JOBS" -E "$MPIRUN_TESTS" || status=$?
 ASAN_OPTIONS="$ASAN_BASE:fast_unwind_on_malloc=0:malloc_context_size=12" \
-  ctest --output-on-failure -j"$JOBS" -R '^Dist\.' || status=$?
+  ctest --output-on-failure -j"$JOBS" -R "$MPIRUN_TESTS" || status=$?
 exit "$status"
