@@ -79,13 +79,29 @@ cuda::View broadcast_view(const Tensor& t, const Tensor& out) {
 class CudaBackend final : public Backend {
  public:
   Device device() const override { return Device::cuda; }
+  /// Every GPU: name, compute capability, memory, and which 16- and 8-bit formats its tensor
+  /// cores multiply (bf16 from sm_80, fp8 from sm_89; fp16 on all since sm_70), with the
+  /// driver and runtime versions.
   std::string describe() const override {
-    int dev = 0;
-    cudaDeviceProp prop{};
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
-      return "cuda";
-    return fmt::format("cuda device {}: {} (sm_{}{}, {} GiB)", dev, prop.name, prop.major,
-                       prop.minor, prop.totalGlobalMem >> 30);
+    int count = 0, driver = 0, runtime = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) return "cuda";
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    std::string out =
+        fmt::format("{} GPU{} (driver {}.{}, runtime {}.{})", count, count == 1 ? "" : "s",
+                    driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
+    for (int dev = 0; dev < count; ++dev) {
+      cudaDeviceProp prop{};
+      if (cudaGetDeviceProperties(&prop, dev) != cudaSuccess) continue;
+      const int sm = prop.major * 10 + prop.minor;
+      out += fmt::format("; cuda:{} {} (sm_{}, {} GiB, tensor cores: {})", dev, prop.name, sm,
+                         prop.totalGlobalMem >> 30,
+                         sm >= 89   ? "fp16 bf16 fp8"
+                         : sm >= 80 ? "fp16 bf16, no fp8"
+                         : sm >= 70 ? "fp16 only"
+                                    : "none");
+    }
+    return out;
   }
   DeviceMemory& memory() override { return memory_; }
 
