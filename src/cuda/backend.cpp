@@ -14,16 +14,13 @@
 
 #include "backend/backend.h"
 #include "cuda/kernels.h"
+#include "cuda/runtime.h"
 
 namespace mixtrain {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess)
-    throw BackendError(
-        fmt::format("cuda: {}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e)));
-}
+using cuda::check;
 
 class CudaMemory final : public DeviceMemory {
  public:
@@ -122,10 +119,17 @@ class CudaBackend final : public Backend {
     check(static_cast<cudaError_t>(rc), "copy");
   }
   void upload(const void* host, void* device_dst, size_t bytes) override {
-    if (bytes) check(cudaMemcpy(device_dst, host, bytes, cudaMemcpyHostToDevice), "upload");
+    if (!bytes) return;
+    // Synchronous for the host: the caller may free or reuse `host` when this returns.
+    check(cudaMemcpyAsync(device_dst, host, bytes, cudaMemcpyHostToDevice, cuda::stream()),
+          "upload");
+    check(cudaStreamSynchronize(cuda::stream()), "upload");
   }
   void download(const void* device_src, void* host, size_t bytes) override {
-    if (bytes) check(cudaMemcpy(host, device_src, bytes, cudaMemcpyDeviceToHost), "download");
+    if (!bytes) return;
+    check(cudaMemcpyAsync(host, device_src, bytes, cudaMemcpyDeviceToHost, cuda::stream()),
+          "download");
+    check(cudaStreamSynchronize(cuda::stream()), "download");
   }
 
   void map(MapOp op, std::span<const Tensor> ins, float s, const Tensor& out) override {

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "cuda/kernels.h"
+#include "cuda/runtime.h"
 #include "mixtrain/detail/map_math.h"
 #include "mixtrain/detail/scalar.h"
 
@@ -237,7 +238,7 @@ bool is_float16_or_32(int dt) { return dt == kF32 || dt == kBf16 || dt == kF16; 
 int launch_fill(const View& dst, uint64_t pattern, int bytes) {
   const int64_t n = numel(dst);
   if (n == 0) return 0;
-  fill_kernel<<<blocks_for(n), 256>>>(dst, n, pattern, bytes);
+  fill_kernel<<<blocks_for(n), 256, 0, stream()>>>(dst, n, pattern, bytes);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -246,7 +247,7 @@ int launch_copy(const View& src, const View& dst) {
     return -1;
   const int64_t n = numel(dst);
   if (n == 0) return 0;
-  copy_kernel<<<blocks_for(n), 256>>>(src, dst, n);
+  copy_kernel<<<blocks_for(n), 256, 0, stream()>>>(src, dst, n);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -260,7 +261,7 @@ int launch_map(int op, const View* ins, int n_ins, float s, const View& out) {
   }
   const int64_t n = numel(out);
   if (n == 0) return 0;
-  map_kernel<<<blocks_for(n), 256>>>(op, args, s, out, n);
+  map_kernel<<<blocks_for(n), 256, 0, stream()>>>(op, args, s, out, n);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -268,7 +269,7 @@ int launch_add_into(const View& dst, const View& src) {
   if (!is_float16_or_32(dst.dtype) || !is_float16_or_32(src.dtype)) return -1;
   const int64_t n = numel(dst);
   if (n == 0) return 0;
-  add_into_kernel<<<blocks_for(n), 256>>>(dst, src, n);
+  add_into_kernel<<<blocks_for(n), 256, 0, stream()>>>(dst, src, n);
   return static_cast<int>(cudaGetLastError());
 }
 
