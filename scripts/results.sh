@@ -2,9 +2,10 @@
 # Regenerates every figure in the README and docs/RESULTS.md: runs the benchmarks and training
 # comparisons, keeps their JSON under results/, and rewrites the generated sections
 # (scripts/update_readme.py) from that JSON.
-# Usage: bash scripts/results.sh [all|gemm|mlp|gpt|step|ckpt|dist|zero|readme]   (default all;
-# ~75 min)
-# Environment: MLP_EPOCHS (10), GPT_STEPS (300), CKPT_RUNS (3); BIN (./build/mixtrain) with
+# Usage: bash scripts/results.sh [all|gemm|mlp|gpt|step|ckpt|dist|zero|fp8|readme]   (default
+# all; ~75 min without fp8, which adds ~2 h on 2 cores for its three workloads)
+# Environment: MLP_EPOCHS (10), GPT_STEPS (300), FP8_GPT_STEPS (300), FP8_BIG_STEPS (300; the
+# 12x768 GPT; 0 skips it), CKPT_RUNS (3); BIN (./build/mixtrain) with
 # SKIP_BUILD=1 measures an existing binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -182,6 +183,31 @@ print(json.dumps(out, indent=2))
 PY
   rm -rf "$tmp"
   stamp results/dist.json
+fi
+if [[ $what == all || $what == fp8 ]]; then
+  # FP8 training (--precision fp8) beside bf16 and the fp32 control, every recipe, same seed and
+  # data: on the CPU the fp8 GEMMs are emulated exactly at bf16 speed, so these tables are about
+  # numerics (does it train like bf16), not speed.
+  fp8_precisions=fp32,bf16,fp8:delayed,fp8:current,fp8:mxfp8
+  echo "== fp8: Fashion-MNIST MLP, $MLP_EPOCHS epochs (results/compare-fp8-mlp)"
+  rm -rf results/compare-fp8-mlp
+  $BIN compare --model mlp --epochs "$MLP_EPOCHS" --precisions $fp8_precisions --seed 1 --quiet \
+    --out results/compare-fp8-mlp
+  stamp results/compare-fp8-mlp
+  echo "== fp8: GPT 6x384, ${FP8_GPT_STEPS:-300} steps (results/compare-fp8-gpt)"
+  rm -rf results/compare-fp8-gpt
+  $BIN compare --model gpt --steps "${FP8_GPT_STEPS:-300}" --batch 8 --lr 1e-3 --schedule cosine \
+    --warmup 20 --eval-batches 16 --precisions $fp8_precisions --seed 1 --quiet \
+    --out results/compare-fp8-gpt
+  stamp results/compare-fp8-gpt
+  if ((${FP8_BIG_STEPS:-300} > 0)); then
+    echo "== fp8: GPT 12x768, ${FP8_BIG_STEPS:-300} steps (results/compare-fp8-gpt-12x768)"
+    rm -rf results/compare-fp8-gpt-12x768
+    $BIN compare --model gpt --layers 12 --width 768 --heads 12 --steps "${FP8_BIG_STEPS:-300}" \
+      --batch 8 --lr 6e-4 --schedule cosine --warmup 20 --eval-batches 16 \
+      --precisions $fp8_precisions --seed 1 --quiet --out results/compare-fp8-gpt-12x768
+    stamp results/compare-fp8-gpt-12x768
+  fi
 fi
 if [[ $what == all || $what == zero ]] && command -v mpirun >/dev/null; then
   # Sharded data parallel (`zero`): the GPT at two sizes, 1/2/4 ranks, ZeRO stages 0-3.

@@ -79,6 +79,53 @@ TEST(Trainer, MlpLearnsFashionMnistAndWritesMetrics) {
   fs::remove_all(out);
 }
 
+TEST(Trainer, GptLossFallsUnderEveryFp8Recipe) {
+  for (const char* recipe : {"delayed", "current", "mxfp8"}) {
+    const fs::path out = fresh_dir(std::string("gpt_fp8_") + recipe);
+    TrainConfig c = tiny_gpt(out);
+    c.precision = "fp8";
+    c.fp8_recipe = recipe;
+    c.fp8_amax_history = 16;
+    c.steps = 30;
+    c.diagnose_every = 10;
+    TrainSummary s = Trainer(c).run();
+    EXPECT_LT(s.final_train_loss, 4.0) << recipe;
+    EXPECT_TRUE(std::isfinite(s.val_loss)) << recipe;
+    // The diagnostics log each fp8 GEMM input's amax (and, delayed, its scale); the head is
+    // kept in bf16 by default, so it has none.
+    std::ifstream d(out / "diagnostics.jsonl");
+    std::string line;
+    ASSERT_TRUE(std::getline(d, line)) << recipe;
+    const auto j = nlohmann::json::parse(line);
+    ASSERT_TRUE(j.contains("fp8")) << recipe;
+    EXPECT_EQ(j["fp8"]["recipe"], recipe);
+    EXPECT_FALSE(j["fp8"]["tensors"].empty()) << line;
+    for (const auto& t : j["fp8"]["tensors"]) {
+      EXPECT_EQ(t["tensor"].get<std::string>().rfind("head.", 0), std::string::npos);
+      EXPECT_EQ(t.contains("scale"), std::string(recipe) == "delayed");
+    }
+    fs::remove_all(out);
+  }
+}
+
+TEST(Trainer, Fp8FlagsAreChecked) {
+  const fs::path out = fresh_dir("fp8_flags");
+  TrainConfig c = tiny_gpt(out);
+  c.steps = 1;
+  c.bf16_modules = {"blocks.0"};
+  EXPECT_THROW(Trainer{c}, ConfigError);  // bf16 modules without fp8
+  c.precision = "fp8";
+  c.bf16_modules = {"nope"};
+  EXPECT_THROW(Trainer{c}, ConfigError);
+  c.bf16_modules = {};
+  c.fp8_recipe = "tensorwise";
+  EXPECT_THROW(Trainer{c}, ConfigError);
+  c.fp8_recipe = "delayed";
+  c.fp8_amax_history = 0;
+  EXPECT_THROW(Trainer{c}, ConfigError);
+  fs::remove_all(out);
+}
+
 TEST(Trainer, GptLossFallsInEveryPrecision) {
   for (const char* prec : {"fp32", "bf16", "fp16"}) {
     const fs::path out = fresh_dir(std::string("gpt_") + prec);
@@ -95,7 +142,8 @@ TEST(Trainer, GptLossFallsInEveryPrecision) {
 }
 
 TEST(Trainer, ResumeIsBitIdenticalToAnUninterruptedRun) {
-  for (const char* prec : {"bf16", "fp16"}) {
+  // fp8: delayed scaling's amax histories and scales travel in the checkpoint.
+  for (const char* prec : {"bf16", "fp16", "fp8"}) {
     const fs::path a = fresh_dir(std::string("straight_") + prec),
                    b = fresh_dir(std::string("resumed_") + prec);
     TrainConfig ca = tiny_gpt(a);

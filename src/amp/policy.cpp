@@ -50,6 +50,13 @@ Policy Policy::fp16() {
   return p;
 }
 
+Policy Policy::fp8(const Fp8Options& recipe) {
+  Policy p = bf16();
+  p.fp8_gemms = recipe;
+  p.name = "fp8";
+  return p;
+}
+
 Policy Policy::automatic(std::string* why) {
   const auto& f = cpu_features();
   if (f.native_bf16()) {
@@ -67,6 +74,7 @@ Policy Policy::parse(std::string_view spec, std::string* why) {
   if (spec == "fp32" || spec == "f32") return fp32();
   if (spec == "bf16") return bf16();
   if (spec == "fp16" || spec == "f16") return fp16();
+  if (spec == "fp8") return fp8();
   if (spec == "auto") return automatic(why);
   // jmp style: "p=f32,c=bf16,o=f32"
   Policy p;
@@ -80,7 +88,7 @@ Policy Policy::parse(std::string_view spec, std::string* why) {
     const size_t eq = item.find('=');
     if (eq == std::string_view::npos)
       throw ConfigError(fmt::format(
-          "unknown precision '{}' (expected fp32, bf16, fp16, auto or p=..,c=..,o=..)", spec));
+          "unknown precision '{}' (expected fp32, bf16, fp16, fp8, auto or p=..,c=..,o=..)", spec));
     const std::string_view key = item.substr(0, eq), val = item.substr(eq + 1);
     DType dt;
     try {
@@ -108,8 +116,9 @@ std::string Policy::str() const {
   const char* s = scaling == LossScaling::dynamic ? "dynamic loss scaling"
                   : scaling == LossScaling::fixed ? "static loss scaling"
                                                   : "no loss scaling";
-  return fmt::format("{} (p={},c={},o={}, {})", name.empty() ? "custom" : name, dtype_name(param),
-                     dtype_name(compute), dtype_name(output), s);
+  return fmt::format("{} (p={},c={},o={}, {}{})", name.empty() ? "custom" : name, dtype_name(param),
+                     dtype_name(compute), dtype_name(output),
+                     fp8_gemms ? "fp8 GEMM inputs, " + fp8_gemms->str() + ", " : std::string(), s);
 }
 
 const Policy* current_policy() { return g_current; }

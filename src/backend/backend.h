@@ -204,6 +204,20 @@ class Backend {
   /// split16_join reassembles the fp32 values (optim/kernels.h, detail::split16_*).
   virtual void split16_split(const Tensor& master, const Tensor& hi, const Tensor& lo) = 0;
   virtual void split16_join(const Tensor& hi, const Tensor& lo, const Tensor& out) = 0;
+
+  // ---- fp8 quantization (amp/fp8.h) ------------------------------------------------------------
+  /// max |x| over a contiguous float tensor: NaN when x holds a NaN, else Inf when it holds an
+  /// Inf; 0 when x is empty.
+  virtual float amax(const Tensor& x) = 0;
+  /// q = x · scale rounded onto fmt's grid (e4m3 or e5m2, saturating: detail::fp8_round), for
+  /// contiguous x and q of one shape; q bf16 (which holds every fp8 value exactly) or fmt.
+  virtual void fp8_quantize(const Tensor& x, float scale, DType fmt, const Tensor& q) = 0;
+  /// MXFP8 over the rows of a contiguous x [R, K]: each block of 32 along K (the last one
+  /// shorter when 32 does not divide K) gets the E8M0 code detail::e8m0_ceil_code(its amax,
+  /// fmt's max) in scales (u8 [R, ceil(K / 32)]), and q (bf16, x's shape) each value rounded
+  /// onto fmt's grid at its block's scale and multiplied back by it: exact in bf16, the operand
+  /// of an emulated block-scaled GEMM. Returns max |x| (as amax()).
+  virtual float mx_quantize(const Tensor& x, DType fmt, const Tensor& q, const Tensor& scales) = 0;
 };
 
 /// The backend of a device; throws BackendError naming the device and the CMake option that

@@ -60,6 +60,9 @@ class CpuBackend final : public Backend {
                                              float to_fp16) override;
   void split16_split(const Tensor& master, const Tensor& hi, const Tensor& lo) override;
   void split16_join(const Tensor& hi, const Tensor& lo, const Tensor& out) override;
+  float amax(const Tensor& x) override;
+  void fp8_quantize(const Tensor& x, float scale, DType fmt, const Tensor& q) override;
+  float mx_quantize(const Tensor& x, DType fmt, const Tensor& q, const Tensor& scales) override;
 };
 
 /// The process's CPU backend.

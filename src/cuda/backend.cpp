@@ -206,6 +206,13 @@ class CudaBackend final : public Backend {
   }
   void split16_split(const Tensor&, const Tensor&, const Tensor&) override { missing("split16"); }
   void split16_join(const Tensor&, const Tensor&, const Tensor&) override { missing("split16"); }
+  float amax(const Tensor&) override { missing("amax"); }
+  void fp8_quantize(const Tensor&, float, DType, const Tensor&) override {
+    missing("fp8 quantization");
+  }
+  float mx_quantize(const Tensor&, DType, const Tensor&, const Tensor&) override {
+    missing("MXFP8 quantization");
+  }
 
  private:
   CudaMemory memory_;

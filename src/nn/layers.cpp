@@ -38,15 +38,25 @@ void Linear::init_normal(float std, Rng& rng) {
   }
 }
 
-Variable Linear::forward(const Variable& x) const {
+Variable Linear::forward_impl(const Variable& x, bool gelu) const {
   ForwardScope scope(*this);
-  return linear(x, weight.weight, bias ? bias->weight : Variable());
+  // The scaling state: made by the first fp8 forward; one made for the doctor's probe is used
+  // by any forward, so the probe can tell the linears apart.
+  const amp::Policy* pol = amp::current_policy();
+  amp::Fp8StateScope fp8(fp8_state(pol && pol->fp8_gemms ? pol->fp8_gemms->amax_history : 0),
+                         training());
+  const Variable b = bias ? bias->weight : Variable();
+  return gelu ? gelu_linear(x, weight.weight, b) : linear(x, weight.weight, b);
 }
 
-Variable Linear::forward_gelu(const Variable& x) const {
-  ForwardScope scope(*this);
-  return gelu_linear(x, weight.weight, bias ? bias->weight : Variable());
+amp::Fp8LinearState* Linear::fp8_state(int64_t history) const {
+  if (!fp8_ && history > 0) fp8_ = std::make_unique<amp::Fp8LinearState>(history);
+  return fp8_.get();
 }
+
+Variable Linear::forward(const Variable& x) const { return forward_impl(x, false); }
+
+Variable Linear::forward_gelu(const Variable& x) const { return forward_impl(x, true); }
 
 Embedding::Embedding(int64_t num, int64_t dim, float std, Rng& rng)
     : weight(register_parameter("weight", normal_tensor({num, dim}, std, rng))) {}

@@ -92,6 +92,11 @@ Module::ForwardScope::ForwardScope(const Module& m) : m_(m) {
     amp::Policy p = amp::current_policy() ? *amp::current_policy() : amp::Policy::fp32();
     p.compute = *m.override_;
     p.op_overrides.clear();
+    p.fp8_gemms.reset();
+    scope_.emplace(p);
+  } else if (m.fp8_off_ && amp::current_policy() && amp::current_policy()->fp8_gemms) {
+    amp::Policy p = *amp::current_policy();
+    p.fp8_gemms.reset();
     scope_.emplace(p);
   }
 }
@@ -109,6 +114,22 @@ std::vector<Parameter*> Module::own_parameters() const {
 std::vector<std::pair<std::string, Module*>> Module::children() const {
   std::vector<std::pair<std::string, Module*>> out;
   for (const auto& [n, c] : children_) out.emplace_back(n, c.get());
+  return out;
+}
+
+namespace {
+void collect_fp8(Module& m, const std::string& prefix, int64_t history,
+                 std::vector<std::pair<std::string, amp::Fp8LinearState*>>& out) {
+  if (!m.fp8_enabled()) return;
+  if (amp::Fp8LinearState* st = m.fp8_state(history)) out.emplace_back(prefix, st);
+  for (auto& [name, child] : m.children())
+    collect_fp8(*child, prefix.empty() ? name : prefix + "." + name, history, out);
+}
+}  // namespace
+
+std::vector<std::pair<std::string, amp::Fp8LinearState*>> fp8_states(Module& m, int64_t history) {
+  std::vector<std::pair<std::string, amp::Fp8LinearState*>> out;
+  collect_fp8(m, "", history, out);
   return out;
 }
 

@@ -3,7 +3,11 @@
 // fp32 accumulation). Weight gradients of leaves stay fp32 (see ops.h).
 #include "mixtrain/gemm.h"
 
+#include <cstring>
+
+#include "mixtrain/amp/fp8.h"
 #include "mixtrain/amp/policy.h"
+#include "mixtrain/dist/comm.h"
 #include "mixtrain/ops.h"
 #include "ops/ops_common.h"
 
@@ -81,6 +85,138 @@ Variable matmul(const Variable& a_in, const Variable& b_in) {
 
 namespace {
 
+// ---- fp8 (amp/fp8.h) -----------------------------------------------------------------------
+
+// The largest amax over the data-parallel ranks: non-negative floats (NaN, positive, above Inf)
+// order as their bits do, so one integer max carries them.
+float amax_over_ranks(float amax) {
+  uint32_t u;
+  std::memcpy(&u, &amax, 4);
+  int64_t bits = static_cast<int64_t>(u & 0x7fffffffu);
+  dist::allreduce_max(&bits, 1);
+  u = static_cast<uint32_t>(bits);
+  std::memcpy(&amax, &u, 4);
+  return amax;
+}
+
+// The per-tensor scale of one GEMM input. Delayed scaling uses the scale its history set at the
+// end of the last step and only measures the amax when the use is recorded; current scaling
+// (also delayed's first step, and a bare linear() outside a module) measures it now, taken over
+// every rank while training data-parallel (weights are the same on every rank already).
+float fp8_tensor_scale(const Tensor& t, amp::Fp8Role role, const amp::Fp8Options& o,
+                       amp::Fp8TensorMeta* meta, bool record) {
+  const bool delayed = o.recipe == amp::Fp8Recipe::delayed && meta && meta->history.filled() > 0;
+  if (delayed && !record) return meta->scale;
+  float amax = backend_for(t.device()).amax(t);
+  if (record && role != amp::Fp8Role::weight && dist::size() > 1) amax = amax_over_ranks(amax);
+  if (meta && record) meta->observe(amax);
+  if (delayed) return meta->scale;
+  const float scale = amp::fp8_scale(amax, amp::fp8_max(amp::fp8_format(role)), o.margin, 1.0f);
+  // Delayed scaling's first step: the scale it used is the one its logs show, and the one a
+  // non-finite first amax keeps.
+  if (meta && record && o.recipe == amp::Fp8Recipe::delayed) meta->scale = scale;
+  return scale;
+}
+
+// t (contiguous) · scale on role's fp8 grid, held in bf16 (exact).
+Tensor fp8_quantized(const Tensor& t, float scale, amp::Fp8Role role) {
+  Tensor q = Tensor::empty(t.shape(), DType::bf16, t.device());
+  backend_for(t.device()).fp8_quantize(t, scale, amp::fp8_format(role), q);
+  return q;
+}
+
+// MXFP8: t [R, K] (contiguous) in blocks of 32 along K, each value on role's grid times its
+// block's power-of-two scale, in bf16 (exact). A recorded use's amax goes to `meta` (for logs:
+// the blocks' scales need no history).
+Tensor mx_quantized(const Tensor& t, amp::Fp8Role role, amp::Fp8TensorMeta* meta) {
+  Tensor q = Tensor::empty(t.shape(), DType::bf16, t.device());
+  Tensor scales = Tensor::empty({t.size(0), (t.size(1) + 31) / 32}, DType::u8, t.device());
+  const float amax = backend_for(t.device()).mx_quantize(t, amp::fp8_format(role), q, scales);
+  if (meta) meta->observe(amax);
+  return q;
+}
+
+// C (fresh, out_dt) = alpha · op(a) · op(b) (+ bias), fp32 accumulation.
+Tensor scaled_mm(const Tensor& a, bool ta, const Tensor& b, bool tb, float alpha, DType out_dt,
+                 const Tensor* bias = nullptr) {
+  Tensor c = Tensor::empty({a.size(ta ? 1 : 0), b.size(tb ? 0 : 1)}, out_dt, a.device());
+  gemm_ex(a, ta, b, tb, c, alpha, 0.0f, bias, Epilogue::none);
+  return c;
+}
+
+// linear in fp8: y = x·wᵀ + b with x and w quantized to E4M3 and, in backward, the output
+// gradient to E5M2; per-tensor recipes multiply the fp32 products by the two inverse scales (a
+// Hopper FP8 GEMM's scale pointers), MXFP8 folds its block scales into the operands. The bias
+// is added to the fp32 result and its gradient is the unquantized gradient's column sum, as in
+// Transformer Engine. Per-tensor recipes keep the quantized x and w for backward (the same
+// values transposed); MXFP8 keeps x and w and quantizes each along the backward GEMMs' own
+// reduction dim from them.
+Variable linear_fp8(const char* op, const Variable& x, const Variable& w, const Variable& bias,
+                    const amp::Fp8Options& o) {
+  const DType dt = DType::bf16;
+  const int64_t in = w.size(1), outf = w.size(0);
+  const Tensor x2 = x.data().reshape({-1, in}).contiguous();
+  const Tensor w2 = w.data().contiguous();
+  const int64_t N = x2.size(0);
+  amp::Fp8LinearState* st = amp::current_fp8_state();
+  const bool rec = st && amp::fp8_recording();
+  const bool mx = o.recipe == amp::Fp8Recipe::mxfp8;
+  const bool has_bias = bias.defined();
+  const Tensor b = has_bias ? bias.data() : Tensor();
+  Tensor qx, qw, y;
+  float inv_x = 1.0f, inv_w = 1.0f;
+  if (mx) {
+    y = scaled_mm(mx_quantized(x2, amp::Fp8Role::input, rec ? &st->input : nullptr), false,
+                  mx_quantized(w2, amp::Fp8Role::weight, rec ? &st->weight : nullptr), true, 1.0f,
+                  dt, has_bias ? &b : nullptr);
+  } else {
+    const float sx = fp8_tensor_scale(x2, amp::Fp8Role::input, o, st ? &st->input : nullptr, rec);
+    const float sw = fp8_tensor_scale(w2, amp::Fp8Role::weight, o, st ? &st->weight : nullptr, rec);
+    qx = fp8_quantized(x2, sx, amp::Fp8Role::input);
+    qw = fp8_quantized(w2, sw, amp::Fp8Role::weight);
+    inv_x = 1.0f / sx;
+    inv_w = 1.0f / sw;
+    y = scaled_mm(qx, false, qw, true, inv_x * inv_w, dt, has_bias ? &b : nullptr);
+  }
+  Shape oshape = x.shape();
+  oshape.back() = outf;
+  y = y.view(oshape);
+  const bool need_x = x.requires_grad(), need_w = w.requires_grad();
+  const bool need_b = has_bias && bias.requires_grad();
+  const DType gx_dt = grad_out_dtype(x, dt), gw_dt = grad_out_dtype(w, dt);
+  const DType gb_dt = has_bias ? grad_out_dtype(bias, dt) : dt;
+  const Shape x_shape = x.shape();
+  std::vector<Variable> ins{x, w};
+  if (has_bias) ins.push_back(bias);
+  const Tensor keep_x = mx ? x2 : qx, keep_w = mx ? w2 : qw;
+  return make_op_result(y, ins, op, [=](const Tensor& g_in) {
+    const Tensor g = g_in.to(dt).reshape({N, outf}).contiguous();
+    std::vector<Tensor> gr(has_bias ? 3 : 2);
+    if (mx) {
+      if (need_x)  // dX = dY · W: reduction over out, so dY by rows and W by columns
+        gr[0] = scaled_mm(mx_quantized(g, amp::Fp8Role::grad, rec ? &st->grad : nullptr), false,
+                          mx_quantized(keep_w.transpose(0, 1).contiguous(), amp::Fp8Role::weight,
+                                       nullptr),
+                          true, 1.0f, gx_dt)
+                    .view(x_shape);
+      if (need_w)  // dW = dYᵀ · X: reduction over the tokens
+        gr[1] = scaled_mm(
+            mx_quantized(g.transpose(0, 1).contiguous(), amp::Fp8Role::grad,
+                         rec && !need_x ? &st->grad : nullptr),
+            false, mx_quantized(keep_x.transpose(0, 1).contiguous(), amp::Fp8Role::input, nullptr),
+            true, 1.0f, gw_dt);
+    } else {
+      const float sg = fp8_tensor_scale(g, amp::Fp8Role::grad, o, st ? &st->grad : nullptr, rec);
+      const Tensor qg = fp8_quantized(g, sg, amp::Fp8Role::grad);
+      const float inv_g = 1.0f / sg;
+      if (need_x) gr[0] = scaled_mm(qg, false, keep_w, false, inv_g * inv_w, gx_dt).view(x_shape);
+      if (need_w) gr[1] = scaled_mm(qg, true, keep_x, false, inv_g * inv_x, gw_dt);
+    }
+    if (need_b) gr[2] = sum_f32(g, {0}).view({outf}).to(gb_dt);
+    return gr;
+  });
+}
+
 // y = op(x)·wᵀ + b with op the identity (linear) or GELU (gelu_linear). GELU's output is the
 // product's input, the largest activation of a GPT block's MLP; gelu_linear keeps x instead
 // and computes GELU again in backward (the same kernel: the same bits as gelu then linear).
@@ -96,6 +232,13 @@ Variable linear_impl(const char* op, const Variable& x_in, const Variable& w_in,
   check_compute_dtype(w_in.data(), op, "w");
   if (has_bias) check_compute_dtype(bias_in.data(), op, "bias");
   const DType dt = amp::op_dtype("linear", amp::OpCategory::lower, {x_in.dtype(), w_in.dtype()});
+  // fp8: under a policy that asks for it, where the product would compute in bf16 (a module
+  // kept in fp32, or "linear" overridden, computes as it says instead).
+  const amp::Policy* pol = amp::current_policy();
+  if (pol && pol->fp8_gemms && dt == DType::bf16) {
+    const Variable x = cast(gelu_in ? gelu(x_in) : x_in, dt), w = cast(w_in, dt);
+    return linear_fp8(op, x, w, has_bias ? cast(bias_in, dt) : Variable(), *pol->fp8_gemms);
+  }
   // GELU computes in x's dtype (category same); where the product's dtype differs, the two
   // ops as they are (a cast between them) are the reference, so run them.
   if (gelu_in && amp::op_dtype("gelu", amp::OpCategory::same, {x_in.dtype()}) != dt)
@@ -108,6 +251,11 @@ Variable linear_impl(const char* op, const Variable& x_in, const Variable& w_in,
       (gelu_in ? apply_map(MapOp::gelu, {xs}, xs.shape(), dt) : x.data()).reshape({-1, in});
   const int64_t N = x2.size(0);
   const Tensor tw = w.data();
+  amp::Fp8LinearState* probed = amp::fp8_probe() ? amp::current_fp8_state() : nullptr;
+  if (probed) {  // what fp8 would quantize: the doctor measures it
+    (*amp::fp8_probe())(probed, amp::Fp8Role::input, x2);
+    (*amp::fp8_probe())(probed, amp::Fp8Role::weight, tw);
+  }
   Tensor y;
   if (has_bias) {
     // The bias is a fused GEMM epilogue: added to the fp32 sums, rounded once into dt (no
@@ -135,6 +283,7 @@ Variable linear_impl(const char* op, const Variable& x_in, const Variable& w_in,
   const Tensor keep = gelu_in ? xs : x2;
   return make_op_result(y, ins, op, [=](const Tensor& g_in) {
     const Tensor g = g_in.to(dt).reshape({N, outf});
+    if (probed && amp::fp8_probe()) (*amp::fp8_probe())(probed, amp::Fp8Role::grad, g);
     std::vector<Tensor> gr(has_bias ? 3 : 2);
     // dX before dW: dX's temporaries (on AVX2 a padded fp32 copy of W, gemm_onednn.cpp) are
     // gone before dW exists (the other order raised the AVX2 MLP step's peak by 14 MiB).

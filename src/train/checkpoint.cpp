@@ -10,6 +10,7 @@
 #include <random>
 
 #include "dist/data_parallel.h"
+#include "mixtrain/amp/fp8.h"
 #include "mixtrain/amp/loss_scaler.h"
 #include "mixtrain/dist/comm.h"
 #include "mixtrain/io/atomic_file.h"
@@ -271,10 +272,17 @@ void save_sharded(const fs::path& out, const CheckpointState& st,
   try {
     auto tensors = dp.shard_state(*st.opt);
     if (rank == 0)  // the scalar state is the same on every rank: rank 0's file holds it
+    {
       for (auto& [n, t] : st.scaler->state().to_tensors()) {
         tensors.emplace_back(n, t);
         scalars.push_back(n);
       }
+      // fp8 scaling states: their amaxes are reduced over the ranks, so every rank's agree.
+      for (auto& [n, t] : amp::fp8_state_tensors(nn::fp8_states(st.task->module(), 0))) {
+        tensors.emplace_back(n, t);
+        scalars.push_back(n);
+      }
+    }
     std::map<std::string, std::string> m;
     m["mixtrain.format"] = kShardFormat;
     m["mixtrain.save_id"] = save_id;
@@ -375,6 +383,8 @@ void save_checkpoint(const fs::path& out, const CheckpointState& st, const json&
     tensors.emplace_back("param." + name, p->master);
   for (auto& [name, t] : st.opt->state_tensors()) tensors.emplace_back(name, t);
   for (auto& [name, t] : st.scaler->state().to_tensors()) tensors.emplace_back(name, t);
+  for (auto& [name, t] : amp::fp8_state_tensors(nn::fp8_states(st.task->module(), 0)))
+    tensors.emplace_back(name, t);
   const fs::path file = out / "checkpoints" / fmt::format("step-{:08d}.safetensors", step);
   save_safetensors(file.string(), tensors, m);
   prune(out, step, keep);
@@ -573,6 +583,8 @@ struct Staged {
   /// weights are resident).
   std::map<std::string, Tensor> masters;
   amp::LossScalerState scaler;
+  /// fp8 scaling states ("fp8.<module>.<role>"), for an fp8 run.
+  std::vector<std::pair<std::string, Tensor>> fp8;
 };
 
 void check_run(const std::map<std::string, std::string>& m, const fs::path& file,
@@ -600,6 +612,8 @@ Staged stage_file(const fs::path& file, const CheckpointState& st, const json& c
   for (const auto& n : f.names())
     if (n.rfind("loss_scaler.", 0) == 0) scaler_tensors.emplace_back(n, f.get(n));
   g.scaler = amp::LossScalerState::from_tensors(scaler_tensors);
+  for (const auto& n : f.names())
+    if (n.rfind("fp8.", 0) == 0) g.fp8.emplace_back(n, f.get(n));
   if (st.dp && st.dp->zero()) {
     // This rank's slice of each full tensor.
     std::map<std::string, int64_t> numel;
@@ -668,6 +682,7 @@ Staged stage_sharded(const fs::path& dir, const CheckpointState& st, const json&
   for (auto& [n, t] : scalars) {
     if (n.rfind("loss_scaler.", 0) == 0) scaler_tensors.emplace_back(n, t);
     if (n.rfind("optim.", 0) == 0) g.opt_state.emplace_back(n, t);
+    if (n.rfind("fp8.", 0) == 0) g.fp8.emplace_back(n, t);
   }
   g.scaler = amp::LossScalerState::from_tensors(scaler_tensors);
   return g;
@@ -686,6 +701,11 @@ RestoredCounters apply(Staged& g, const CheckpointState& st) {
     }
   }
   st.scaler->load_state(g.scaler);
+  try {
+    amp::load_fp8_state(nn::fp8_states(st.task->module(), 0), g.fp8);
+  } catch (const IOError& e) {
+    throw IOError(fmt::format("{}: {}", file.string(), e.what()));
+  }
   st.schedule->set_position(std::stoll(meta(m, "schedule.position", file)));
   st.task->restore(with_prefix(m, "task."));
   RestoredCounters r;
@@ -741,7 +761,7 @@ CheckpointContents read_checkpoint(const fs::path& path, const std::string& pref
   std::vector<std::pair<std::string, Tensor>> scalars;
   fill(mf, reqs, any_scalar ? &scalars : nullptr);
   for (auto& r : reqs) c.tensors.emplace_back(r.tensor, r.dst.view(mf.param(r.param).shape));
-  for (const char* group : {"optim.", "loss_scaler."})
+  for (const char* group : {"optim.", "loss_scaler.", "fp8."})
     for (auto& [n, t] : scalars)
       if (wanted(n) && n.rfind(group, 0) == 0) c.tensors.emplace_back(n, t);
   c.metadata = mf.metadata;

@@ -5,8 +5,12 @@
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include <map>
+
+#include "mixtrain/amp/fp8.h"
 #include "mixtrain/amp/policy.h"
 #include "mixtrain/cpu.h"
+#include "mixtrain/detail/fp8_math.h"
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/train/trainer.h"
 #include "train/task.h"
@@ -15,8 +19,108 @@ namespace mixtrain::train {
 
 namespace {
 
+// Counts what one recipe's quantization at `scale` does to v's nonzero values: saturated where
+// rounding would leave the format (the cast clamps it to the max), flushed where it gives 0.
+void expose(const std::vector<float>& v, size_t begin, size_t end, float scale, DType fmt,
+            int64_t& saturated, int64_t& flushed) {
+  for (size_t i = begin; i < end; ++i) {
+    if (v[i] == 0.0f || !std::isfinite(v[i])) continue;
+    const float s = v[i] * scale;
+    const float r =
+        fmt == DType::e5m2 ? detail::fp8_round<true>(s, false) : detail::fp8_round<false>(s, false);
+    if (!std::isfinite(r))
+      ++saturated;
+    else if (r == 0.0f)
+      ++flushed;
+  }
+}
+
+// The doctor's fp8 side: what each recipe would do to every linear GEMM input of the fp32 steps.
+// Delayed scaling uses the largest amax of the earlier steps (the first step: its own, as the
+// trainer's delayed recipe does); MXFP8's blocks run along each tensor's rows.
+struct Fp8Doctor {
+  std::map<std::pair<const amp::Fp8LinearState*, int>, size_t> index;
+  std::vector<float> history_amax, step_amax;
+  std::vector<Fp8Exposure> rows;
+
+  void see(const std::string& name, const amp::Fp8LinearState* st, amp::Fp8Role role,
+           const Tensor& t) {
+    const auto key = std::make_pair(st, static_cast<int>(role));
+    auto it = index.find(key);
+    if (it == index.end()) {
+      it = index.emplace(key, rows.size()).first;
+      Fp8Exposure e;
+      e.tensor = name.empty() ? amp::fp8_role_name(role) : name + "." + amp::fp8_role_name(role);
+      e.format = amp::fp8_format(role);
+      rows.push_back(e);
+      history_amax.push_back(0.0f);
+      step_amax.push_back(0.0f);
+    }
+    const size_t r = it->second;
+    Fp8Exposure& e = rows[r];
+    const std::vector<float> v = t.to(DType::f32).to_vector();
+    float amax = 0;
+    for (float x : v) {
+      if (std::isfinite(x)) amax = std::max(amax, std::fabs(x));
+      e.nonzero += x != 0.0f;
+    }
+    e.values += static_cast<int64_t>(v.size());
+    e.amax = std::max(e.amax, amax);
+    step_amax[r] = std::max(step_amax[r], amax);
+    const float fmax = amp::fp8_max(e.format);
+    const float current = amp::fp8_scale(amax, fmax, 0, 1.0f);
+    const float delayed =
+        history_amax[r] > 0 ? amp::fp8_scale(history_amax[r], fmax, 0, 1.0f) : current;
+    expose(v, 0, v.size(), delayed, e.format, e.saturated[0], e.flushed[0]);
+    expose(v, 0, v.size(), current, e.format, e.saturated[1], e.flushed[1]);
+    const size_t k = static_cast<size_t>(t.size(-1));
+    for (size_t row = 0; k && row < v.size(); row += k)
+      for (size_t b = row; b < row + k; b += 32) {
+        const size_t end = std::min(b + 32, row + k);
+        float bmax = 0;
+        for (size_t i = b; i < end; ++i) bmax = std::max(bmax, std::fabs(v[i]));
+        expose(v, b, end, detail::e8m0_inverse(detail::e8m0_ceil_code(bmax, fmax)), e.format,
+               e.saturated[2], e.flushed[2]);
+      }
+  }
+  void end_step() {
+    for (size_t r = 0; r < rows.size(); ++r) {
+      history_amax[r] = std::max(history_amax[r], step_amax[r]);
+      step_amax[r] = 0.0f;
+    }
+  }
+  void recommend(DoctorResult& res) {
+    int64_t bad[3] = {}, sat[3] = {}, nz = 0;
+    for (const Fp8Exposure& e : rows) {
+      nz += e.nonzero;
+      for (int k = 0; k < 3; ++k) {
+        bad[k] += e.saturated[k] + e.flushed[k];
+        sat[k] += e.saturated[k];
+      }
+    }
+    int best = 0;
+    for (int k = 1; k < 3; ++k)
+      if (bad[k] < bad[best]) best = k;
+    res.fp8 = rows;
+    res.fp8_recommended = amp::fp8_recipe_name(static_cast<amp::Fp8Recipe>(best));
+    auto pct = [&](int64_t n) { return nz ? 100.0 * static_cast<double>(n) / nz : 0.0; };
+    res.fp8_why = fmt::format(
+        "of the linears' nonzero GEMM inputs, delayed scaling would saturate or flush {:.3g}% "
+        "({:.3g}% saturated), current {:.3g}% ({:.3g}%), mxfp8 {:.3g}% ({:.3g}%)",
+        pct(bad[0]), pct(sat[0]), pct(bad[1]), pct(sat[1]), pct(bad[2]), pct(sat[2]));
+  }
+};
+
 DoctorResult doctor(const TrainConfig& cfg, int64_t steps, std::unique_ptr<Task> task) {
   const amp::Policy fp32 = amp::Policy::fp32();
+  // Every linear gets a scaling state, which names it to the fp8 probe.
+  std::map<const amp::Fp8LinearState*, std::string> linear_names;
+  for (const auto& [name, st] : nn::fp8_states(task->module(), 1)) linear_names[st] = name;
+  Fp8Doctor fp8;
+  amp::Fp8ProbeScope probe([&](const amp::Fp8LinearState* st, amp::Fp8Role role, const Tensor& t) {
+    auto it = linear_names.find(st);
+    if (it != linear_names.end()) fp8.see(it->second, st, role, t);
+  });
   task->track_output_max = true;
   auto params = task->module().parameters();
   auto opt = optim::make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay, cfg.momentum);
@@ -42,7 +146,9 @@ DoctorResult doctor(const TrainConfig& cfg, int64_t steps, std::unique_ptr<Task>
     opt->step();
     opt->zero_grad();
     res.activation_max_abs = std::max(res.activation_max_abs, task->last_output_max_abs());
+    fp8.end_step();
   }
+  fp8.recommend(res);
   // The advice from the merged histograms, so that its span and fractions speak of the same
   // gradients as the table (the first step's alone can disagree with the table's max|g|).
   res.report.recommend();
@@ -101,6 +207,20 @@ std::string DoctorResult::str() const {
   else
     s += fmt::format("\nlargest output activation seen: {:.3g} (fp16 max 65504)\n",
                      activation_max_abs);
+  if (!fp8.empty()) {
+    s += fmt::format(
+        "\nfp8 (--precision fp8): the linears' GEMM inputs, % of nonzero values saturated / "
+        "flushed to zero\n{:<28} {:>6} {:>10} {:>17} {:>17} {:>17}\n",
+        "tensor", "format", "max|x|", "delayed", "current", "mxfp8");
+    for (const Fp8Exposure& e : fp8) {
+      s += fmt::format("{:<28} {:>6} {:>10.3g}", e.tensor, dtype_name(e.format), e.amax);
+      for (int k = 0; k < 3; ++k)
+        s += fmt::format(" {:>7.3f} / {:>7.3f}", 100 * e.frac(e.saturated[k]),
+                         100 * e.frac(e.flushed[k]));
+      s += "\n";
+    }
+    s += fmt::format("fp8 recipe: {} ({})\n", fp8_recommended, fp8_why);
+  }
   return s;
 }
 
@@ -141,6 +261,19 @@ std::string DoctorResult::to_json() const {
               {"zero", report.total.zero},
               {"bins", bins}}},
             {"tensors", tensors}};
+  json f = json::array();
+  for (const Fp8Exposure& e : fp8) {
+    json r = {{"tensor", e.tensor},
+              {"format", dtype_name(e.format)},
+              {"values", e.values},
+              {"nonzero", e.nonzero},
+              {"max_abs", e.amax}};
+    for (int k = 0; k < 3; ++k)
+      r[amp::fp8_recipe_name(static_cast<amp::Fp8Recipe>(k))] = {
+          {"saturated", e.frac(e.saturated[k])}, {"flushed", e.frac(e.flushed[k])}};
+    f.push_back(r);
+  }
+  j["fp8"] = {{"recommended", fp8_recommended}, {"why", fp8_why}, {"tensors", f}};
   return j.dump(2);
 }
 

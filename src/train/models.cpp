@@ -79,7 +79,9 @@ Model make_mlp(const TrainConfig& cfg, const DataSource& data, Rng& init) {
   std::vector<int64_t> sizes{in};
   sizes.insert(sizes.end(), cfg.hidden.begin(), cfg.hidden.end());
   sizes.push_back(data.output_size());
-  return Model::of(std::make_shared<nn::MLP>(sizes, /*gelu=*/false, init));
+  Model m = Model::of(std::make_shared<nn::MLP>(sizes, /*gelu=*/false, init));
+  m.head = fmt::format("fc{}", sizes.size() - 2);  // the last layer: the classifier
+  return m;
 }
 
 Model make_gpt(const TrainConfig& cfg, const DataSource& data, Rng& init) {
@@ -97,7 +99,9 @@ Model make_gpt(const TrainConfig& cfg, const DataSource& data, Rng& init) {
       nn::parse_activation_checkpointing(cfg.checkpoint_activations);
   gpt->set_checkpoint_every(ac.every);
   gpt->set_recompute_gelu(ac.gelu);
-  return Model::of(gpt);
+  Model m = Model::of(gpt);
+  m.head = "head";
+  return m;
 }
 
 struct Registry {

@@ -32,6 +32,8 @@ class Task {
   Task(Model model, std::shared_ptr<DataSource> data, Loss loss, const TrainConfig& cfg);
 
   nn::Module& module() { return *model_.module; }
+  /// The model's head (Model::head), "" when it names none.
+  const std::string& head() const { return model_.head; }
   const DataSource& data() const { return *data_; }
   Loss loss() const { return loss_; }
   /// Optimizer steps in one pass over the training data at this batch size.

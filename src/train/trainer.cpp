@@ -21,6 +21,7 @@
 
 #include "dist/data_parallel.h"
 #include "mixtrain/amp/diagnostics.h"
+#include "mixtrain/amp/fp8.h"
 #include "mixtrain/amp/loss_scaler.h"
 #include "mixtrain/amp/policy.h"
 #include "mixtrain/dist/comm.h"
@@ -183,6 +184,20 @@ void check_config(const TrainConfig& c) {
     bad("grad-dtype", fmt::format("unknown '{}' (fp32 or compute)", c.grad_dtype));
   if (c.diagnose_every < 0)
     bad("diagnose-every", fmt::format("must be >= 0, got {}", c.diagnose_every));
+  try {
+    amp::parse_fp8_recipe(c.fp8_recipe);
+  } catch (const ConfigError& e) {
+    bad("fp8-recipe", e.what());
+  }
+  try {
+    amp::parse_amax_reduce(c.fp8_amax_reduce);
+  } catch (const ConfigError& e) {
+    bad("fp8-amax-reduce", e.what());
+  }
+  if (c.fp8_amax_history < 1)
+    bad("fp8-amax-history", fmt::format("must be at least 1, got {}", c.fp8_amax_history));
+  if (c.fp8_margin < 0 || c.fp8_margin > 64)
+    bad("fp8-margin", fmt::format("must be in [0, 64], got {}", c.fp8_margin));
   if (c.schedule != "constant" && c.schedule != "cosine")
     bad("schedule", fmt::format("unknown schedule '{}' (constant or cosine)", c.schedule));
   if (c.warmup < 0) bad("warmup", fmt::format("must be >= 0, got {}", c.warmup));
@@ -216,6 +231,12 @@ json config_to_json(const TrainConfig& c) {
          {"master", c.master},
          {"grad_dtype", c.grad_dtype},
          {"fp32_modules", c.fp32_modules},
+         {"fp8_recipe", c.fp8_recipe},
+         {"fp8_amax_history", c.fp8_amax_history},
+         {"fp8_amax_reduce", c.fp8_amax_reduce},
+         {"fp8_margin", c.fp8_margin},
+         {"fp8_head", c.fp8_head},
+         {"bf16_modules", c.bf16_modules},
          {"epochs", c.epochs},
          {"steps", c.steps},
          {"batch", c.batch},
@@ -289,6 +310,12 @@ TrainConfig config_from_json(const json& j, const std::string& where) {
   get("master", c.master);
   get("grad_dtype", c.grad_dtype);
   get("fp32_modules", c.fp32_modules);
+  get("fp8_recipe", c.fp8_recipe);
+  get("fp8_amax_history", c.fp8_amax_history);
+  get("fp8_amax_reduce", c.fp8_amax_reduce);
+  get("fp8_margin", c.fp8_margin);
+  get("fp8_head", c.fp8_head);
+  get("bf16_modules", c.bf16_modules);
   get("epochs", c.epochs);
   get("steps", c.steps);
   get("batch", c.batch);
@@ -408,6 +435,7 @@ struct Trainer::Impl {
   std::unique_ptr<optim::LrScheduler> schedule;
   std::unique_ptr<dist::DataParallel> dp;  ///< ranks under mpirun; ZeRO-1 (src/dist/)
   amp::LossScaler scaler;
+  amp::Fp8States fp8;  ///< --precision fp8: every fp8 linear's scaling state
   fs::path out;
   int64_t total_steps = 0;
   int64_t step = 0;  ///< optimizer steps taken (applied or skipped)
@@ -433,6 +461,7 @@ struct Trainer::Impl {
 
   // Everything after the task is built (both constructors).
   void setup();
+  void setup_fp8();
 
   // fp16 compute and a non-finite loss: did an fp16 op overflow in the forward pass? No loss
   // scale can fix that (it scales only the backward pass), so within the first steps of a
@@ -490,6 +519,25 @@ struct Trainer::Impl {
     };
     json tensors = json::array();
     for (const auto& h : rep.tensors) tensors.push_back(fractions(h));
+    // fp8: each GEMM input's amax this step and the scale it was quantized with.
+    json fp8_log = json::array();
+    for (const auto& [name, st] : fp8)
+      for (amp::Fp8Role r : {amp::Fp8Role::input, amp::Fp8Role::weight, amp::Fp8Role::grad}) {
+        const amp::Fp8TensorMeta& m = (*st)[r];
+        if (!m.seen) continue;
+        const std::string tensor = name + "." + amp::fp8_role_name(r);
+        auto num = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+        json e{{"tensor", tensor},
+               {"format", dtype_name(amp::fp8_format(r))},
+               {"amax", num(m.step_amax)}};
+        if (policy.fp8_gemms->recipe == amp::Fp8Recipe::delayed) e["scale"] = num(m.scale);
+        fp8_log.push_back(e);
+        if (tb && std::isfinite(m.step_amax)) {
+          tb->scalar("fp8_amax/" + tensor, at_step, m.step_amax);
+          if (policy.fp8_gemms->recipe == amp::Fp8Recipe::delayed)
+            tb->scalar("fp8_scale/" + tensor, at_step, m.scale);
+        }
+      }
     json line = {{"step", at_step},
                  {"loss_scale", scale},
                  {"total", fractions(rep.total)},
@@ -499,6 +547,9 @@ struct Trainer::Impl {
                  {"recommended", dtype_name(rep.recommended)},
                  {"recommended_scale", rep.recommended_scale},
                  {"why", rep.why}};
+    if (policy.fp8_gemms)
+      line["fp8"] = {{"recipe", amp::fp8_recipe_name(policy.fp8_gemms->recipe)},
+                     {"tensors", fp8_log}};
     if (!diagnostics.is_open()) diagnostics.open(out / "diagnostics.jsonl", std::ios::app);
     diagnostics << line.dump() << "\n";
     diagnostics.flush();
@@ -673,6 +724,37 @@ Trainer::Trainer(TrainConfig cfg, Model model, std::shared_ptr<DataSource> data,
                  Callbacks* callbacks)
     : Trainer(std::move(cfg), built(std::move(model)), std::move(data), callbacks) {}
 
+// --precision fp8: the recipe from the flags, the head (unless --fp8-head) and --bf16-modules
+// kept out of fp8, and the scaling state of every fp8 linear made now (a resume loads into it).
+void Trainer::Impl::setup_fp8() {
+  Impl& s = *this;
+  if (!s.policy.fp8_gemms) {
+    if (!s.cfg.bf16_modules.empty())
+      throw ConfigError("--bf16-modules: applies to --precision fp8 only");
+    return;
+  }
+  amp::Fp8Options o;
+  o.recipe = amp::parse_fp8_recipe(s.cfg.fp8_recipe);
+  o.amax_history = s.cfg.fp8_amax_history;
+  o.reduce = amp::parse_amax_reduce(s.cfg.fp8_amax_reduce);
+  o.margin = static_cast<int>(s.cfg.fp8_margin);
+  s.policy.fp8_gemms = o;
+  std::vector<std::string> keep = s.cfg.bf16_modules;
+  if (!s.cfg.fp8_head && !s.task->head().empty()) keep.push_back(s.task->head());
+  for (const std::string& name : keep) {
+    nn::Module* m = s.task->module().find(name);
+    if (!m) {
+      std::string names;
+      for (const auto& n : s.task->module().module_names())
+        names += (names.empty() ? "" : ", ") + n;
+      throw ConfigError(fmt::format("--bf16-modules: the {} model has no module '{}' (it has: {})",
+                                    s.cfg.model, name, names));
+    }
+    m->set_fp8(false);
+  }
+  s.fp8 = nn::fp8_states(s.task->module(), o.amax_history);
+}
+
 void Trainer::Impl::setup() {
   Impl& s = *this;
   // config.json records what auto chose, so a resume on another CPU (where auto could choose
@@ -711,6 +793,7 @@ void Trainer::Impl::setup() {
     }
     m->set_compute_override(DType::f32);
   }
+  s.setup_fp8();
   if (s.cfg.grad_dtype == "compute") {
     if (s.dp->size() > 1 || s.dp->zero())
       throw ConfigError(
@@ -873,6 +956,15 @@ TrainSummary Trainer::run() {
     s.dp->after_step(r);  // ZeRO-1: all-gather the updated compute weights
     if (s.tb && !s.weights_before.empty()) s.log_updates(s.step + 1);
     s.scaler.update();
+    if (s.policy.fp8_gemms) {
+      const amp::Fp8StepReport fr = amp::fp8_end_step(s.fp8, *s.policy.fp8_gemms);
+      if (fr.nonfinite && s.dp->rank() == 0)
+        s.cb->on_warning(fmt::format(
+            "step {}: fp8 amax of {} GEMM input{} not finite (first: {}); {}", s.step + 1,
+            fr.nonfinite, fr.nonfinite == 1 ? " was" : "s were", fr.first_nonfinite,
+            s.policy.fp8_gemms->recipe == amp::Fp8Recipe::delayed ? "kept the previous scale"
+                                                                  : "the step used it as it was"));
+    }
     s.opt->zero_grad();
     if (s.dp->zero()) s.dp->zero_grad();
     step_memory.reset();
@@ -1125,10 +1217,17 @@ std::vector<CompareRun> compare_runs(const TrainConfig& cfg,
     TrainConfig c = cfg;
     std::string label = spec;
     const auto colon = spec.find(':');
+    // "fp8:mxfp8" = fp8 under that recipe.
     c.precision = spec.substr(0, colon);
-    if (colon != std::string::npos) {
+    if (colon != std::string::npos && c.precision == "fp8") {
+      c.fp8_recipe = spec.substr(colon + 1);
+      amp::parse_fp8_recipe(c.fp8_recipe);
+      label = "fp8 " + c.fp8_recipe;
+    } else if (colon != std::string::npos) {
       c.loss_scale = spec.substr(colon + 1);
       label = c.precision + " (loss scale " + c.loss_scale + ")";
+    } else if (c.precision == "fp8") {
+      label = "fp8 " + c.fp8_recipe;
     }
     if (control < 0 && spec == "fp32") control = static_cast<int>(runs.size());
     std::string dir = spec;

@@ -90,7 +90,8 @@ void add_train_flags(CLI::App* c, TrainFlags& f, bool with_precision = true) {
       ->capture_default_str();
   if (with_precision)
     f.add(c, "--precision", &TrainConfig::precision,
-          "fp32 | bf16 | fp16 | auto | p=f32,c=bf16,o=f32")
+          "fp32 | bf16 | fp16 | fp8 | auto | p=f32,c=bf16,o=f32 (fp8: bf16 mixed precision with "
+          "every linear's GEMM inputs in fp8, see --fp8-recipe)")
         ->capture_default_str();
   f.add(c, "--loss-scale", &TrainConfig::loss_scale,
         "default (dynamic for fp16, none otherwise) | dynamic | static:S | none")
@@ -105,6 +106,29 @@ void add_train_flags(CLI::App* c, TrainFlags& f, bool with_precision = true) {
       ->capture_default_str();
   f.add(c, "--fp32-modules", &TrainConfig::fp32_modules,
         "sub-modules kept in fp32 whatever the precision (dotted names, e.g. fc2 or head)")
+      ->delimiter(',');
+  f.add(c, "--fp8-recipe", &TrainConfig::fp8_recipe,
+        "--precision fp8: delayed (per-tensor scales from an amax history) | current (from each "
+        "tensor's own amax) | mxfp8 (E8M0 scales per 32 values)")
+      ->check(CLI::IsMember({"delayed", "current", "mxfp8"}))
+      ->capture_default_str();
+  f.add(c, "--fp8-amax-history", &TrainConfig::fp8_amax_history,
+        "--fp8-recipe delayed: steps of amax history")
+      ->check(kPositive)
+      ->capture_default_str();
+  f.add(c, "--fp8-amax-reduce", &TrainConfig::fp8_amax_reduce,
+        "--fp8-recipe delayed: max | most_recent (how the history gives the scale's amax)")
+      ->check(CLI::IsMember({"max", "most_recent"}))
+      ->capture_default_str();
+  f.add(c, "--fp8-margin", &TrainConfig::fp8_margin,
+        "--fp8-recipe delayed or current: scale = (fp8 max / amax) / 2^margin")
+      ->check(CLI::Range(0, 64))
+      ->capture_default_str();
+  f.flag(c, "--fp8-head", &TrainConfig::fp8_head,
+         "--precision fp8: the model's head (the classifier) in fp8 too (default: kept in bf16, "
+         "as Transformer Engine keeps it)");
+  f.add(c, "--bf16-modules", &TrainConfig::bf16_modules,
+        "--precision fp8: further sub-modules kept in bf16 (dotted names, e.g. blocks.0.attn)")
       ->delimiter(',');
   f.add(c, "--grad-dtype", &TrainConfig::grad_dtype,
         "fp32 | compute: dtype parameter gradients accumulate in (compute saves 2 B/param)")

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 
+#include "mixtrain/amp/fp8.h"
 #include "mixtrain/dtype.h"
 
 namespace mixtrain::amp {
@@ -29,14 +31,20 @@ struct Policy {
   /// op name -> dtype it computes in, whatever its category ("linear" -> f32 keeps every
   /// linear in fp32; module scopes do the same for one module).
   std::map<std::string, DType, std::less<>> op_overrides;
+  /// FP8 training (amp/fp8.h): the linear ops that compute in bf16 quantize their GEMM inputs
+  /// to fp8 under this recipe. A module kept out of fp8 (Module::set_fp8) runs plain bf16.
+  std::optional<Fp8Options> fp8_gemms;
 
   static Policy fp32();
   static Policy bf16();  ///< fp32 params, bf16 compute, no scaling
   static Policy fp16();  ///< fp32 params, fp16 compute, dynamic loss scaling
+  /// bf16 mixed precision with every linear's GEMM inputs in fp8 (`recipe`), no loss scaling.
+  static Policy fp8(const Fp8Options& recipe = {});
   /// bf16 where this CPU computes bf16 natively, else fp16 with dynamic scaling. `why`
   /// receives a sentence saying which and why.
   static Policy automatic(std::string* why = nullptr);
-  /// "fp32" | "bf16" | "fp16" | "auto", or jmp-style "p=f32,c=bf16,o=f32". Throws ConfigError.
+  /// "fp32" | "bf16" | "fp16" | "fp8" | "auto", or jmp-style "p=f32,c=bf16,o=f32". Throws
+  /// ConfigError.
   static Policy parse(std::string_view spec, std::string* why = nullptr);
   /// "bf16 (p=f32,c=bf16,o=f32, no loss scaling)".
   std::string str() const;

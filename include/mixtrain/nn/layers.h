@@ -23,8 +23,15 @@ class Linear : public Module {
   Variable forward_gelu(const Variable& x) const;
   /// Re-initialises the weight from normal(0, std) and zeroes the bias (GPT-2 init).
   void init_normal(float std, Rng& rng);
+  /// Its scaling state under an fp8 policy (amp/fp8.h), made by the first fp8 forward with the
+  /// policy's history length.
+  amp::Fp8LinearState* fp8_state(int64_t history = 0) const override;
   Parameter& weight;
   Parameter* bias = nullptr;
+
+ private:
+  Variable forward_impl(const Variable& x, bool gelu) const;
+  mutable std::unique_ptr<amp::Fp8LinearState> fp8_;
 };
 
 /// Table lookup: ids [...] -> [..., C]. Init normal(0, std).

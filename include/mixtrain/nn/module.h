@@ -47,6 +47,18 @@ class Module {
   /// weights are kept in `dt` and its ops compute in `dt`. std::nullopt clears it.
   void set_compute_override(std::optional<DType> dt);
   std::optional<DType> compute_override() const { return override_; }
+  /// Under an fp8 policy, whether this module's linears (and its children's) take fp8 GEMM
+  /// inputs (on by default; off keeps them in the policy's bf16, as Transformer Engine keeps a
+  /// classifier head). A compute override also turns fp8 off.
+  void set_fp8(bool on) { fp8_off_ = !on; }
+  bool fp8_enabled() const { return !fp8_off_ && !override_; }
+  /// The FP8 scaling state of this module's own GEMMs (a Linear's), made with an amax
+  /// history of `history` steps when there is none and history > 0; nullptr for a module
+  /// without GEMMs of its own.
+  virtual amp::Fp8LinearState* fp8_state(int64_t history = 0) const {
+    (void)history;
+    return nullptr;
+  }
   /// The sub-module at a dotted path ("fc2", "blocks.0.attn"); nullptr when there is none.
   Module* find(const std::string& path);
   /// The dotted names of every sub-module, depth first (for error messages).
@@ -99,6 +111,7 @@ class Module {
   bool training_ = true;
   bool checkpoint_ = false;
   std::optional<DType> override_;
+  bool fp8_off_ = false;
   ModuleHooks hooks_;
   mutable int forward_depth_ = 0;
 };
@@ -107,6 +120,11 @@ class Module {
 /// bf16 weights) into a safetensors file under its dotted name, atomically: the module's state,
 /// loadable by load_module and by Python's safetensors and torch.
 void save_module(Module& m, const std::string& path);
+
+/// The FP8 scaling state of every module of m that computes in fp8 (fp8_enabled() on it and
+/// on each module above it), made where missing with a history of `history` steps, by dotted
+/// module name, depth first: what the trainer updates after each step and checkpoints.
+std::vector<std::pair<std::string, amp::Fp8LinearState*>> fp8_states(Module& m, int64_t history);
 /// Loads what save_module wrote into a module of the same structure: every parameter by name,
 /// shape checked (IOError naming the file and a missing tensor, ShapeError naming a tensor of
 /// another shape), then the compute copies refreshed. Changes nothing unless every tensor fits.

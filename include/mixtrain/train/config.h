@@ -17,7 +17,7 @@ struct TrainConfig {
   std::string data;
   int64_t vocab = 0;                   ///< tokens: the vocabulary (0: the largest token + 1)
   std::string loss = "auto";           ///< auto | cross-entropy | mse | l1 (auto: from the targets)
-  std::string precision = "auto";      ///< fp32 | bf16 | fp16 | auto | p=..,c=..,o=..
+  std::string precision = "auto";      ///< fp32 | bf16 | fp16 | fp8 | auto | p=..,c=..,o=..
   std::string loss_scale = "default";  ///< default (from the policy) | dynamic | static:S | none
   std::string optimizer = "adamw";     ///< adamw | adam | sgd | rmsprop
   /// auto | fp32 | bf16-sr | bf16-kahan | split16. auto: split16 when every weight computes
@@ -25,6 +25,13 @@ struct TrainConfig {
   std::string master = "auto";
   std::vector<std::string> fp32_modules;  ///< sub-modules kept in fp32 (e.g. the head "fc2")
   std::string grad_dtype = "fp32";  ///< fp32 | compute: dtype parameter gradients accumulate in
+  // fp8 (--precision fp8, amp/fp8.h)
+  std::string fp8_recipe = "delayed";     ///< delayed | current | mxfp8
+  int64_t fp8_amax_history = 1024;        ///< delayed: steps of amax history
+  std::string fp8_amax_reduce = "max";    ///< delayed: max | most_recent over the history
+  int64_t fp8_margin = 0;                 ///< delayed and current: scales divided by 2^margin
+  bool fp8_head = false;                  ///< the model's head in fp8 too (default: kept bf16)
+  std::vector<std::string> bf16_modules;  ///< further sub-modules kept out of fp8 (in bf16)
   // how long
   int64_t epochs = 3;  ///< used when steps == 0
   int64_t steps = 0;   ///< optimizer steps; overrides epochs when > 0

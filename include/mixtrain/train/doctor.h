@@ -13,8 +13,23 @@
 
 namespace mixtrain::train {
 
+/// One linear GEMM input under the fp8 recipes: of its nonzero values over every doctor step,
+/// how many each recipe would saturate (clamp to the format's max) and flush to zero.
+struct Fp8Exposure {
+  std::string tensor;  ///< "blocks.0.fc.input"
+  DType format = DType::e4m3;
+  int64_t values = 0, nonzero = 0;
+  float amax = 0;
+  int64_t saturated[3] = {}, flushed[3] = {};  ///< by amp::Fp8Recipe: delayed, current, mxfp8
+  double frac(int64_t n) const { return nonzero ? static_cast<double>(n) / nonzero : 0.0; }
+};
+
 struct DoctorResult {
   amp::GradientReport report;  ///< gradients of every step merged, per tensor
+  /// fp8: every linear's input, weight and output gradient (amp/fp8.h), and the recipe with the
+  /// fewest values saturated or flushed over all of them (ties to the cheaper recipe).
+  std::vector<Fp8Exposure> fp8;
+  std::string fp8_recommended, fp8_why;
   int64_t steps = 0;
   double activation_max_abs = 0;  ///< largest |logit| seen in the fp32 forward passes
   /// The report as text: table, recommendation, and an activation-overflow warning if any.

@@ -45,6 +45,9 @@ Variable compute_loss(Loss l, const Variable& outputs, const Variable& targets);
 struct Model {
   std::shared_ptr<nn::Module> module;
   std::function<Variable(const Variable& inputs, Rng& dropout)> forward;
+  /// The dotted name of the module that produces the outputs (a classifier head), if any:
+  /// `--precision fp8` keeps it in bf16 unless --fp8-head.
+  std::string head;
 
   /// A Model of any module with `forward(x)` or `forward(x, rng)` (const or not).
   template <class M>
