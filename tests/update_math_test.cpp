@@ -52,11 +52,10 @@ float load_grad(const UpdateArgs& a, int64_t i) {
 template <class R, md::Home H>
 void ref_home(const R& r, const UpdateArgs& a) {
   for (int64_t i = 0; i < a.n; ++i)
-    md::update_element<R, H>(r, a.master, static_cast<uint16_t*>(a.weight),
-                             static_cast<float*>(a.weight), a.aux, a.s0, a.s1, a.s2, i,
-                             load_grad(a, i), a.grad_mult,
-                             H == md::Home::stochastic ? md::update_random(a.seed, a.counter, i)
-                                                       : 0u);
+    md::update_element<R, H>(
+        r, a.master, static_cast<uint16_t*>(a.weight), static_cast<float*>(a.weight), a.aux, a.s0,
+        a.s1, a.s2, i, load_grad(a, i), a.grad_mult,
+        H == md::Home::stochastic ? md::update_random(a.seed, a.counter, i) : 0u);
 }
 
 template <class R>
@@ -200,15 +199,15 @@ std::vector<Config> configs() {
   std::vector<Config> out;
   for (const Rule& r : rules)
     for (DType g : {DType::f32, DType::bf16, DType::f16}) {
-      const char* rn = r.kind == Rule::Kind::adam ? (r.adam.decoupled ? "adamw" : "adam")
-                       : r.kind == Rule::Kind::sgd
-                           ? (r.sgd.momentum == 0   ? "sgd"
-                              : r.sgd.nesterov      ? "sgd_nesterov"
-                              : r.sgd.dampening > 0 ? "sgd_dampened"
-                                                    : "sgd_momentum")
-                           : (r.rms.centered ? (r.rms.momentum > 0 ? "rms_centered_mom"
-                                                                   : "rms_centered")
-                                             : (r.rms.momentum > 0 ? "rms_mom" : "rms"));
+      const char* rn =
+          r.kind == Rule::Kind::adam ? (r.adam.decoupled ? "adamw" : "adam")
+          : r.kind == Rule::Kind::sgd
+              ? (r.sgd.momentum == 0   ? "sgd"
+                 : r.sgd.nesterov      ? "sgd_nesterov"
+                 : r.sgd.dampening > 0 ? "sgd_dampened"
+                                       : "sgd_momentum")
+              : (r.rms.centered ? (r.rms.momentum > 0 ? "rms_centered_mom" : "rms_centered")
+                                : (r.rms.momentum > 0 ? "rms_mom" : "rms"));
       const std::string base = std::string(rn) + "/grad_" + dtype_name(g);
       for (DType w : {DType::f64, DType::f32, DType::bf16, DType::f16})
         out.push_back({base + "/fp32_copy_" + (w == DType::f64 ? "none" : dtype_name(w)), r,
@@ -288,8 +287,8 @@ TEST(UpdateMath, SharedElementRuleMatchesCpuKernelsAtEveryLevel) {
   EXPECT_EQ(checked, 10 * 3 * 7);
 }
 
-// The branch-free bf16 roundings the kernels use give scalar.h's bits: every 2^32 / 2^24
-// pattern, offset so that each rounding case comes up, plus the specials.
+// The branch-free bf16 roundings the kernels use give scalar.h's bits: 2^24 patterns spread
+// over all 2^32 (randomised low bits, so that each rounding case comes up), plus the specials.
 TEST(UpdateMath, BranchFreeRoundingsMatchScalarH) {
   std::vector<uint32_t> patterns = {0u,          0x80000000u, 0x7f800000u, 0xff800000u,
                                     0x7fc00000u, 0xffc00001u, 0x7f800001u, 0x7f7fffffu,
@@ -324,9 +323,9 @@ TEST(UpdateMath, HistogramClassification) {
   using amp::GradHistogram;
   constexpr int kMin = GradHistogram::kMinExp, kMax = GradHistogram::kMaxExp;
   const float inv = 0.25f, to16 = 1024.0f;
-  const float specials[] = {0.0f,     -0.0f, INFINITY, -INFINITY, NAN,   1e-45f,
-                            1e-38f,   1e-13f, 3e-12f,  1.0f,      -1.5f, 65504.0f / 1024,
-                            4194304.f, 1e30f, 3e38f};
+  const float specials[] = {0.0f,   -0.0f,           INFINITY,  -INFINITY, NAN,
+                            1e-45f, 1e-38f,          1e-13f,    3e-12f,    1.0f,
+                            -1.5f,  65504.0f / 1024, 4194304.f, 1e30f,     3e38f};
   std::vector<float> vals(std::begin(specials), std::end(specials));
   Rng rng(3);
   for (int i = 0; i < 200000; ++i)
