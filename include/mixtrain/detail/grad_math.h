@@ -59,7 +59,7 @@ MIXTRAIN_HD inline HistClass hist_classify(float g, float inv_carried, float to_
   const float u = x * inv_carried;
   c.u = u;
   const int exp = static_cast<int>(f32_bits(u) >> 23) - 127;  // fp32 subnormals give -127
-  const bool u_inf = f32_bits(u) == 0x7f800000u;               // u >= 0 here
+  const bool u_inf = f32_bits(u) == 0x7f800000u;  // -Inf has an exponent >= kMaxExp anyway
   if (exp < kMinExp || u == 0.0f)
     c.bin = -1;
   else if (exp >= kMaxExp || u_inf)

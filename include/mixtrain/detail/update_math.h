@@ -288,8 +288,8 @@ struct RmsRule : RmsConsts {
 /// CUDA kernel runs per element; the CPU kernels run the same steps split in passes.
 template <class Rule, Home H>
 MIXTRAIN_HDI void update_element(const Rule& rule, float* master, uint16_t* w16, float* wf,
-                                 uint16_t* aux, float* s0, float* s1, float* s2, int64_t i,
-                                 float g, float grad_mult, uint32_t rnd) {
+                                 uint16_t* aux, float* s0, float* s1, float* s2, int64_t i, float g,
+                                 float grad_mult, uint32_t rnd) {
   float p = load_param<H>(master, w16, aux, i);
   g = g * grad_mult;
   const float rad = rule.pre(s0, s1, s2, i, g, p);
