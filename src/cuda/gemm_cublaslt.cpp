@@ -162,7 +162,8 @@ struct KeyHash {
   size_t operator()(const Key& k) const {
     const auto* w = reinterpret_cast<const uint64_t*>(&k);
     uint64_t h = 0x9e3779b97f4a7c15ull;
-    for (size_t i = 0; i < sizeof(Key) / 8; ++i) h ^= w[i] + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    for (size_t i = 0; i < sizeof(Key) / 8; ++i)
+      h ^= w[i] + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
     return static_cast<size_t>(h);
   }
 };
@@ -222,8 +223,9 @@ std::unique_ptr<Plan> make_plan(const Key& k, const void* bias) {
   check_lt(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)),
            "setting transb");
   const cublasLtEpilogue_t epi = epilogue_of(static_cast<Epilogue>(k.epi), k.dt_bias >= 0);
-  check_lt(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)),
-           "setting the epilogue");
+  check_lt(
+      cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)),
+      "setting the epilogue");
   if (k.dt_bias >= 0) {
     // The bias is a vector of C's dtype (the caller converts it): cuBLASLt's default.
     check_lt(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
@@ -328,10 +330,8 @@ void run(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, fl
   // row-major with unit column stride, are copied.
   Mat A = logical(a, ta), B = logical(b, tb), C = logical(c, false);
   Operand oa, ob;  // cuBLASLt's A' = op(B)ᵀ and B' = op(A)ᵀ
-  if (!transposed_operand(B, &oa))
-    return run(a, ta, b.contiguous(), tb, c, alpha, beta, bias, epi);
-  if (!transposed_operand(A, &ob))
-    return run(a.contiguous(), ta, b, tb, c, alpha, beta, bias, epi);
+  if (!transposed_operand(B, &oa)) return run(a, ta, b.contiguous(), tb, c, alpha, beta, bias, epi);
+  if (!transposed_operand(A, &ob)) return run(a.contiguous(), ta, b, tb, c, alpha, beta, bias, epi);
   if (C.s[2] != 1 || C.s[1] < N || (batched && C.bt > 1 && C.s[0] < M * C.s[1])) {
     Tensor tmp = beta != 0.0f ? c.clone() : Tensor::empty(c.shape(), c.dtype(), c.device());
     run(a, ta, b, tb, tmp, alpha, beta, bias, epi);
@@ -384,11 +384,11 @@ void run(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c, fl
   if (it == cc.map.end()) it = cc.map.emplace(k, make_plan(k, bias_ptr)).first;
   const Plan& p = *it->second;
   if (!p.ok)
-    throw BackendError(fmt::format(
-        "cuda: gemm: A {} · B {} -> C {}: cuBLASLt has no algorithm for this product "
-        "(epilogue {}{})",
-        operand_str(a, ta), operand_str(b, tb), c.str(), epilogue_name(epi),
-        bias ? fmt::format(", bias {}", bias->str()) : std::string()));
+    throw BackendError(
+        fmt::format("cuda: gemm: A {} · B {} -> C {}: cuBLASLt has no algorithm for this product "
+                    "(epilogue {}{})",
+                    operand_str(a, ta), operand_str(b, tb), c.str(), epilogue_name(epi),
+                    bias ? fmt::format(", bias {}", bias->str()) : std::string()));
   if (bias)
     check_lt(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_ptr,
                                             sizeof(bias_ptr)),

@@ -122,8 +122,8 @@ __device__ void update_range(const R& rule, const MtUpdate& a, int64_t begin, in
   auto* w16 = static_cast<uint16_t*>(a.weight);
   auto* wf = static_cast<float*>(a.weight);
   for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const uint32_t rnd = H == detail::Home::stochastic ? detail::update_random(a.seed, a.counter, i)
-                                                       : 0u;
+    const uint32_t rnd =
+        H == detail::Home::stochastic ? detail::update_random(a.seed, a.counter, i) : 0u;
     detail::update_element<R, H>(rule, a.master, w16, wf, a.aux, a.s0, a.s1, a.s2, i,
                                  load_grad(a.grad, a.grad_dtype, i), a.grad_mult, rnd);
   }
@@ -159,8 +159,8 @@ __global__ void __launch_bounds__(kThreads)
 template <class R>
 cudaError_t launch_rule(const R& rule, const MtUpdate* tensors, const int64_t* first, int count,
                         int64_t chunks) {
-  update_kernel<R><<<static_cast<unsigned>(chunks), kThreads, 0, stream()>>>(rule, tensors, first,
-                                                                             count);
+  update_kernel<R>
+      <<<static_cast<unsigned>(chunks), kThreads, 0, stream()>>>(rule, tensors, first, count);
   return cudaGetLastError();
 }
 
@@ -326,9 +326,9 @@ __global__ void __launch_bounds__(kThreads)
         if (c.fp16_overflow) atomicAdd(&s_counts[MtHist::fp16_overflow], 1u);
         // The CPU's max(max_abs, u) from 0: only positive (non-NaN) u can raise it.
         if (c.u > 0.0f) atomicMax(&s_max, __float_as_uint(c.u));
-        atomicAdd(&s_counts[c.bin < 0                 ? MtHist::below
-                            : c.bin >= kHistBins      ? MtHist::above
-                                                      : MtHist::bins + c.bin],
+        atomicAdd(&s_counts[c.bin < 0            ? MtHist::below
+                            : c.bin >= kHistBins ? MtHist::above
+                                                 : MtHist::bins + c.bin],
                   1u);
         break;
     }
@@ -430,7 +430,7 @@ int scan_grads(const MtGrad* grads, int count, MtScan* out) {
   auto* partials = static_cast<Partial*>(s.partials.p);
   auto* d_out = static_cast<ScanOut*>(s.result.p);
   scan_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, stream()>>>(d_g, d_first, count,
-                                                                       partials);
+                                                                        partials);
   if ((e = cudaGetLastError()) != cudaSuccess) return static_cast<int>(e);
   scan_reduce_kernel<<<1, kThreads, 0, stream()>>>(partials, chunks, d_out);
   if ((e = cudaGetLastError()) != cudaSuccess) return static_cast<int>(e);
@@ -443,16 +443,15 @@ int scan_grads(const MtGrad* grads, int count, MtScan* out) {
   out->found_nan = o.flags & kFlagNan;
   if (o.first_chunk != ~0ull) {
     // The tensor of that chunk (chunks are in list order).
-    const auto it = std::upper_bound(first.begin(), first.end(),
-                                     static_cast<int64_t>(o.first_chunk));
+    const auto it =
+        std::upper_bound(first.begin(), first.end(), static_cast<int64_t>(o.first_chunk));
     out->first_bad = static_cast<int64_t>(it - first.begin()) - 1;
     out->first_bad_nan = o.first_nan != 0;
   }
   return 0;
 }
 
-int grad_histograms(const MtGrad* grads, int count, float inv_carried, float to_fp16,
-                    MtHist* out) {
+int grad_histograms(const MtGrad* grads, int count, float inv_carried, float to_fp16, MtHist* out) {
   for (int t = 0; t < count; ++t) out[t] = MtHist{};
   if (count <= 0) return 0;
   const auto first = first_chunks(&grads[0].n, count, sizeof(MtGrad));
@@ -470,7 +469,7 @@ int grad_histograms(const MtGrad* grads, int count, float inv_carried, float to_
   if (e != cudaSuccess) return static_cast<int>(e);
   auto* d_h = static_cast<DevHist*>(s.result.p);
   hist_kernel<<<static_cast<unsigned>(chunks), kThreads, 0, stream()>>>(d_g, d_first, count,
-                                                                       inv_carried, to_fp16, d_h);
+                                                                        inv_carried, to_fp16, d_h);
   if ((e = cudaGetLastError()) != cudaSuccess) return static_cast<int>(e);
   std::vector<DevHist> h(static_cast<size_t>(count));
   e = cudaMemcpyAsync(h.data(), d_h, bytes, cudaMemcpyDeviceToHost, stream());

@@ -15,14 +15,14 @@ namespace mixtrain::cuda {
 /// and its fp32 constants (made on the host by detail::adam_consts and friends).
 struct MtRule {
   enum Variant : int {
-    adamw,         ///< AdamRule<true>
-    adam_l2,       ///< AdamRule<false>
-    sgd_plain,     ///< SgdRule<false, false>
-    sgd_momentum,  ///< SgdRule<true, false>
-    sgd_nesterov,  ///< SgdRule<true, true>
-    rms_plain,     ///< RmsRule<false, false>
-    rms_momentum,  ///< RmsRule<false, true>
-    rms_centered,  ///< RmsRule<true, false>
+    adamw,                  ///< AdamRule<true>
+    adam_l2,                ///< AdamRule<false>
+    sgd_plain,              ///< SgdRule<false, false>
+    sgd_momentum,           ///< SgdRule<true, false>
+    sgd_nesterov,           ///< SgdRule<true, true>
+    rms_plain,              ///< RmsRule<false, false>
+    rms_momentum,           ///< RmsRule<false, true>
+    rms_centered,           ///< RmsRule<true, false>
     rms_centered_momentum,  ///< RmsRule<true, true>
   } variant = adamw;
   detail::AdamConsts adam{};
@@ -86,8 +86,7 @@ struct MtHist {
 /// Every tensor's histogram (values · inv_carried, fp16 fractions at values · to_fp16) in one
 /// launch; integer counts, so the result does not depend on the order blocks run in. Waits for
 /// the result. Returns the first CUDA error as an int.
-int grad_histograms(const MtGrad* grads, int count, float inv_carried, float to_fp16,
-                    MtHist* out);
+int grad_histograms(const MtGrad* grads, int count, float inv_carried, float to_fp16, MtHist* out);
 
 /// split16: hi, lo from an fp32 master (n elements, contiguous), and back.
 int launch_split16_split(const float* master, uint16_t* hi, uint16_t* lo, int64_t n);

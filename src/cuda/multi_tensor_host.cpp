@@ -23,8 +23,8 @@ static_assert(kHistMinExp == amp::GradHistogram::kMinExp &&
 bool is_float(DType dt) { return dt == DType::f32 || dt == DType::bf16 || dt == DType::f16; }
 
 [[noreturn]] void bad_dtype(const char* op, const char* role, DType dt) {
-  throw DTypeError(fmt::format("{}: {} dtype {} (expected f32, bf16, f16)", op, role,
-                               dtype_name(dt)));
+  throw DTypeError(
+      fmt::format("{}: {} dtype {} (expected f32, bf16, f16)", op, role, dtype_name(dt)));
 }
 
 detail::Home home_of(const UpdateArgs& a) {
@@ -120,7 +120,8 @@ void optimizer_update(const Rule& rule, std::span<const UpdateArgs> tensors) {
     ts.push_back(u);
   }
   if (ts.empty()) return;
-  check(static_cast<cudaError_t>(launch_update(rule_of(rule), ts.data(), static_cast<int>(ts.size()))),
+  check(static_cast<cudaError_t>(
+            launch_update(rule_of(rule), ts.data(), static_cast<int>(ts.size()))),
         "optimizer update");
 }
 
@@ -171,9 +172,9 @@ std::vector<HistogramScan> grad_histograms(std::span<const Tensor> grads, float 
 }
 
 void split16_split(const Tensor& master, const Tensor& hi, const Tensor& lo) {
-  check(static_cast<cudaError_t>(launch_split16_split(
-            master.data<float>(), static_cast<uint16_t*>(hi.raw_data()),
-            static_cast<uint16_t*>(lo.raw_data()), master.numel())),
+  check(static_cast<cudaError_t>(
+            launch_split16_split(master.data<float>(), static_cast<uint16_t*>(hi.raw_data()),
+                                 static_cast<uint16_t*>(lo.raw_data()), master.numel())),
         "split16");
 }
 
