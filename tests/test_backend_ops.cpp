@@ -23,8 +23,10 @@
 
 #include "backend/backend.h"
 #include "cpu/isa.h"
+#include "cpu/optimizer.h"
 #include "cpu/reference/nn_ref.h"
 #include "cpu/reference/ops_ref.h"
+#include "mixtrain/gemm.h"
 #include "mixtrain/ops.h"
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/random.h"
@@ -347,6 +349,347 @@ std::vector<Check> optimizer_checks(DType dt, Device dev, const std::string& kin
           {"weight", rel_error(values(p.weight), want), t.fwd + unit_roundoff(dt)}};
 }
 
+// ---- GEMM with the fused epilogue, batches, strided operands ---------------------------------
+
+double gelu_ref(double x) {
+  return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+}
+
+struct GemmSpec {
+  std::string what;
+  int64_t a_bt = 0, b_bt = 0;  // batch of A / B (0: 2-d)
+  int64_t M, K, N;
+  bool ta = false, tb = false;
+  float alpha = 1.0f, beta = 0.0f;
+  bool bias = false, strided_bias = false;
+  Epilogue epi = Epilogue::none;
+  bool strided_a = false;  // A a view with no unit stride (copied by a backend)
+  bool col_major_c = false;
+  DType c_dtype = DType::f64;  // f64: the case's dtype
+};
+
+// C = epi(alpha·op(A)·op(B) + bias + beta·C) through gemm_ex against the same in double.
+Check gemm_check(DType dt, Device dev, const GemmSpec& s) {
+  const DType cdt = s.c_dtype == DType::f64 ? dt : s.c_dtype;
+  const int64_t M = s.M, K = s.K, N = s.N;
+  const int64_t bt = std::max(s.a_bt, s.b_bt);
+  auto with_batch = [](int64_t b, Shape sh) {
+    if (b) sh.insert(sh.begin(), b);
+    return sh;
+  };
+  const Shape sa = with_batch(s.a_bt, s.ta ? Shape{K, M} : Shape{M, K});
+  const Shape sb = with_batch(s.b_bt, s.tb ? Shape{N, K} : Shape{K, N});
+  const Shape sc = with_batch(bt, {M, N});
+  const Input a = input(sa, dt, 60), b = input(sb, dt, 61), c0 = input(sc, cdt, 62);
+  const Input bias = input({s.strided_bias ? 2 * N : N}, s.c_dtype == DType::f64 ? dt : cdt, 63);
+  Tensor ad = a.host.to(dev);
+  if (s.strided_a) {
+    // The same values in a storage twice as long, every other element: no unit stride.
+    Shape big = sa;
+    big.back() *= 2;
+    Tensor st = Tensor::zeros(big, dt, dev);
+    Shape strides(sa.size());
+    int64_t acc = 1;
+    for (size_t i = sa.size(); i-- > 0;) strides[i] = acc, acc *= big[i];
+    strides.back() = 2;
+    Tensor v = st.as_strided(sa, strides);
+    v.copy_from(ad);
+    ad = v;
+  }
+  const Tensor bd = b.host.to(dev);
+  Tensor cd;
+  if (s.col_major_c) {
+    Shape t = sc;
+    std::swap(t[t.size() - 1], t[t.size() - 2]);
+    cd = Tensor::empty(t, cdt, dev).transpose(-1, -2);
+    cd.copy_from(c0.host);
+  } else {
+    cd = c0.host.to(dev);
+  }
+  Tensor biasd = bias.host.to(dev);
+  if (s.strided_bias) biasd = biasd.as_strided({N}, {2});
+  gemm_ex(ad, s.ta, bd, s.tb, cd, s.alpha, s.beta, s.bias ? &biasd : nullptr, s.epi);
+  std::vector<float> want(static_cast<size_t>(shape_numel(sc)));
+  for (int64_t q = 0; q < std::max<int64_t>(bt, 1); ++q)
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) {
+        double acc = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t qa = s.a_bt ? q : 0, qb = s.b_bt ? q : 0;
+          const double x = a.ref[static_cast<size_t>(qa * M * K + (s.ta ? k * M + i : i * K + k))];
+          const double y = b.ref[static_cast<size_t>(qb * K * N + (s.tb ? j * K + k : k * N + j))];
+          acc += x * y;
+        }
+        const size_t e = static_cast<size_t>((q * M + i) * N + j);
+        double v = s.alpha * acc + s.beta * static_cast<double>(c0.ref[e]);
+        if (s.bias) v += bias.ref[static_cast<size_t>(s.strided_bias ? 2 * j : j)];
+        if (s.epi == Epilogue::relu) v = v > 0 ? v : 0;
+        if (s.epi == Epilogue::gelu) v = gelu_ref(v);
+        want[e] = static_cast<float>(v);
+      }
+  const Tolerance t = tolerance(Kind::sum, cdt, K);
+  const double tol = t.fwd + (s.epi == Epilogue::gelu ? tolerance(Kind::rounded, cdt).fwd : 0.0);
+  return {s.what, rel_error(values(cd.contiguous()), want), tol};
+}
+
+std::vector<Check> gemm_ex_checks(DType dt, Device dev) {
+  std::vector<Check> out;
+  GemmSpec s;
+  s.what = "bias";
+  s.M = 33, s.K = 40, s.N = 24, s.bias = true;
+  out.push_back(gemm_check(dt, dev, s));
+  s.what = "relu ᵀᵀ";
+  s.ta = s.tb = true, s.alpha = 0.5f, s.beta = 0.75f, s.epi = Epilogue::relu;
+  out.push_back(gemm_check(dt, dev, s));
+  s.what = "gelu bias";
+  s.ta = false, s.tb = true, s.epi = Epilogue::gelu;
+  out.push_back(gemm_check(dt, dev, s));
+  s.what = "strided bias";
+  s.alpha = 1.0f, s.strided_bias = true;
+  out.push_back(gemm_check(dt, dev, s));
+  s.what = "gelu, no bias";
+  s.alpha = 0.5f, s.bias = s.strided_bias = false;
+  out.push_back(gemm_check(dt, dev, s));
+  s.what = "->f32 bias";
+  s.c_dtype = DType::f32, s.bias = true, s.epi = Epilogue::none;
+  out.push_back(gemm_check(dt, dev, s));
+  GemmSpec p;
+  p.M = 17, p.K = 24, p.N = 20;
+  p.what = "strided A, col C";
+  p.strided_a = true, p.col_major_c = true, p.beta = 1.0f, p.tb = true;
+  out.push_back(gemm_check(dt, dev, p));
+  GemmSpec q;
+  q.M = 16, q.K = 24, q.N = 20;
+  q.what = "batched A, B 2-d";
+  q.a_bt = 3, q.bias = true, q.epi = Epilogue::relu;
+  out.push_back(gemm_check(dt, dev, q));
+  q.what = "A 2-d, batched B";
+  q.a_bt = 0, q.b_bt = 3, q.tb = true, q.epi = Epilogue::gelu, q.alpha = 2.0f;
+  out.push_back(gemm_check(dt, dev, q));
+  q.what = "batched ᵀ, beta";
+  q.a_bt = 3, q.ta = true, q.beta = 0.5f, q.bias = false, q.epi = Epilogue::none;
+  out.push_back(gemm_check(dt, dev, q));
+  return out;
+}
+
+// ---- the fused optimizer update, every rule and master mode, bit for bit ----------------------
+
+// Bits of a tensor (any device) as 32-bit words per element (16-bit ones widened).
+std::vector<uint32_t> bits_of(const Tensor& t) {
+  const Tensor h = t.to(Device::cpu).contiguous();
+  std::vector<uint32_t> out(static_cast<size_t>(h.numel()));
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (h.element_size() == 4)
+      out[i] = static_cast<const uint32_t*>(h.raw_data())[i];
+    else
+      out[i] = static_cast<const uint16_t*>(h.raw_data())[i];
+  }
+  return out;
+}
+
+double mismatches(const std::vector<uint32_t>& x, const std::vector<uint32_t>& y) {
+  if (x.size() != y.size()) return INFINITY;
+  double n = 0;
+  for (size_t i = 0; i < x.size(); ++i) n += x[i] != y[i];
+  return n;
+}
+
+// One tensor's parameter and state on a device.
+struct UpdateTensors {
+  Tensor master, weight, aux, s0, s1, s2, grad;
+};
+
+UpdateTensors update_tensors(int64_t n, optim::MasterMode mode, DType dt, uint64_t seed,
+                             Device dev) {
+  const Input w = input({n}, DType::f32, seed, -2.0f, 2.0f);
+  UpdateTensors t;
+  t.master = w.host.to(dev);
+  const bool fp32 = mode == optim::MasterMode::fp32;
+  // A storage of its own (to(f32) of an f32 master would be the master itself).
+  t.weight = (fp32 ? w.host.to(dt) : w.host.to(DType::bf16)).clone().to(dev);
+  Tensor aux = Tensor::zeros({n}, DType::bf16);
+  if (mode == optim::MasterMode::split16) {
+    // The split16 pair of the master: the weight's bits and the low half.
+    Tensor hi = Tensor::empty({n}, DType::bf16);
+    const float* m = w.host.data<float>();
+    for (int64_t i = 0; i < n; ++i)
+      optim::detail::split16_encode(m[i], static_cast<uint16_t*>(hi.raw_data()) + i,
+                                    static_cast<uint16_t*>(aux.raw_data()) + i);
+    t.weight = hi.to(dev);
+  }
+  t.aux = aux.to(dev);
+  t.s0 = Tensor::zeros({n}, DType::f32, dev);
+  t.s1 = Tensor::zeros({n}, DType::f32, dev);
+  t.s2 = Tensor::zeros({n}, DType::f32, dev);
+  return t;
+}
+
+UpdateArgs update_args(UpdateTensors& t, optim::MasterMode mode, float mult, uint64_t seed,
+                       uint64_t counter) {
+  UpdateArgs a;
+  a.mode = mode;
+  a.grad_mult = mult;
+  a.master = mode == optim::MasterMode::fp32 ? t.master.data<float>() : nullptr;
+  a.weight = t.weight.raw_data();
+  a.weight_dtype = t.weight.dtype();
+  a.aux = mode == optim::MasterMode::bf16_kahan || mode == optim::MasterMode::split16
+              ? static_cast<uint16_t*>(t.aux.raw_data())
+              : nullptr;
+  a.seed = seed;
+  a.counter = counter;
+  a.grad = t.grad.raw_data();
+  a.grad_dtype = t.grad.dtype();
+  a.s0 = t.s0.data<float>();
+  a.s1 = t.s1.data<float>();
+  a.s2 = t.s2.data<float>();
+  a.n = t.master.numel();
+  return a;
+}
+
+// Three steps of one rule over two tensors (one call each step: the multi-tensor pass) in each
+// master mode, on the backend and with the CPU's scalar kernel on host copies: every bit of
+// the parameters and state must agree (the update's per-element math is shared).
+double update_mismatches(DType dt, Device dev, optim::detail::Rule rule) {
+  double bad = 0;
+  for (optim::MasterMode mode : {optim::MasterMode::fp32, optim::MasterMode::bf16_stochastic,
+                                 optim::MasterMode::bf16_kahan, optim::MasterMode::split16}) {
+    std::vector<UpdateTensors> on_dev, on_host;
+    const int64_t sizes[2] = {5000, 777};
+    for (int k = 0; k < 2; ++k) {
+      on_dev.push_back(update_tensors(sizes[k], mode, dt, 70 + k, dev));
+      on_host.push_back(update_tensors(sizes[k], mode, dt, 70 + k, Device::cpu));
+    }
+    for (int step = 1; step <= 3; ++step) {
+      rule.adam.step = step;
+      rule.sgd.first_step = step == 1;
+      std::vector<UpdateArgs> da, ha;
+      for (int k = 0; k < 2; ++k) {
+        const Input g = input({sizes[k]}, dt, 80 + 10 * static_cast<uint64_t>(step) + k, -3, 3);
+        on_dev[k].grad = g.host.to(dev);
+        on_host[k].grad = g.host;
+        const float mult = step == 2 ? 1.0f : 0.75f;
+        da.push_back(update_args(on_dev[k], mode, mult, 1234 + step, 1000 * k));
+        ha.push_back(update_args(on_host[k], mode, mult, 1234 + step, 1000 * k));
+      }
+      backend_for(dev).optimizer_update(rule, da);
+      for (const UpdateArgs& a : ha) cpu::update_kernel<cpu::Isa::scalar>()(rule, a);
+    }
+    for (int k = 0; k < 2; ++k) {
+      const UpdateTensors &d = on_dev[k], &h = on_host[k];
+      if (mode == optim::MasterMode::fp32) bad += mismatches(bits_of(d.master), bits_of(h.master));
+      bad += mismatches(bits_of(d.weight), bits_of(h.weight));
+      bad += mismatches(bits_of(d.aux), bits_of(h.aux));
+      bad += mismatches(bits_of(d.s0), bits_of(h.s0));
+      bad += mismatches(bits_of(d.s1), bits_of(h.s1));
+      bad += mismatches(bits_of(d.s2), bits_of(h.s2));
+    }
+  }
+  return bad;
+}
+
+std::vector<Check> update_rule_checks(DType dt, Device dev) {
+  using optim::detail::Rule;
+  std::vector<Check> out;
+  auto add = [&](const char* what, const Rule& r) {
+    out.push_back({what, update_mismatches(dt, dev, r), 0.0});
+  };
+  Rule r;
+  r.kind = Rule::Kind::adam;
+  r.adam.weight_decay = 0.05f;
+  add("adamw", r);
+  r.adam.decoupled = false;
+  add("adam l2", r);
+  r = Rule();
+  r.kind = Rule::Kind::sgd;
+  r.sgd.weight_decay = 0.01f;
+  add("sgd", r);
+  r.sgd.momentum = 0.9f;
+  r.sgd.dampening = 0.1f;
+  add("sgd mom", r);
+  r.sgd.dampening = 0.0f;
+  r.sgd.nesterov = true;
+  add("sgd nesterov", r);
+  r = Rule();
+  r.kind = Rule::Kind::rmsprop;
+  r.rms.weight_decay = 0.01f;
+  add("rms", r);
+  r.rms.centered = true;
+  add("rms centered", r);
+  r.rms.momentum = 0.9f;
+  add("rms c+mom", r);
+  r.rms.centered = false;
+  add("rms mom", r);
+  return out;
+}
+
+// ---- the gradient passes and split16 ---------------------------------------------------------
+
+// Gradients of dt with an Inf and a NaN planted: the scan's flags, first bad tensor and sum of
+// squares of the finite values; the histograms against the CPU's (integer counts: equal).
+std::vector<Check> grad_pass_checks(DType dt, Device dev) {
+  const int64_t sizes[3] = {9000, 5000, 300};
+  std::vector<Input> in;
+  for (int k = 0; k < 3; ++k) in.push_back(input({sizes[k]}, dt, 90 + k, -2, 2));
+  std::vector<Tensor> clean, bad;
+  double want = 0;
+  for (int k = 0; k < 3; ++k) {
+    for (float v : in[k].ref) want += static_cast<double>(v) * v;
+    clean.push_back(in[k].host.to(dev));
+  }
+  // Tensor 1 gets an Inf at 4500 (its first bad value) and a NaN at 4600; tensor 2 a NaN.
+  std::vector<float> v1 = in[1].ref, v2 = in[2].ref;
+  double want_bad = want - static_cast<double>(v1[4500]) * v1[4500] -
+                    static_cast<double>(v1[4600]) * v1[4600] - static_cast<double>(v2[7]) * v2[7];
+  v1[4500] = -INFINITY;
+  v1[4600] = NAN;
+  v2[7] = NAN;
+  bad.push_back(clean[0]);
+  bad.push_back(Tensor::from_vector(v1, {sizes[1]}, dt, dev));
+  bad.push_back(Tensor::from_vector(v2, {sizes[2]}, dt, dev));
+  Backend& be = backend_for(dev);
+  const GradScan s = be.grad_scan(clean);
+  const GradScan sb = be.grad_scan(bad);
+  const double tol = tolerance(Kind::sum, DType::f32, 14300).fwd;
+  std::vector<Check> out;
+  out.push_back({"scan sumsq", std::fabs(s.sumsq - want) / want, tol});
+  out.push_back({"scan clean", (s.found_inf || s.found_nan || s.first_bad != -1) ? 1.0 : 0.0, 0.0});
+  out.push_back({"scan bad sumsq", std::fabs(sb.sumsq - want_bad) / want_bad, tol});
+  out.push_back(
+      {"scan bad flags",
+       (sb.found_inf && sb.found_nan && sb.first_bad == 1 && !sb.first_bad_nan) ? 0.0 : 1.0, 0.0});
+  // Histograms: a strided view too (every other element of tensor 0).
+  std::vector<Tensor> hg = bad;
+  hg.push_back(clean[0].as_strided({4500}, {2}));
+  std::vector<Tensor> hh;
+  for (const Tensor& t : hg) hh.push_back(t.to(Device::cpu));
+  const auto got = be.grad_histograms(hg, 0.5f, 1024.0f);
+  const auto ref = backend_for(Device::cpu).grad_histograms(hh, 0.5f, 1024.0f);
+  double diff = got.size() == ref.size() ? 0.0 : 1.0;
+  for (size_t t = 0; t < std::min(got.size(), ref.size()); ++t) {
+    const amp::GradHistogram &x = got[t].hist, &y = ref[t].hist;
+    diff += (x.numel != y.numel) + (x.zero != y.zero) + (x.inf != y.inf) + (x.nan != y.nan) +
+            (x.below != y.below) + (x.above != y.above) + (x.bins != y.bins) +
+            (x.max_abs != y.max_abs) + (x.fp16_zero != y.fp16_zero) +
+            (x.fp16_subnormal != y.fp16_subnormal) + (x.fp16_overflow != y.fp16_overflow) +
+            (got[t].first_bad != ref[t].first_bad) + (got[t].first_bad_nan != ref[t].first_bad_nan);
+  }
+  out.push_back({"histograms", diff, 0.0});
+  // split16 of an fp32 master and back: lossless, the CPU's bits.
+  const Input m = input({3001}, DType::f32, 95, -3, 3);
+  const Tensor md = m.host.to(dev);
+  Tensor hi = Tensor::empty({3001}, DType::bf16, dev), lo = Tensor::empty({3001}, DType::bf16, dev);
+  Tensor back = Tensor::empty({3001}, DType::f32, dev);
+  be.split16_split(md, hi, lo);
+  be.split16_join(hi, lo, back);
+  Tensor hih = Tensor::empty({3001}, DType::bf16), loh = Tensor::empty({3001}, DType::bf16);
+  backend_for(Device::cpu).split16_split(m.host, hih, loh);
+  out.push_back({"split16",
+                 mismatches(bits_of(hi), bits_of(hih)) + mismatches(bits_of(lo), bits_of(loh)) +
+                     mismatches(bits_of(back), bits_of(m.host)),
+                 0.0});
+  return out;
+}
+
 std::vector<Case> cases() {
   std::vector<Case> c;
   c.push_back(
@@ -636,6 +979,9 @@ std::vector<Case> cases() {
   for (const char* k : {"adamw", "sgd", "rmsprop"})
     c.push_back({std::string("optimizer_") + k,
                  [k](DType dt, Device dev) { return optimizer_checks(dt, dev, k); }});
+  c.push_back({"gemm_ex", gemm_ex_checks});
+  c.push_back({"optimizer_update", update_rule_checks});
+  c.push_back({"grad_passes", grad_pass_checks});
   c.push_back({"gradient_norm", [](DType dt, Device dev) {
                  nn::Parameter p("w", Tensor::zeros({5000}, DType::f32, dev), dt);
                  nn::Parameter q("v", Tensor::zeros({700}, DType::f32, dev), dt);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/backend.h"
+#include "mixtrain/detail/grad_math.h"
 #include "mixtrain/error.h"
 
 namespace mixtrain::cpu {
@@ -129,44 +130,41 @@ RangeStats grad_range_stats(const Tensor& g, int64_t b, int64_t e) {
   throw DTypeError(fmt::format("gradient_stats: gradient {} (expected f32, bf16 or f16)", g.str()));
 }
 
-constexpr float kFp16Max = 65504.0f;
-constexpr float kFp16MinSub = 5.9604644775390625e-08f;  // 2^-24
-constexpr float kFp16MinNormal = 6.103515625e-05f;      // 2^-14
-
+// Each value classified by the per-element rule every backend shares (detail/grad_math.h).
 template <class T>
 void scan(const T* g, int64_t b, int64_t e, float inv_carried, float to_fp16, GradHistogram& h,
           int64_t& first_bad, bool& first_nan) {
+  using mixtrain::detail::HistClass;
   for (int64_t i = b; i < e; ++i) {
-    const float x = std::fabs(static_cast<float>(g[i]));
-    if (std::isnan(x)) {
-      ++h.nan;
-      if (first_bad < 0) first_bad = i, first_nan = true;
-      continue;
+    const HistClass c =
+        mixtrain::detail::hist_classify<GradHistogram::kMinExp, GradHistogram::kMaxExp>(
+            static_cast<float>(g[i]), inv_carried, to_fp16);
+    switch (c.kind) {
+      case HistClass::nan:
+        ++h.nan;
+        if (first_bad < 0) first_bad = i, first_nan = true;
+        continue;
+      case HistClass::inf:
+        ++h.inf;
+        ++h.fp16_overflow;
+        if (first_bad < 0) first_bad = i, first_nan = false;
+        continue;
+      case HistClass::zero:
+        ++h.zero;
+        continue;
+      case HistClass::finite:
+        break;
     }
-    if (std::isinf(x)) {
-      ++h.inf;
-      ++h.fp16_overflow;
-      if (first_bad < 0) first_bad = i, first_nan = false;
-      continue;
-    }
-    if (x == 0.0f) {
-      ++h.zero;
-      continue;
-    }
-    const float y = x * to_fp16;  // the value fp16 would have to hold
-    h.fp16_zero += y < kFp16MinSub;
-    h.fp16_subnormal += y < kFp16MinNormal;
-    h.fp16_overflow += y > kFp16Max;
-    const float u = x * inv_carried;
-    h.max_abs = std::max(h.max_abs, static_cast<double>(u));
-    const uint32_t bits = std::bit_cast<uint32_t>(u);
-    const int exp = static_cast<int>(bits >> 23) - 127;  // fp32 subnormals give -127: below
-    if (exp < GradHistogram::kMinExp || u == 0.0f)
+    h.fp16_zero += c.fp16_zero;
+    h.fp16_subnormal += c.fp16_subnormal;
+    h.fp16_overflow += c.fp16_overflow;
+    h.max_abs = std::max(h.max_abs, static_cast<double>(c.u));
+    if (c.bin < 0)
       ++h.below;
-    else if (exp >= GradHistogram::kMaxExp || std::isinf(u))
+    else if (c.bin >= GradHistogram::kBins)
       ++h.above;
     else
-      ++h.bins[exp - GradHistogram::kMinExp];
+      ++h.bins[static_cast<size_t>(c.bin)];
   }
 }
 

@@ -4,7 +4,8 @@
 // per-element math from mixtrain/detail/), so tensors live on the GPU and move and convert there
 // exactly as on the host. The maps and accumulation have not run on a GPU yet (the op harness,
 // tests/test_backend_ops.cpp, checks them where one is present); the other op kernels are not
-// written yet: each names itself in a BackendError.
+// written yet: each names itself in a BackendError. The GEMM (cuBLASLt, gemm_cublaslt.cpp) and
+// the optimizer and gradient passes (multi_tensor.cu) are written but have not run on a GPU yet.
 #include <cuda_runtime_api.h>
 
 #include <fmt/format.h>
@@ -13,7 +14,9 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "cuda/gemm_cublaslt.h"
 #include "cuda/kernels.h"
+#include "cuda/multi_tensor.h"
 #include "cuda/runtime.h"
 
 namespace mixtrain {
@@ -158,9 +161,9 @@ class CudaBackend final : public Backend {
   void sum(const Tensor&, const std::vector<int64_t>&, float, const Tensor&) override {
     missing("sum");
   }
-  void gemm(const Tensor&, bool, const Tensor&, bool, const Tensor&, float, float, const Tensor*,
-            Epilogue) override {
-    missing("gemm");
+  void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+            float alpha, float beta, const Tensor* bias, Epilogue epi) override {
+    cuda::gemm(a, trans_a, b, trans_b, c, alpha, beta, bias, epi);  // gemm_cublaslt.cpp
   }
   void softmax(const Tensor&, int64_t, bool, const Tensor&) override { missing("softmax"); }
   void softmax_backward(const Tensor&, const Tensor&, int64_t, bool, const Tensor&) override {
@@ -197,15 +200,22 @@ class CudaBackend final : public Backend {
                           bool, float, const Tensor&, const Tensor&, const Tensor&) override {
     missing("attention backward");
   }
-  void optimizer_update(const optim::detail::Rule&, std::span<const UpdateArgs>) override {
-    missing("the optimizer update");
+  // The multi-tensor passes: multi_tensor_host.cpp, kernels in multi_tensor.cu.
+  void optimizer_update(const optim::detail::Rule& rule,
+                        std::span<const UpdateArgs> tensors) override {
+    cuda::optimizer_update(rule, tensors);
   }
-  GradScan grad_scan(std::span<const Tensor>) override { missing("the gradient scan"); }
-  std::vector<HistogramScan> grad_histograms(std::span<const Tensor>, float, float) override {
-    missing("the gradient histograms");
+  GradScan grad_scan(std::span<const Tensor> grads) override { return cuda::grad_scan(grads); }
+  std::vector<HistogramScan> grad_histograms(std::span<const Tensor> grads, float inv_carried,
+                                             float to_fp16) override {
+    return cuda::grad_histograms(grads, inv_carried, to_fp16);
   }
-  void split16_split(const Tensor&, const Tensor&, const Tensor&) override { missing("split16"); }
-  void split16_join(const Tensor&, const Tensor&, const Tensor&) override { missing("split16"); }
+  void split16_split(const Tensor& master, const Tensor& hi, const Tensor& lo) override {
+    cuda::split16_split(master, hi, lo);
+  }
+  void split16_join(const Tensor& hi, const Tensor& lo, const Tensor& out) override {
+    cuda::split16_join(hi, lo, out);
+  }
   float amax(const Tensor&) override { missing("amax"); }
   void fp8_quantize(const Tensor&, float, DType, const Tensor&) override {
     missing("fp8 quantization");

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "mixtrain/detail/update_math.h"
 #include "mixtrain/dtype.h"
 
 namespace mixtrain::optim {
@@ -92,18 +93,11 @@ struct UpdateArgs {
   int64_t n = 0;
 };
 
-/// The split16 encoding: `hi` is the bf16 weight (fp32 bits rounded half-up in magnitude, so
-/// each bf16 value owns exactly 2^16 fp32 patterns) and `lo` the low 16 bits of the fp32 bits.
-inline void split16_encode(float f, uint16_t* hi, uint16_t* lo) {
-  const uint32_t u = mixtrain::detail::f32_bits(f);
-  *hi = static_cast<uint16_t>((u + 0x8000u) >> 16);
-  *lo = static_cast<uint16_t>(u);
-}
-inline float split16_decode(uint16_t hi, uint16_t lo) {
-  const uint32_t u = (static_cast<uint32_t>(hi) << 16) +
-                     static_cast<uint32_t>(static_cast<int32_t>(static_cast<int16_t>(lo)));
-  return mixtrain::detail::f32_from_bits(u);
-}
+/// The split16 encoding (mixtrain/detail/update_math.h, shared with the device): `hi` is the
+/// bf16 weight (fp32 bits rounded half-up in magnitude, so each bf16 value owns exactly 2^16
+/// fp32 patterns) and `lo` the low 16 bits of the fp32 bits; split16_decode reassembles them.
+using mixtrain::detail::split16_decode;
+using mixtrain::detail::split16_encode;
 
 }  // namespace detail
 }  // namespace mixtrain::optim
