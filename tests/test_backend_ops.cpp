@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -767,6 +768,37 @@ std::vector<Case> cases() {
                        {{"fwd", rel_error(values(y), yr), t.fwd},
                         {"bwd dx", rel_error(grad_of(xv), gx), tolerance(Kind::rounded, dt).fwd}});
                  }});
+  // Axes that are not one contiguous range (the kept dims moved first), and rows long enough
+  // that a backend sums them in several blocks.
+  c.push_back({"sum_axes_0_2", [](DType dt, Device dev) {
+                 const Input x = input({6, 40, 30}, dt, 50);
+                 Variable xv = leaf(x, dev);
+                 Variable y = sum(xv, {0, 2});
+                 const std::vector<float> yr =
+                     values(ref::sum(Tensor::from_vector(x.ref, {6, 40, 30}), {0, 2}, false));
+                 const Input g = input({40}, DType::f32, 51);
+                 y.backward(g.host.to(dev));
+                 std::vector<float> gx(x.ref.size());
+                 for (size_t e = 0; e < gx.size(); ++e) gx[e] = g.ref[e / 30 % 40];
+                 return checks(
+                     {{"fwd", rel_error(values(y), yr), tolerance(Kind::sum, DType::f32, 180).fwd},
+                      {"bwd dx", rel_error(grad_of(xv), gx), tolerance(Kind::rounded, dt).fwd}});
+               }});
+  c.push_back({"sum_long_rows", [](DType dt, Device dev) {
+                 const int64_t R = 20000;
+                 const Input x = input({3, R}, dt, 52);
+                 Variable xv = leaf(x, dev);
+                 Variable y = sum(xv, {1});
+                 const std::vector<float> yr =
+                     values(ref::sum(Tensor::from_vector(x.ref, {3, R}), {1}, false));
+                 const Input g = input({3}, DType::f32, 53);
+                 y.backward(g.host.to(dev));
+                 std::vector<float> gx(x.ref.size());
+                 for (size_t e = 0; e < gx.size(); ++e) gx[e] = g.ref[e / static_cast<size_t>(R)];
+                 return checks(
+                     {{"fwd", rel_error(values(y), yr), tolerance(Kind::sum, DType::f32, R).fwd},
+                      {"bwd dx", rel_error(grad_of(xv), gx), tolerance(Kind::rounded, dt).fwd}});
+               }});
   for (bool log : {false, true})
     c.push_back({log ? "log_softmax" : "softmax", [log](DType dt, Device dev) {
                    const int64_t N = 24, C = 300;
@@ -785,6 +817,67 @@ std::vector<Case> cases() {
                    return checks({{"fwd", rel_error(ys, yr), t.fwd},
                                   {"bwd dx", rel_error(grad_of(xv), dx), t.bwd}});
                  }});
+  // Along a middle axis (lines strided in memory): x [4, 50, 6], softmax over the 50.
+  c.push_back({"softmax_axis1", [](DType dt, Device dev) {
+                 const int64_t A = 4, C = 50, I = 6;
+                 const Input x = input({A, C, I}, dt, 54, -8.0f, 8.0f);
+                 const Input g = input({A, C, I}, dt, 55);
+                 Variable xv = leaf(x, dev);
+                 Variable y = softmax(xv, 1);
+                 y.backward(g.host.to(dev));
+                 const std::vector<float> ys = values(y);
+                 std::vector<float> yr(x.ref.size()), dx(x.ref.size());
+                 std::vector<float> line(C), out(C), yl(C), gl(C);
+                 for (int64_t a = 0; a < A; ++a)
+                   for (int64_t i = 0; i < I; ++i) {
+                     auto at = [&](int64_t j) { return static_cast<size_t>((a * C + j) * I + i); };
+                     for (int64_t j = 0; j < C; ++j) line[j] = x.ref[at(j)];
+                     ref::softmax(line.data(), 1, C, out.data());
+                     for (int64_t j = 0; j < C; ++j) yr[at(j)] = out[j];
+                     // The backward reads the forward's output as stored (rounded to dt).
+                     for (int64_t j = 0; j < C; ++j) {
+                       yl[j] = ys[at(j)];
+                       gl[j] = g.ref[at(j)];
+                     }
+                     ref::softmax_backward(yl.data(), gl.data(), 1, C, out.data());
+                     for (int64_t j = 0; j < C; ++j) dx[at(j)] = out[j];
+                   }
+                 const Tolerance t = tolerance(Kind::normalised, dt, C);
+                 return checks({{"fwd", rel_error(ys, yr), t.fwd},
+                                {"bwd dx", rel_error(grad_of(xv), dx), t.bwd}});
+               }});
+  // The index check itself (Backend::scan_indices): the first bad index and its position, the
+  // count of indices that are not ignored before it, in i64 (f32 rows) and i32 (16-bit rows).
+  c.push_back(
+      {"index_scan", [](DType dt, Device dev) {
+         const DType it = dt == DType::f32 ? DType::i64 : DType::i32;
+         const int64_t n = 50, len = 3000;
+         Rng rng(56);
+         std::vector<float> ids(len);
+         for (auto& v : ids) v = static_cast<float>(rng.below(n));
+         for (int64_t i = 7; i < len; i += 13) ids[static_cast<size_t>(i)] = -100;
+         Backend& be = backend_for(dev);
+         auto scan = [&](const std::vector<float>& v, std::optional<int64_t> ignore) {
+           return be.scan_indices(Tensor::from_vector(v, {len}, it, dev), n, ignore);
+         };
+         auto mismatch = [](const IndexScan& a, int64_t pos, int64_t value, int64_t counted) {
+           return a.bad_pos != pos || (pos >= 0 && a.bad_value != value) || a.counted != counted;
+         };
+         const int64_t ignored = (len - 7 + 12) / 13;
+         // All in range but the ignored ones; then two bad ones (the first one counts);
+         // then the ignore value itself, unignored, is the first bad one.
+         const bool ok_all = !mismatch(scan(ids, -100), -1, 0, len - ignored);
+         std::vector<float> bad(ids);
+         bad[2000] = 77;
+         bad[2500] = -3;
+         int64_t before = 0;
+         for (int64_t i = 0; i < 2000; ++i) before += ids[static_cast<size_t>(i)] != -100;
+         const bool ok_bad = !mismatch(scan(bad, -100), 2000, 77, before);
+         const bool ok_unignored = !mismatch(scan(ids, std::nullopt), 7, -100, 7);
+         return checks({{"in range", ok_all ? 0.0 : 1.0, 0.0},
+                        {"bad", ok_bad ? 0.0 : 1.0, 0.0},
+                        {"no ignore", ok_unignored ? 0.0 : 1.0, 0.0}});
+       }});
   for (bool l1 : {false, true})
     c.push_back({l1 ? "l1_loss" : "mse_loss", [l1](DType dt, Device dev) {
                    const Input p = input({32, 5}, dt, 45, -2.0f, 2.0f), t = input({32, 5}, dt, 46);
@@ -871,9 +964,11 @@ std::vector<Case> cases() {
                }});
   // Shapes for every path: D a multiple of 32 takes the fused kernels on AVX2 and AVX-512 levels
   // (ragged 8- and 6-row blocks and 32-key tiles), other D and the scalar level the GEMM path;
-  // tiny heads the GEMM path everywhere.
+  // tiny heads the GEMM path everywhere. D = 128 and 80: the largest head size the CUDA kernels
+  // take, and one they pad.
   for (const AttnShape s : {AttnShape{2, 3, 70, 70, 64, true}, AttnShape{1, 2, 37, 45, 32, false},
-                            AttnShape{1, 2, 150, 150, 16, true}, AttnShape{1, 2, 7, 11, 5, false}})
+                            AttnShape{1, 2, 150, 150, 16, true}, AttnShape{1, 2, 7, 11, 5, false},
+                            AttnShape{1, 2, 40, 40, 128, true}, AttnShape{2, 1, 33, 50, 80, false}})
     c.push_back(
         {fmt::format("attention_{}x{}x{}x{}{}", s.H, s.Tq, s.Tk, s.D, s.causal ? "_causal" : ""),
          [s](DType dt, Device dev) { return attention_checks(dt, dev, s); }});

@@ -5,17 +5,14 @@
 #include <cmath>
 #include <cstdint>
 
-#include "mixtrain/detail/scalar.h"
+#include "mixtrain/detail/random_bits.h"
 
 namespace mixtrain {
 
-/// 64 random bits for (seed, counter): splitmix64 finaliser over a Weyl sequence. Integer-only,
-/// and __host__ __device__ under nvcc: the CUDA kernels draw the host's bits.
+/// 64 random bits for (seed, counter): splitmix64 finaliser over a Weyl sequence
+/// (detail/random_bits.h, which the device kernels share).
 MIXTRAIN_HD inline uint64_t random_bits(uint64_t seed, uint64_t counter) {
-  uint64_t z = seed * 0x9E3779B97F4A7C15ull + (counter + 1) * 0xD1B54A32D192ED03ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+  return detail::random_bits(seed, counter);
 }
 
 /// A stream: (seed, counter). Its whole state is two integers, saved with checkpoints.

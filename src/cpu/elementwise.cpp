@@ -11,7 +11,7 @@
 #include "cpu/rows.h"
 #include "cpu/vmath.h"
 #include "mixtrain/detail/map_math.h"
-#include "mixtrain/random.h"
+#include "mixtrain/detail/random_bits.h"
 
 namespace mixtrain::cpu {
 
@@ -261,13 +261,9 @@ void CpuBackend::dropout(const Tensor& x_any, uint64_t seed, uint64_t base, floa
     alignas(64) float o[kTile];
     const int64_t j0 = t * kTile, m = std::min(kTile, n - j0);
     const float* v = load_f32(at(x.raw_data(), dt, j0), dt, m, buf);
-    for (int64_t j = 0; j < m; ++j) {
-      // Kept when the draw (the top 24 bits, as Rng::uniform) is >= p.
-      const float u =
-          static_cast<float>(random_bits(seed, base + static_cast<uint64_t>(j0 + j)) >> 40) *
-          (1.0f / 16777216.0f);
-      o[j] = v[j] * (u >= p ? scale : 0.0f);
-    }
+    // Kept when the draw (the top 24 bits, as Rng::uniform) is >= p: the device's function.
+    for (int64_t j = 0; j < m; ++j)
+      o[j] = v[j] * detail::dropout_factor(seed, base + static_cast<uint64_t>(j0 + j), p, scale);
     convert(o, DType::f32, at(y.raw_data(), y.dtype(), j0), y.dtype(), static_cast<size_t>(m));
   }
 }

@@ -2,10 +2,12 @@
 // library's step planner, host <-> device transfers, the element-wise fill and strided
 // converting copy, the element-wise maps and gradient accumulation (kernels.cu, with the CPU's
 // per-element math from mixtrain/detail/), so tensors live on the GPU and move and convert there
-// exactly as on the host. The maps and accumulation have not run on a GPU yet (the op harness,
-// tests/test_backend_ops.cpp, checks them where one is present); the other op kernels are not
-// written yet: each names itself in a BackendError. The GEMM (cuBLASLt, gemm_cublaslt.cpp) and
-// the optimizer and gradient passes (multi_tensor.cu) are written but have not run on a GPU yet.
+// exactly as on the host; the nn and reduction ops (dropout, sum, softmax, the index scan,
+// cross-entropy, layer norm, embedding, attention) through cuda/nn_ops.h; the GEMM through
+// cuBLASLt (gemm_cublaslt.cpp); the optimizer update and the gradient passes as multi-tensor
+// kernels (multi_tensor.cu). None of these kernels has run on a GPU yet (the op harness,
+// tests/test_backend_ops.cpp, checks them where one is present); an op without a CUDA kernel
+// names itself in a BackendError.
 #include <cuda_runtime_api.h>
 
 #include <fmt/format.h>
@@ -17,6 +19,7 @@
 #include "cuda/gemm_cublaslt.h"
 #include "cuda/kernels.h"
 #include "cuda/multi_tensor.h"
+#include "cuda/nn_ops.h"
 #include "cuda/runtime.h"
 
 namespace mixtrain {
@@ -155,50 +158,62 @@ class CudaBackend final : public Backend {
                                      dst.str(), src.str()));
     check(static_cast<cudaError_t>(rc), "gradient accumulation");
   }
-  void dropout(const Tensor&, uint64_t, uint64_t, float, float, const Tensor&) override {
-    missing("dropout");
+  void dropout(const Tensor& x, uint64_t seed, uint64_t base, float p, float scale,
+               const Tensor& y) override {
+    cuda::dropout(x, seed, base, p, scale, y);
   }
-  void sum(const Tensor&, const std::vector<int64_t>&, float, const Tensor&) override {
-    missing("sum");
+  void sum(const Tensor& x, const std::vector<int64_t>& axes, float scale,
+           const Tensor& out) override {
+    cuda::sum(x, axes, scale, out);
   }
   void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
             float alpha, float beta, const Tensor* bias, Epilogue epi) override {
     cuda::gemm(a, trans_a, b, trans_b, c, alpha, beta, bias, epi);  // gemm_cublaslt.cpp
   }
-  void softmax(const Tensor&, int64_t, bool, const Tensor&) override { missing("softmax"); }
-  void softmax_backward(const Tensor&, const Tensor&, int64_t, bool, const Tensor&) override {
-    missing("softmax backward");
+  // The nn and reduction ops: cuda/nn_ops.h (kernels in nn_kernels.cu, embedding_backward.cu
+  // and attention.cu).
+  void softmax(const Tensor& x, int64_t axis, bool log, const Tensor& y) override {
+    cuda::softmax(x, axis, log, y);
   }
-  IndexScan scan_indices(const Tensor&, int64_t, std::optional<int64_t>) override {
-    missing("index check");
+  void softmax_backward(const Tensor& y, const Tensor& g, int64_t axis, bool log,
+                        const Tensor& dx) override {
+    cuda::softmax_backward(y, g, axis, log, dx);
   }
-  void cross_entropy(const Tensor&, const Tensor&, int64_t, int64_t, const Tensor&,
-                     const Tensor&) override {
-    missing("cross_entropy");
+  IndexScan scan_indices(const Tensor& ids, int64_t n, std::optional<int64_t> ignore) override {
+    return cuda::scan_indices(ids, n, ignore);
   }
-  void cross_entropy_backward(const Tensor&, const Tensor&, int64_t, int64_t, const Tensor&,
-                              const Tensor&, const Tensor&) override {
-    missing("cross_entropy backward");
+  void cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore, int64_t count,
+                     const Tensor& lse, const Tensor& loss) override {
+    cuda::cross_entropy(logits, targets, ignore, count, lse, loss);
   }
-  void layer_norm(const Tensor&, const Tensor&, const Tensor&, float, const Tensor&, const Tensor&,
-                  const Tensor&) override {
-    missing("layer_norm");
+  void cross_entropy_backward(const Tensor& logits, const Tensor& targets, int64_t ignore,
+                              int64_t count, const Tensor& lse, const Tensor& g,
+                              const Tensor& dlogits) override {
+    cuda::cross_entropy_backward(logits, targets, ignore, count, lse, g, dlogits);
   }
-  void layer_norm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                           const Tensor&, const Tensor&, const Tensor&, const Tensor&) override {
-    missing("layer_norm backward");
+  void layer_norm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, const Tensor& y,
+                  const Tensor& mean, const Tensor& rstd) override {
+    cuda::layer_norm(x, w, b, eps, y, mean, rstd);
   }
-  void embedding(const Tensor&, const Tensor&, const Tensor&) override { missing("embedding"); }
-  void embedding_backward(const Tensor&, const Tensor&, const Tensor&) override {
-    missing("embedding backward");
+  void layer_norm_backward(const Tensor& x, const Tensor& w, const Tensor& g, const Tensor& mean,
+                           const Tensor& rstd, const Tensor& dx, const Tensor& dw,
+                           const Tensor& db) override {
+    cuda::layer_norm_backward(x, w, g, mean, rstd, dx, dw, db);
   }
-  void attention(const Tensor&, const Tensor&, const Tensor&, bool, float, const Tensor&,
-                 const Tensor&) override {
-    missing("attention");
+  void embedding(const Tensor& ids, const Tensor& table, const Tensor& out) override {
+    cuda::embedding(ids, table, out);
   }
-  void attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                          bool, float, const Tensor&, const Tensor&, const Tensor&) override {
-    missing("attention backward");
+  void embedding_backward(const Tensor& ids, const Tensor& g, const Tensor& dtable) override {
+    cuda::embedding_backward(ids, g, dtable);
+  }
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, float scale,
+                 const Tensor& o, const Tensor& lse) override {
+    cuda::attention(q, k, v, causal, scale, o, lse);
+  }
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& g,
+                          const Tensor& lse, bool causal, float scale, const Tensor& dq,
+                          const Tensor& dk, const Tensor& dv) override {
+    cuda::attention_backward(q, k, v, g, lse, causal, scale, dq, dk, dv);
   }
   // The multi-tensor passes: multi_tensor_host.cpp, kernels in multi_tensor.cu.
   void optimizer_update(const optim::detail::Rule& rule,
