@@ -35,8 +35,7 @@ bool same_bits(float a, float b) {
 
 // The reference: the fp8 casts of dtype.h, then their exact decode.
 float ref_round(float v, bool e5m2, bool saturate) {
-  if (e5m2)
-    return static_cast<float>(saturate ? fp8_e5m2::saturate(v) : fp8_e5m2(v));
+  if (e5m2) return static_cast<float>(saturate ? fp8_e5m2::saturate(v) : fp8_e5m2(v));
   return static_cast<float>(saturate ? fp8_e4m3::saturate(v) : fp8_e4m3(v));
 }
 
@@ -183,9 +182,8 @@ TEST(Fp8, RoundingMatchesTheCastsOnEveryPatternStride) {
       for (uint64_t u = 0; u < (1ull << 32); u += 61) {
         const float v = bits_float(static_cast<uint32_t>(u));
         const float want = ref_round(v, e5m2, sat), got = fast_round(v, e5m2, sat);
-        ASSERT_TRUE(same_bits(want, got))
-            << std::hexfloat << v << " e5m2 " << e5m2 << " sat " << sat << ": " << got << " vs "
-            << want;
+        ASSERT_TRUE(same_bits(want, got)) << std::hexfloat << v << " e5m2 " << e5m2 << " sat "
+                                          << sat << ": " << got << " vs " << want;
       }
 }
 
@@ -267,7 +265,8 @@ TEST(Fp8, MxQuantizeMatchesTheScalarReferenceAndNeverSaturates) {
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const int64_t R = 7, K = 100;  // 100 = 3 blocks of 32 and one of 4
   std::vector<float> v(R * K);
-  for (size_t i = 0; i < v.size(); ++i) v[i] = nd(rng) * std::ldexp(1.0f, static_cast<int>(i % 40) - 20);
+  for (size_t i = 0; i < v.size(); ++i)
+    v[i] = nd(rng) * std::ldexp(1.0f, static_cast<int>(i % 40) - 20);
   const Tensor x = Tensor::from_vector(v, {R, K}).to(DType::bf16);
   const std::vector<float> xv = x.to(DType::f32).to_vector();
   for (DType fmt : {DType::e4m3, DType::e5m2}) {
@@ -288,8 +287,8 @@ TEST(Fp8, MxQuantizeMatchesTheScalarReferenceAndNeverSaturates) {
         for (int64_t k = b * 32; k < std::min(K, b * 32 + 32); ++k) {
           const float scaled = static_cast<float>(xv[r * K + k] / std::ldexp(1.0, e));
           ASSERT_LE(std::fabs(scaled), fmax);  // rounded up: nothing saturates
-          const float want =
-              static_cast<float>(fast_round(scaled, fmt == DType::e5m2, false) * std::ldexp(1.0, e));
+          const float want = static_cast<float>(fast_round(scaled, fmt == DType::e5m2, false) *
+                                                std::ldexp(1.0, e));
           ASSERT_EQ(qv[r * K + k], want) << r << " " << k;
         }
       }

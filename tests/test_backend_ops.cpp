@@ -27,6 +27,8 @@
 #include "cpu/optimizer.h"
 #include "cpu/reference/nn_ref.h"
 #include "cpu/reference/ops_ref.h"
+#include "mixtrain/amp/fp8.h"
+#include "mixtrain/detail/fp8_math.h"
 #include "mixtrain/gemm.h"
 #include "mixtrain/ops.h"
 #include "mixtrain/optim/optimizer.h"
@@ -691,8 +693,64 @@ std::vector<Check> grad_pass_checks(DType dt, Device dev) {
   return out;
 }
 
+// fp8 quantization (amp/fp8.h) of a dt tensor: the amax, the per-tensor quantization into bf16
+// and into the format's own codes, and MXFP8's blocks, each against the scalar per-element
+// math (detail/fp8_math.h), bit for bit.
+std::vector<Check> fp8_checks(DType dt, Device dev) {
+  const int64_t R = 37, K = 100;  // 100: three blocks of 32 and one of 4 per row
+  Input x = input({R, K}, dt, 96, -6.0f, 6.0f);
+  const Tensor xd = x.host.to(dev);
+  Backend& be = backend_for(dev);
+  float want_amax = 0;
+  for (float v : x.ref) want_amax = std::max(want_amax, std::fabs(v));
+  std::vector<Check> out;
+  out.push_back({"amax", be.amax(xd) == want_amax ? 0.0 : 1.0, 0.0});
+  for (DType fmt : {DType::e4m3, DType::e5m2}) {
+    const bool e5 = fmt == DType::e5m2;
+    const float scale = amp::fp8_max(fmt) / want_amax * 2.0f;  // some values saturate
+    auto rounded = [&](float v) {
+      return e5 ? detail::fp8_round<true>(v, true) : detail::fp8_round<false>(v, true);
+    };
+    std::vector<float> want(x.ref.size());
+    for (size_t i = 0; i < want.size(); ++i) want[i] = rounded(x.ref[i] * scale);
+    for (DType qdt : {DType::bf16, fmt}) {
+      Tensor q = Tensor::empty({R, K}, qdt, dev);
+      be.fp8_quantize(xd, scale, fmt, q);
+      out.push_back({fmt::format("{} into {}", dtype_name(fmt), dtype_name(qdt)),
+                     mismatches(bits_of(q.to(Device::cpu).to(DType::f32)),
+                                bits_of(Tensor::from_vector(want, {R, K}))),
+                     0.0});
+    }
+    Tensor q = Tensor::empty({R, K}, DType::bf16, dev), sc = Tensor::empty({R, 4}, DType::u8, dev);
+    const float am = be.mx_quantize(xd, fmt, q, sc);
+    std::vector<float> mx(x.ref.size());
+    std::vector<float> codes;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t b = 0; b < K; b += 32) {
+        const int64_t end = std::min(K, b + 32);
+        float bmax = 0;
+        for (int64_t i = b; i < end; ++i) bmax = std::max(bmax, std::fabs(x.ref[r * K + i]));
+        const uint8_t code = detail::e8m0_ceil_code(bmax, amp::fp8_max(fmt));
+        codes.push_back(code);
+        for (int64_t i = b; i < end; ++i)
+          mx[r * K + i] = static_cast<float>(bf16(
+              rounded(x.ref[r * K + i] * detail::e8m0_inverse(code)) * detail::e8m0_decode(code)));
+      }
+    const Tensor sch = sc.to(Device::cpu);
+    double bad_codes = am == want_amax ? 0.0 : 1.0;
+    for (size_t i = 0; i < codes.size(); ++i) bad_codes += sch.data<uint8_t>()[i] != codes[i];
+    out.push_back({fmt::format("mx {} scales", dtype_name(fmt)), bad_codes, 0.0});
+    out.push_back({fmt::format("mx {} values", dtype_name(fmt)),
+                   mismatches(bits_of(q.to(Device::cpu).to(DType::f32)),
+                              bits_of(Tensor::from_vector(mx, {R, K}))),
+                   0.0});
+  }
+  return out;
+}
+
 std::vector<Case> cases() {
   std::vector<Case> c;
+  c.push_back({"fp8_quantize", fp8_checks});
   c.push_back(
       {"matmul", [](DType dt, Device dev) { return matmul_checks(dt, dev, 0, 64, 48, 40); }});
   c.push_back({"matmul_batched",

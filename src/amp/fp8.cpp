@@ -33,9 +33,7 @@ Fp8Recipe parse_fp8_recipe(std::string_view name) {
       fmt::format("--fp8-recipe: unknown recipe '{}' (choose delayed, current or mxfp8)", name));
 }
 
-const char* amax_reduce_name(AmaxReduce r) {
-  return r == AmaxReduce::max ? "max" : "most_recent";
-}
+const char* amax_reduce_name(AmaxReduce r) { return r == AmaxReduce::max ? "max" : "most_recent"; }
 
 AmaxReduce parse_amax_reduce(std::string_view name) {
   if (name == "max") return AmaxReduce::max;
@@ -120,8 +118,7 @@ void AmaxHistory::assign(const std::vector<float>& oldest_first) {
 }
 
 void Fp8TensorMeta::observe(float amax) {
-  if (!seen || (!std::isnan(step_amax) && (std::isnan(amax) || amax > step_amax)))
-    step_amax = amax;
+  if (!seen || (!std::isnan(step_amax) && (std::isnan(amax) || amax > step_amax))) step_amax = amax;
   seen = true;
 }
 
@@ -172,7 +169,8 @@ Fp8StepReport fp8_end_step(const Fp8States& states, const Fp8Options& o) {
       const Fp8TensorMeta& m = (*st)[r];
       bits.push_back(m.seen ? static_cast<int64_t>(bits_of(m.step_amax) & 0x7fffffffu) : 0);
     }
-  if (dist::size() > 1 && !bits.empty()) dist::allreduce_max(bits.data(), static_cast<int64_t>(bits.size()));
+  if (dist::size() > 1 && !bits.empty())
+    dist::allreduce_max(bits.data(), static_cast<int64_t>(bits.size()));
   size_t k = 0;
   for (const auto& [name, st] : states)
     for (Fp8Role r : kRoles) {
@@ -220,9 +218,10 @@ void load_fp8_state(const Fp8States& states,
       const std::string n = state_name(name, r);
       auto it = by_name.find(n);
       if (it == by_name.end())
-        throw IOError(fmt::format("checkpoint: no fp8 scaling state '{}' (was it written by an "
-                                  "fp8 run of this model?)",
-                                  n));
+        throw IOError(
+            fmt::format("checkpoint: no fp8 scaling state '{}' (was it written by an "
+                        "fp8 run of this model?)",
+                        n));
       std::vector<float> v = it->second->to(DType::f32).to_vector();
       Fp8TensorMeta& m = (*st)[r];
       if (v.size() < 2 || static_cast<int64_t>(v.size()) - 2 > m.history.length())

@@ -17,10 +17,10 @@ namespace mixtrain::cpu {
 namespace {
 
 void check_float(const Tensor& t, const char* op, const char* what) {
-  if (!t.is_contiguous() || !(t.dtype() == DType::f32 || t.dtype() == DType::bf16 ||
-                              t.dtype() == DType::f16))
-    throw DTypeError(fmt::format("{}: {} {} must be a contiguous f32, bf16 or f16 tensor", op,
-                                 what, t.str()));
+  if (!t.is_contiguous() ||
+      !(t.dtype() == DType::f32 || t.dtype() == DType::bf16 || t.dtype() == DType::f16))
+    throw DTypeError(
+        fmt::format("{}: {} {} must be a contiguous f32, bf16 or f16 tensor", op, what, t.str()));
 }
 
 // Rounds n fp32 values in place onto fmt's grid after multiplying by `scale`.
@@ -66,9 +66,8 @@ float CpuBackend::amax(const Tensor& x) {
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tiles; ++t) {
       const int64_t b = t * kTile, len = std::min(kTile, n - b);
-      mine = combine_amax(mine, tile_amax(load_f32(at(x.raw_data(), x.dtype(), b), x.dtype(),
-                                                   len, buf),
-                                          len));
+      mine = combine_amax(
+          mine, tile_amax(load_f32(at(x.raw_data(), x.dtype(), b), x.dtype(), len, buf), len));
     }
 #pragma omp critical
     result = combine_amax(result, mine);
@@ -80,7 +79,8 @@ void CpuBackend::fp8_quantize(const Tensor& x, float scale, DType fmt, const Ten
   check_float(x, "fp8_quantize", "x");
   if (fmt != DType::e4m3 && fmt != DType::e5m2)
     throw DTypeError(fmt::format("fp8_quantize: {} is not an fp8 format", dtype_name(fmt)));
-  if (!q.is_contiguous() || q.shape() != x.shape() || !(q.dtype() == DType::bf16 || q.dtype() == fmt))
+  if (!q.is_contiguous() || q.shape() != x.shape() ||
+      !(q.dtype() == DType::bf16 || q.dtype() == fmt))
     throw ShapeError(fmt::format("fp8_quantize: q {} must be contiguous bf16 or {} of x's shape {}",
                                  q.str(), dtype_name(fmt), x.str()));
   const int64_t n = x.numel(), tiles = (n + kTile - 1) / kTile;
@@ -106,8 +106,8 @@ float CpuBackend::mx_quantize(const Tensor& x, DType fmt, const Tensor& q, const
     throw ShapeError(
         fmt::format("mx_quantize: q {} must be contiguous bf16 of x's shape {}", q.str(), x.str()));
   if (!scales.is_contiguous() || scales.dtype() != DType::u8 || scales.shape() != Shape{R, nb})
-    throw ShapeError(fmt::format("mx_quantize: scales {} must be contiguous u8 [{}, {}]",
-                                 scales.str(), R, nb));
+    throw ShapeError(
+        fmt::format("mx_quantize: scales {} must be contiguous u8 [{}, {}]", scales.str(), R, nb));
   const float fmax = fmt == DType::e5m2 ? 57344.0f : 448.0f;
   uint8_t* sc = scales.data<uint8_t>();
   float result = 0.0f;

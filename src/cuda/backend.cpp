@@ -16,6 +16,7 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "cuda/fp8.h"
 #include "cuda/gemm_cublaslt.h"
 #include "cuda/kernels.h"
 #include "cuda/multi_tensor.h"
@@ -231,15 +232,37 @@ class CudaBackend final : public Backend {
   void split16_join(const Tensor& hi, const Tensor& lo, const Tensor& out) override {
     cuda::split16_join(hi, lo, out);
   }
-  float amax(const Tensor&) override { missing("amax"); }
-  void fp8_quantize(const Tensor&, float, DType, const Tensor&) override {
-    missing("fp8 quantization");
+  // fp8 (fp8.cu). The amax is read back: a per-tensor scale is the host's to set.
+  float amax(const Tensor& x) override {
+    const Tensor bits = Tensor::empty({1}, DType::i32, Device::cuda);
+    check(static_cast<cudaError_t>(cuda::launch_amax(x.raw_data(), static_cast<int>(x.dtype()),
+                                                     x.numel(),
+                                                     static_cast<uint32_t*>(bits.raw_data()))),
+          "amax");
+    return read_amax(bits);
   }
-  float mx_quantize(const Tensor&, DType, const Tensor&, const Tensor&) override {
-    missing("MXFP8 quantization");
+  void fp8_quantize(const Tensor& x, float scale, DType fmt, const Tensor& q) override {
+    check(static_cast<cudaError_t>(cuda::launch_fp8_quantize(
+              x.raw_data(), static_cast<int>(x.dtype()), x.numel(), scale, fmt == DType::e5m2,
+              q.raw_data(), static_cast<int>(q.dtype()))),
+          "fp8 quantization");
+  }
+  float mx_quantize(const Tensor& x, DType fmt, const Tensor& q, const Tensor& scales) override {
+    const Tensor bits = Tensor::empty({1}, DType::i32, Device::cuda);
+    check(static_cast<cudaError_t>(cuda::launch_mx_quantize(
+              x.raw_data(), static_cast<int>(x.dtype()), x.size(0), x.size(1), fmt == DType::e5m2,
+              static_cast<uint16_t*>(q.raw_data()), scales.data<uint8_t>(),
+              static_cast<uint32_t*>(bits.raw_data()))),
+          "MXFP8 quantization");
+    return read_amax(bits);
   }
 
  private:
+  float read_amax(const Tensor& bits) {
+    uint32_t u = 0;
+    download(bits.raw_data(), &u, sizeof u);
+    return detail::f32_from_bits(u);
+  }
   CudaMemory memory_;
 };
 

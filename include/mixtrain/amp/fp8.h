@@ -34,7 +34,7 @@ enum class Fp8Recipe : uint8_t { delayed, current, mxfp8 };
 /// How delayed scaling reduces its amax history: the window's max, or the latest step's.
 enum class AmaxReduce : uint8_t { max, most_recent };
 
-const char* fp8_recipe_name(Fp8Recipe r);  ///< "delayed", "current", "mxfp8"
+const char* fp8_recipe_name(Fp8Recipe r);           ///< "delayed", "current", "mxfp8"
 Fp8Recipe parse_fp8_recipe(std::string_view name);  ///< throws ConfigError naming the choices
 const char* amax_reduce_name(AmaxReduce r);         ///< "max", "most_recent"
 AmaxReduce parse_amax_reduce(std::string_view name);
@@ -100,7 +100,8 @@ struct Fp8TensorMeta {
 
 /// A Linear's scaling state: its input, its weight and the gradient of its output.
 struct Fp8LinearState {
-  explicit Fp8LinearState(int64_t history = 1024) : input(history), weight(history), grad(history) {}
+  explicit Fp8LinearState(int64_t history = 1024)
+      : input(history), weight(history), grad(history) {}
   Fp8TensorMeta input, weight, grad;
   Fp8TensorMeta& operator[](Fp8Role r) {
     return r == Fp8Role::input ? input : r == Fp8Role::weight ? weight : grad;

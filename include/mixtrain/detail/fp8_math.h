@@ -14,7 +14,7 @@ namespace mixtrain::detail {
 /// The two formats of fp8 training, as constants of the rounding below.
 template <bool kE5M2>
 struct Fp8Grid {
-  static constexpr int kMantissa = kE5M2 ? 2 : 3;  ///< stored mantissa bits
+  static constexpr int kMantissa = kE5M2 ? 2 : 3;   ///< stored mantissa bits
   static constexpr int kMinExp = kE5M2 ? -14 : -6;  ///< exponent of the smallest normal
   static constexpr float kMax = kE5M2 ? 57344.0f : 448.0f;
   /// Half an ulp above kMax, where RNE leaves the format: E4M3's 464 ties to 448 (even), and
@@ -100,7 +100,7 @@ MIXTRAIN_HD inline float e8m0_decode(uint8_t code) {
 /// exact; 0 for 255.
 MIXTRAIN_HD inline float e8m0_inverse(uint8_t code) {
   if (code == 255) return 0.0f;
-  const int e = 127 - static_cast<int>(code);       // in [-127, 127]
+  const int e = 127 - static_cast<int>(code);        // in [-127, 127]
   if (e == -127) return f32_from_bits(0x00400000u);  // 2^-127, an fp32 subnormal
   return f32_from_bits(static_cast<uint32_t>(e + 127) << 23);
 }
