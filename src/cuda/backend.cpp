@@ -1,4 +1,4 @@
-// The CUDA backend (built with MIXTRAIN_CUDA=ON): device memory from cudaMalloc under the
+// The CUDA backend (built with MIXTRAIN_CUDA=ON): device memory (memory.cpp) under the
 // library's step planner, host <-> device transfers, the element-wise fill and strided
 // converting copy, the element-wise maps and gradient accumulation (kernels.cu, with the CPU's
 // per-element math from mixtrain/detail/), so tensors live on the GPU and move and convert there
@@ -14,6 +14,7 @@
 
 #include "backend/backend.h"
 #include "cuda/kernels.h"
+#include "cuda/memory.h"
 #include "cuda/runtime.h"
 
 namespace mixtrain {
@@ -21,20 +22,6 @@ namespace mixtrain {
 namespace {
 
 using cuda::check;
-
-class CudaMemory final : public DeviceMemory {
- public:
-  void* map(size_t bytes) override { return alloc(bytes); }
-  void unmap(void* p, size_t) override { cudaFree(p); }
-  void* alloc_small(size_t bytes) override { return alloc(bytes); }
-  void free_small(void* p, size_t) override { cudaFree(p); }
-
- private:
-  static void* alloc(size_t bytes) {
-    void* p = nullptr;
-    return cudaMalloc(&p, bytes) == cudaSuccess ? p : nullptr;  // the caller reports OOM
-  }
-};
 
 cuda::View view_of(const Tensor& t) {
   if (t.dim() > cuda::kMaxRank)
@@ -208,7 +195,7 @@ class CudaBackend final : public Backend {
   void split16_join(const Tensor&, const Tensor&, const Tensor&) override { missing("split16"); }
 
  private:
-  CudaMemory memory_;
+  DeviceMemory& memory_ = cuda::device_memory();  // memory.cpp: a stream-ordered pool
 };
 
 }  // namespace
