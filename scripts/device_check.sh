@@ -21,10 +21,13 @@
 #             halved at each and growing again
 #   resume    a checkpoint written on cuda resumed on the cpu (and generation on cuda)
 # It ends with one JSON line of every figure and each stage's status. Set DEVICE_CHECK_OUT to
-# keep the logs elsewhere than $OUT (the device tool's) or /tmp/device_check.
+# keep the logs elsewhere than $OUT (the device tool's) or /tmp/device_check;
+# DEVICE_CHECK_PREBUILT=1 uses DEVICE_BUILD_DIR (default build-device) as it is, unbuilt;
+# CURVE_STEPS shortens the curves' runs; CHECK_DEVICE=cpu runs the GPU stages' commands on the
+# CPU and SKIP_BENCH=1 leaves the benchmarks out (both to test this script without a GPU).
 # Written without a GPU at hand: the stages have not run yet.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 ROOT=$PWD
 LOG=${DEVICE_CHECK_OUT:-${OUT:-/tmp/device_check}}
 mkdir -p "$LOG"
@@ -42,7 +45,8 @@ stage() {
   local name=$1 limit=$2
   shift 2
   note "stage $name (timeout ${limit}s)"
-  local t=$(date +%s)
+  local t
+  t=$(date +%s)
   # A child bash runs it (so the exported functions below can be stages too); timeout signals
   # its whole process group.
   timeout --kill-after=10 "$limit" bash -c '"$@"' "$name" "$@" >"$LOG/$name.log" 2>&1
@@ -65,9 +69,10 @@ skip() {
 # record KEY JSON-VALUE
 record() { echo "{\"$1\": $2}" >>"$RESULTS"; }
 MT="$ROOT/$BUILD/mixtrain"
+DEV=${CHECK_DEVICE:-cuda}
 RUNS=/tmp/device_check_runs
 DATA="text:$ROOT/tests/data/jargon_sample.txt"
-export ROOT PREFIX BUILD PY MT RUNS DATA
+export ROOT PREFIX BUILD PY MT RUNS DATA DEV
 
 # ---- deps ------------------------------------------------------------------------------------
 unpack_deps() {
@@ -114,6 +119,7 @@ unpack_deps() {
   done
   return $ok
 }
+export -f unpack_deps
 deps_env() {
   export CMAKE_PREFIX_PATH="$PREFIX/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
   export LD_LIBRARY_PATH="$PREFIX/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -149,14 +155,18 @@ build() {
     -DMIXTRAIN_BUILD_BENCH=OFF -DCMAKE_FIND_PACKAGE_PREFER_CONFIG=ON &&
     cmake --build "$BUILD" -j"$(nproc)" --target mixtrain test_backend_ops "${tests[@]}"
 }
-export -f build unpack_deps
-if [[ ${STATUS[deps]} == ok ]]; then
+export -f build
+if [[ -n ${DEVICE_CHECK_PREBUILT:-} ]]; then
+  # A build folder made beforehand (carried, or here to test the script): used as it is.
+  STATUS[build]="ok"
+  note "build: using the prebuilt $BUILD"
+elif [[ ${STATUS[deps]:-} == ok ]]; then
   stage build 300 build
 else
   skip build "no dependencies"
 fi
 BUILT=0
-[[ ${STATUS[build]} == ok ]] && BUILT=1
+[[ ${STATUS[build]:-} == ok && -x $MT ]] && BUILT=1
 ((BUILT)) && "$MT" info >"$LOG/info.txt" 2>&1
 
 # ---- harness and ctest -----------------------------------------------------------------------
@@ -173,15 +183,15 @@ fi
 # ---- bench: GPT-2 small ----------------------------------------------------------------------
 GPT2=(--model gpt --gpt-layers 12 --gpt-width 768 --gpt-heads 12 --gpt-context 1024
       --gpt-vocab 50257 --batch 16 --warmup 2 --peak-time 1 --json)
-if ((BUILT)); then
+if ((BUILT)) && [[ -z ${SKIP_BENCH:-} ]]; then
   stage bench_bf16 120 "$MT" bench step --device cuda --precision bf16 --repeats 6 "${GPT2[@]}" &&
     record bench_bf16 "$(sed -n '/^{/,/^}/p' "$LOG/bench_bf16.log" | $PY -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))')"
   stage bench_fp32 150 env NVIDIA_TF32_OVERRIDE=0 "$MT" bench step --device cuda \
     --precision fp32 --peak-dtype bf16 --repeats 3 --no-optimizer-bandwidth "${GPT2[@]}" &&
     record bench_fp32_tf32_off "$(sed -n '/^{/,/^}/p' "$LOG/bench_fp32.log" | $PY -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))')"
 else
-  skip bench_bf16 "no build"
-  skip bench_fp32 "no build"
+  skip bench_bf16 "no build, or SKIP_BENCH"
+  skip bench_fp32 "no build, or SKIP_BENCH"
 fi
 
 # ---- torch: the same step in PyTorch eager, autocast bf16 ------------------------------------
@@ -191,13 +201,13 @@ stage torch 150 $PY scripts/torch_gpt_step.py --layers 12 --width 768 --heads 12
 
 # ---- curves: cuda against cpu ----------------------------------------------------------------
 SMALL=(--model gpt --data "$DATA" --layers 4 --width 256 --heads 4 --context 128 --batch 16
-       --steps 300 --lr 1e-3 --seed 7 --precision bf16 --log-every 1 --eval-batches 4
+       --steps "${CURVE_STEPS:-300}" --lr 1e-3 --seed 7 --precision bf16 --log-every 1 --eval-batches 4
        --checkpoint-minutes 0 --tensorboard false --quiet)
 rm -rf "$RUNS"
 if ((BUILT)); then
-  stage curves_cuda 120 "$MT" train "${SMALL[@]}" --device cuda --out "$RUNS/cuda"
+  stage curves_cuda 120 "$MT" train "${SMALL[@]}" --device "$DEV" --out "$RUNS/cuda"
   stage curves_cpu 240 "$MT" train "${SMALL[@]}" --device cpu --out "$RUNS/cpu"
-  if [[ ${STATUS[curves_cuda]} == ok && ${STATUS[curves_cpu]} == ok ]]; then
+  if [[ ${STATUS[curves_cuda]:-} == ok && ${STATUS[curves_cpu]:-} == ok ]]; then
     # bf16 tolerance: the two devices round the same values in other orders (GEMM blocking),
     # so the curves drift apart step by step; their 25-step means must stay within 3% and the
     # final validation losses within 3%.
@@ -226,7 +236,7 @@ res = {"curves": {"steps_compared": len(steps), "worst_25_step_mean_rel_gap": wo
                   "first_loss_cuda": a.get(1), "first_loss_cpu": b.get(1)}}
 open(sys.argv[3], "a").write(json.dumps(res) + "\n")
 print(json.dumps(res))
-ok = len(steps) >= 300 and worst < 0.03 and res["curves"]["val_rel_gap"] < 0.03
+ok = len(steps) >= int(__import__("os").environ.get("CURVE_STEPS", "300")) and worst < 0.03 and res["curves"]["val_rel_gap"] < 0.03
 sys.exit(0 if ok else 1)
 PY
   else
@@ -244,7 +254,7 @@ if ((BUILT)); then
        --steps 60 --seed 3 --precision fp16 --log-every 1 --eval-batches 2 --scale-init 1024
        --scale-growth-interval 10 --inject-nonfinite-grad 20,40 --checkpoint-minutes 0
        --tensorboard false --quiet)
-  if stage fp16 90 "$MT" train "${F16[@]}" --device cuda --out "$RUNS/fp16"; then
+  if stage fp16 90 "$MT" train "${F16[@]}" --device "$DEV" --out "$RUNS/fp16"; then
     # Each injected step is skipped and halves the scale; 10 clean steps double it again.
     stage fp16_check 30 $PY - "$RUNS/fp16" "$RESULTS" <<'PY'
 import json, math, sys
@@ -283,10 +293,10 @@ if ((BUILT)); then
     local R=(--model gpt --data "$DATA" --layers 2 --width 128 --heads 4 --context 64 --batch 8
              --seed 5 --precision bf16 --eval-batches 2 --checkpoint-minutes 0
              --tensorboard false --quiet)
-    "$MT" train "${R[@]}" --steps 20 --device cuda --out "$RUNS/resume" &&
+    "$MT" train "${R[@]}" --steps 20 --device "$DEV" --out "$RUNS/resume" &&
       "$MT" train --resume "$RUNS/resume" --steps 40 --device cpu --quiet &&
       $PY -c "import json,math,sys; s=json.load(open('$RUNS/resume/summary.json')); print(json.dumps(s)); sys.exit(0 if s['steps']==40 and math.isfinite(s['val_loss']) else 1)" &&
-      "$MT" generate "$RUNS/resume" --device cuda --prompt "The " --tokens 16
+      "$MT" generate "$RUNS/resume" --device "$DEV" --prompt "The " --tokens 16
   }
   export -f resume
   stage resume 120 resume
