@@ -30,6 +30,28 @@ bool device_available(Device d, std::string* why = nullptr);
 /// One line on what runs `d`'s kernels ("avx512bf16, oneDNN 2.6.3 avx512_core_amx, 2 threads").
 /// Throws BackendError when the device is not available.
 std::string device_description(Device d);
+/// A device and, for cuda, which GPU: "cpu", "cuda" or "cuda:N" (the CLI's --device).
+struct DeviceSpec {
+  Device device = Device::cpu;
+  int index = -1;  ///< cuda:N's N; -1: the default (the local rank under mpirun, else 0)
+};
+/// Parses "cpu", "cuda" or "cuda:N"; throws ConfigError naming the bad string.
+DeviceSpec parse_device_spec(std::string_view spec);
+/// "cpu", "cuda", "cuda:1".
+std::string device_spec_str(const DeviceSpec& spec);
+/// Makes GPU `index` this process's CUDA device (cudaSetDevice) and returns the index chosen.
+/// index -1 picks the local rank when launched by mpirun (OMPI_COMM_WORLD_LOCAL_RANK,
+/// MPI_LOCALRANKID or SLURM_LOCALID: one process per GPU), else 0. Call it before any CUDA work:
+/// once the backend has work on one GPU, selecting another throws. Device::cpu selects nothing
+/// and returns -1. Throws BackendError saying why when the device is not available (a build
+/// without CUDA, no GPU, an index past the GPUs there are).
+int select_device(Device device, int index = -1);
+/// Waits until the work queued on `device` has finished (a GPU runs kernels asynchronously: a
+/// timer reads the clock after this). Nothing to wait for on the CPU.
+void synchronize(Device device);
+/// This process's CUDA device's compute capability as major * 10 + minor (70 for a V100, 80
+/// for an A100, 90 for an H100) and, when `name` is given, its name; 0 when there is none.
+int cuda_compute_capability(std::string* name = nullptr);
 
 using Shape = std::vector<int64_t>;
 /// "[2, 3, 4]".
@@ -204,6 +226,8 @@ void reset_peak_memory();
 /// Live bytes now minus live bytes at `before`, per dtype, as {dtype_name: bytes} (dtypes that
 /// did not grow are left out). Taken at the end of a forward pass, with `before` taken at its
 /// start, it is what the tape keeps for backward: the activation bytes (plus the batch).
-std::map<std::string, int64_t> memory_growth_by_dtype(const MemoryStats& before);
+/// `before` is memory_stats(device)'s.
+std::map<std::string, int64_t> memory_growth_by_dtype(const MemoryStats& before,
+                                                      Device device = Device::cpu);
 
 }  // namespace mixtrain

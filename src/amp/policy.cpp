@@ -57,17 +57,60 @@ Policy Policy::fp8(const Fp8Options& recipe) {
   return p;
 }
 
-Policy Policy::automatic(std::string* why) {
-  const auto& f = cpu_features();
-  if (f.native_bf16()) {
+Policy auto_policy(const AutoTarget& t, std::string* why) {
+  if (t.cuda) {
+    const int cc = t.compute_capability;
+    const std::string gpu =
+        fmt::format("{} (compute capability {}.{})", t.gpu_name.empty() ? "this GPU" : t.gpu_name,
+                    cc / 10, cc % 10);
+    if (cc >= 80) {
+      if (why)
+        *why = fmt::format(
+            "auto chose bf16: {} multiplies bf16 on its tensor cores, and bf16 keeps fp32's "
+            "exponent range (no loss scaling)",
+            gpu);
+      return Policy::bf16();
+    }
+    if (cc >= 70) {
+      if (why)
+        *why = fmt::format(
+            "auto chose fp16 with dynamic loss scaling: {} has fp16 tensor cores but none for "
+            "bf16 (from 8.0)",
+            gpu);
+      return Policy::fp16();
+    }
+    if (why)
+      *why = fmt::format("auto chose fp32: {} has no tensor cores (from 7.0) to gain from 16 bits",
+                         gpu);
+    return Policy::fp32();
+  }
+  if (t.cpu_native_bf16) {
     if (why) *why = "auto chose bf16: this CPU computes bf16 natively (avx512_bf16/amx)";
-    return bf16();
+    return Policy::bf16();
   }
   if (why)
     *why =
         "auto chose fp16 with dynamic loss scaling: this CPU has no native bf16 arithmetic, "
         "and fp16 storage halves activation memory";
-  return fp16();
+  return Policy::fp16();
+}
+
+Policy Policy::automatic(std::string* why) { return automatic(Device::cpu, why); }
+
+Policy Policy::automatic(Device device, std::string* why) {
+  AutoTarget t;
+  if (device == Device::cuda) {
+    t.cuda = true;
+    t.compute_capability = cuda_compute_capability(&t.gpu_name);
+  } else {
+    t.cpu_native_bf16 = cpu_features().native_bf16();
+  }
+  return auto_policy(t, why);
+}
+
+Policy Policy::parse(std::string_view spec, Device device, std::string* why) {
+  if (spec == "auto") return automatic(device, why);
+  return parse(spec, why);
 }
 
 Policy Policy::parse(std::string_view spec, std::string* why) {

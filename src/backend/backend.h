@@ -47,6 +47,10 @@ class DeviceMemory {
   /// Marks [p, p + bytes) as not to be touched (`off`) or usable again, for a memory checker
   /// (AddressSanitizer on the CPU); by default nothing.
   virtual void poison(void* p, size_t bytes, bool off) {}
+  /// Gives back to the system what the device keeps beneath the library's allocator (the CUDA
+  /// backend's memory pool keeps every freed block); release_cached_memory() calls it. By
+  /// default nothing (the CPU's freed pages go back at once).
+  virtual void release_cached() {}
 };
 
 /// The element-wise maps: out = f(in0, in1, in2) per element, the inputs broadcast (numpy rules)

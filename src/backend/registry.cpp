@@ -1,6 +1,9 @@
 // Which backend serves a device, and the helpers every backend's callers share.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cstdlib>
+
 #include "backend/backend.h"
 #include "cpu/backend.h"
 
@@ -9,6 +12,41 @@ namespace mixtrain {
 // Defined by src/cuda (a build with MIXTRAIN_CUDA=ON) or by src/no_cuda: the CUDA backend, or
 // null with the reason in `why`.
 Backend* cuda_backend(std::string* why);
+// Also theirs: make GPU `index` (>= 0) the process's device, returning it, or -1 with the
+// reason in `why`; the current GPU's compute capability (major * 10 + minor; 0: none).
+int cuda_select_device(int index, std::string* why);
+int cuda_capability(std::string* name);
+void cuda_synchronize();
+
+namespace {
+
+// The local rank a launcher gives each process (OpenMPI, MPICH/Hydra, Slurm), or -1.
+int launcher_local_rank() {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"})
+    if (const char* s = std::getenv(v)) {
+      char* end = nullptr;
+      const long r = std::strtol(s, &end, 10);
+      if (end != s && *end == '\0' && r >= 0 && r < 1 << 16) return static_cast<int>(r);
+    }
+  return -1;
+}
+
+}  // namespace
+
+int select_device(Device device, int index) {
+  if (device == Device::cpu) return -1;
+  if (index < 0) index = std::max(0, launcher_local_rank());
+  std::string why;
+  const int chosen = cuda_select_device(index, &why);
+  if (chosen < 0) throw BackendError(why);
+  return chosen;
+}
+
+int cuda_compute_capability(std::string* name) { return cuda_capability(name); }
+
+void synchronize(Device device) {
+  if (device == Device::cuda) cuda_synchronize();
+}
 
 bool backend_available(Device d, std::string* why) {
   if (d == Device::cpu) return true;

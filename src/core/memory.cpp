@@ -437,6 +437,7 @@ void release_cached_memory() {
     std::lock_guard<std::mutex> lock(a.mu);
     a.drop_cache();
     if (a.depth == 0) a.reset_plan();
+    a.mem.release_cached();
   });
 }
 

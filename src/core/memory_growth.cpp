@@ -4,8 +4,8 @@
 
 namespace mixtrain {
 
-std::map<std::string, int64_t> memory_growth_by_dtype(const MemoryStats& before) {
-  const MemoryStats now = memory_stats();
+std::map<std::string, int64_t> memory_growth_by_dtype(const MemoryStats& before, Device device) {
+  const MemoryStats now = memory_stats(device);
   std::map<std::string, int64_t> out;
   constexpr int kNumDTypes = sizeof(now.current_by_dtype) / sizeof(now.current_by_dtype[0]);
   for (int i = 0; i < kNumDTypes; ++i) {

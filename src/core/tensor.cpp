@@ -31,6 +31,28 @@ Device parse_device(std::string_view name) {
   throw ConfigError(fmt::format("unknown device '{}' (expected cpu or cuda)", name));
 }
 
+DeviceSpec parse_device_spec(std::string_view spec) {
+  DeviceSpec d;
+  if (spec == "cpu") return d;
+  if (spec.substr(0, 4) != "cuda")
+    throw ConfigError(fmt::format("unknown device '{}' (expected cpu, cuda or cuda:N)", spec));
+  d.device = Device::cuda;
+  if (spec.size() == 4) return d;
+  const std::string_view n = spec.substr(5);
+  bool digits = spec[4] == ':' && !n.empty() && n.size() <= 4;
+  for (char c : n) digits = digits && c >= '0' && c <= '9';
+  if (!digits)
+    throw ConfigError(fmt::format(
+        "unknown device '{}' (expected cpu, cuda or cuda:N with N the GPU's index)", spec));
+  d.index = std::stoi(std::string(n));
+  return d;
+}
+
+std::string device_spec_str(const DeviceSpec& spec) {
+  if (spec.device == Device::cuda && spec.index >= 0) return fmt::format("cuda:{}", spec.index);
+  return device_name(spec.device);
+}
+
 std::string shape_str(const Shape& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
 
 int64_t shape_numel(const Shape& s) {

@@ -1,4 +1,4 @@
-// The CUDA backend (built with MIXTRAIN_CUDA=ON): device memory from cudaMalloc under the
+// The CUDA backend (built with MIXTRAIN_CUDA=ON): device memory (memory.cpp) under the
 // library's step planner, host <-> device transfers, the element-wise fill and strided
 // converting copy, the element-wise maps and gradient accumulation (kernels.cu, with the CPU's
 // per-element math from mixtrain/detail/), so tensors live on the GPU and move and convert there
@@ -19,6 +19,7 @@
 #include "cuda/fp8.h"
 #include "cuda/gemm_cublaslt.h"
 #include "cuda/kernels.h"
+#include "cuda/memory.h"
 #include "cuda/multi_tensor.h"
 #include "cuda/nn_ops.h"
 #include "cuda/runtime.h"
@@ -28,20 +29,6 @@ namespace mixtrain {
 namespace {
 
 using cuda::check;
-
-class CudaMemory final : public DeviceMemory {
- public:
-  void* map(size_t bytes) override { return alloc(bytes); }
-  void unmap(void* p, size_t) override { cudaFree(p); }
-  void* alloc_small(size_t bytes) override { return alloc(bytes); }
-  void free_small(void* p, size_t) override { cudaFree(p); }
-
- private:
-  static void* alloc(size_t bytes) {
-    void* p = nullptr;
-    return cudaMalloc(&p, bytes) == cudaSuccess ? p : nullptr;  // the caller reports OOM
-  }
-};
 
 cuda::View view_of(const Tensor& t) {
   if (t.dim() > cuda::kMaxRank)
@@ -263,7 +250,7 @@ class CudaBackend final : public Backend {
     download(bits.raw_data(), &u, sizeof u);
     return detail::f32_from_bits(u);
   }
-  CudaMemory memory_;
+  DeviceMemory& memory_ = cuda::device_memory();  // memory.cpp: a stream-ordered pool
 };
 
 }  // namespace

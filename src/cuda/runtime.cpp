@@ -2,9 +2,15 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
+
 #include "mixtrain/error.h"
 
 namespace mixtrain::cuda {
+
+namespace {
+std::atomic<int> g_stream_device{-1};
+}  // namespace
 
 cudaStream_t stream() {
   // Created once per process: a process drives one GPU (--device cuda:N selects it before the
@@ -12,10 +18,15 @@ cudaStream_t stream() {
   static cudaStream_t s = [] {
     cudaStream_t made = nullptr;
     check(cudaStreamCreateWithFlags(&made, cudaStreamNonBlocking), "creating the backend's stream");
+    int dev = 0;
+    check(cudaGetDevice(&dev), "creating the backend's stream");
+    g_stream_device.store(dev);
     return made;
   }();
   return s;
 }
+
+int stream_device() { return g_stream_device.load(); }
 
 void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess)

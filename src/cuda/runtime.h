@@ -11,6 +11,9 @@ namespace mixtrain::cuda {
 /// The backend's stream on the current device, created on first use; non-blocking with respect
 /// to the legacy default stream, so other libraries' work on stream 0 does not serialise with it.
 cudaStream_t stream();
+/// The GPU stream() was created on; -1 before its first use (select_device checks that it
+/// comes before any work).
+int stream_device();
 
 /// Throws BackendError "cuda: <what>: <message> (<error name>)" unless e is cudaSuccess.
 void check(cudaError_t e, const char* what);

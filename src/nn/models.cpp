@@ -100,6 +100,7 @@ Variable GPT::forward(const Variable& ids, Rng& drng) const {
     throw ShapeError(fmt::format("GPT: sequence length {} exceeds the context {}", T, cfg.context));
   Tensor pos_ids = Tensor::empty({T}, DType::i64);
   for (int64_t t = 0; t < T; ++t) pos_ids.data<int64_t>()[t] = t;
+  pos_ids = pos_ids.to(ids.data().device());  // beside the token ids (a GPU run uploads them)
   Variable x = add(tok.forward(ids), pos.forward(Variable(pos_ids)));  // [B,T,C] + [T,C]
   (void)B;
   for (Block* b : blocks) x = b->forward(x, drng);

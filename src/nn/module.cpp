@@ -52,6 +52,10 @@ void Module::train(bool on) {
   for (auto& [n, c] : children_) c->train(on);
 }
 
+void Module::to(Device device) {
+  for (Parameter* p : parameters()) p->to(device);
+}
+
 void Module::set_compute_dtype(DType dt) {
   const DType mine = override_.value_or(dt);
   for (auto& [n, p] : params_) p->set_compute_dtype(mine);

@@ -24,6 +24,19 @@ void Parameter::set_grad_dtype(DType dt) {
   weight.zero_grad();
 }
 
+void Parameter::to(Device device) {
+  const bool shared = master.defined() && weight.defined() && shares_master();
+  if (master.defined()) master = master.to(device);
+  if (!weight.defined()) return;
+  Tensor grad = weight.grad();
+  // The working copy keeps sharing the master's storage when it did, else moves its own bytes
+  // (a copy made from the master would round again where a master-free mode keeps low bits).
+  Tensor copy = shared ? master : weight.data().to(device);
+  weight = Variable(copy, true, name);
+  weight.set_grad_dtype(grad_dtype);
+  if (grad.defined()) weight.grad() = grad.to(device);
+}
+
 void Parameter::refresh() {
   if (master.defined() && !shares_master()) weight.data().copy_from(master);
 }

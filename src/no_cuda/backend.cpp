@@ -13,4 +13,13 @@ Backend* cuda_backend(std::string* why) {
   return nullptr;
 }
 
+int cuda_select_device(int, std::string* why) {
+  cuda_backend(why);
+  return -1;
+}
+
+int cuda_capability(std::string*) { return 0; }
+
+void cuda_synchronize() {}
+
 }  // namespace mixtrain

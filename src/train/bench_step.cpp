@@ -28,6 +28,7 @@
 #include "mixtrain/optim/optimizer.h"
 #include "mixtrain/random.h"
 #include "mixtrain/train/trainer.h"
+#include "train/task.h"
 
 namespace mixtrain::train {
 
@@ -62,7 +63,57 @@ struct Workload {
   virtual ~Workload() = default;
   virtual nn::Module& module() = 0;
   virtual Variable loss() = 0;
+  /// The model and its batch onto `device` (built on the host: the same weights everywhere).
+  virtual void to(Device device) = 0;
 };
+
+// GFLOP/s of C = A·B (n×n, `dtype`) through mixtrain::gemm on `device`: the best of three
+// medians of per-call times, each call timed from a synchronize() to the next (the GPU's
+// kernels are asynchronous). On cuda that is the backend's GEMM (cuBLASLt), the peak the
+// step's products can reach in the same process.
+double device_gemm_gflops(DType dtype, int64_t n, Device device, double seconds) {
+  std::vector<float> v(static_cast<size_t>(n * n));
+  for (size_t i = 0; i < v.size(); ++i)
+    v[i] = static_cast<float>(static_cast<int64_t>(i % 17) - 8) / 8;
+  const Tensor a = Tensor::from_vector(v, {n, n}, dtype, device);
+  const Tensor b = a.clone();
+  Tensor c = Tensor::zeros({n, n}, dtype, device);
+  gemm(a, false, b, false, c);  // warm: the library picks its algorithm
+  synchronize(device);
+  double best = 0;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<double> t;
+    const auto t_round = Clock::now();
+    while (t.size() < 3 || ms_since(t_round) < seconds * 1e3 / 3) {
+      const auto t0 = Clock::now();
+      gemm(a, false, b, false, c);
+      synchronize(device);
+      t.push_back(ms_since(t0));
+      if (t.size() >= 1000) break;
+    }
+    best = std::max(best, 2.0 * static_cast<double>(n) * n * n / (median(t) * 1e-3) / 1e9);
+  }
+  return best;
+}
+
+// Device-to-device copy bandwidth (read + write) of `bytes`, the GPU's memcpy_gbps.
+double device_copy_gbps(size_t bytes, Device device, double seconds) {
+  const auto n = static_cast<int64_t>(bytes);
+  const Tensor src = Tensor::zeros({n}, DType::u8, device);
+  Tensor dst = Tensor::empty({n}, DType::u8, device);
+  dst.copy_from(src);
+  synchronize(device);
+  std::vector<double> t;
+  const auto t_all = Clock::now();
+  while (t.size() < 5 || ms_since(t_all) < seconds * 1e3) {
+    const auto t0 = Clock::now();
+    dst.copy_from(src);
+    synchronize(device);
+    t.push_back(ms_since(t0));
+    if (t.size() >= 1000) break;
+  }
+  return 2.0 * static_cast<double>(bytes) / (median(t) * 1e-3) / 1e9;
+}
 
 struct MlpWorkload : Workload {
   Rng rng;
@@ -78,6 +129,11 @@ struct MlpWorkload : Workload {
   }
   nn::Module& module() override { return model; }
   Variable loss() override { return cross_entropy(model.forward(Variable(x)), Variable(y)); }
+  void to(Device device) override {
+    model.to(device);
+    x = x.to(device);
+    y = y.to(device);
+  }
 };
 
 struct GptWorkload : Workload {
@@ -99,12 +155,18 @@ struct GptWorkload : Workload {
   Variable loss() override {
     return cross_entropy(model.forward(Variable(ids), drng), Variable(targets));
   }
+  void to(Device device) override {
+    model.to(device);
+    ids = ids.to(device);
+    targets = targets.to(device);
+  }
 };
 
 }  // namespace
 
 std::string BenchStepResult::to_json() const {
   nlohmann::json j = {{"impl", "mixtrain"},
+                      {"device", device},
                       {"model", model},
                       {"precision", precision},
                       {"master", master},
@@ -150,6 +212,12 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     throw ConfigError(
         fmt::format("bench step: --precision must be fp32, bf16 or fp16, got '{}'", o.precision));
   if (o.batch < 0) throw ConfigError(fmt::format("bench step: --batch {} must be >= 1", o.batch));
+  if (!o.peak_dtype.empty() && o.peak_dtype != "fp32" && o.peak_dtype != "bf16" &&
+      o.peak_dtype != "fp16")
+    throw ConfigError(
+        fmt::format("bench step: --peak-dtype must be fp32, bf16 or fp16, got '{}'", o.peak_dtype));
+  if (o.gpt_vocab < 1 || o.gpu_peak_n < 1)
+    throw ConfigError("bench step: --gpt-vocab and --gpu-peak-n must be >= 1");
   if (o.repeats < 1 || o.warmup < 0)
     throw ConfigError(
         fmt::format("bench step: repeats {} must be >= 1 and warmup {} >= 0", o.repeats, o.warmup));
@@ -158,8 +226,10 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   if (ac.any() && o.model != "gpt")
     throw ConfigError(
         "bench step: --checkpoint-activations needs --model gpt (the mlp has no blocks)");
+  const Device device = use_device(o.device);
   const amp::Policy policy = amp::Policy::parse(o.precision);
   BenchStepResult r;
+  r.device = o.device;
   r.checkpoint_activations = o.checkpoint_activations;
   r.model = o.model;
   r.precision = o.precision;
@@ -182,11 +252,13 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     cfg.width = o.gpt_width;
     cfg.heads = o.gpt_heads;
     cfg.context = o.gpt_context;
+    cfg.vocab = o.gpt_vocab;
     auto gpt = std::make_unique<GptWorkload>(cfg, r.batch, o.seed);
     gpt->model.set_checkpoint_every(ac.every);
     gpt->model.set_recompute_gelu(ac.gelu);
     w = std::move(gpt);
   }
+  w->to(device);
   nn::Module& model = w->module();
   model.set_compute_dtype(policy.compute);
   model.train();
@@ -225,21 +297,23 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     profile::mark();
     StepMemoryScope step_memory;
     Variable loss;
-    const MemoryStats before_forward = memory_stats();
+    const MemoryStats before_forward = memory_stats(device);
     {
       amp::PolicyScope scope(policy);
       loss = w->loss();
     }
-    r.activation_bytes = memory_growth_by_dtype(before_forward);
+    r.activation_bytes = memory_growth_by_dtype(before_forward, device);
     r.loss = loss.data().item();
     const auto t1 = Clock::now();
     loss.backward(scaler.scale());
-    loss = Variable();  // drop the tape before the update, as the trainer's scope does
+    loss = Variable();    // drop the tape before the update, as the trainer's scope does
+    synchronize(device);  // (on a GPU the phases end when their kernels have)
     const auto t2 = Clock::now();
     scaler.unscale(*opt);
     scaler.step(*opt);
     scaler.update();
     opt->zero_grad();
+    synchronize(device);
     const auto t3 = Clock::now();
     profile::add("loss scaler + optimizer + zero_grad",
                  std::chrono::duration<double>(t3 - t2).count());
@@ -262,7 +336,7 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     r.profile = profile::report(o.repeats);
     profile::enable(false);
   }
-  const MemoryStats ms = memory_stats();
+  const MemoryStats ms = memory_stats(device);
   r.peak_tensor_bytes = ms.peak_bytes;
   r.arena_bytes = ms.arena_bytes;
   r.step_missed_bytes = ms.step_missed_bytes;
@@ -303,16 +377,19 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     }
     std::vector<double> t;
     opt->step();  // warm
+    synchronize(device);
     for (int i = 0; i < std::max(5, o.repeats); ++i) {
       const auto t0 = Clock::now();
       opt->step();
+      synchronize(device);
       t.push_back(ms_since(t0));
     }
     opt->zero_grad();
     r.optimizer_alone_ms = median(t);
     r.optimizer_bytes = bytes;
     r.optimizer_gbps = bytes / (r.optimizer_alone_ms * 1e-3) / 1e9;
-    r.memcpy_gbps = memcpy_gbps(size_t{64} << 20, 0.3);
+    r.memcpy_gbps = device == Device::cpu ? memcpy_gbps(size_t{64} << 20, 0.3)
+                                          : device_copy_gbps(size_t{256} << 20, device, 0.3);
     r.optimizer_bandwidth_ratio = r.optimizer_gbps / r.memcpy_gbps;
   }
   // The GEMM peak last, after the step's peak RSS is read: oneDNN keeps packing buffers of an
@@ -321,7 +398,7 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   // peak_seconds / 3): a peak is what the machine can do, and on a shared machine a slow
   // stretch only lowers a measurement (one median over 0.5 s, ~5 calls on an AVX2 CPU, once
   // came out at 128 GFLOP/s beside 160-176 in the other runs, and an mfu above 1).
-  DType peak_dt = policy.compute;
+  DType peak_dt = o.peak_dtype.empty() ? policy.compute : amp::Policy::parse(o.peak_dtype).compute;
   r.gemm_peak_gflops = NAN;
   auto peak = [&](DType dt) {
     double best = onednn_gemm_gflops(dt, 2048, o.peak_seconds / 3);
@@ -329,7 +406,9 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
       best = std::max(best, onednn_gemm_gflops(dt, 2048, o.peak_seconds / 3));
     return best;
   };
-  if (o.peak_seconds > 0) {
+  if (o.peak_seconds > 0 && device != Device::cpu) {
+    r.gemm_peak_gflops = device_gemm_gflops(peak_dt, o.gpu_peak_n, device, o.peak_seconds);
+  } else if (o.peak_seconds > 0) {
     r.gemm_peak_gflops = peak(peak_dt);
     if (!std::isfinite(r.gemm_peak_gflops) && peak_dt != DType::f32) {
       // No 16-bit matmul on this CPU (fp16 without AVX512-FP16, bf16 on AVX2): mixtrain's

@@ -271,6 +271,7 @@ void save_sharded(const fs::path& out, const CheckpointState& st,
   std::string err;
   try {
     auto tensors = dp.shard_state(*st.opt);
+    for (auto& [n, t] : tensors) t = t.to(Device::cpu);  // written from host copies
     if (rank == 0)  // the scalar state is the same on every rank: rank 0's file holds it
     {
       for (auto& [n, t] : st.scaler->state().to_tensors()) {
@@ -379,9 +380,11 @@ void save_checkpoint(const fs::path& out, const CheckpointState& st, const json&
   // Otherwise every rank holds the same state: rank 0 writes it, in one file.
   if (st.dp && st.dp->rank() != 0) return;
   std::vector<std::pair<std::string, Tensor>> tensors;
+  // The file holds host copies, whatever device the run is on: the same bytes, so a checkpoint
+  // written on a GPU resumes on the CPU and back (load_state copies across devices).
   for (auto& [name, p] : st.task->module().named_parameters())
-    tensors.emplace_back("param." + name, p->master);
-  for (auto& [name, t] : st.opt->state_tensors()) tensors.emplace_back(name, t);
+    tensors.emplace_back("param." + name, p->master.to(Device::cpu));
+  for (auto& [name, t] : st.opt->state_tensors()) tensors.emplace_back(name, t.to(Device::cpu));
   for (auto& [name, t] : st.scaler->state().to_tensors()) tensors.emplace_back(name, t);
   for (auto& [name, t] : amp::fp8_state_tensors(nn::fp8_states(st.task->module(), 0)))
     tensors.emplace_back(name, t);

@@ -14,6 +14,7 @@
 #include "mixtrain/ops.h"
 #include "mixtrain/train/trainer.h"
 #include "train/checkpoint.h"
+#include "train/task.h"
 
 namespace mixtrain::train {
 
@@ -118,7 +119,10 @@ Generated generate(const std::string& run_dir, const GenerateOptions& o) {
                                 shape_str(p->master.shape()), run_dir));
     p->master.copy_from(w.to(p->master.dtype()));
   }
-  const amp::Policy policy = amp::Policy::parse(cfg.precision);
+  // Runs recorded before auto was resolved into config.json pick for the device they run on.
+  const Device device = use_device(o.device);
+  const amp::Policy policy = amp::Policy::parse(cfg.precision, device, nullptr);
+  model.to(device);
   model.set_compute_dtype(policy.compute);
   for (const std::string& name : cfg.fp32_modules)
     if (nn::Module* m = model.find(name)) m->set_compute_override(DType::f32);
@@ -134,7 +138,7 @@ Generated generate(const std::string& run_dir, const GenerateOptions& o) {
     std::vector<int64_t> window(ids.end() - t, ids.end());
     Tensor x = Tensor::empty({1, t}, DType::i64);
     std::copy(window.begin(), window.end(), x.data<int64_t>());
-    const Tensor logits = model.forward(Variable(x), dropout).data();
+    const Tensor logits = model.forward(Variable(x.to(device)), dropout).data();
     const Tensor last = logits.slice(1, t - 1, t).contiguous().to(DType::f32);
     const int64_t next = pick(last.to_vector(), o, rng);
     ids.push_back(next);

@@ -78,6 +78,24 @@ void check_source(const TrainConfig& cfg, const DataSource& data) {
 
 }  // namespace
 
+Device use_device(const std::string& spec) {
+  DeviceSpec d;
+  try {
+    d = parse_device_spec(spec);
+  } catch (const ConfigError& e) {
+    throw ConfigError(fmt::format("--device: {}", e.what()));
+  }
+  if (d.device == Device::cpu) return Device::cpu;
+  try {
+    select_device(d.device, d.index);
+  } catch (const BackendError& e) {
+    std::string why = e.what();
+    if (why.rfind("cuda: ", 0) == 0) why = why.substr(6);
+    throw BackendError(fmt::format("--device {}: {}", spec, why));
+  }
+  return d.device;
+}
+
 Task::Task(Model model, std::shared_ptr<DataSource> data, Loss loss, const TrainConfig& cfg)
     : model_(std::move(model)),
       data_(std::move(data)),
@@ -89,6 +107,10 @@ Task::Task(Model model, std::shared_ptr<DataSource> data, Loss loss, const Train
   if (!model_.module || !model_.forward)
     throw ConfigError("Trainer: the model has no module or no forward function");
   check_source(cfg, *data_);
+  // The model is built on the host (its initialisation draws there, so every device starts
+  // from the same weights) and moved; each batch is uploaded as it is drawn.
+  device_ = use_device(cfg.device);
+  if (device_ != Device::cpu) model_.module->to(device_);
   // Examples are drawn in shuffled epochs of micro-batches (the data order's seed is the data
   // stream's, so it does not depend on the model's initialisation).
   if (!tokens()) sampler_.emplace(data_->size(Split::train), micro_, cfg.seed ^ kDataStream);
@@ -116,11 +138,11 @@ Variable Task::train_loss(int64_t rows) {
   } else {
     b = data_->rows(Split::train, sampler_->next());
   }
-  Variable out = model_.forward(Variable(shard_rows(b.inputs)), dropout_rng_);
+  Variable out = model_.forward(Variable(shard_rows(b.inputs).to(device_)), dropout_rng_);
   if (track_output_max)
     for (float v : out.data().to_vector())
       output_max_abs_ = std::max<double>(output_max_abs_, std::fabs(v));
-  return compute_loss(loss_, out, Variable(shard_rows(b.targets)));
+  return compute_loss(loss_, out, Variable(shard_rows(b.targets).to(device_)));
 }
 
 EvalResult Task::evaluate(const amp::Policy& policy, const TrainConfig& cfg) {
@@ -139,9 +161,10 @@ EvalResult Task::evaluate(const amp::Policy& policy, const TrainConfig& cfg) {
       std::vector<int64_t> starts(static_cast<size_t>(count));
       for (int64_t k = 0; k < count; ++k) starts[k] = (i + k) * context_;
       Examples b = data_->windows(Split::validation, starts, context_);
-      Variable out = model_.forward(Variable(b.inputs), dropout_rng_);
-      loss_sum +=
-          static_cast<double>(compute_loss(loss_, out, Variable(b.targets)).data().item()) * count;
+      Variable out = model_.forward(Variable(b.inputs.to(device_)), dropout_rng_);
+      loss_sum += static_cast<double>(
+                      compute_loss(loss_, out, Variable(b.targets.to(device_))).data().item()) *
+                  count;
     }
   } else {
     // 256 rows at a time: with 1000 the evaluation's fp32 rows and (on CPUs without 16-bit
@@ -154,8 +177,9 @@ EvalResult Task::evaluate(const amp::Policy& policy, const TrainConfig& cfg) {
       idx.resize(static_cast<size_t>(e - i));
       for (int64_t r = i; r < e; ++r) idx[r - i] = r;
       Examples b = data_->rows(Split::validation, idx);
-      Variable out = model_.forward(Variable(b.inputs), dropout_rng_);
-      loss_sum += static_cast<double>(compute_loss(loss_, out, Variable(b.targets)).data().item()) *
+      Variable out = model_.forward(Variable(b.inputs.to(device_)), dropout_rng_);
+      loss_sum += static_cast<double>(
+                      compute_loss(loss_, out, Variable(b.targets.to(device_))).data().item()) *
                   (e - i);
       if (!classes) continue;
       const std::vector<float> l = out.data().to_vector();

@@ -34,6 +34,8 @@ class Task {
   nn::Module& module() { return *model_.module; }
   /// The model's head (Model::head), "" when it names none.
   const std::string& head() const { return model_.head; }
+  /// Where the model lives and its batches are uploaded to (cfg.device).
+  Device device() const { return device_; }
   const DataSource& data() const { return *data_; }
   Loss loss() const { return loss_; }
   /// Optimizer steps in one pass over the training data at this batch size.
@@ -66,6 +68,7 @@ class Task {
   bool tokens() const { return data_->target_kind() == TargetKind::next_token; }
   Tensor shard_rows(const Tensor& t) const;
   Model model_;
+  Device device_ = Device::cpu;
   std::shared_ptr<DataSource> data_;
   Loss loss_;
   int64_t micro_, context_;
@@ -74,6 +77,11 @@ class Task {
   Rng dropout_rng_;
   double output_max_abs_ = 0;
 };
+
+/// cfg.device selected for this process (select_device) and returned: ConfigError for a
+/// malformed spec, BackendError "--device SPEC: why" when the device cannot be used (a build
+/// without CUDA, no GPU). The same spec again selects nothing new.
+Device use_device(const std::string& spec);
 
 /// The task for cfg.model (registered) on cfg.data, weights initialised from cfg.seed.
 std::unique_ptr<Task> make_task(const TrainConfig& cfg);

@@ -82,6 +82,7 @@ std::string TrainSummary::to_json() const {
             {"unreduced_gradient_bytes_per_rank", unreduced_gradient_bytes_per_rank},
             {"out_dir", out_dir}};
   if (test_accuracy >= 0) j["test_accuracy"] = test_accuracy;
+  if (device != "cpu") j["device"] = device;
   if (stopped) j["stopped"] = true;
   if (ranks > 1 || zero) {  // data parallel: this rank's traffic and state
     j["ranks"] = ranks;
@@ -144,6 +145,11 @@ void check_config(const TrainConfig& c) {
     throw ConfigError(fmt::format("--{}: {}", flag, why));
   };
   if (c.model.empty()) bad("model", "empty");
+  try {
+    parse_device_spec(c.device);
+  } catch (const ConfigError& e) {
+    bad("device", e.what());
+  }
   check_data_spec(c.data);
   if (c.vocab < 0) bad("vocab", fmt::format("must be >= 0, got {}", c.vocab));
   if (c.vocab > 0 && c.data.rfind("tokens:", 0) != 0)
@@ -696,7 +702,9 @@ Trainer::Trainer(TrainConfig cfg, Callbacks* callbacks)
   validate_config(s.cfg);
   const ModelEntry& m = find_model(s.cfg.model);
   if (s.cfg.data.empty()) s.cfg.data = m.default_data;
-  s.policy = amp::Policy::parse(s.cfg.precision, &s.policy_why);
+  // The GPU is chosen before anything touches it; auto's precision depends on it.
+  const Device device = use_device(s.cfg.device);
+  s.policy = amp::Policy::parse(s.cfg.precision, device, &s.policy_why);
   s.scaler = make_scaler(s.cfg, s.policy);
   DataOptions o;
   o.vocab = s.cfg.vocab;
@@ -713,7 +721,8 @@ Trainer::Trainer(TrainConfig cfg, ModelFactory model, std::shared_ptr<DataSource
   if (s.cfg.model.empty() || s.cfg.model == TrainConfig{}.model) s.cfg.model = "custom";
   s.cfg.data = data->name();
   check_config(s.cfg);
-  s.policy = amp::Policy::parse(s.cfg.precision, &s.policy_why);
+  const Device device = use_device(s.cfg.device);
+  s.policy = amp::Policy::parse(s.cfg.precision, device, &s.policy_why);
   if (s.cfg.master != "auto") optim::parse_master_mode(s.cfg.master.c_str());
   s.scaler = make_scaler(s.cfg, s.policy);
   s.task = make_task(s.cfg, model, std::move(data));
@@ -780,7 +789,9 @@ void Trainer::Impl::setup() {
   common.master = optim::parse_master_mode(s.cfg.master.c_str());
   common.seed = s.cfg.seed;
   // Data parallel: every rank trains its slice of each global batch; with ZeRO-1 the real
-  // update runs on this rank's shard and s.opt is its proxy (see dist/data_parallel.h).
+  // update runs on this rank's shard and s.opt is its proxy (see dist/data_parallel.h). On
+  // cuda the collectives run on device buffers where the build has NCCL (comm.h).
+  dist::set_device(s.task->device());
   s.dp = make_data_parallel(s.cfg, s.policy.compute, s.task->module(), common);
   for (const std::string& name : s.cfg.fp32_modules) {
     nn::Module* m = s.task->module().find(name);
@@ -884,6 +895,7 @@ TrainSummary Trainer::run() {
   start.out_dir = s.out.string();
   start.policy = s.policy.str();
   start.policy_why = s.policy_why;
+  start.device = s.cfg.device;
   start.loss = loss_name(s.task->loss());
   start.parameters = s.task->module().num_parameters();
   start.total_steps = s.total_steps;
@@ -916,7 +928,7 @@ TrainSummary Trainer::run() {
     double step_loss = 0.0;
     for (int64_t m = 0; m < s.cfg.grad_accum; ++m) {
       Variable loss;
-      const MemoryStats before_forward = memory_stats();
+      const MemoryStats before_forward = memory_stats(s.task->device());
       {
         amp::PolicyScope scope(s.policy);
         // fp16: the tape keeps every activation, so a non-finite loss can be traced to the op
@@ -925,7 +937,7 @@ TrainSummary Trainer::run() {
         loss = s.task->train_loss(micro);
       }
       // What the tape keeps for backward (the largest over the run's micro-batches).
-      auto kept = memory_growth_by_dtype(before_forward);
+      auto kept = memory_growth_by_dtype(before_forward, s.task->device());
       if (total_bytes(kept) > total_bytes(s.activation_bytes)) s.activation_bytes = std::move(kept);
       const float lv = loss.data().item();
       if (!std::isfinite(lv) && s.policy.compute == DType::f16)
@@ -1129,7 +1141,8 @@ TrainSummary Trainer::run() {
   sum.throughput = s.train_seconds > 0 ? s.train_items / s.train_seconds : 0.0;
   sum.throughput_unit = std::string(s.task->items_name()) + "/s";
   sum.diagnose_s = s.diagnose_seconds;
-  sum.peak_tensor_bytes = memory_stats().peak_bytes;
+  sum.peak_tensor_bytes = memory_stats(s.task->device()).peak_bytes;
+  sum.device = s.cfg.device;
   sum.peak_rss_bytes = peak_rss_bytes();
   sum.activation_bytes = s.activation_bytes;
   sum.out_dir = s.out.string();

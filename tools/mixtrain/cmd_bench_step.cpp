@@ -26,8 +26,8 @@ int run_bench_step(const StepBenchOptions& s) {
     std::printf("%s\n", r.to_json().c_str());
     return 0;
   }
-  fmt::print("{} {} batch {} ({} parameters, {} threads)\n", r.model, r.precision, r.batch,
-             r.parameters, r.threads);
+  fmt::print("{} {} batch {} on {} ({} parameters, {} threads)\n", r.model, r.precision, r.batch,
+             r.device, r.parameters, r.threads);
   fmt::print(
       "  step       {:9.1f} ms median (min {:.1f}, max {:.1f}; fwd {:.1f}, bwd {:.1f}, "
       "opt {:.1f})\n",
@@ -98,6 +98,20 @@ void setup_bench_step(CLI::App& root) {
   step->add_option("--gpt-width", s->o.gpt_width)->check(kPositive)->capture_default_str();
   step->add_option("--gpt-heads", s->o.gpt_heads)->check(kPositive)->capture_default_str();
   step->add_option("--gpt-context", s->o.gpt_context)->check(kPositive)->capture_default_str();
+  step->add_option("--gpt-vocab", s->o.gpt_vocab, "gpt vocabulary (256: bytes; GPT-2: 50257)")
+      ->check(kPositive)
+      ->capture_default_str();
+  step->add_option("--device", s->o.device,
+                   "cpu | cuda | cuda:N: where the step runs (cuda: the GPU's own GEMM peak, a "
+                   "device copy as the bandwidth reference)")
+      ->capture_default_str();
+  step->add_option("--peak-dtype", s->o.peak_dtype,
+                   "dtype of the GEMM peak the mfu is taken against (default: the compute "
+                   "dtype; bf16 for an fp32 step's model-FLOPs utilisation)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}));
+  step->add_option("--gpu-peak-n", s->o.gpu_peak_n, "cuda: n of the n×n×n GEMM peak")
+      ->check(kPositive)
+      ->capture_default_str();
   step->add_flag("--json", s->json, "Print one JSON object");
   step->add_flag(
       "--profile", s->o.profile,

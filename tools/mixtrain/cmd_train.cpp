@@ -173,6 +173,10 @@ void add_train_flags(CLI::App* c, TrainFlags& f, bool with_precision = true) {
         "output not kept; ~2% time), or whole blocks (all, or 0, N, 2N..) keeping only their "
         "inputs (~1 more forward); same gradients, less memory")
       ->capture_default_str();
+  f.add(c, "--device", &TrainConfig::device,
+        "cpu | cuda | cuda:N: where this process computes (cuda: GPU N, or the local rank under "
+        "mpirun); a checkpoint resumes on either")
+      ->capture_default_str();
   auto* seed = c->add_option("--seed", f.seed, "random seed (init, data order, dropout)")
                    ->check(kNonNegative)
                    ->capture_default_str();
@@ -333,6 +337,7 @@ class Printer : public train::Callbacks {
     if (quiet_) return;
     fmt::print(stderr, "precision: {}{}\n", s.policy,
                s.policy_why.empty() ? "" : "; " + s.policy_why);
+    if (s.device != "cpu") fmt::print(stderr, "device: {}\n", s.device);
     if (s.resumed_at >= 0) fmt::print(stderr, "resumed {} at step {}\n", s.out_dir, s.resumed_at);
     fmt::print(stderr, "mixtrain: {} on {}, {} parameters, {} steps, loss {}, precision {}\n",
                s.model, s.data, s.parameters, s.total_steps, s.loss, s.policy);
@@ -687,6 +692,8 @@ void setup_generate(CLI::App& root) {
       ->check(kNonNegative)
       ->capture_default_str();
   c->add_option("--seed", *seed, "sampling seed")->check(kNonNegative)->capture_default_str();
+  c->add_option("--device", o->device, "cpu | cuda | cuda:N: where the forward passes run")
+      ->capture_default_str();
   on_run(c, [run_dir, o, seed]() {
     o->seed = static_cast<uint64_t>(*seed);
     const train::Generated g = train::generate(*run_dir, *o);

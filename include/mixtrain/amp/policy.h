@@ -9,6 +9,7 @@
 
 #include "mixtrain/amp/fp8.h"
 #include "mixtrain/dtype.h"
+#include "mixtrain/tensor.h"
 
 namespace mixtrain::amp {
 
@@ -43,13 +44,32 @@ struct Policy {
   /// bf16 where this CPU computes bf16 natively, else fp16 with dynamic scaling. `why`
   /// receives a sentence saying which and why.
   static Policy automatic(std::string* why = nullptr);
+  /// auto on `device`: the CPU's rule above, or on cuda the current GPU's (auto_policy).
+  static Policy automatic(Device device, std::string* why);
   /// "fp32" | "bf16" | "fp16" | "fp8" | "auto", or jmp-style "p=f32,c=bf16,o=f32". Throws
   /// ConfigError.
   static Policy parse(std::string_view spec, std::string* why = nullptr);
+  /// The same, auto resolved for `device`.
+  static Policy parse(std::string_view spec, Device device, std::string* why);
   /// "bf16 (p=f32,c=bf16,o=f32, no loss scaling)".
   std::string str() const;
   std::string name;  ///< preset name, or "custom"
 };
+
+/// What --precision auto decides on: the device and what it computes natively.
+struct AutoTarget {
+  bool cuda = false;
+  int compute_capability = 0;    ///< cuda: major * 10 + minor (cuda_compute_capability())
+  std::string gpu_name;          ///< cuda: for the sentence
+  bool cpu_native_bf16 = false;  ///< cpu: CpuFeatures::native_bf16()
+};
+/// The rule of --precision auto, apart from the machine it runs on (tested with made-up
+/// targets). On a GPU: bf16 from compute capability 8.0 (Ampere: bf16 tensor cores, fp32's
+/// exponent range, no loss scaling), fp16 with dynamic loss scaling on 7.0 and 7.5 (Volta and
+/// Turing: fp16 tensor cores only), fp32 below (no tensor cores). On the CPU: bf16 where it
+/// computes bf16 natively, else fp16 with dynamic loss scaling. `why` gets one sentence
+/// naming the choice and the reason.
+Policy auto_policy(const AutoTarget& target, std::string* why = nullptr);
 
 /// The active policy for this thread, or nullptr when none is set (ops then keep their
 /// inputs' dtypes: an explicit bf16 tensor stays bf16).

@@ -1,7 +1,10 @@
 // The process group of a data-parallel run: rank, size and the few collectives the trainer
-// needs, on buffers of comm_device() (host memory for MPI). Backed by MPI when built with
-// MIXTRAIN_MPI and launched under mpirun; otherwise (or when started without mpirun) a single rank.
-// No MPI types here.
+// needs. Backed by MPI when built with MIXTRAIN_MPI and launched under mpirun; otherwise (or
+// when started without mpirun) a single rank. The data collectives (alltoallv, allgatherv) take
+// buffers of comm_device(): host memory for MPI, or GPU memory through NCCL when the run is on
+// cuda and the build has both MIXTRAIN_CUDA and MIXTRAIN_MPI (the NCCL communicator is
+// bootstrapped over MPI). The scalar ones (allreduce_*, broadcast, barrier, gatherv) always take
+// host memory and go through MPI. No MPI, CUDA or NCCL types here.
 //
 //   if (dist::size() > 1) dist::allreduce_sum(&loss, 1);
 //
@@ -17,9 +20,16 @@
 
 namespace mixtrain::dist {
 
-/// The device whose memory the collectives read and write: the host for MPI (data parallelism
-/// stages device tensors through it).
-inline Device comm_device() { return Device::cpu; }
+/// The device the run computes on; the trainer says it before making the data-parallel engine.
+/// On cuda with several ranks and a build with NCCL, every rank must call it alike: it makes
+/// the NCCL communicator (rank 0's unique id broadcast over MPI), and comm_device() becomes cuda.
+void set_device(Device device);
+/// The device whose memory the data collectives (alltoallv, allgatherv and their non-blocking
+/// forms) read and write: cuda when the NCCL path is on (set_device above), else the host
+/// (data parallelism stages device tensors through it).
+Device comm_device();
+/// Whether the data collectives go through NCCL (comm_device() is cuda).
+bool nccl_active();
 
 /// Whether this build has an MPI backend (CMake option MIXTRAIN_MPI).
 bool mpi_built();
@@ -38,6 +48,9 @@ void set_timeout(double seconds);
 void allreduce_sum(double* data, int64_t n);
 void allreduce_max(int64_t* data, int64_t n);
 void broadcast(void* data, int64_t bytes, int root);
+/// Sums n floats of comm_device() memory in place over the ranks (NCCL's allreduce on the GPU;
+/// MPI's on the host).
+void allreduce_sum_buffer(float* data, int64_t n);
 void barrier();
 /// Each rank sends send_bytes[j] bytes at send + send_off[j] to rank j and receives
 /// recv_bytes[i] bytes from rank i at recv + recv_off[i] (arrays of size()).

@@ -43,6 +43,8 @@ class Module {
   /// Makes every parameter's working copy `dt` (from its fp32 master). Sub-modules with a
   /// compute override keep theirs.
   void set_compute_dtype(DType dt);
+  /// Moves every parameter (master, working copy, gradient) to `device`.
+  void to(Device device);
   /// Runs this module (and its children) in `dt` whatever the global policy says: its
   /// weights are kept in `dt` and its ops compute in `dt`. std::nullopt clears it.
   void set_compute_override(std::optional<DType> dt);

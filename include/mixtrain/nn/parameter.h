@@ -30,6 +30,10 @@ struct Parameter {
   void set_compute_dtype(DType dt);
   /// The dtype the gradient accumulates in (drops any accumulated gradient).
   void set_grad_dtype(DType dt);
+  /// Moves the master, the working copy and any accumulated gradient to `device` (values
+  /// unchanged: the copy moves the bytes). A released master stays released.
+  void to(Device device);
+  Device device() const { return master.defined() ? master.device() : weight.data().device(); }
   /// Copies master -> working copy (after loading a checkpoint, say); nothing to copy when
   /// the master was released.
   void refresh();

@@ -41,6 +41,15 @@ struct BenchStepOptions {
   std::string checkpoint_activations = "none";
   /// Per-op profile of the timed steps (profile.h) into BenchStepResult::profile.
   bool profile = false;
+  /// cpu | cuda | cuda:N. On cuda the model and batch live on the GPU, every phase ends with
+  /// a synchronize(), the peak is mixtrain::gemm's on the GPU (n = gpu_peak_n, the compute
+  /// dtype: cuBLASLt's through the backend) and the bandwidth reference a device copy.
+  std::string device = "cpu";
+  int64_t gpu_peak_n = 8192;
+  /// The dtype of the GEMM peak the mfu is taken against: "" for the compute dtype, or fp32,
+  /// bf16, fp16 (an fp32 step against the bf16 peak: the usual model-FLOPs utilisation).
+  std::string peak_dtype;
+  int64_t gpt_vocab = 256;  ///< gpt: vocabulary (256: bytes; GPT-2's is 50257)
   // GPT shape (the defaults are the benchmark workload).
   int64_t gpt_layers = 6, gpt_width = 384, gpt_heads = 6, gpt_context = 256;
   /// MLP hidden sizes (784 in, 10 out around them).
@@ -49,6 +58,7 @@ struct BenchStepOptions {
 
 struct BenchStepResult {
   std::string model, precision;  ///< as asked ("mlp", "bf16")
+  std::string device = "cpu";    ///< as asked
   std::string master;            ///< master-weight mode used ("fp32", "split16")
   std::string policy;            ///< the policy in words
   int64_t batch = 0;
@@ -78,7 +88,7 @@ struct BenchStepResult {
   double optimizer_alone_ms = 0;
   double optimizer_bytes = 0;  ///< bytes read + written by one optimizer step
   double optimizer_gbps = 0;
-  double memcpy_gbps = 0;                ///< memcpy of 64 MiB, read + write, same process
+  double memcpy_gbps = 0;  ///< memcpy of 64 MiB, read + write, same process (cuda: a device copy)
   double optimizer_bandwidth_ratio = 0;  ///< optimizer_gbps / memcpy_gbps
   int threads = 1;
   int warmup = 0, repeats = 0;

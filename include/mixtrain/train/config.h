@@ -55,6 +55,10 @@ struct TrainConfig {
   /// blocks 0, N, 2N, ...); gradients are bit-identical, activation memory smaller
   std::string checkpoint_activations = "none";
   // run control
+  /// where this process computes: cpu | cuda | cuda:N (N: the GPU; cuda alone: the local rank
+  /// under mpirun, else 0). Not part of the run: a checkpoint written on a GPU resumes on the
+  /// CPU and back, so config.json does not record it and --resume takes the one given.
+  std::string device = "cpu";
   uint64_t seed = 0;
   std::string out;      ///< run folder ("" = runs/<model>-<precision>-<date>-<time>)
   bool resume = false;  ///< continue the run in `out`

@@ -21,6 +21,7 @@ struct GenerateOptions {
   double temperature = 1.0;            ///< 0: always the most likely token
   int64_t top_k = 0;                   ///< sample among the k most likely (0: all)
   uint64_t seed = 0;
+  std::string device = "cpu";  ///< cpu | cuda | cuda:N: where the forward passes run
 };
 
 struct Generated {

@@ -56,6 +56,7 @@ struct TrainSummary {
   /// their reduce-scatter at once
   int64_t gathered_weight_bytes_per_rank = 0, unreduced_gradient_bytes_per_rank = 0;
   std::string out_dir;
+  std::string device = "cpu";  ///< where it ran (--device; in summary.json unless cpu)
   /// Callbacks::on_step asked to stop: the run was checkpointed at `steps` and not evaluated
   /// (summary.json is not written); Trainer::run on the same folder with resume continues it.
   bool stopped = false;
@@ -79,6 +80,7 @@ struct RunStart {
   std::string policy;      ///< the resolved precision policy in words
   std::string policy_why;  ///< how auto chose it ("" when the policy was given)
   std::string loss;        ///< loss_name of the loss in use
+  std::string device;      ///< --device: cpu, cuda, cuda:N
   int64_t parameters = 0;
   int64_t total_steps = 0;
   int64_t resumed_at = -1;  ///< the step a resumed run continues from; -1 for a fresh run

@@ -1,6 +1,8 @@
 // MPI backend of include/mixtrain/dist/comm.h (built when CMake finds MPI and MIXTRAIN_MPI is
 // on). Collectives are MPI-3 non-blocking calls polled against a deadline, so a dead or hung
-// peer ends the job with a message instead of a hang.
+// peer ends the job with a message instead of a hang. A build with CUDA too (MIXTRAIN_NCCL)
+// sends the data collectives of a run on cuda through NCCL on device buffers
+// (dist/nccl/comm_nccl.cpp), the communicator bootstrapped here; the scalar ones stay on MPI.
 #include <mpi.h>
 
 #include <fmt/format.h>
@@ -16,6 +18,9 @@
 #include "core/sanitizers.h"
 #include "mixtrain/dist/comm.h"
 #include "mixtrain/error.h"
+#if defined(MIXTRAIN_NCCL)
+#include "dist/nccl/comm_nccl.h"
+#endif
 #if defined(MIXTRAIN_ASAN)
 #include <sanitizer/lsan_interface.h>
 #endif
@@ -47,6 +52,7 @@ struct World {
   int64_t sent = 0;
   int64_t sent_by[kCollectives] = {};  ///< the same bytes, by collective
   bool in_flight = false;
+  bool nccl = false;  ///< the data collectives take device buffers, through NCCL
 };
 
 void add_sent(World& s, Collective c, int64_t bytes) {
@@ -168,6 +174,24 @@ Pending& pending_at(Request r, const char* op) {
 
 }  // namespace
 
+void set_device(Device device) {
+  World& s = world();
+  s.nccl = false;
+#if defined(MIXTRAIN_NCCL)
+  // One rank has nothing to send: the host path's copies serve it (comm_device() stays cpu).
+  if (device == Device::cuda && s.size > 1) {
+    nccl::init(
+        s.rank, s.size, [](void* p, int64_t n) { broadcast(p, n, 0); }, s.timeout);
+    s.nccl = true;
+  }
+#else
+  (void)device;
+#endif
+}
+
+Device comm_device() { return world().nccl ? Device::cuda : Device::cpu; }
+bool nccl_active() { return world().nccl; }
+
 bool mpi_built() { return true; }
 int rank() { return world().rank; }
 int size() { return world().size; }
@@ -215,6 +239,22 @@ void allreduce_max(int64_t* data, int64_t n) {
   add_sent(s, Collective::allreduce, 2 * n * 8 * (s.size - 1) / s.size);
 }
 
+void allreduce_sum_buffer(float* data, int64_t n) {
+  World& s = world();
+  if (s.size == 1) return;
+  add_sent(s, Collective::allreduce, 2 * n * 4 * (s.size - 1) / s.size);
+#if defined(MIXTRAIN_NCCL)
+  if (s.nccl) return nccl::allreduce_sum_f32(data, n, s.timeout);
+#endif
+  MPI_Request req;
+  check(mpi([&] {
+          return MPI_Iallreduce(MPI_IN_PLACE, data, to_int(n, "allreduce"), MPI_FLOAT, MPI_SUM,
+                                MPI_COMM_WORLD, &req);
+        }),
+        "MPI_Iallreduce");
+  wait_bounded(req, "allreduce (sum of a buffer)");
+}
+
 void broadcast(void* data, int64_t bytes, int root) {
   World& s = world();
   if (s.size == 1) return;
@@ -239,6 +279,14 @@ Request ialltoallv(const void* send, const int64_t* send_bytes, const int64_t* s
                    const int64_t* recv_bytes, const int64_t* recv_off) {
   World& s = world();
   const Request r = g_next_request++;
+#if defined(MIXTRAIN_NCCL)
+  if (s.nccl) {
+    for (int j = 0; j < s.size; ++j)
+      if (j != s.rank) add_sent(s, Collective::alltoallv, send_bytes[j]);
+    nccl::ialltoallv(r, send, send_bytes, send_off, recv, recv_bytes, recv_off, s.timeout);
+    return r;
+  }
+#endif
   Pending& p = pending()[r];
   p.c0.resize(s.size);
   p.o0.resize(s.size);
@@ -268,6 +316,13 @@ Request ialltoallv(const void* send, const int64_t* send_bytes, const int64_t* s
 Request iallgatherv_inplace(void* buf, const int64_t* bytes, const int64_t* off) {
   World& s = world();
   const Request r = g_next_request++;
+#if defined(MIXTRAIN_NCCL)
+  if (s.nccl) {
+    add_sent(s, Collective::allgatherv, bytes[s.rank] * (s.size - 1));
+    nccl::iallgatherv_inplace(r, buf, bytes, off, s.timeout);
+    return r;
+  }
+#endif
   Pending& p = pending()[r];
   if (s.size == 1) {
     p.done = true;
@@ -289,6 +344,9 @@ Request iallgatherv_inplace(void* buf, const int64_t* bytes, const int64_t* off)
 }
 
 bool test(Request r) {
+#if defined(MIXTRAIN_NCCL)
+  if (nccl::owns(r)) return nccl::test(r);
+#endif
   Pending& p = pending_at(r, "test");
   if (!p.done) {
     int flag = 0;
@@ -299,6 +357,9 @@ bool test(Request r) {
 }
 
 void wait(Request r, const char* what) {
+#if defined(MIXTRAIN_NCCL)
+  if (nccl::owns(r)) return nccl::wait(r, what, world().timeout);
+#endif
   Pending& p = pending_at(r, "wait");
   if (!p.done) wait_bounded(p.req, what);
   pending().erase(r);
