@@ -189,9 +189,15 @@ if ((BUILT)) && [[ -z ${SKIP_BENCH:-} ]]; then
   stage bench_fp32 150 env NVIDIA_TF32_OVERRIDE=0 "$MT" bench step --device cuda \
     --precision fp32 --peak-dtype bf16 --repeats 3 --no-optimizer-bandwidth "${GPT2[@]}" &&
     record bench_fp32_tf32_off "$(sed -n '/^{/,/^}/p' "$LOG/bench_fp32.log" | $PY -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))')"
+  # fp8 (delayed scaling): its GEMMs are still bf16 GEMMs over fp8 values on the GPU (no
+  # cuBLASLt FP8 GEMM yet), so this measures the quantization's cost, not fp8 tensor cores.
+  stage bench_fp8 120 "$MT" bench step --device cuda --precision fp8 --repeats 3 \
+    --no-optimizer-bandwidth "${GPT2[@]}" &&
+    record bench_fp8_emulated "$(sed -n '/^{/,/^}/p' "$LOG/bench_fp8.log" | $PY -c 'import json,sys; print(json.dumps(json.load(sys.stdin)))')"
 else
   skip bench_bf16 "no build, or SKIP_BENCH"
   skip bench_fp32 "no build, or SKIP_BENCH"
+  skip bench_fp8 "no build, or SKIP_BENCH"
 fi
 
 # ---- torch: the same step in PyTorch eager, autocast bf16 ------------------------------------

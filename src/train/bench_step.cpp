@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "mixtrain/amp/fp8.h"
 #include "mixtrain/amp/loss_scaler.h"
 #include "mixtrain/amp/policy.h"
 #include "mixtrain/bench.h"
@@ -208,9 +209,10 @@ std::string BenchStepResult::to_json() const {
 BenchStepResult bench_step(const BenchStepOptions& o) {
   if (o.model != "mlp" && o.model != "gpt")
     throw ConfigError(fmt::format("bench step: --model must be mlp or gpt, got '{}'", o.model));
-  if (o.precision != "fp32" && o.precision != "bf16" && o.precision != "fp16")
-    throw ConfigError(
-        fmt::format("bench step: --precision must be fp32, bf16 or fp16, got '{}'", o.precision));
+  if (o.precision != "fp32" && o.precision != "bf16" && o.precision != "fp16" &&
+      o.precision != "fp8")
+    throw ConfigError(fmt::format(
+        "bench step: --precision must be fp32, bf16, fp16 or fp8, got '{}'", o.precision));
   if (o.batch < 0) throw ConfigError(fmt::format("bench step: --batch {} must be >= 1", o.batch));
   if (!o.peak_dtype.empty() && o.peak_dtype != "fp32" && o.peak_dtype != "bf16" &&
       o.peak_dtype != "fp16")
@@ -227,7 +229,7 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     throw ConfigError(
         "bench step: --checkpoint-activations needs --model gpt (the mlp has no blocks)");
   const Device device = use_device(o.device);
-  const amp::Policy policy = amp::Policy::parse(o.precision);
+  const amp::Policy policy = amp::Policy::parse(o.precision);  // fp8: the default recipe
   BenchStepResult r;
   r.device = o.device;
   r.checkpoint_activations = o.checkpoint_activations;
@@ -290,6 +292,9 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
   amp::LossScalerOptions so = amp::LossScaler::options_for(policy);
   if (so.mode == amp::LossScaling::none) so.init_scale = 1.0f;
   amp::LossScaler scaler(so);
+  // fp8: every linear's scaling state (the trainer's, with the default recipe).
+  const amp::Fp8States fp8 =
+      policy.fp8_gemms ? nn::fp8_states(model, policy.fp8_gemms->amax_history) : amp::Fp8States{};
 
   std::vector<double> total, fwd, bwd, upd;
   auto step = [&](bool timed) {
@@ -312,6 +317,7 @@ BenchStepResult bench_step(const BenchStepOptions& o) {
     scaler.unscale(*opt);
     scaler.step(*opt);
     scaler.update();
+    if (policy.fp8_gemms) amp::fp8_end_step(fp8, *policy.fp8_gemms);  // delayed: the next scales
     opt->zero_grad();
     synchronize(device);
     const auto t3 = Clock::now();

@@ -59,8 +59,10 @@ void setup_bench_step(CLI::App& root) {
   step->add_option("--model", s->o.model, "Workload: mlp (784-2048-2048-10) or gpt (6x384, T 256)")
       ->check(CLI::IsMember({"mlp", "gpt"}))
       ->capture_default_str();
-  step->add_option("--precision", s->o.precision, "fp32, bf16 or fp16")
-      ->check(CLI::IsMember({"fp32", "bf16", "fp16"}))
+  step->add_option("--precision", s->o.precision,
+                   "fp32, bf16, fp16 or fp8 (fp8: the delayed recipe; on the CPU emulated at bf16 "
+                   "GEMM speed)")
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "fp8"}))
       ->capture_default_str();
   step->add_option("--batch", s->o.batch, "Batch size (default: mlp 256, gpt 8)")->check(kPositive);
   step->add_option("--warmup", s->o.warmup, "Untimed steps first")
