@@ -6,8 +6,7 @@
 // cross-entropy, layer norm, embedding, attention) through cuda/nn_ops.h; the GEMM through
 // cuBLASLt (gemm_cublaslt.cpp); the optimizer update and the gradient passes as multi-tensor
 // kernels (multi_tensor.cu). None of these kernels has run on a GPU yet (the op harness,
-// tests/test_backend_ops.cpp, checks them where one is present); an op without a CUDA kernel
-// names itself in a BackendError.
+// tests/test_backend_ops.cpp, checks them where one is present).
 #include <cuda_runtime_api.h>
 
 #include <fmt/format.h>
@@ -58,13 +57,6 @@ cuda::View broadcast_view(const Tensor& t, const Tensor& out) {
         j < 0 || t.shape()[static_cast<size_t>(j)] == 1 ? 0 : t.strides()[static_cast<size_t>(j)];
   }
   return v;
-}
-
-[[noreturn]] void missing(const char* op) {
-  throw BackendError(fmt::format(
-      "cuda: {} has no CUDA kernel yet (the CUDA backend holds and moves tensors; its op kernels "
-      "are to come)",
-      op));
 }
 
 class CudaBackend final : public Backend {
