@@ -4,8 +4,9 @@
 # (scripts/update_readme.py) from that JSON.
 # Usage: bash scripts/results.sh [all|gemm|mlp|gpt|step|ckpt|dist|zero|fp8|readme]   (default
 # all; ~75 min without fp8, which adds ~2 h on 2 cores for its three workloads)
-# Environment: MLP_EPOCHS (10), GPT_STEPS (300), FP8_GPT_STEPS (300), FP8_BIG_STEPS (300; the
-# 12x768 GPT; 0 skips it), CKPT_RUNS (3); BIN (./build/mixtrain) with
+# Environment: MLP_EPOCHS (10), GPT_STEPS (300), FP8_MLP_EPOCHS (MLP_EPOCHS; 0 skips it),
+# FP8_GPT_STEPS (300; 0 skips it), FP8_BIG_STEPS (300; the 12x768 GPT; 0 skips it), CKPT_RUNS
+# (3); BIN (./build/mixtrain) with
 # SKIP_BUILD=1 measures an existing binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -189,17 +190,21 @@ if [[ $what == all || $what == fp8 ]]; then
   # data: on the CPU the fp8 GEMMs are emulated exactly at bf16 speed, so these tables are about
   # numerics (does it train like bf16), not speed.
   fp8_precisions=fp32,bf16,fp8:delayed,fp8:current,fp8:mxfp8
-  echo "== fp8: Fashion-MNIST MLP, $MLP_EPOCHS epochs (results/compare-fp8-mlp)"
-  rm -rf results/compare-fp8-mlp
-  $BIN compare --model mlp --epochs "$MLP_EPOCHS" --precisions $fp8_precisions --seed 1 --quiet \
-    --out results/compare-fp8-mlp
-  stamp results/compare-fp8-mlp
-  echo "== fp8: GPT 6x384, ${FP8_GPT_STEPS:-300} steps (results/compare-fp8-gpt)"
-  rm -rf results/compare-fp8-gpt
-  $BIN compare --model gpt --steps "${FP8_GPT_STEPS:-300}" --batch 8 --lr 1e-3 --schedule cosine \
-    --warmup 20 --eval-batches 16 --precisions $fp8_precisions --seed 1 --quiet \
-    --out results/compare-fp8-gpt
-  stamp results/compare-fp8-gpt
+  if ((${FP8_MLP_EPOCHS:-$MLP_EPOCHS} > 0)); then
+    echo "== fp8: Fashion-MNIST MLP, ${FP8_MLP_EPOCHS:-$MLP_EPOCHS} epochs (results/compare-fp8-mlp)"
+    rm -rf results/compare-fp8-mlp
+    $BIN compare --model mlp --epochs "${FP8_MLP_EPOCHS:-$MLP_EPOCHS}" --precisions $fp8_precisions \
+      --seed 1 --quiet --out results/compare-fp8-mlp
+    stamp results/compare-fp8-mlp
+  fi
+  if ((${FP8_GPT_STEPS:-300} > 0)); then
+    echo "== fp8: GPT 6x384, ${FP8_GPT_STEPS:-300} steps (results/compare-fp8-gpt)"
+    rm -rf results/compare-fp8-gpt
+    $BIN compare --model gpt --steps "${FP8_GPT_STEPS:-300}" --batch 8 --lr 1e-3 --schedule cosine \
+      --warmup 20 --eval-batches 16 --precisions $fp8_precisions --seed 1 --quiet \
+      --out results/compare-fp8-gpt
+    stamp results/compare-fp8-gpt
+  fi
   if ((${FP8_BIG_STEPS:-300} > 0)); then
     echo "== fp8: GPT 12x768, ${FP8_BIG_STEPS:-300} steps (results/compare-fp8-gpt-12x768)"
     rm -rf results/compare-fp8-gpt-12x768
