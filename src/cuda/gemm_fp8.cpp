@@ -15,11 +15,12 @@
 // The scale factors: cuBLASLt's A/B scale pointers (device floats) are left unset (1); the
 // product scale_a_inv · scale_b_inv, rounded once in fp32, is the host alpha, as the emulated
 // path (ops/matmul.cpp) passes it to gemm(): the per-tensor scales are the host's already. Fast
-// accumulation is off (CUBLASLT_MATMUL_DESC_FAST_ACCUM = 0: the partial sums are promoted to
-// fp32 periodically, as an fp32-accumulating GEMM). The bias, for a bf16 C only (cuBLASLt's fp8
-// kernels take a bf16 bias for a bf16 output, and a bf16 one for an fp32 output too, which
-// would round an fp32 bias), is the epilogue's, added to the fp32 sums before the rounding.
-// Descriptors and the heuristic's algorithm are cached per shape, dtypes, bias and alignment.
+// accumulation is off (CUBLASLT_MATMUL_DESC_FAST_ACCUM = 0: the tensor cores' partial sums,
+// kept at less than fp32's precision, are added into fp32 accumulators periodically). The bias, for
+// a bf16 C only (cuBLASLt's fp8 kernels take a bf16 bias for a bf16 output, set explicitly with
+// BIAS_DATA_TYPE; an fp32 output has bias dtype rules of its own, which linear does not need), is
+// the epilogue's, added to the fp32 sums before the rounding. Descriptors and the heuristic's
+// algorithm are cached per shape, dtypes, bias and alignment.
 #include "cuda/gemm_fp8.h"
 
 #include <cublasLt.h>
