@@ -748,9 +748,123 @@ std::vector<Check> fp8_checks(DType dt, Device dev) {
   return out;
 }
 
+// An fp8 operand of `fmt` holding the logical [rows, cols] `v` (values fmt holds exactly),
+// stored transposed ([cols, rows] contiguous) when `trans`, on the CPU.
+Tensor fp8_operand(const std::vector<float>& v, int64_t rows, int64_t cols, DType fmt, bool trans) {
+  Tensor t = trans ? Tensor::empty({cols, rows}, fmt) : Tensor::empty({rows, cols}, fmt);
+  auto* p = static_cast<uint8_t*>(t.raw_data());
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const float x = v[static_cast<size_t>(i * cols + j)];
+      p[trans ? j * rows + i : i * cols + j] =
+          fmt == DType::e4m3 ? fp8_e4m3::saturate(x).bits() : fp8_e5m2::saturate(x).bits();
+    }
+  return t;
+}
+
+// Backend::fp8_gemm into a C of dtype dt (bf16 or f32; f16, which it does not write, records
+// nothing). A backend without a native fp8 GEMM (has_fp8_gemm() false: the CPU) must decline
+// (return false) and leave C as it was. Elsewhere each pair of formats the GEMM takes (E4M3 ·
+// E4M3, E5M2 · E4M3, E4M3 · E5M2), with A and B each stored transposed or not, is checked
+// against a scalar reference over the same codes, twice:
+// - "exact": small integers (|v| <= 8, exact in both formats), power-of-two inverse scales and,
+//   for a bf16 C, a bias of multiples of 1/16: every product and every partial sum (|s| <= 64·K
+//   = 2^12) is exact in any accumulator of 13 bits or more, whatever the summation order (the
+//   FP8 tensor cores' partial sums keep fewer than fp32's 24 bits before cuBLASLt promotes
+//   them), so C is the exact value rounded once: bit for bit, tolerance 0.
+// - "random": codes across a wide exponent range and arbitrary inverse scales: the products
+//   are exact (at most 4 + 4 significant bits), the sums are not. Each output may be off by
+//   the rounding into C (u of dt, relative) plus the accumulation error, bounded by 2^-12 times
+//   the sum of |terms| (the ~14-bit accumulation of the FP8 tensor cores within a block, a few
+//   roundings each, with room; fp32 accumulation would give about K·2^-24).
+std::vector<Check> fp8_gemm_checks(DType dt, Device dev) {
+  if (dt == DType::f16) return {};
+  Backend& be = backend_for(dev);
+  const int64_t M = 48, N = 32, K = 64;
+  std::vector<Check> out;
+  if (!be.has_fp8_gemm()) {
+    const Tensor a = fp8_operand(std::vector<float>(M * K, 1.0f), M, K, DType::e4m3, false);
+    const Tensor b = fp8_operand(std::vector<float>(K * N, 1.0f), N, K, DType::e4m3, false);
+    Tensor c = Tensor::empty({M, N}, dt, dev);
+    c.fill(7.0f);
+    const bool ran = be.fp8_gemm(a.to(dev), false, b.to(dev), true, c, 1.0f, 1.0f, nullptr);
+    const std::vector<float> got = c.to(Device::cpu).to_vector();
+    double bad = ran ? 1.0 : 0.0;
+    for (float v : got) bad += v != 7.0f;
+    out.push_back({"declines", bad, 0.0});
+    return out;
+  }
+  const std::pair<DType, DType> pairs[] = {
+      {DType::e4m3, DType::e4m3}, {DType::e5m2, DType::e4m3}, {DType::e4m3, DType::e5m2}};
+  uint64_t seed = 400;
+  for (const auto& [fa, fb] : pairs) {
+    for (const bool exact : {true, false}) {
+      Rng rng(seed++);
+      // The logical op(A) [M, K] and op(B) [K, N], values on their formats' grids.
+      auto draw = [&](DType fmt) {
+        float v;
+        if (exact) {
+          v = std::round(-8.0f + 16.0f * rng.uniform());
+        } else {
+          const float mag = amp::fp8_max(fmt) * std::exp2(-10.0f * rng.uniform());
+          v = rng.uniform() < 0.5f ? -mag : mag;
+        }
+        return fmt == DType::e4m3 ? static_cast<float>(fp8_e4m3::saturate(v))
+                                  : static_cast<float>(fp8_e5m2::saturate(v));
+      };
+      std::vector<float> av(M * K), bv(K * N), biasv(N);
+      for (auto& x : av) x = draw(fa);
+      for (auto& x : bv) x = draw(fb);
+      for (auto& x : biasv) x = std::round(-32.0f + 64.0f * rng.uniform()) / 16.0f;
+      const float sa = exact ? 0.5f : 1.0f / 300.0f, sb = exact ? 0.25f : 1.0f / 7.0f;
+      const float alpha = sa * sb;  // the fp32 product the GEMM applies
+      const bool with_bias = dt == DType::bf16;
+      std::vector<float> ref(M * N);
+      double max_terms = 0;  // max over outputs of alpha · sum |a·b|
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+          double s = 0, t = 0;
+          for (int64_t k = 0; k < K; ++k) {
+            const double p = static_cast<double>(av[i * K + k]) * bv[k * N + j];
+            s += p;
+            t += std::fabs(p);
+          }
+          double r = static_cast<double>(alpha) * s;
+          if (with_bias) r += biasv[static_cast<size_t>(j)];
+          max_terms = std::max(max_terms, static_cast<double>(alpha) * t);
+          const float rf = static_cast<float>(r);
+          ref[i * N + j] = dt == DType::bf16 ? static_cast<float>(bf16(rf)) : rf;
+        }
+      double scale = 0;
+      for (float v : ref) scale = std::max(scale, std::fabs(static_cast<double>(v)));
+      const double tol = exact ? 0.0 : unit_roundoff(dt) + std::ldexp(1.0, -12) * max_terms / scale;
+      const Tensor bias = Tensor::from_vector(biasv, {N}, DType::bf16, dev);
+      double err = 0;
+      std::vector<float> bt(K * N);  // op(B)ᵀ [N, K]: B's storage when not transposed
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < N; ++j) bt[j * K + k] = bv[k * N + j];
+      for (const bool ta : {false, true})
+        for (const bool tb : {false, true}) {
+          // trans_b: B stored [N, K] (op(B)ᵀ row-major); else [K, N].
+          const Tensor a = fp8_operand(av, M, K, fa, ta).to(dev);
+          const Tensor b =
+              (tb ? fp8_operand(bt, N, K, fb, false) : fp8_operand(bv, K, N, fb, false)).to(dev);
+          Tensor c = Tensor::empty({M, N}, dt, dev);
+          const bool ran = be.fp8_gemm(a, ta, b, tb, c, sa, sb, with_bias ? &bias : nullptr);
+          err = std::max(err, ran ? rel_error(c.to(Device::cpu).to_vector(), ref) : INFINITY);
+        }
+      out.push_back({fmt::format("{}·{} {}{}", dtype_name(fa), dtype_name(fb),
+                                 exact ? "exact" : "random", with_bias ? " +bias" : ""),
+                     err, tol});
+    }
+  }
+  return out;
+}
+
 std::vector<Case> cases() {
   std::vector<Case> c;
   c.push_back({"fp8_quantize", fp8_checks});
+  c.push_back({"fp8_gemm", fp8_gemm_checks});
   c.push_back(
       {"matmul", [](DType dt, Device dev) { return matmul_checks(dt, dev, 0, 64, 48, 40); }});
   c.push_back({"matmul_batched",

@@ -222,6 +222,27 @@ class Backend {
   /// onto fmt's grid at its block's scale and multiplied back by it: exact in bf16, the operand
   /// of an emulated block-scaled GEMM. Returns max |x| (as amax()).
   virtual float mx_quantize(const Tensor& x, DType fmt, const Tensor& q, const Tensor& scales) = 0;
+
+  // ---- native fp8 GEMM (amp/fp8.h) -------------------------------------------------------------
+  /// Whether fp8_gemm multiplies natively on this backend's current device. By default false:
+  /// the backend has no native fp8 GEMM and the caller emulates it (the fp8 codes held in bf16
+  /// through gemm()). The CUDA backend: true on a device of compute capability 8.9 or above
+  /// (cuBLASLt's FP8 GEMMs).
+  virtual bool has_fp8_gemm() const { return false; }
+  /// C = scale_a_inv · scale_b_inv · op(A) · op(B) (+ bias), fp32 accumulation, rounded once
+  /// into C; op(A) [M, K], op(B) [K, N]. A and B are 2-d contiguous tensors of fp8 codes
+  /// (DType::e4m3 or e5m2, not both e5m2), C a contiguous [M, N] bf16 or f32, bias (or null) a
+  /// bf16 [N] with a bf16 C only (cuBLASLt's FP8 kernels have their own bias dtype rules for an
+  /// fp32 output, which the caller does not need), added to the fp32 sums before the rounding. The
+  /// factor is applied as the fp32 product scale_a_inv · scale_b_inv (the alpha the emulation
+  /// passes to gemm()). Where has_fp8_gemm() is true, every product whose M, N and K are multiples
+  /// of 16 runs (FP8 tensor-core GEMMs need 16-byte leading dims); otherwise, and always where
+  /// has_fp8_gemm() is false (the default), it returns false and writes nothing, and the caller
+  /// emulates the product.
+  virtual bool fp8_gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+                        const Tensor& c, float scale_a_inv, float scale_b_inv, const Tensor* bias) {
+    return false;
+  }
 };
 
 /// The backend of a device; throws BackendError naming the device and the CMake option that

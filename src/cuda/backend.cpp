@@ -17,6 +17,7 @@
 #include "backend/backend.h"
 #include "cuda/fp8.h"
 #include "cuda/gemm_cublaslt.h"
+#include "cuda/gemm_fp8.h"
 #include "cuda/kernels.h"
 #include "cuda/memory.h"
 #include "cuda/multi_tensor.h"
@@ -234,6 +235,12 @@ class CudaBackend final : public Backend {
               static_cast<uint32_t*>(bits.raw_data()))),
           "MXFP8 quantization");
     return read_amax(bits);
+  }
+  // Native fp8 GEMMs on sm_89 and above (gemm_fp8.cpp, cuBLASLt).
+  bool has_fp8_gemm() const override { return cuda::fp8_gemm_supported(); }
+  bool fp8_gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& c,
+                float scale_a_inv, float scale_b_inv, const Tensor* bias) override {
+    return cuda::fp8_gemm(a, trans_a, b, trans_b, c, scale_a_inv, scale_b_inv, bias);
   }
 
  private:

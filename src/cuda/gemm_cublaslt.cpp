@@ -446,6 +446,13 @@ double gemm_peak_tflops(int m, int n, int k, DType dt) {
   return flops * reps / (static_cast<double>(ms) * 1e-3) / 1e12;
 }
 
+void* cublaslt_handle() { return lt().handle; }
+
+void* cublaslt_workspace(size_t* bytes) {
+  *bytes = kWorkspaceBytes;
+  return lt().workspace;
+}
+
 int64_t gemm_plan_count() { return g_plans.load(std::memory_order_relaxed); }
 
 }  // namespace mixtrain::cuda

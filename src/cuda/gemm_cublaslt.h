@@ -8,6 +8,8 @@
 // GEMM) or set_tf32(true), which overrides it. bf16 and fp16 products are not affected.
 #pragma once
 
+#include <cstddef>
+
 #include "mixtrain/dtype.h"
 #include "mixtrain/gemm.h"
 #include "mixtrain/tensor.h"
@@ -27,6 +29,12 @@ void gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Te
 /// (f32, bf16 or f16; fp32 accumulation), in TFLOP/s (2·m·n·k per product): the mean over
 /// repeated calls after a warm-up, timed with CUDA events on the backend's stream.
 double gemm_peak_tflops(int m, int n, int k, DType dt);
+
+/// The process's cuBLASLt handle (a cublasLtHandle_t, as void*: this header has no CUDA types)
+/// and its workspace (device memory, *bytes long), created at the first use and shared with the
+/// fp8 GEMM (gemm_fp8.cpp). Use them on the backend's stream only.
+void* cublaslt_handle();
+void* cublaslt_workspace(size_t* bytes);
 
 /// cuBLASLt plans (descriptors and chosen algorithm) created so far; a repeated shape reuses
 /// its plan.

@@ -125,6 +125,15 @@ Tensor fp8_quantized(const Tensor& t, float scale, amp::Fp8Role role) {
   return q;
 }
 
+// t (contiguous) · scale on role's fp8 grid as the codes of role's format itself: the operand of
+// a native fp8 GEMM.
+Tensor fp8_codes(const Tensor& t, float scale, amp::Fp8Role role) {
+  const DType fmt = amp::fp8_format(role);
+  Tensor q = Tensor::empty(t.shape(), fmt, t.device());
+  backend_for(t.device()).fp8_quantize(t, scale, fmt, q);
+  return q;
+}
+
 // MXFP8: t [R, K] (contiguous) in blocks of 32 along K, each value on role's grid times its
 // block's power-of-two scale, in bf16 (exact). A recorded use's amax goes to `meta` (for logs:
 // the blocks' scales need no history).
@@ -144,6 +153,21 @@ Tensor scaled_mm(const Tensor& a, bool ta, const Tensor& b, bool tb, float alpha
   return c;
 }
 
+// C (fresh, out_dt) = inv_a · inv_b · op(a) · op(b) (+ bias) from fp8 codes, by the backend's
+// native fp8 GEMM: the same sums as scaled_mm over the codes held in bf16 with alpha = inv_a ·
+// inv_b (up to the fp32 summation order). The caller has checked that the backend has one and
+// that M, N and K are multiples of 16, which backend.h promises it runs.
+Tensor native_mm(const Tensor& a, bool ta, const Tensor& b, bool tb, float inv_a, float inv_b,
+                 DType out_dt, const Tensor* bias = nullptr) {
+  Tensor c = Tensor::empty({a.size(ta ? 1 : 0), b.size(tb ? 0 : 1)}, out_dt, a.device());
+  if (!backend_for(a.device()).fp8_gemm(a, ta, b, tb, c, inv_a, inv_b, bias))
+    throw BackendError(fmt::format(
+        "linear (fp8): the {} backend has a native fp8 GEMM but declined A {}{} · B {}{} -> {}",
+        device_name(a.device()), a.str(), ta ? "ᵀ" : "", b.str(), tb ? "ᵀ" : "",
+        dtype_name(out_dt)));
+  return c;
+}
+
 // linear in fp8: y = x·wᵀ + b with x and w quantized to E4M3 and, in backward, the output
 // gradient to E5M2; per-tensor recipes multiply the fp32 products by the two inverse scales (a
 // Hopper FP8 GEMM's scale pointers), MXFP8 folds its block scales into the operands. The bias
@@ -151,6 +175,15 @@ Tensor scaled_mm(const Tensor& a, bool ta, const Tensor& b, bool tb, float alpha
 // Transformer Engine. Per-tensor recipes keep the quantized x and w for backward (the same
 // values transposed); MXFP8 keeps x and w and quantizes each along the backward GEMMs' own
 // reduction dim from them.
+//
+// Where the backend multiplies fp8 natively (Backend::has_fp8_gemm: CUDA from sm_89) and N, in
+// and out are multiples of 16 (each is the reduction dim of one of the three products), the
+// per-tensor recipes quantize into the fp8 formats themselves and run the three products as
+// native fp8 GEMMs (Backend::fp8_gemm: the inverse scales as its alpha, the bias in its
+// epilogue), keeping the 1-byte codes of x and w for backward; the backend copies an operand
+// transposed where its FP8 kernels need the other layout. Elsewhere (the CPU, older GPUs, other
+// shapes, MXFP8) the products are emulated over the codes held in bf16, the same values and
+// sums up to the fp32 summation order.
 Variable linear_fp8(const char* op, const Variable& x, const Variable& w, const Variable& bias,
                     const amp::Fp8Options& o) {
   const DType dt = DType::bf16;
@@ -163,6 +196,8 @@ Variable linear_fp8(const char* op, const Variable& x, const Variable& w, const 
   const bool mx = o.recipe == amp::Fp8Recipe::mxfp8;
   const bool has_bias = bias.defined();
   const Tensor b = has_bias ? bias.data() : Tensor();
+  const bool native = !mx && N > 0 && N % 16 == 0 && in % 16 == 0 && outf % 16 == 0 &&
+                      backend_for(x2.device()).has_fp8_gemm();
   Tensor qx, qw, y;
   float inv_x = 1.0f, inv_w = 1.0f;
   if (mx) {
@@ -172,11 +207,17 @@ Variable linear_fp8(const char* op, const Variable& x, const Variable& w, const 
   } else {
     const float sx = fp8_tensor_scale(x2, amp::Fp8Role::input, o, st ? &st->input : nullptr, rec);
     const float sw = fp8_tensor_scale(w2, amp::Fp8Role::weight, o, st ? &st->weight : nullptr, rec);
-    qx = fp8_quantized(x2, sx, amp::Fp8Role::input);
-    qw = fp8_quantized(w2, sw, amp::Fp8Role::weight);
     inv_x = 1.0f / sx;
     inv_w = 1.0f / sw;
-    y = scaled_mm(qx, false, qw, true, inv_x * inv_w, dt, has_bias ? &b : nullptr);
+    if (native) {
+      qx = fp8_codes(x2, sx, amp::Fp8Role::input);
+      qw = fp8_codes(w2, sw, amp::Fp8Role::weight);
+      y = native_mm(qx, false, qw, true, inv_x, inv_w, dt, has_bias ? &b : nullptr);
+    } else {
+      qx = fp8_quantized(x2, sx, amp::Fp8Role::input);
+      qw = fp8_quantized(w2, sw, amp::Fp8Role::weight);
+      y = scaled_mm(qx, false, qw, true, inv_x * inv_w, dt, has_bias ? &b : nullptr);
+    }
   }
   Shape oshape = x.shape();
   oshape.back() = outf;
@@ -207,10 +248,16 @@ Variable linear_fp8(const char* op, const Variable& x, const Variable& w, const 
             true, 1.0f, gw_dt);
     } else {
       const float sg = fp8_tensor_scale(g, amp::Fp8Role::grad, o, st ? &st->grad : nullptr, rec);
-      const Tensor qg = fp8_quantized(g, sg, amp::Fp8Role::grad);
       const float inv_g = 1.0f / sg;
-      if (need_x) gr[0] = scaled_mm(qg, false, keep_w, false, inv_g * inv_w, gx_dt).view(x_shape);
-      if (need_w) gr[1] = scaled_mm(qg, true, keep_x, false, inv_g * inv_x, gw_dt);
+      if (native) {  // dX = dY · W and dW = dYᵀ · X from the codes (E5M2 x E4M3)
+        const Tensor qg = fp8_codes(g, sg, amp::Fp8Role::grad);
+        if (need_x) gr[0] = native_mm(qg, false, keep_w, false, inv_g, inv_w, gx_dt).view(x_shape);
+        if (need_w) gr[1] = native_mm(qg, true, keep_x, false, inv_g, inv_x, gw_dt);
+      } else {
+        const Tensor qg = fp8_quantized(g, sg, amp::Fp8Role::grad);
+        if (need_x) gr[0] = scaled_mm(qg, false, keep_w, false, inv_g * inv_w, gx_dt).view(x_shape);
+        if (need_w) gr[1] = scaled_mm(qg, true, keep_x, false, inv_g * inv_x, gw_dt);
+      }
     }
     if (need_b) gr[2] = sum_f32(g, {0}).view({outf}).to(gb_dt);
     return gr;
