@@ -158,21 +158,6 @@ struct Key {
 };
 static_assert(sizeof(Key) == 26 * sizeof(int64_t), "Key must have no padding");
 
-struct KeyHash {
-  size_t operator()(const Key& k) const {
-    const auto* w = reinterpret_cast<const uint64_t*>(&k);
-    uint64_t h = 0x9e3779b97f4a7c15ull;
-    for (size_t i = 0; i < sizeof(Key) / 8; ++i)
-      h ^= w[i] + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-    return static_cast<size_t>(h);
-  }
-};
-struct KeyEq {
-  bool operator()(const Key& x, const Key& y) const {
-    return std::memcmp(&x, &y, sizeof(Key)) == 0;
-  }
-};
-
 // The descriptors and the algorithm of one key (ok = false: the heuristic found none).
 struct Plan {
   bool ok = false;
@@ -264,7 +249,7 @@ std::unique_ptr<Plan> make_plan(const Key& k, const void* bias) {
 
 struct Cache {
   std::mutex mu;  // held across a plan's use too: the bias pointer is set on its descriptor
-  std::unordered_map<Key, std::unique_ptr<Plan>, KeyHash, KeyEq> map;
+  std::unordered_map<Key, std::unique_ptr<Plan>, PodKeyHash<Key>, PodKeyEq<Key>> map;
 };
 Cache& cache() {
   static Cache* c = new Cache;  // never destroyed (plans hold library objects)

@@ -9,6 +9,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 
 #include "mixtrain/dtype.h"
 #include "mixtrain/gemm.h"
@@ -33,6 +35,28 @@ double gemm_peak_tflops(int m, int n, int k, DType dt);
 /// The process's cuBLASLt handle (a cublasLtHandle_t, as void*: this header has no CUDA types)
 /// and its workspace (device memory, *bytes long), created at the first use and shared with the
 /// fp8 GEMM (gemm_fp8.cpp). Use them on the backend's stream only.
+/// Hash and equality of a plan-cache key: a struct of int64_t fields without padding, compared
+/// and hashed as its bytes (the GEMM caches of gemm_cublaslt.cpp and gemm_fp8.cpp).
+template <class Key>
+struct PodKeyHash {
+  size_t operator()(const Key& k) const {
+    static_assert(sizeof(Key) % 8 == 0, "a key is whole 64-bit words");
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < sizeof(Key) / 8; ++i) {
+      uint64_t w;
+      std::memcpy(&w, reinterpret_cast<const char*>(&k) + 8 * i, 8);
+      h ^= w + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    }
+    return static_cast<size_t>(h);
+  }
+};
+template <class Key>
+struct PodKeyEq {
+  bool operator()(const Key& x, const Key& y) const {
+    return std::memcmp(&x, &y, sizeof(Key)) == 0;
+  }
+};
+
 void* cublaslt_handle();
 void* cublaslt_workspace(size_t* bytes);
 
