@@ -323,6 +323,17 @@ TEST(Gemm, CacheReusesPrimitives) {
   EXPECT_EQ(gemm_cache_size(), n);  // same shapes, strides, dtypes: no new primitive
   gemm(a, false, b, false, c, 1.0f, 1.0f);
   EXPECT_EQ(gemm_cache_size(), n + 1);  // beta is part of the key
+  // alpha != 1 is one primitive whatever its value (a run-time output scale): fp8 GEMMs pass
+  // new inverse scales on nearly every call.
+  gemm(a, false, b, false, c, 0.5f, 0.0f);
+  EXPECT_EQ(gemm_cache_size(), n + 2);
+  for (float alpha : {0.25f, 3.0f, 1e-3f, -7.5f, 1.0f / 448.0f}) {
+    const Tensor zero = Tensor::zeros({19, 29}, DType::f32);
+    Tensor out = zero.clone();
+    gemm(a, false, b, false, out, alpha, 0.0f);
+    expect_close(a, false, b, false, zero, out, alpha, 0.0f);
+  }
+  EXPECT_EQ(gemm_cache_size(), n + 2);
 }
 
 TEST(Gemm, ConcurrentCallsFromThreads) {

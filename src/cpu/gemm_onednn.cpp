@@ -1,8 +1,8 @@
 // The CPU backend's GEMM on oneDNN 2.6 matmul: transposes and strided views expressed as memory
 // descriptor strides (no copies, no reorders), alpha as output scales, beta as the sum
 // post-op, bias and ReLU/GELU fused. Primitives are cached per (shapes, strides, dtypes,
-// alpha, beta, epilogue); combinations oneDNN rejects (fp16 without fp16 hardware, bf16
-// without AVX-512) are converted and run in fp32, so no call fails for lack of an ISA.
+// whether alpha is 1, beta, epilogue); combinations oneDNN rejects (fp16 without fp16 hardware,
+// bf16 without AVX-512) are converted and run in fp32, so no call fails for lack of an ISA.
 #include <omp.h>
 
 #include <algorithm>
@@ -56,7 +56,10 @@ struct Key {
   int64_t as[3], bs[3], cs[3];      // logical strides (batch, row, col) of op(A), op(B), C
   int64_t bias_stride;              // element stride of bias, -1: no bias
   int64_t dta, dtb, dtc, dtbias;
-  int64_t alpha_bits, beta_bits, epi;
+  // alpha != 1 is a runtime output scale, not part of the primitive: fp8 GEMMs pass a new
+  // alpha (their inverse scales) on nearly every call, and baking each into its own primitive
+  // JIT-compiled one per call and grew this cache without bound (36 KB a step on the MLP).
+  int64_t scaled, beta_bits, epi;
 };
 static_assert(sizeof(Key) == 23 * sizeof(int64_t), "Key must have no padding");
 
@@ -78,7 +81,8 @@ struct Entry {
   bool ok = false;
   dnnl::matmul prim;
   dnnl::memory::desc src, wei, dst, bias, scratch;
-  int bias_arg = 0;  // DNNL_ARG_BIAS, a binary post-op's SRC_1, or 0 without bias
+  int bias_arg = 0;     // DNNL_ARG_BIAS, a binary post-op's SRC_1, or 0 without bias
+  bool scaled = false;  // alpha comes at run time (DNNL_ARG_ATTR_OUTPUT_SCALES)
 };
 
 // Shared by all threads: creating a primitive is the expensive part (JIT), done once.
@@ -96,8 +100,8 @@ std::atomic<int64_t> g_created{0};
 // on every call; so a hit takes no lock, allocates nothing and builds no argument map.
 struct Local {
   std::shared_ptr<const Entry> entry;
-  dnnl::memory src, wei, dst, bias, scratch;
-  dnnl_exec_arg_t args[5];
+  dnnl::memory src, wei, dst, bias, scratch, alpha;
+  dnnl_exec_arg_t args[6];
   int nargs = 0;
 };
 
@@ -142,7 +146,6 @@ std::shared_ptr<const Entry> create_entry(const Key& k) {
   const bool batched = k.bt > 1;
   const DType dta = static_cast<DType>(k.dta), dtb = static_cast<DType>(k.dtb);
   const DType dtc = static_cast<DType>(k.dtc);
-  const float alpha = std::bit_cast<float>(static_cast<uint32_t>(k.alpha_bits));
   const float beta = std::bit_cast<float>(static_cast<uint32_t>(k.beta_bits));
   try {
     e->src = make_md(k.a_bt, k.M, k.K, k.as, batched, dta);
@@ -156,14 +159,15 @@ std::shared_ptr<const Entry> create_entry(const Key& k) {
     dnnl::primitive_attr attr;
     dnnl::post_ops po;
     int n_post = 0;
-    if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
+    e->scaled = k.scaled != 0;
+    if (e->scaled) attr.set_output_scales(0, {DNNL_RUNTIME_F32_VAL});
     if (beta != 0.0f) {
       po.append_sum(beta);  // dst = acc + beta * dst, before any eltwise
       ++n_post;
     }
     // oneDNN's bias argument is added before the output scale: alpha·(AB + bias). Our
     // contract is alpha·AB + bias, so with alpha != 1 the bias is a binary post-op instead.
-    const bool bias_as_post_op = has_bias && alpha != 1.0f;
+    const bool bias_as_post_op = has_bias && e->scaled;
     if (bias_as_post_op) {
       po.append_binary(dnnl::algorithm::binary_add, e->bias);
       e->bias_arg = DNNL_ARG_ATTR_MULTIPLE_POST_OP(n_post) | DNNL_ARG_SRC_1;
@@ -226,6 +230,11 @@ Local& lookup(const Key& k) {
       l.bias = dnnl::memory(entry->bias, eng, DNNL_MEMORY_NONE);
       l.args[l.nargs++] = {entry->bias_arg, l.bias.get()};
     }
+    if (entry->scaled) {
+      l.alpha = dnnl::memory({{1}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::x}, eng,
+                             DNNL_MEMORY_NONE);
+      l.args[l.nargs++] = {DNNL_ARG_ATTR_OUTPUT_SCALES, l.alpha.get()};
+    }
     if (entry->scratch.get_size() > 0) {
       l.scratch = dnnl::memory(entry->scratch, eng, DNNL_MEMORY_NONE);
       l.args[l.nargs++] = {DNNL_ARG_SCRATCHPAD, l.scratch.get()};
@@ -235,7 +244,8 @@ Local& lookup(const Key& k) {
 }
 
 // Runs the cached primitive for k on these pointers; false if oneDNN cannot do k.
-bool run_onednn(const Key& k, const void* a, const void* b, void* c, const void* bias) {
+bool run_onednn(const Key& k, const void* a, const void* b, void* c, const void* bias,
+                float alpha) {
   Local& l = lookup(k);
   if (!l.entry->ok) return false;
   // Plain layouts have no padding to zero, so this only swaps pointers (~10 ns each).
@@ -245,6 +255,7 @@ bool run_onednn(const Key& k, const void* a, const void* b, void* c, const void*
   l.wei.set_data_handle(const_cast<void*>(b), strm);
   l.dst.set_data_handle(c, strm);
   if (l.entry->bias_arg != 0) l.bias.set_data_handle(const_cast<void*>(bias), strm);
+  if (l.entry->scaled) l.alpha.set_data_handle(&alpha, strm);
   if (l.scratch) l.scratch.set_data_handle(scratch.get(l.entry->scratch.get_size()), strm);
   // The C entry point with a prebuilt argument array: the C++ execute() builds a vector
   // from an unordered_map on every call.
@@ -430,10 +441,11 @@ void gemm_run(const char* op, const Tensor& a, bool ta, const Tensor& b, bool tb
   k.dtb = static_cast<int64_t>(b.dtype());
   k.dtc = static_cast<int64_t>(c.dtype());
   k.dtbias = bias ? static_cast<int64_t>(bias->dtype()) : 0;
-  k.alpha_bits = std::bit_cast<uint32_t>(alpha);
+  k.scaled = alpha != 1.0f;
   k.beta_bits = std::bit_cast<uint32_t>(beta);
   k.epi = static_cast<int64_t>(epi);
-  if (run_onednn(k, A.ptr, B.ptr, const_cast<char*>(C.ptr), bias ? bias->raw_data() : nullptr))
+  if (run_onednn(k, A.ptr, B.ptr, const_cast<char*>(C.ptr), bias ? bias->raw_data() : nullptr,
+                 alpha))
     return;
 
   // --- oneDNN cannot run these dtypes on this CPU (f16 without AVX512-FP16, bf16 without
