@@ -200,8 +200,8 @@ if [[ $what == all || $what == fp8 ]]; then
   if ((${FP8_GPT_STEPS:-300} > 0)); then
     echo "== fp8: GPT 6x384, ${FP8_GPT_STEPS:-300} steps (results/compare-fp8-gpt)"
     rm -rf results/compare-fp8-gpt
-    $BIN compare --model gpt --steps "${FP8_GPT_STEPS:-300}" --batch 8 --lr 1e-3 --schedule cosine \
-      --warmup 20 --eval-batches 16 --precisions $fp8_precisions --seed 1 --quiet \
+    $BIN compare --model gpt --steps "${FP8_GPT_STEPS:-300}" --batch 8 --lr 6e-4 --schedule cosine \
+      --warmup 50 --eval-batches 16 --precisions $fp8_precisions --seed 1 --quiet \
       --out results/compare-fp8-gpt
     stamp results/compare-fp8-gpt
   fi
@@ -209,7 +209,7 @@ if [[ $what == all || $what == fp8 ]]; then
     echo "== fp8: GPT 12x768, ${FP8_BIG_STEPS:-300} steps (results/compare-fp8-gpt-12x768)"
     rm -rf results/compare-fp8-gpt-12x768
     $BIN compare --model gpt --layers 12 --width 768 --heads 12 --steps "${FP8_BIG_STEPS:-300}" \
-      --batch 8 --lr 6e-4 --schedule cosine --warmup 20 --eval-batches 16 \
+      --batch 8 --lr 6e-4 --schedule cosine --warmup 50 --eval-batches 16 \
       --precisions $fp8_precisions --seed 1 --quiet --out results/compare-fp8-gpt-12x768
     stamp results/compare-fp8-gpt-12x768
   fi

@@ -250,11 +250,11 @@ FP8_WORKLOADS = (
     ("compare-fp8-mlp", "Fashion-MNIST MLP 784-512-512-10",
      "mixtrain compare --model mlp --epochs 10 --precisions fp32,bf16,fp8:delayed,fp8:current,fp8:mxfp8 --seed 1"),
     ("compare-fp8-gpt", "GPT 6×384 (6 heads, context 256) on the Jargon File",
-     "mixtrain compare --model gpt --steps %(steps)d --batch 8 --lr 1e-3 --schedule cosine --warmup 20 "
+     "mixtrain compare --model gpt --steps %(steps)d --batch 8 --lr 6e-4 --schedule cosine --warmup 50 "
      "--eval-batches 16 --precisions fp32,bf16,fp8:delayed,fp8:current,fp8:mxfp8 --seed 1"),
     ("compare-fp8-gpt-12x768", "GPT 12×768 (12 heads, context 256) on the Jargon File",
      "mixtrain compare --model gpt --layers 12 --width 768 --heads 12 --steps %(steps)d --batch 8 --lr 6e-4 "
-     "--schedule cosine --warmup 20 --eval-batches 16 --precisions fp32,bf16,fp8:delayed,fp8:current,fp8:mxfp8 --seed 1"),
+     "--schedule cosine --warmup 50 --eval-batches 16 --precisions fp32,bf16,fp8:delayed,fp8:current,fp8:mxfp8 --seed 1"),
 )
 
 
