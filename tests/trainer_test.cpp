@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <vector>
 
 #include "core/sanitizers.h"
@@ -108,6 +109,42 @@ TEST(Trainer, GptLossFallsUnderEveryFp8Recipe) {
   }
 }
 
+// The fp8 GEMM inputs' names in the first diagnostics line of a 2-step fp8 MLP run.
+std::set<std::string> mlp_fp8_modules(const std::vector<std::string>& bf16_modules) {
+  const fs::path out = fresh_dir("mlp_fp8_edges");
+  TrainConfig c;
+  c.precision = "fp8";
+  c.steps = 2;
+  c.batch = 32;
+  c.hidden = {32, 32};  // fc0 (reads the pixels), fc1, fc2 (the classifier)
+  c.diagnose_every = 1;
+  c.bf16_modules = bf16_modules;
+  c.out = out.string();
+  Trainer(c).run();
+  std::ifstream d(out / "diagnostics.jsonl");
+  std::string line;
+  std::getline(d, line);
+  const auto j = nlohmann::json::parse(line);
+  std::set<std::string> mods;
+  if (j.contains("fp8"))
+    for (const auto& t : j["fp8"]["tensors"]) {
+      const std::string name = t["tensor"];
+      mods.insert(name.substr(0, name.find('.')));
+    }
+  fs::remove_all(out);
+  return mods;
+}
+
+TEST(Trainer, Fp8KeepsTheModelsEdgesInBf16) {
+  using S = std::set<std::string>;
+  EXPECT_EQ(mlp_fp8_modules({}), S{"fc1"});  // auto: the input layer and the head stay bf16
+  EXPECT_EQ(mlp_fp8_modules({"auto"}), S{"fc1"});
+  EXPECT_EQ(mlp_fp8_modules({"none"}), (S{"fc0", "fc1", "fc2"}));
+  EXPECT_EQ(mlp_fp8_modules({"fc0"}), (S{"fc1", "fc2"}));  // a list replaces the edges
+  EXPECT_EQ(mlp_fp8_modules({"fc2"}), (S{"fc0", "fc1"}));
+  EXPECT_EQ(mlp_fp8_modules({"auto", "fc1"}), S{});
+}
+
 TEST(Trainer, Fp8FlagsAreChecked) {
   const fs::path out = fresh_dir("fp8_flags");
   TrainConfig c = tiny_gpt(out);
@@ -116,6 +153,8 @@ TEST(Trainer, Fp8FlagsAreChecked) {
   EXPECT_THROW(Trainer{c}, ConfigError);  // bf16 modules without fp8
   c.precision = "fp8";
   c.bf16_modules = {"nope"};
+  EXPECT_THROW(Trainer{c}, ConfigError);
+  c.bf16_modules = {"none", "head"};
   EXPECT_THROW(Trainer{c}, ConfigError);
   c.bf16_modules = {};
   c.fp8_recipe = "tensorwise";

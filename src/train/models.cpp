@@ -80,6 +80,7 @@ Model make_mlp(const TrainConfig& cfg, const DataSource& data, Rng& init) {
   sizes.insert(sizes.end(), cfg.hidden.begin(), cfg.hidden.end());
   sizes.push_back(data.output_size());
   Model m = Model::of(std::make_shared<nn::MLP>(sizes, /*gelu=*/false, init));
+  m.input = "fc0";                                 // reads the features
   m.head = fmt::format("fc{}", sizes.size() - 2);  // the last layer: the classifier
   return m;
 }

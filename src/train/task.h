@@ -33,6 +33,7 @@ class Task {
 
   nn::Module& module() { return *model_.module; }
   /// The model's head (Model::head), "" when it names none.
+  const std::string& input() const { return model_.input; }
   const std::string& head() const { return model_.head; }
   /// Where the model lives and its batches are uploaded to (cfg.device).
   Device device() const { return device_; }

@@ -241,7 +241,6 @@ json config_to_json(const TrainConfig& c) {
          {"fp8_amax_history", c.fp8_amax_history},
          {"fp8_amax_reduce", c.fp8_amax_reduce},
          {"fp8_margin", c.fp8_margin},
-         {"fp8_head", c.fp8_head},
          {"bf16_modules", c.bf16_modules},
          {"epochs", c.epochs},
          {"steps", c.steps},
@@ -320,7 +319,6 @@ TrainConfig config_from_json(const json& j, const std::string& where) {
   get("fp8_amax_history", c.fp8_amax_history);
   get("fp8_amax_reduce", c.fp8_amax_reduce);
   get("fp8_margin", c.fp8_margin);
-  get("fp8_head", c.fp8_head);
   get("bf16_modules", c.bf16_modules);
   get("epochs", c.epochs);
   get("steps", c.steps);
@@ -733,12 +731,13 @@ Trainer::Trainer(TrainConfig cfg, Model model, std::shared_ptr<DataSource> data,
                  Callbacks* callbacks)
     : Trainer(std::move(cfg), built(std::move(model)), std::move(data), callbacks) {}
 
-// --precision fp8: the recipe from the flags, the head (unless --fp8-head) and --bf16-modules
+// --precision fp8: the recipe from the flags, --bf16-modules (by default the model's edges)
 // kept out of fp8, and the scaling state of every fp8 linear made now (a resume loads into it).
 void Trainer::Impl::setup_fp8() {
   Impl& s = *this;
+  const std::vector<std::string>& asked = s.cfg.bf16_modules;
   if (!s.policy.fp8_gemms) {
-    if (!s.cfg.bf16_modules.empty())
+    if (!asked.empty() && asked != std::vector<std::string>{"auto"})
       throw ConfigError("--bf16-modules: applies to --precision fp8 only");
     return;
   }
@@ -748,8 +747,17 @@ void Trainer::Impl::setup_fp8() {
   o.reduce = amp::parse_amax_reduce(s.cfg.fp8_amax_reduce);
   o.margin = static_cast<int>(s.cfg.fp8_margin);
   s.policy.fp8_gemms = o;
-  std::vector<std::string> keep = s.cfg.bf16_modules;
-  if (!s.cfg.fp8_head && !s.task->head().empty()) keep.push_back(s.task->head());
+  std::vector<std::string> keep;
+  for (const std::string& name : asked.empty() ? std::vector<std::string>{"auto"} : asked) {
+    if (name == "none" && asked.size() > 1)
+      throw ConfigError("--bf16-modules: none (every linear in fp8) cannot go with other names");
+    if (name == "auto") {
+      for (const std::string& edge : {s.task->input(), s.task->head()})
+        if (!edge.empty()) keep.push_back(edge);
+    } else if (name != "none") {
+      keep.push_back(name);
+    }
+  }
   for (const std::string& name : keep) {
     nn::Module* m = s.task->module().find(name);
     if (!m) {
@@ -1225,6 +1233,13 @@ std::vector<CompareRun> compare_runs(const TrainConfig& cfg,
       cfg.out.empty() ? fmt::format("runs/compare-{}-seed{}", model_name, cfg.seed) : cfg.out;
   std::vector<CompareRun> runs;
   int control = -1;  // the fp32 run the gaps are measured against
+  // --bf16-modules is for the list's fp8 runs; the others run as their precision says.
+  if (!cfg.bf16_modules.empty() && cfg.bf16_modules != std::vector<std::string>{"auto"} &&
+      std::none_of(precisions.begin(), precisions.end(),
+                   [](const std::string& p) { return p.substr(0, p.find(':')) == "fp8"; }))
+    throw ConfigError(
+        "--bf16-modules: applies to --precision fp8 only, and --precisions has no "
+        "fp8 run");
   for (const std::string& spec : precisions) {
     // "fp16:none" = fp16 with loss scaling off (to see what scaling buys).
     TrainConfig c = cfg;
@@ -1242,6 +1257,7 @@ std::vector<CompareRun> compare_runs(const TrainConfig& cfg,
     } else if (c.precision == "fp8") {
       label = "fp8 " + c.fp8_recipe;
     }
+    if (c.precision != "fp8") c.bf16_modules.clear();
     if (control < 0 && spec == "fp32") control = static_cast<int>(runs.size());
     std::string dir = spec;
     for (char& ch : dir)

@@ -124,11 +124,10 @@ void add_train_flags(CLI::App* c, TrainFlags& f, bool with_precision = true) {
         "--fp8-recipe delayed or current: scale = (fp8 max / amax) / 2^margin")
       ->check(CLI::Range(0, 64))
       ->capture_default_str();
-  f.flag(c, "--fp8-head", &TrainConfig::fp8_head,
-         "--precision fp8: the model's head (the classifier) in fp8 too (default: kept in bf16, "
-         "as Transformer Engine keeps it)");
   f.add(c, "--bf16-modules", &TrainConfig::bf16_modules,
-        "--precision fp8: further sub-modules kept in bf16 (dotted names, e.g. blocks.0.attn)")
+        "--precision fp8: sub-modules kept in bf16 (dotted names, e.g. blocks.0.attn) | auto "
+        "(default: the model's edges, the linear reading the raw inputs and the head: mlp fc0 "
+        "and the last fc, gpt head; in a list, adds them) | none (every linear in fp8)")
       ->delimiter(',');
   f.add(c, "--grad-dtype", &TrainConfig::grad_dtype,
         "fp32 | compute: dtype parameter gradients accumulate in (compute saves 2 B/param)")

@@ -26,12 +26,13 @@ struct TrainConfig {
   std::vector<std::string> fp32_modules;  ///< sub-modules kept in fp32 (e.g. the head "fc2")
   std::string grad_dtype = "fp32";  ///< fp32 | compute: dtype parameter gradients accumulate in
   // fp8 (--precision fp8, amp/fp8.h)
-  std::string fp8_recipe = "delayed";     ///< delayed | current | mxfp8
-  int64_t fp8_amax_history = 1024;        ///< delayed: steps of amax history
-  std::string fp8_amax_reduce = "max";    ///< delayed: max | most_recent over the history
-  int64_t fp8_margin = 0;                 ///< delayed and current: scales divided by 2^margin
-  bool fp8_head = false;                  ///< the model's head in fp8 too (default: kept bf16)
-  std::vector<std::string> bf16_modules;  ///< further sub-modules kept out of fp8 (in bf16)
+  std::string fp8_recipe = "delayed";   ///< delayed | current | mxfp8
+  int64_t fp8_amax_history = 1024;      ///< delayed: steps of amax history
+  std::string fp8_amax_reduce = "max";  ///< delayed: max | most_recent over the history
+  int64_t fp8_margin = 0;               ///< delayed and current: scales divided by 2^margin
+  /// Sub-modules kept out of fp8 (in bf16). Empty or "auto": the model's edges (Model::input
+  /// and Model::head); "auto" in a list adds them; "none": every linear in fp8.
+  std::vector<std::string> bf16_modules;
   // how long
   int64_t epochs = 3;  ///< used when steps == 0
   int64_t steps = 0;   ///< optimizer steps; overrides epochs when > 0

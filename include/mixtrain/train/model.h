@@ -45,8 +45,11 @@ Variable compute_loss(Loss l, const Variable& outputs, const Variable& targets);
 struct Model {
   std::shared_ptr<nn::Module> module;
   std::function<Variable(const Variable& inputs, Rng& dropout)> forward;
-  /// The dotted name of the module that produces the outputs (a classifier head), if any:
-  /// `--precision fp8` keeps it in bf16 unless --fp8-head.
+  /// The model's edges, by dotted name, if it has them: `input`, the linear that reads the
+  /// raw inputs (pixels carry 8 significant bits, E4M3 keeps 4), and `head`, the one that
+  /// produces the outputs (a classifier, kept in higher precision by Transformer Engine's
+  /// users). `--precision fp8` keeps both in bf16 unless --bf16-modules says otherwise.
+  std::string input;
   std::string head;
 
   /// A Model of any module with `forward(x)` or `forward(x, rng)` (const or not).
