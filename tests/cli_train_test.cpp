@@ -190,6 +190,15 @@ TEST(CliTrain, DoctorReportsPerLayerFractions) {
   auto j = nlohmann::json::parse(std::ifstream(out + "/doctor.json"));
   EXPECT_GT(j["tensors"].size(), 5u);
   EXPECT_TRUE(j.contains("recommended_scale"));
+  // fp8: every linear's inputs; the head, which --precision fp8 keeps in bf16, is marked so.
+  int head_rows = 0;
+  for (const auto& t : j["fp8"]["tensors"]) {
+    const bool head = t["tensor"].get<std::string>().rfind("head.", 0) == 0;
+    head_rows += head;
+    EXPECT_EQ(t["bf16"].get<bool>(), head) << t.dump();
+  }
+  EXPECT_EQ(head_rows, 3);  // input, weight, grad
+  EXPECT_FALSE(j["fp8"]["recommended"].get<std::string>().empty());
   fs::remove_all(out);
 }
 

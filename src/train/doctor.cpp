@@ -43,6 +43,8 @@ struct Fp8Doctor {
   std::vector<float> history_amax, step_amax;
   std::vector<Fp8Exposure> rows;
 
+  std::vector<std::string> bf16_modules;  // the run's --bf16-modules, resolved
+
   void see(const std::string& name, const amp::Fp8LinearState* st, amp::Fp8Role role,
            const Tensor& t) {
     const auto key = std::make_pair(st, static_cast<int>(role));
@@ -52,6 +54,7 @@ struct Fp8Doctor {
       Fp8Exposure e;
       e.tensor = name.empty() ? amp::fp8_role_name(role) : name + "." + amp::fp8_role_name(role);
       e.format = amp::fp8_format(role);
+      for (const std::string& m : bf16_modules) e.bf16 |= name == m || name.rfind(m + ".", 0) == 0;
       rows.push_back(e);
       history_amax.push_back(0.0f);
       step_amax.push_back(0.0f);
@@ -92,6 +95,7 @@ struct Fp8Doctor {
   void recommend(DoctorResult& res) {
     int64_t bad[3] = {}, sat[3] = {}, nz = 0;
     for (const Fp8Exposure& e : rows) {
+      if (e.bf16) continue;
       nz += e.nonzero;
       for (int k = 0; k < 3; ++k) {
         bad[k] += e.saturated[k] + e.flushed[k];
@@ -105,7 +109,7 @@ struct Fp8Doctor {
     res.fp8_recommended = amp::fp8_recipe_name(static_cast<amp::Fp8Recipe>(best));
     auto pct = [&](int64_t n) { return nz ? 100.0 * static_cast<double>(n) / nz : 0.0; };
     res.fp8_why = fmt::format(
-        "of the linears' nonzero GEMM inputs, delayed scaling would saturate or flush {:.3g}% "
+        "of the fp8 linears' nonzero GEMM inputs, delayed scaling would saturate or flush {:.3g}% "
         "({:.3g}% saturated), current {:.3g}% ({:.3g}%), mxfp8 {:.3g}% ({:.3g}%)",
         pct(bad[0]), pct(sat[0]), pct(bad[1]), pct(sat[1]), pct(bad[2]), pct(sat[2]));
   }
@@ -117,6 +121,7 @@ DoctorResult doctor(const TrainConfig& cfg, int64_t steps, std::unique_ptr<Task>
   std::map<const amp::Fp8LinearState*, std::string> linear_names;
   for (const auto& [name, st] : nn::fp8_states(task->module(), 1)) linear_names[st] = name;
   Fp8Doctor fp8;
+  fp8.bf16_modules = task->bf16_under_fp8(cfg.bf16_modules);
   amp::Fp8ProbeScope probe([&](const amp::Fp8LinearState* st, amp::Fp8Role role, const Tensor& t) {
     auto it = linear_names.find(st);
     if (it != linear_names.end()) fp8.see(it->second, st, role, t);
@@ -210,14 +215,15 @@ std::string DoctorResult::str() const {
   if (!fp8.empty()) {
     s += fmt::format(
         "\nfp8 (--precision fp8): the linears' GEMM inputs, % of nonzero values saturated / "
-        "flushed to zero\n{:<28} {:>6} {:>10} {:>17} {:>17} {:>17}\n",
+        "flushed to zero (bf16: a module --bf16-modules keeps out of fp8)\n{:<28} {:>6} {:>10} "
+        "{:>17} {:>17} {:>17}\n",
         "tensor", "format", "max|x|", "delayed", "current", "mxfp8");
     for (const Fp8Exposure& e : fp8) {
       s += fmt::format("{:<28} {:>6} {:>10.3g}", e.tensor, dtype_name(e.format), e.amax);
       for (int k = 0; k < 3; ++k)
         s += fmt::format(" {:>7.3f} / {:>7.3f}", 100 * e.frac(e.saturated[k]),
                          100 * e.frac(e.flushed[k]));
-      s += "\n";
+      s += e.bf16 ? "  bf16\n" : "\n";
     }
     s += fmt::format("fp8 recipe: {} ({})\n", fp8_recommended, fp8_why);
   }
@@ -263,11 +269,9 @@ std::string DoctorResult::to_json() const {
             {"tensors", tensors}};
   json f = json::array();
   for (const Fp8Exposure& e : fp8) {
-    json r = {{"tensor", e.tensor},
-              {"format", dtype_name(e.format)},
-              {"values", e.values},
-              {"nonzero", e.nonzero},
-              {"max_abs", e.amax}};
+    json r = {{"tensor", e.tensor}, {"format", dtype_name(e.format)},
+              {"values", e.values}, {"nonzero", e.nonzero},
+              {"max_abs", e.amax},  {"bf16", e.bf16}};
     for (int k = 0; k < 3; ++k)
       r[amp::fp8_recipe_name(static_cast<amp::Fp8Recipe>(k))] = {
           {"saturated", e.frac(e.saturated[k])}, {"flushed", e.frac(e.flushed[k])}};

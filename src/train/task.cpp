@@ -116,6 +116,28 @@ Task::Task(Model model, std::shared_ptr<DataSource> data, Loss loss, const Train
   if (!tokens()) sampler_.emplace(data_->size(Split::train), micro_, cfg.seed ^ kDataStream);
 }
 
+std::vector<std::string> Task::bf16_under_fp8(const std::vector<std::string>& asked) {
+  std::vector<std::string> keep;
+  for (const std::string& name : asked.empty() ? std::vector<std::string>{"auto"} : asked) {
+    if (name == "none" && asked.size() > 1)
+      throw ConfigError("--bf16-modules: none (every linear in fp8) cannot go with other names");
+    if (name == "auto") {
+      for (const std::string& edge : {model_.input, model_.head})
+        if (!edge.empty()) keep.push_back(edge);
+    } else if (name != "none") {
+      keep.push_back(name);
+    }
+  }
+  for (const std::string& name : keep)
+    if (!model_.module->find(name)) {
+      std::string names;
+      for (const auto& n : model_.module->module_names()) names += (names.empty() ? "" : ", ") + n;
+      throw ConfigError(
+          fmt::format("--bf16-modules: the model has no module '{}' (it has: {})", name, names));
+    }
+  return keep;
+}
+
 int64_t Task::steps_per_epoch(int64_t batch) const {
   if (tokens()) return std::max<int64_t>(1, data_->size(Split::train) / (batch * context_));
   return std::max<int64_t>(1, sampler_->batches_per_epoch() * micro_ / batch);

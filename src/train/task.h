@@ -32,9 +32,10 @@ class Task {
   Task(Model model, std::shared_ptr<DataSource> data, Loss loss, const TrainConfig& cfg);
 
   nn::Module& module() { return *model_.module; }
-  /// The model's head (Model::head), "" when it names none.
-  const std::string& input() const { return model_.input; }
-  const std::string& head() const { return model_.head; }
+  /// The modules `--precision fp8` keeps in bf16 under --bf16-modules `asked` (empty or "auto":
+  /// the model's edges, Model::input and Model::head; "auto" in a list adds them; "none": no
+  /// module), each checked to exist: ConfigError names an unknown one.
+  std::vector<std::string> bf16_under_fp8(const std::vector<std::string>& asked);
   /// Where the model lives and its batches are uploaded to (cfg.device).
   Device device() const { return device_; }
   const DataSource& data() const { return *data_; }

@@ -747,28 +747,8 @@ void Trainer::Impl::setup_fp8() {
   o.reduce = amp::parse_amax_reduce(s.cfg.fp8_amax_reduce);
   o.margin = static_cast<int>(s.cfg.fp8_margin);
   s.policy.fp8_gemms = o;
-  std::vector<std::string> keep;
-  for (const std::string& name : asked.empty() ? std::vector<std::string>{"auto"} : asked) {
-    if (name == "none" && asked.size() > 1)
-      throw ConfigError("--bf16-modules: none (every linear in fp8) cannot go with other names");
-    if (name == "auto") {
-      for (const std::string& edge : {s.task->input(), s.task->head()})
-        if (!edge.empty()) keep.push_back(edge);
-    } else if (name != "none") {
-      keep.push_back(name);
-    }
-  }
-  for (const std::string& name : keep) {
-    nn::Module* m = s.task->module().find(name);
-    if (!m) {
-      std::string names;
-      for (const auto& n : s.task->module().module_names())
-        names += (names.empty() ? "" : ", ") + n;
-      throw ConfigError(fmt::format("--bf16-modules: the {} model has no module '{}' (it has: {})",
-                                    s.cfg.model, name, names));
-    }
-    m->set_fp8(false);
-  }
+  for (const std::string& name : s.task->bf16_under_fp8(asked))
+    s.task->module().find(name)->set_fp8(false);
   s.fp8 = nn::fp8_states(s.task->module(), o.amax_history);
 }
 

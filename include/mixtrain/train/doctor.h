@@ -21,13 +21,15 @@ struct Fp8Exposure {
   int64_t values = 0, nonzero = 0;
   float amax = 0;
   int64_t saturated[3] = {}, flushed[3] = {};  ///< by amp::Fp8Recipe: delayed, current, mxfp8
+  bool bf16 = false;  ///< its module stays bf16 under --bf16-modules: not in the recommendation
   double frac(int64_t n) const { return nonzero ? static_cast<double>(n) / nonzero : 0.0; }
 };
 
 struct DoctorResult {
   amp::GradientReport report;  ///< gradients of every step merged, per tensor
   /// fp8: every linear's input, weight and output gradient (amp/fp8.h), and the recipe with the
-  /// fewest values saturated or flushed over all of them (ties to the cheaper recipe).
+  /// fewest values saturated or flushed over those a run would quantize (ties to the cheaper
+  /// recipe).
   std::vector<Fp8Exposure> fp8;
   std::string fp8_recommended, fp8_why;
   int64_t steps = 0;
