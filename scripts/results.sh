@@ -6,7 +6,7 @@
 # all; ~75 min without fp8; fp8's MLP seeds and 6x384 GPT add ~1 h on 2 AVX2 cores, its 12x768
 # GPT several hours there)
 # Environment: MLP_EPOCHS (10), GPT_STEPS (300), FP8_MLP_EPOCHS (MLP_EPOCHS; 0 skips it),
-# FP8_MLP_SEEDS ("1 2 3"), FP8_GPT_STEPS (300; 0 skips it), FP8_BIG_STEPS (150; the 12x768 GPT;
+# FP8_MLP_SEEDS ("1 2 3"), FP8_GPT_STEPS (300; 0 skips it), FP8_BIG_STEPS (100; the 12x768 GPT;
 # 0 skips it), FP8_DEVICE (the 12x768's --device), CKPT_RUNS (3); BIN (./build/mixtrain) with
 # SKIP_BUILD=1 measures an existing binary.
 set -euo pipefail
@@ -219,15 +219,15 @@ if [[ $what == all || $what == fp8 ]]; then
       --out results/compare-fp8-gpt/seed1
     stamp results/compare-fp8-gpt/seed1
   fi
-  # GPT-2 small's shape at context 128 for 150 steps. On 2 shared AVX2 cores the fp32 run took 17
-  # minutes, and bf16 ran at 0.65 of fp32's speed beside the same load (69 against 106 tokens/s:
-  # no bf16 GEMMs there, every one widens to fp32), so the five runs take hours: measure it on an
-  # AVX512-BF16 CPU, or on a GPU with FP8_DEVICE=cuda.
-  if ((${FP8_BIG_STEPS:-150} > 0)); then
-    echo "== fp8: GPT 12x768, ${FP8_BIG_STEPS:-150} steps (results/compare-fp8-gpt-12x768/seed1)"
+  # GPT-2 small's shape, short: context 64, 100 steps. At context 128 for 150 steps, on 2 shared
+  # AVX2 cores the fp32 run took 17 minutes and bf16 ran at 0.65 of its speed (no bf16 GEMMs
+  # there, every one widens to fp32), hours for the five; longer runs belong on an AVX512-BF16
+  # CPU or on a GPU (FP8_DEVICE=cuda).
+  if ((${FP8_BIG_STEPS:-100} > 0)); then
+    echo "== fp8: GPT 12x768, ${FP8_BIG_STEPS:-100} steps (results/compare-fp8-gpt-12x768/seed1)"
     rm -rf results/compare-fp8-gpt-12x768
-    $BIN compare --model gpt --layers 12 --width 768 --heads 12 --context 128 \
-      --steps "${FP8_BIG_STEPS:-150}" --batch 8 --lr 6e-4 --schedule cosine --warmup 30 \
+    $BIN compare --model gpt --layers 12 --width 768 --heads 12 --context 64 \
+      --steps "${FP8_BIG_STEPS:-100}" --batch 8 --lr 6e-4 --schedule cosine --warmup 20 \
       --eval-batches 16 --precisions $fp8_precisions --seed 1 --quiet ${FP8_DEVICE:+--device $FP8_DEVICE} \
       --out results/compare-fp8-gpt-12x768/seed1
     stamp results/compare-fp8-gpt-12x768/seed1

@@ -259,9 +259,9 @@ FP8_WORKLOADS = (
     ("compare-fp8-gpt", "GPT 6×384 (6 heads, context 256) on the Jargon File",
      "mixtrain compare --model gpt --steps %(steps)d --batch 8 --lr 6e-4 --schedule cosine --warmup 50 "
      "--eval-batches 16 --precisions " + FP8_PRECISIONS + " --seed %(seed)s"),
-    ("compare-fp8-gpt-12x768", "GPT 12×768 (12 heads, context 128) on the Jargon File",
-     "mixtrain compare --model gpt --layers 12 --width 768 --heads 12 --context 128 --steps %(steps)d "
-     "--batch 8 --lr 6e-4 --schedule cosine --warmup 30 --eval-batches 16 --precisions "
+    ("compare-fp8-gpt-12x768", "GPT 12×768 (12 heads, context 64) on the Jargon File",
+     "mixtrain compare --model gpt --layers 12 --width 768 --heads 12 --context 64 --steps %(steps)d "
+     "--batch 8 --lr 6e-4 --schedule cosine --warmup 20 --eval-batches 16 --precisions "
      + FP8_PRECISIONS + " --seed %(seed)s"),
 )
 
