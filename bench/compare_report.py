@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Reads the JSON results scripts/bench_compare.sh collected (ROUND-{mix,torch}-NAME.json),
-takes per configuration the median over rounds, prints the issue-5 ratios against their
+takes per configuration the median over rounds, prints the speed ratios against their
 targets, and writes everything to OUT (bench/results/compare.json) for the README table.
 
   /usr/bin/python3 bench/compare_report.py RESULTS_DIR OUT_JSON

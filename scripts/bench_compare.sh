@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs `mixtrain bench step` and the PyTorch peer (bench/peer_torch.py) on the issue-5
+# Runs `mixtrain bench step` and the PyTorch peer (bench/peer_torch.py) on the benchmark
 # workloads, alternating mixtrain and torch per workload so both see the same machine load,
 # then prints the ratios and writes them with every raw result to bench/results/compare.json.
 #

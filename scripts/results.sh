@@ -3,8 +3,7 @@
 # comparisons, keeps their JSON under results/, and rewrites the generated sections
 # (scripts/update_readme.py) from that JSON.
 # Usage: bash scripts/results.sh [all|gemm|mlp|gpt|step|ckpt|dist|zero|fp8|readme]   (default
-# all; ~75 min without fp8; fp8's MLP seeds and 6x384 GPT add ~1 h on 2 AVX2 cores, its 12x768
-# GPT several hours there)
+# all; ~75 min without fp8; fp8 adds about 1.5 h on 2 AVX2 cores for its MLP seeds and two GPTs)
 # Environment: MLP_EPOCHS (10), GPT_STEPS (300), FP8_MLP_EPOCHS (MLP_EPOCHS; 0 skips it),
 # FP8_MLP_SEEDS ("1 2 3"), FP8_GPT_STEPS (300; 0 skips it), FP8_BIG_STEPS (100; the 12x768 GPT;
 # 0 skips it), FP8_DEVICE (the 12x768's --device), CKPT_RUNS (3); BIN (./build/mixtrain) with
@@ -14,7 +13,7 @@ cd "$(dirname "$0")/.."
 what=${1:-all}
 [[ -n ${SKIP_BUILD:-} ]] || bash scripts/build.sh >/dev/null
 BIN=${BIN:-./build/mixtrain}
-# The issue-5 figures are for AVX512-BF16 CPUs; the step, checkpointing and MLP-comparison tables
+# The headline figures are for AVX512-BF16 CPUs; the step, checkpointing and MLP-comparison tables
 # of any other CPU go to files named by its SIMD level beside them (results/step-avx2.json, ...).
 level_of() { $BIN info --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["simd_level"])'; }
 mkdir -p results

@@ -1,4 +1,4 @@
-// `bench step` as a library call (train::bench_step): the fields issue 5 asks for, the optimizer
+// `bench step` as a library call (train::bench_step): the fields it reports, the optimizer
 // bytes it counts per master mode, and clear errors. No speed is asserted (benchmarks only).
 #include <gtest/gtest.h>
 

@@ -17,7 +17,7 @@ struct Parameter {
   Tensor master;
   Variable weight;  ///< compute dtype: a leaf that requires grad; grad accumulates in grad_dtype
   /// fp32 by default: sums over micro-batches and the optimizer see unrounded gradients. The
-  /// compute dtype saves 2 bytes per parameter (measured cost: README, issue 3 note).
+  /// compute dtype saves 2 bytes per parameter (its measured cost is in the README).
   DType grad_dtype = DType::f32;
 
   Parameter() = default;

@@ -14,7 +14,7 @@
 
 namespace mixtrain::train {
 
-/// The workloads of issue 5: MLP 784-2048-2048-10 at batch 256; GPT with 6 layers, width 384,
+/// The benchmark workloads: MLP 784-2048-2048-10 at batch 256; GPT with 6 layers, width 384,
 /// 6 heads, context 256, batch 8.
 struct BenchStepOptions {
   std::string model = "mlp";       ///< mlp | gpt
