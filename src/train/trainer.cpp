@@ -226,6 +226,11 @@ void check_config(const TrainConfig& c) {
     if (st <= 0) bad("inject-nonfinite-grad", fmt::format("steps count from 1, got {}", st));
 }
 
+// --bf16-modules as left at its default (the model's edges), which every precision accepts.
+bool default_bf16_modules(const std::vector<std::string>& m) {
+  return m.empty() || m == std::vector<std::string>{"auto"};
+}
+
 }  // namespace
 
 json config_to_json(const TrainConfig& c) {
@@ -737,7 +742,7 @@ void Trainer::Impl::setup_fp8() {
   Impl& s = *this;
   const std::vector<std::string>& asked = s.cfg.bf16_modules;
   if (!s.policy.fp8_gemms) {
-    if (!asked.empty() && asked != std::vector<std::string>{"auto"})
+    if (!default_bf16_modules(asked))
       throw ConfigError("--bf16-modules: applies to --precision fp8 only");
     return;
   }
@@ -1214,7 +1219,7 @@ std::vector<CompareRun> compare_runs(const TrainConfig& cfg,
   std::vector<CompareRun> runs;
   int control = -1;  // the fp32 run the gaps are measured against
   // --bf16-modules is for the list's fp8 runs; the others run as their precision says.
-  if (!cfg.bf16_modules.empty() && cfg.bf16_modules != std::vector<std::string>{"auto"} &&
+  if (!default_bf16_modules(cfg.bf16_modules) &&
       std::none_of(precisions.begin(), precisions.end(),
                    [](const std::string& p) { return p.substr(0, p.find(':')) == "fp8"; }))
     throw ConfigError(
